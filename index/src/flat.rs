@@ -1,0 +1,345 @@
+//! The read-only search layout: contiguous vectors, neighbour lists in flat arrays, and a
+//! visited set reused across queries. Matchers only ever search this; `hnsw_rs` is a build tool.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::descriptor::Query;
+use crate::vectors::{Prepared, VectorStore};
+
+/// Compressed rows: row `i`'s targets are `targets[offsets[i]..offsets[i+1]]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Csr {
+    pub offsets: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl Csr {
+    pub fn from_rows(rows: impl IntoIterator<Item = Vec<u32>>) -> Csr {
+        let mut c = Csr { offsets: vec![0], targets: Vec::new() };
+        for r in rows {
+            c.targets.extend_from_slice(&r);
+            c.offsets.push(c.targets.len() as u32);
+        }
+        c
+    }
+    #[inline]
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+    pub fn rows(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+}
+
+/// A layered proximity graph over rows `0..n`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Graph {
+    pub entry: u32,
+    pub max_level: u8,
+    /// Top layer of each row.
+    pub levels: Vec<u8>,
+    /// Layer 0 neighbours, one row per vector.
+    pub layer0: Csr,
+    /// Rows whose top layer is ≥ 1, ascending.
+    pub upper_nodes: Vec<u32>,
+    /// `upper[l-1]` holds layer `l`, one row per entry of `upper_nodes`.
+    pub upper: Vec<Csr>,
+}
+
+impl Graph {
+    pub fn len(&self) -> usize {
+        self.levels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
+    fn upper_row(&self, level: usize, node: u32) -> &[u32] {
+        match self.upper_nodes.binary_search(&node) {
+            Ok(i) => self.upper[level - 1].row(i),
+            Err(_) => &[],
+        }
+    }
+
+    /// Structural checks so a damaged file cannot cause out-of-bounds access.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.levels.len();
+        if n == 0 {
+            return if self.layer0.targets.is_empty() && self.upper_nodes.is_empty() { Ok(()) } else { Err("empty graph with edges".into()) };
+        }
+        if self.entry as usize >= n || self.levels[self.entry as usize] != self.max_level {
+            return Err("entry point is not a top-layer node".into());
+        }
+        if self.levels.iter().any(|&l| l > self.max_level) {
+            return Err("node level above max level".into());
+        }
+        if self.upper.len() != self.max_level as usize {
+            return Err("upper layer count differs from max level".into());
+        }
+        let expect: Vec<u32> = (0..n as u32).filter(|&i| self.levels[i as usize] > 0).collect();
+        if expect != self.upper_nodes {
+            return Err("upper node list does not match levels".into());
+        }
+        check_csr(&self.layer0, n, n)?;
+        for l in &self.upper {
+            check_csr(l, self.upper_nodes.len(), n)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_csr(c: &Csr, rows: usize, n: usize) -> Result<(), String> {
+    if c.offsets.len() != rows + 1 || c.offsets[0] != 0 {
+        return Err("neighbour offsets have the wrong length".into());
+    }
+    if c.offsets.windows(2).any(|w| w[0] > w[1]) || *c.offsets.last().unwrap() as usize != c.targets.len() {
+        return Err("neighbour offsets are not monotonic".into());
+    }
+    if c.targets.iter().any(|&t| t as usize >= n) {
+        return Err("neighbour id out of range".into());
+    }
+    Ok(())
+}
+
+/// Ids of rows, packed: one blob plus end offsets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ids {
+    blob: String,
+    ends: Vec<u32>,
+}
+
+impl Ids {
+    pub fn from_lines(text: &str) -> Result<Ids, String> {
+        if text.len() > u32::MAX as usize {
+            return Err("id list over 4 GiB".into());
+        }
+        let mut ids = Ids { blob: String::with_capacity(text.len()), ends: Vec::new() };
+        for l in text.lines() {
+            ids.blob.push_str(l);
+            ids.ends.push(ids.blob.len() as u32);
+        }
+        Ok(ids)
+    }
+    pub fn from_vec(v: &[String]) -> Ids {
+        Ids::from_lines(&v.join("\n")).expect("ids fit")
+    }
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.blob[start..self.ends[i] as usize]
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    pub fn to_lines(&self) -> String {
+        let mut s = String::with_capacity(self.blob.len() + self.len());
+        for i in 0..self.len() {
+            s.push_str(self.get(i));
+            s.push('\n');
+        }
+        s
+    }
+    pub fn heap_bytes(&self) -> usize {
+        self.blob.len() + 4 * self.ends.len()
+    }
+}
+
+/// A search result: row number and ordering distance (smaller is closer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub row: u32,
+    pub distance: f32,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Cand(f32, u32);
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+/// Visited marks by generation, so clearing is O(1) per query.
+struct Visited {
+    marks: Vec<u16>,
+    generation: u16,
+}
+
+impl Visited {
+    fn reset(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.generation = 1;
+        }
+    }
+    #[inline]
+    fn insert(&mut self, i: u32) -> bool {
+        let m = &mut self.marks[i as usize];
+        let fresh = *m != self.generation;
+        *m = self.generation;
+        fresh
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0 }) };
+}
+
+/// A loaded, searchable index.
+#[derive(Debug, Clone)]
+pub struct FlatIndex {
+    pub vectors: VectorStore,
+    pub graph: Graph,
+    pub ids: Ids,
+    pub ef_search: usize,
+}
+
+impl FlatIndex {
+    pub fn len(&self) -> usize {
+        self.vectors.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    /// Approximate k nearest rows, closest first. `ef` = beam width (0 = index default).
+    pub fn search(&self, q: &Query, k: usize, ef: usize) -> Vec<Hit> {
+        if self.is_empty() || k == 0 {
+            return Vec::new();
+        }
+        let ef = if ef == 0 { self.ef_search } else { ef }.max(k);
+        let p = self.vectors.prepare(q);
+        let g = &self.graph;
+        let mut cur = g.entry;
+        let mut cur_d = self.vectors.distance(&p, cur as usize);
+        for level in (1..=g.max_level as usize).rev() {
+            loop {
+                let mut moved = false;
+                for &nb in g.upper_row(level, cur) {
+                    let d = self.vectors.distance(&p, nb as usize);
+                    if d < cur_d {
+                        (cur, cur_d, moved) = (nb, d, true);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        let mut best = VISITED.with(|v| self.beam(&mut v.borrow_mut(), &p, Cand(cur_d, cur), ef));
+        best.truncate(k);
+        best
+    }
+
+    /// Layer-0 beam search from `start`, returning up to `ef` hits sorted by distance.
+    fn beam(&self, visited: &mut Visited, p: &Prepared<'_>, start: Cand, ef: usize) -> Vec<Hit> {
+        visited.reset(self.len());
+        visited.insert(start.1);
+        let mut frontier = BinaryHeap::with_capacity(ef * 2);
+        let mut found = BinaryHeap::with_capacity(ef + 1);
+        frontier.push(Reverse(start));
+        found.push(start);
+        while let Some(Reverse(c)) = frontier.pop() {
+            if found.len() >= ef && c.0 > found.peek().map_or(f32::INFINITY, |w: &Cand| w.0) {
+                break;
+            }
+            let row = self.graph.layer0.row(c.1 as usize);
+            for &nb in row {
+                if !visited.insert(nb) {
+                    continue;
+                }
+                let d = self.vectors.distance(p, nb as usize);
+                if found.len() < ef || d < found.peek().unwrap().0 {
+                    frontier.push(Reverse(Cand(d, nb)));
+                    found.push(Cand(d, nb));
+                    if found.len() > ef {
+                        found.pop();
+                    }
+                }
+            }
+        }
+        found.into_sorted_vec().into_iter().map(|c| Hit { row: c.1, distance: c.0 }).collect()
+    }
+
+    /// Exact k nearest rows by scanning everything (ground truth, tests, tiny indices).
+    pub fn exact(&self, q: &Query, k: usize) -> Vec<Hit> {
+        exact_search(&self.vectors, q, k)
+    }
+
+    /// Bytes held per vector while serving (vectors, norms, graph, ids).
+    pub fn bytes_per_vector(&self) -> f64 {
+        let n = self.len().max(1) as f64;
+        let g = &self.graph;
+        let graph = g.levels.len()
+            + 4 * (g.layer0.offsets.len() + g.layer0.targets.len() + g.upper_nodes.len())
+            + g.upper.iter().map(|c| 4 * (c.offsets.len() + c.targets.len())).sum::<usize>();
+        self.vectors.bytes_per_vector() as f64 + (graph + self.ids.heap_bytes()) as f64 / n
+    }
+}
+
+/// Brute-force k nearest rows of a store.
+pub fn exact_search(store: &VectorStore, q: &Query, k: usize) -> Vec<Hit> {
+    let p = store.prepare(q);
+    let mut heap = BinaryHeap::with_capacity(k + 1);
+    for i in 0..store.len() {
+        let d = store.distance(&p, i);
+        if heap.len() < k || d < heap.peek().map_or(f32::INFINITY, |c: &Cand| c.0) {
+            heap.push(Cand(d, i as u32));
+            if heap.len() > k {
+                heap.pop();
+            }
+        }
+    }
+    heap.into_sorted_vec().into_iter().map(|c| Hit { row: c.1, distance: c.0 }).collect()
+}
+
+/// Fraction of `truth` rows present in `got` (recall@|truth|).
+pub fn recall(got: &[Hit], truth: &[Hit]) -> f64 {
+    if truth.is_empty() {
+        return 1.0;
+    }
+    let hits = truth.iter().filter(|t| got.iter().any(|g| g.row == t.row)).count();
+    hits as f64 / truth.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_pack_and_unpack() {
+        let ids = Ids::from_lines("a\nbb\n\nccc\n").unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!((ids.get(0), ids.get(1), ids.get(2), ids.get(3)), ("a", "bb", "", "ccc"));
+        assert_eq!(Ids::from_lines(&ids.to_lines()).unwrap(), ids);
+    }
+
+    #[test]
+    fn validate_catches_bad_graphs() {
+        let good = Graph { entry: 0, max_level: 0, levels: vec![0, 0], layer0: Csr::from_rows([vec![1], vec![0]]), ..Default::default() };
+        assert!(good.validate().is_ok());
+        let mut bad = good.clone();
+        bad.layer0.targets[0] = 7;
+        assert!(bad.validate().unwrap_err().contains("out of range"));
+        let mut bad = good.clone();
+        bad.entry = 5;
+        assert!(bad.validate().is_err());
+        let mut bad = good;
+        bad.layer0.offsets = vec![0, 2, 1];
+        assert!(bad.validate().is_err());
+    }
+}

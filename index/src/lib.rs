@@ -1,0 +1,39 @@
+//! kim's index library: descriptor codecs, exact distance kernels, the HNSW build (on `hnsw_rs`),
+//! the flat read-only search layout used by matchers, and the on-disk snapshot format.
+//!
+//! Data flows one way: a [`Matrix`] of source rows is checked against a [`DescriptorSpec`],
+//! turned into a [`VectorStore`] (the serving encoding), indexed by [`build::build_graph`],
+//! written as a snapshot and loaded back as a [`FlatIndex`] that answers searches.
+
+pub mod build;
+pub mod descriptor;
+pub mod flat;
+pub mod io;
+pub mod kernels;
+pub mod rng;
+pub mod snapshot;
+pub mod synth;
+pub mod vectors;
+
+pub use descriptor::{DecodeError, DescriptorSpec, Encoding, Metric, Query};
+pub use flat::{FlatIndex, Graph, Hit};
+pub use io::Matrix;
+pub use snapshot::{Manifest, SnapshotError};
+pub use vectors::VectorStore;
+
+/// HNSW parameters shared by the builder, the manifest and the CRD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HnswParams {
+    /// Links per node on upper layers (layer 0 keeps up to 2·m).
+    pub m: usize,
+    pub ef_construction: usize,
+    /// Default beam width at search time; requests may not go below `k`.
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams { m: 16, ef_construction: 200, ef_search: 96 }
+    }
+}

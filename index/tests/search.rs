@@ -1,0 +1,130 @@
+//! End-to-end checks of the index library: build → snapshot → load → search.
+
+use std::path::Path;
+
+use kim_index::build::build_graph;
+use kim_index::flat::{exact_search, recall, Ids};
+use kim_index::snapshot::{self, Manifest};
+use kim_index::synth::{generate, SynthParams};
+use kim_index::{DescriptorSpec, Encoding, FlatIndex, HnswParams, Metric, Query, SnapshotError, VectorStore};
+
+fn build(encoding: Encoding, metric: Metric, identities: usize) -> (FlatIndex, kim_index::synth::SynthData) {
+    let data = generate(SynthParams { identities, samples: 4, encoding, ..Default::default() });
+    let spec = DescriptorSpec::new(59, 512, encoding, metric);
+    let store = VectorStore::from_matrix(&spec, &data.base).unwrap();
+    let graph = build_graph(&store, HnswParams::default(), 2, &|_, _, _| {}).unwrap();
+    let index = FlatIndex { vectors: store, graph, ids: Ids::from_vec(&data.ids), ef_search: HnswParams::default().ef_search };
+    (index, data)
+}
+
+fn mean_recall(index: &FlatIndex, probes: &kim_index::Matrix, k: usize) -> f64 {
+    let spec = index.vectors.spec;
+    let total: f64 = (0..probes.rows)
+        .map(|i| {
+            let q = spec.decode(probes.row(i), spec.version).unwrap();
+            recall(&index.search(&q, k, 0), &exact_search(&index.vectors, &q, k))
+        })
+        .sum();
+    total / probes.rows as f64
+}
+
+#[test]
+fn u8_cosine_recall_at_10_on_20k() {
+    let (index, data) = build(Encoding::U8, Metric::Cosine, 5_000);
+    assert_eq!(index.len(), 20_000);
+    let mated = mean_recall(&index, &data.mated, 10);
+    let nonmated = mean_recall(&index, &data.nonmated, 10);
+    eprintln!("recall@10 mated {mated:.4} non-mated {nonmated:.4}");
+    assert!(mated >= 0.95 && nonmated >= 0.95, "mated {mated} non-mated {nonmated}");
+    // Mated probes find their own identity first.
+    let spec = index.vectors.spec;
+    let correct = (0..data.mated.rows)
+        .filter(|&i| {
+            let q = spec.decode(data.mated.row(i), 59).unwrap();
+            let top = index.search(&q, 1, 0)[0].row as usize;
+            top / 4 == data.mated_identity[i]
+        })
+        .count();
+    assert!(correct as f64 >= 0.95 * data.mated.rows as f64, "{correct} of {}", data.mated.rows);
+}
+
+#[test]
+fn f32_l2_and_i8_dot_recall() {
+    for (e, m) in [(Encoding::F32, Metric::L2), (Encoding::I8, Metric::Dot), (Encoding::U8, Metric::L2)] {
+        let (index, data) = build(e, m, 1_500);
+        let r = mean_recall(&index, &data.mated, 10);
+        assert!(r >= 0.95, "{e} {m}: recall {r}");
+    }
+}
+
+fn manifest(index: &FlatIndex) -> Manifest {
+    Manifest {
+        format: 0,
+        id: snapshot::new_snapshot_id(),
+        namespace: "default".into(),
+        label: "l".into(),
+        descriptor: index.vectors.spec,
+        hnsw: HnswParams::default(),
+        vectors: 0,
+        source_digest: "test".into(),
+        created_at: "now".into(),
+        build_seconds: 0.0,
+        files: Default::default(),
+    }
+}
+
+#[test]
+fn snapshot_round_trip_and_corruption() {
+    let (index, data) = build(Encoding::U8, Metric::Cosine, 300);
+    let root = tempfile::tempdir().unwrap();
+    let dir = snapshot::label_dir(root.path(), "default", "l");
+    let m1 = snapshot::write(&dir, manifest(&index), &index).unwrap();
+    snapshot::publish(&dir, &m1.id).unwrap();
+    let (m, loaded) = snapshot::load_current(&dir).unwrap();
+    assert_eq!(m, m1);
+    assert_eq!(loaded.graph, index.graph);
+    assert_eq!(loaded.ids, index.ids);
+    let q = Query::Bytes(data.mated.row(0).to_vec());
+    assert_eq!(loaded.search(&q, 5, 0), index.search(&q, 5, 0));
+
+    // Flip one byte in each file in turn: every one is detected.
+    for name in ["ids.txt", "vectors.bin", "graph.bin", "manifest.json"] {
+        let m2 = snapshot::write(&dir, manifest(&index), &index).unwrap();
+        let p = dir.join("snapshots").join(&m2.id).join(name);
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x5a;
+        std::fs::write(&p, b).unwrap();
+        match snapshot::load(&dir, &m2.id) {
+            Err(SnapshotError::Corrupt { reason, .. }) => eprintln!("{name}: {reason}"),
+            other => panic!("{name}: corruption not detected: {:?}", other.map(|x| x.0)),
+        }
+    }
+    // A missing file is corrupt too; CURRENT still loads.
+    let m3 = snapshot::write(&dir, manifest(&index), &index).unwrap();
+    std::fs::remove_file(dir.join("snapshots").join(&m3.id).join("graph.bin")).unwrap();
+    assert!(matches!(snapshot::load(&dir, &m3.id), Err(SnapshotError::Corrupt { .. })));
+    assert!(snapshot::load_current(&dir).is_ok());
+
+    // Garbage collection keeps the newest N and never the live one's files.
+    let removed = snapshot::gc(&dir, 2).unwrap();
+    assert_eq!(removed.len(), 4, "{removed:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.join("snapshots")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2);
+    assert!(snapshot::load_current(&dir).is_ok(), "live snapshot survived gc");
+    assert!(Path::new(&dir.join("snapshots").join(&m1.id)).exists());
+}
+
+#[test]
+fn empty_and_tiny_indices_do_not_panic() {
+    let spec = DescriptorSpec::new(1, 8, Encoding::F32, Metric::Cosine);
+    for n in [0usize, 1, 2] {
+        let m = kim_index::Matrix::from_f32(n, 8, &vec![0.5; n * 8]);
+        let store = VectorStore::from_matrix(&spec, &m).unwrap();
+        let graph = build_graph(&store, HnswParams::default(), 1, &|_, _, _| {}).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let index = FlatIndex { vectors: store, graph, ids: Ids::from_vec(&ids), ef_search: 10 };
+        let hits = index.search(&Query::F32(vec![0.0; 8]), 3, 0);
+        assert_eq!(hits.len(), n.min(3));
+    }
+}
