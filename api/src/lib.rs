@@ -1,0 +1,319 @@
+//! The Redis-stream matching protocol (DESIGN §4): request fields, the response JSON, error
+//! codes, and the label-registry keys. Shared by matchers and clients so both sides agree.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Consumer group every matcher joins on a label's stream.
+pub const GROUP: &str = "kim-matchers";
+/// Status code of a successful match.
+pub const STATUS_OK: u16 = 201;
+/// Largest `limit` a request may ask for.
+pub const MAX_LIMIT: u32 = 1000;
+/// Where `link` in an error points: the error reference shipped in the repository.
+pub const ERROR_DOC: &str = "docs/errors.md";
+
+/// Errors a match can end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    ValidationFailed = 26301,
+    DecodeFailed = 26302,
+    SearchFailed = 26303,
+    IndexNotFound = 26304,
+    VersionMismatch = 26305,
+    IndexCorrupted = 26308,
+    Timeout = 26309,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::ValidationFailed | ErrorCode::DecodeFailed | ErrorCode::VersionMismatch => 400,
+            ErrorCode::IndexNotFound => 404,
+            ErrorCode::SearchFailed | ErrorCode::IndexCorrupted => 500,
+            ErrorCode::Timeout => 504,
+        }
+    }
+    pub fn desc(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationFailed => "Request validation failed",
+            ErrorCode::DecodeFailed => "Descriptor cannot be decoded",
+            ErrorCode::SearchFailed => "Search failed",
+            ErrorCode::IndexNotFound => "Index for label not found",
+            ErrorCode::VersionMismatch => "Descriptor version mismatch",
+            ErrorCode::IndexCorrupted => "Index corrupted",
+            ErrorCode::Timeout => "Matching timeout",
+        }
+    }
+    pub fn link(self) -> String {
+        format!("{ERROR_DOC}#{}", self.code())
+    }
+    pub fn error(self, detail: impl Into<String>) -> MatchError {
+        MatchError { error_code: self.code(), desc: self.desc().to_string(), detail: detail.into(), link: self.link() }
+    }
+    pub fn all() -> [ErrorCode; 7] {
+        use ErrorCode::*;
+        [ValidationFailed, DecodeFailed, SearchFailed, IndexNotFound, VersionMismatch, IndexCorrupted, Timeout]
+    }
+}
+
+/// The `error` object of a response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchError {
+    pub error_code: u32,
+    pub desc: String,
+    pub detail: String,
+    pub link: String,
+}
+
+/// What a matcher publishes on the request's response channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatchResponse {
+    pub rid: String,
+    pub luna_request_id: String,
+    pub status_code: u16,
+    /// `[id, similarity]` pairs, most similar first.
+    pub result: Vec<(String, f64)>,
+    pub error: Option<MatchError>,
+}
+
+impl MatchResponse {
+    pub fn ok(rid: &str, luna_request_id: &str, result: Vec<(String, f64)>) -> Self {
+        MatchResponse { rid: rid.into(), luna_request_id: luna_request_id.into(), status_code: STATUS_OK, result, error: None }
+    }
+    pub fn failed(rid: &str, luna_request_id: &str, code: ErrorCode, detail: impl Into<String>) -> Self {
+        MatchResponse { rid: rid.into(), luna_request_id: luna_request_id.into(), status_code: code.status(), result: Vec::new(), error: Some(code.error(detail)) }
+    }
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("response serialises")
+    }
+}
+
+/// One match request as carried in a stream entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchRequest {
+    pub descriptor: Vec<u8>,
+    pub version: u32,
+    pub label: String,
+    pub limit: u32,
+    pub response_channel: String,
+    pub luna_request_id: String,
+    pub rid: String,
+    /// Unix milliseconds after which the request is answered with a timeout, unsearched.
+    pub deadline: Option<u64>,
+}
+
+impl MatchRequest {
+    /// Stream entry fields, in the order the protocol lists them.
+    pub fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut f = vec![
+            ("descriptor", self.descriptor.clone()),
+            ("version", self.version.to_string().into_bytes()),
+            ("label", self.label.clone().into_bytes()),
+            ("limit", self.limit.to_string().into_bytes()),
+            ("response_channel", self.response_channel.clone().into_bytes()),
+            ("luna_request_id", self.luna_request_id.clone().into_bytes()),
+            ("rid", self.rid.clone().into_bytes()),
+        ];
+        if let Some(d) = self.deadline {
+            f.push(("deadline", d.to_string().into_bytes()));
+        }
+        f
+    }
+
+    /// Parses a stream entry. On failure, returns what is known of where to reply.
+    pub fn parse(fields: &HashMap<String, Vec<u8>>) -> Result<MatchRequest, Rejected> {
+        let text = |k: &str| fields.get(k).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_string);
+        let mut rej = Rejected { response_channel: text("response_channel").filter(|c| !c.is_empty()), rid: text("rid").unwrap_or_default(), luna_request_id: text("luna_request_id").unwrap_or_default(), reason: String::new() };
+        let fail = |mut r: Rejected, reason: String| {
+            r.reason = reason;
+            Err(r)
+        };
+        for k in ["descriptor", "version", "label", "limit", "response_channel", "rid"] {
+            if !fields.contains_key(k) {
+                return fail(rej, format!("field {k:?} is missing"));
+            }
+        }
+        let number = |k: &str| text(k).and_then(|s| s.trim().parse::<u64>().ok());
+        let Some(version) = number("version").and_then(|v| u32::try_from(v).ok()) else {
+            return fail(rej, "field \"version\" must be a non-negative decimal integer".into());
+        };
+        let limit = match number("limit") {
+            Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as u32,
+            _ => return fail(rej, format!("field \"limit\" must be an integer in 1..={MAX_LIMIT}")),
+        };
+        let deadline = match fields.get("deadline") {
+            None => None,
+            Some(_) => match number("deadline") {
+                Some(d) => Some(d),
+                None => return fail(rej, "field \"deadline\" must be unix milliseconds".into()),
+            },
+        };
+        let Some(label) = text("label").filter(|l| !l.is_empty()) else {
+            return fail(rej, "field \"label\" must be non-empty UTF-8".into());
+        };
+        let Some(response_channel) = rej.response_channel.clone() else {
+            return fail(rej, "field \"response_channel\" must be non-empty UTF-8".into());
+        };
+        if rej.rid.is_empty() {
+            rej.rid = String::new();
+            return fail(rej, "field \"rid\" must be non-empty UTF-8".into());
+        }
+        Ok(MatchRequest {
+            descriptor: fields["descriptor"].clone(),
+            version,
+            label,
+            limit,
+            response_channel,
+            luna_request_id: rej.luna_request_id,
+            rid: rej.rid,
+            deadline,
+        })
+    }
+}
+
+/// A stream entry that is not a valid request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Where to send the 26301 reply, if the entry says.
+    pub response_channel: Option<String>,
+    pub rid: String,
+    pub luna_request_id: String,
+    pub reason: String,
+}
+
+/// Stream key of a label.
+pub fn stream_key(prefix: &str, label: &str) -> String {
+    format!("{prefix}{label}")
+}
+
+/// Registry key a matcher keeps alive for each label it serves.
+pub fn registry_key(prefix: &str, label: &str, matcher_id: &str) -> String {
+    format!("{prefix}matching_label__{label}__{matcher_id}")
+}
+
+/// SCAN pattern matching every matcher's registry key of `label` (glob characters escaped).
+pub fn registry_pattern(prefix: &str, label: &str) -> String {
+    format!("{}matching_label__{}__*", glob_escape(prefix), glob_escape(label))
+}
+
+/// SCAN pattern for all registry keys.
+pub fn registry_pattern_all(prefix: &str) -> String {
+    format!("{}matching_label__*", glob_escape(prefix))
+}
+
+/// The label of a registry key: the part between `matching_label__` and the last `__`.
+pub fn label_of_registry_key<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("matching_label__")?;
+    rest.rfind("__").map(|i| &rest[..i])
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Value of a registry key: what the matcher serves for the label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelInfo {
+    pub version: u32,
+    pub dimensions: usize,
+    pub encoding: String,
+    pub metric: String,
+    pub vectors: usize,
+    pub snapshot: String,
+}
+
+/// A LUNA-style request id: `"<unix seconds>,<uuid4>"`.
+pub fn new_luna_request_id() -> String {
+    format!("{},{}", unix_ms() / 1000, uuid::Uuid::new_v4())
+}
+
+pub fn new_rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> MatchRequest {
+        MatchRequest {
+            descriptor: vec![1, 2, 3],
+            version: 59,
+            label: "watch*list".into(),
+            limit: 3,
+            response_channel: "ch".into(),
+            luna_request_id: new_luna_request_id(),
+            rid: new_rid(),
+            deadline: Some(123),
+        }
+    }
+
+    fn as_map(r: &MatchRequest) -> HashMap<String, Vec<u8>> {
+        r.fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let r = req();
+        assert_eq!(MatchRequest::parse(&as_map(&r)).unwrap(), r);
+        let mut no_deadline = r.clone();
+        no_deadline.deadline = None;
+        assert_eq!(MatchRequest::parse(&as_map(&no_deadline)).unwrap(), no_deadline);
+    }
+
+    #[test]
+    fn malformed_entries_keep_the_reply_channel() {
+        let r = req();
+        for (k, v) in [("limit", "0"), ("limit", "x"), ("version", "-1"), ("deadline", "soon"), ("label", "")] {
+            let mut m = as_map(&r);
+            m.insert(k.into(), v.as_bytes().to_vec());
+            let e = MatchRequest::parse(&m).unwrap_err();
+            assert_eq!(e.response_channel.as_deref(), Some("ch"), "{k}");
+            assert_eq!(e.rid, r.rid);
+            assert!(e.reason.contains(k), "{}", e.reason);
+        }
+        let mut m = as_map(&r);
+        m.remove("response_channel");
+        assert_eq!(MatchRequest::parse(&m).unwrap_err().response_channel, None);
+    }
+
+    #[test]
+    fn response_json_shape() {
+        let ok = MatchResponse::ok("r", "l", vec![("a".into(), 0.5)]);
+        let v: serde_json::Value = serde_json::from_str(&ok.to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"rid":"r","luna_request_id":"l","status_code":201,"result":[["a",0.5]],"error":null}));
+        let e = MatchResponse::failed("r", "l", ErrorCode::VersionMismatch, "d");
+        assert_eq!(e.status_code, 400);
+        assert_eq!(e.error.as_ref().unwrap().error_code, 26305);
+        assert!(e.error.unwrap().link.ends_with("#26305"));
+    }
+
+    #[test]
+    fn registry_keys_and_patterns() {
+        let k = registry_key("p:", "a__b", "m1");
+        assert_eq!(k, "p:matching_label__a__b__m1");
+        assert_eq!(label_of_registry_key("p:", &k), Some("a__b"));
+        assert_eq!(registry_pattern("", "x*y"), "matching_label__x\\*y__*");
+        let id = new_luna_request_id();
+        let (secs, uuid) = id.split_once(',').unwrap();
+        assert!(secs.parse::<u64>().unwrap() > 1_600_000_000);
+        assert_eq!(uuid.len(), 36);
+    }
+}

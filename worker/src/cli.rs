@@ -1,0 +1,180 @@
+//! The command line of `kim-worker`. Public so the operator's tests can check that every
+//! argument list it generates parses here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kim_index::{Encoding, Metric};
+
+#[derive(Debug, Parser)]
+#[command(name = "kim-worker", version, about = "kim data plane: build indices, serve matches, generate data")]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "KIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate seeded face-like descriptors with probe sets and ground truth.
+    Gen(GenArgs),
+    /// Build an index snapshot for one label and make it current.
+    Index(IndexArgs),
+    /// Serve matches for labels from Redis streams.
+    Match(MatchArgs),
+}
+
+/// What a descriptor looks like; shared by `index` and `gen`.
+#[derive(Debug, Clone, Args)]
+pub struct DescriptorArgs {
+    /// Descriptor version requests must carry.
+    #[arg(long)]
+    pub version: u32,
+    #[arg(long, default_value_t = 512)]
+    pub dimensions: usize,
+    #[arg(long, default_value = "u8")]
+    pub encoding: Encoding,
+    #[arg(long, default_value = "cosine")]
+    pub metric: Metric,
+    /// Zero point of u8 values (default 128).
+    #[arg(long)]
+    pub zero_point: Option<i32>,
+    /// Integer encodings: real value = (stored − zero point) · scale (default 1/127).
+    #[arg(long)]
+    pub scale: Option<f32>,
+}
+
+impl DescriptorArgs {
+    pub fn spec(&self) -> kim_index::DescriptorSpec {
+        let mut s = kim_index::DescriptorSpec::new(self.version, self.dimensions, self.encoding, self.metric);
+        if let Some(z) = self.zero_point {
+            s.zero_point = z;
+        }
+        if let Some(x) = self.scale {
+            s.scale = x;
+        }
+        s
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    pub identities: usize,
+    /// Enrolled samples per identity.
+    #[arg(long, default_value_t = 5)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 512)]
+    pub dimensions: usize,
+    #[arg(long, default_value = "u8")]
+    pub encoding: Encoding,
+    /// Dimension of the subspace identities vary in.
+    #[arg(long, default_value_t = 48)]
+    pub intrinsic: usize,
+    #[arg(long, default_value_t = 200)]
+    pub mated_probes: usize,
+    #[arg(long, default_value_t = 200)]
+    pub nonmated_probes: usize,
+    /// Exact neighbours written per probe (0 skips ground truth).
+    #[arg(long, default_value_t = 10)]
+    pub truth_k: usize,
+    /// Metric used for the ground truth.
+    #[arg(long, default_value = "cosine")]
+    pub metric: Metric,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Label (matching list) the index serves.
+    #[arg(long)]
+    pub label: String,
+    /// Namespace directory under the storage root.
+    #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Storage root shared with matchers.
+    #[arg(long, env = "KIM_STORAGE")]
+    pub storage: PathBuf,
+    /// Descriptors: .npy (2-D), .fvecs or .kimv.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Ids, one per line, in row order (default: row numbers).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    #[command(flatten)]
+    pub descriptor: DescriptorArgs,
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Default search beam width stored with the snapshot.
+    #[arg(long, default_value_t = 96)]
+    pub ef_search: usize,
+    /// Build threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Snapshots to keep, the live one included.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// Also write the one-line JSON summary (or error) here, for Kubernetes.
+    #[arg(long)]
+    pub termination_message_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MatchArgs {
+    #[arg(long, env = "KIM_STORAGE")]
+    pub storage: PathBuf,
+    #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Redis URL (redis://host:port/db).
+    #[arg(long, env = "KIM_REDIS_URL")]
+    pub redis: String,
+    /// Labels to serve (repeatable); default: every label found under the namespace.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Prefix of stream and registry keys.
+    #[arg(long, env = "KIM_KEY_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// Consumer name in the group (default: host name, pid and a random suffix).
+    #[arg(long, env = "KIM_MATCHER_ID")]
+    pub matcher_id: Option<String>,
+    /// Most entries read per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// How long one blocking read waits for entries.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub block: Duration,
+    /// Entries pending this long with another consumer are taken over.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub claim_idle: Duration,
+    /// How often to look for abandoned entries.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub claim_interval: Duration,
+    /// TTL of label registry keys (refreshed every third of it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub label_ttl: Duration,
+    /// How often to check storage for new snapshots and labels.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub reload_interval: Duration,
+    /// Search threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+}

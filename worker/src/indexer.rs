@@ -1,0 +1,111 @@
+//! `kim-worker index`: read a source, build the HNSW graph, write a verified snapshot, make it
+//! CURRENT, collect old snapshots. The outcome is one JSON line on stdout (and in the
+//! termination message file for Kubernetes), so callers never parse logs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kim_index::build::build_graph;
+use kim_index::flat::Ids;
+use kim_index::snapshot::{self, Manifest};
+use kim_index::{FlatIndex, HnswParams, Matrix, VectorStore};
+
+use crate::cli::IndexArgs;
+
+pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
+    let outcome = build(a);
+    let line = match &outcome {
+        Ok(m) => serde_json::json!({
+            "snapshot": m.id, "label": m.label, "namespace": m.namespace, "vectors": m.vectors,
+            "buildSeconds": m.build_seconds, "createdAt": m.created_at,
+        }),
+        Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+    };
+    if let Some(p) = &a.termination_message_path {
+        // Best effort: the exit code still tells the truth if this write fails.
+        if let Err(e) = std::fs::write(p, line.to_string()) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
+        }
+    }
+    if outcome.is_ok() {
+        println!("{line}");
+    }
+    outcome.map(|_| ())
+}
+
+fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
+    let start = Instant::now();
+    anyhow::ensure!(valid_name(&a.label), "label {:?} must be 1-253 characters of [A-Za-z0-9._-] and not start with '.'", a.label);
+    anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
+    let spec = a.descriptor.spec();
+    spec.validate().map_err(anyhow::Error::msg).context("descriptor settings")?;
+    let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
+    let source_bytes = std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?;
+    let matrix = Matrix::read(&a.source).map_err(anyhow::Error::msg)?;
+    let ids = match &a.ids {
+        Some(p) => kim_index::io::read_ids(p, matrix.rows).map_err(anyhow::Error::msg)?,
+        None => (0..matrix.rows).map(|i| i.to_string()).collect(),
+    };
+    let mut digest_input = source_bytes;
+    digest_input.extend(ids.join("\n").bytes());
+    let source_digest = format!("xxh3:{}", snapshot::hash_hex(&digest_input));
+    drop(digest_input);
+    let vectors = VectorStore::from_matrix(&spec, &matrix).map_err(anyhow::Error::msg).with_context(|| format!("source {}", a.source.display()))?;
+    drop(matrix);
+    tracing::info!(vectors = vectors.len(), dims = spec.dimensions, encoding = %spec.encoding, metric = %spec.metric, m = params.m, ef_construction = params.ef_construction, threads, "building graph");
+    let last_log = std::sync::Mutex::new(Instant::now());
+    let progress = |done: usize, total: usize, elapsed: Duration| {
+        let mut last = last_log.lock().unwrap();
+        if done < total && last.elapsed() < Duration::from_secs(3) {
+            return;
+        }
+        *last = Instant::now();
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        let eta = (total - done) as f64 / rate.max(1e-9);
+        tracing::info!(done, total, rate = format!("{rate:.0}/s"), eta = format!("{eta:.0}s"), "building");
+    };
+    let graph = build_graph(&vectors, params, threads, &progress).map_err(anyhow::Error::msg)?;
+    let index = FlatIndex { vectors, graph, ids: Ids::from_vec(&ids), ef_search: params.ef_search };
+    let dir = snapshot::label_dir(&a.storage, &a.namespace, &a.label);
+    let manifest = Manifest {
+        format: snapshot::FORMAT,
+        id: snapshot::new_snapshot_id(),
+        namespace: a.namespace.clone(),
+        label: a.label.clone(),
+        descriptor: spec,
+        hnsw: params,
+        vectors: index.len(),
+        source_digest,
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        build_seconds: start.elapsed().as_secs_f64(),
+        files: Default::default(),
+    };
+    let written = snapshot::write(&dir, manifest, &index).with_context(|| format!("writing snapshot under {}", dir.display()))?;
+    // Read it back before it goes live: CURRENT never names a snapshot that fails to load.
+    snapshot::load(&dir, &written.id).context("verifying the written snapshot")?;
+    snapshot::publish(&dir, &written.id)?;
+    let removed = snapshot::gc(&dir, a.keep)?;
+    tracing::info!(snapshot = %written.id, vectors = written.vectors, secs = start.elapsed().as_secs_f64(), removed = removed.len(), "snapshot is current");
+    Ok(written)
+}
+
+/// Labels and namespaces become directory names and Redis key parts.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Labels with a CURRENT file under `<root>/<namespace>`.
+pub fn discover_labels(root: &Path, namespace: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(root.join(namespace)) else { return Vec::new() };
+    let mut v: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("CURRENT").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|l| valid_name(l))
+        .collect();
+    v.sort();
+    v
+}

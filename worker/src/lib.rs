@@ -1,0 +1,8 @@
+//! kim-worker: the data-plane processes kim runs (index builder, Redis matcher) and small tools.
+//! `main.rs` only parses the command line; each subcommand lives in its own module.
+
+pub mod cli;
+pub mod gen;
+pub mod indexer;
+pub mod matcher;
+pub mod telemetry;

@@ -1,0 +1,35 @@
+//! `/healthz` (process alive), `/readyz` (labels loaded, not shutting down), `/metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use super::Matcher;
+
+pub async fn serve(m: Arc<Matcher>, listener: tokio::net::TcpListener) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(m);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn ready(State(m): State<Arc<Matcher>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::SeqCst) && !m.stopping() {
+        (StatusCode::OK, format!("ready: {}\n", m.label_names().join(",")))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
+    }
+}
+
+async fn metrics(State(m): State<Arc<Matcher>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.metrics.encode())
+}

@@ -1,0 +1,80 @@
+//! Prometheus metrics of a matcher.
+
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    label: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelOnly {
+    label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SnapshotLabels {
+    label: String,
+    snapshot: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
+    batch: Histogram,
+    vectors: Family<LabelOnly, Gauge>,
+    snapshot: Family<SnapshotLabels, Gauge>,
+    rejected: Family<LabelOnly, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kim_matcher");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let vectors = Family::<LabelOnly, Gauge>::default();
+        let snapshot = Family::<SnapshotLabels, Gauge>::default();
+        let rejected = Family::<LabelOnly, Counter>::default();
+        registry.register("requests", "Requests answered, by label and status code", requests.clone());
+        registry.register("request_latency_seconds", "Time from XADD to reply", latency.clone());
+        registry.register("batch_size", "Entries handled per batch", batch.clone());
+        registry.register("index_vectors", "Vectors in the served snapshot", vectors.clone());
+        registry.register("snapshot_info", "Served snapshot id (value 1)", snapshot.clone());
+        registry.register("snapshots_rejected", "Snapshots that failed verification", rejected.clone());
+        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected }
+    }
+
+    pub fn request(&self, label: &str, status: u16, waited_secs: Option<f64>) {
+        self.requests.get_or_create(&RequestLabels { label: label.to_string(), status }).inc();
+        if let Some(s) = waited_secs {
+            self.latency.observe(s);
+        }
+    }
+    pub fn batch(&self, n: usize) {
+        self.batch.observe(n as f64);
+    }
+    pub fn set_snapshot(&self, label: &str, id: &str, vectors: usize) {
+        self.vectors.get_or_create(&LabelOnly { label: label.into() }).set(vectors as i64);
+        self.snapshot.get_or_create(&SnapshotLabels { label: label.into(), snapshot: id.into() }).set(1);
+    }
+    pub fn clear_snapshot(&self, label: &str, id: &str) {
+        self.snapshot.remove(&SnapshotLabels { label: label.into(), snapshot: id.into() });
+    }
+    pub fn snapshot_rejected(&self, label: &str) {
+        self.rejected.get_or_create(&LabelOnly { label: label.into() }).inc();
+    }
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a String");
+        out
+    }
+}

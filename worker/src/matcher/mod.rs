@@ -1,0 +1,114 @@
+//! `kim-worker match`: serves labels from snapshots on shared storage to Redis-stream clients.
+//!
+//! Tasks: a storage watcher (loads new labels, hot-swaps new snapshots, rejects corrupt ones),
+//! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
+//! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
+//! (`XAUTOCLAIM` of entries abandoned by dead matchers) and the HTTP endpoints.
+
+mod http;
+mod labels;
+mod metrics;
+mod registry;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::cli::MatchArgs;
+pub use labels::{Loaded, Served};
+use metrics::Metrics;
+
+/// State shared by the matcher's tasks.
+pub struct Matcher {
+    pub args: MatchArgs,
+    pub id: String,
+    pub labels: RwLock<BTreeMap<String, Arc<Served>>>,
+    pub metrics: Metrics,
+    /// Set once every wanted label has been loaded at least once.
+    pub ready: AtomicBool,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Matcher {
+    pub fn served(&self, label: &str) -> Option<Arc<Served>> {
+        self.labels.read().unwrap().get(label).cloned()
+    }
+    pub fn label_names(&self) -> Vec<String> {
+        self.labels.read().unwrap().keys().cloned().collect()
+    }
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+    /// Sleeps for `d` or until shutdown starts; returns true when shutting down.
+    pub async fn pause(&self, d: Duration) -> bool {
+        let mut rx = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.stopping(),
+            _ = rx.wait_for(|s| *s) => true,
+        }
+    }
+}
+
+pub fn run(args: MatchArgs) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("search-{i}")).build_global().ok();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve_until_signal(args))
+}
+
+fn default_id() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "matcher".into());
+    format!("{host}-{}-{}", std::process::id(), &kim_api::new_rid()[..8])
+}
+
+async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+    let cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(response_timeout)
+        .set_connection_timeout(Duration::from_secs(5))
+        .set_number_of_retries(6)
+        .set_max_delay(2000);
+    client.get_connection_manager_with_config(cfg).await.context("connecting to Redis")
+}
+
+async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let id = args.matcher_id.clone().unwrap_or_else(default_id);
+    let conn = connect(&args.redis, Duration::from_secs(10)).await?;
+    let reader = connect(&args.redis, args.block + Duration::from_secs(10)).await?;
+    let m = Arc::new(Matcher { id, labels: Default::default(), metrics: Metrics::new(), ready: AtomicBool::new(false), shutdown: stop_rx, args });
+    tracing::info!(matcher = %m.id, storage = %m.args.storage.display(), namespace = %m.args.namespace, "matcher starting");
+    let listener = tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
+    tokio::spawn(http::serve(m.clone(), listener));
+    tokio::spawn(signals(stop_tx));
+
+    let watcher = tokio::spawn(labels::watch(m.clone(), conn.clone()));
+    let heartbeat = tokio::spawn(registry::heartbeat(m.clone(), conn.clone()));
+    let claimer = tokio::spawn(serve::claim_loop(m.clone(), conn.clone()));
+    serve::read_loop(m.clone(), reader, conn.clone()).await;
+    // The reader has finished its last batch; let the claimer finish its own, then leave.
+    claimer.await.ok();
+    watcher.abort();
+    heartbeat.abort();
+    registry::unregister(&m, conn).await;
+    m.ready.store(false, Ordering::SeqCst);
+    tracing::info!(matcher = %m.id, "matcher stopped");
+    Ok(())
+}
+
+async fn signals(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+    stop.send(true).ok();
+}

@@ -1,0 +1,54 @@
+//! Label registry: one TTL key per served label, `matching_label__<label>__<matcher id>`,
+//! whose value describes what is served. Clients list labels from these keys.
+
+use std::sync::Arc;
+
+use kim_api::LabelInfo;
+use redis::aio::ConnectionManager;
+
+use super::Matcher;
+
+/// Refreshes the keys every third of their TTL until shutdown.
+pub async fn heartbeat(m: Arc<Matcher>, mut conn: ConnectionManager) {
+    loop {
+        register(&m, &mut conn).await;
+        if m.pause(m.args.label_ttl / 3).await {
+            return;
+        }
+    }
+}
+
+/// Writes (or refreshes) the keys of every served label.
+pub async fn register(m: &Matcher, conn: &mut ConnectionManager) {
+    let ttl_ms = m.args.label_ttl.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    for label in m.label_names() {
+        let Some(s) = m.served(&label) else { continue };
+        let cur = s.current.load();
+        let d = &cur.manifest.descriptor;
+        let info = LabelInfo {
+            version: d.version,
+            dimensions: d.dimensions,
+            encoding: d.encoding.to_string(),
+            metric: d.metric.to_string(),
+            vectors: cur.manifest.vectors,
+            snapshot: cur.manifest.id.clone(),
+        };
+        let key = kim_api::registry_key(&m.args.prefix, &label, &m.id);
+        pipe.cmd("SET").arg(key).arg(serde_json::to_string(&info).unwrap()).arg("PX").arg(ttl_ms).ignore();
+    }
+    if let Err(e) = pipe.query_async::<()>(conn).await {
+        tracing::warn!(error = %e, "cannot refresh label registry");
+    }
+}
+
+/// Removes this matcher's keys so clients stop routing to it at once.
+pub async fn unregister(m: &Matcher, mut conn: ConnectionManager) {
+    let keys: Vec<String> = m.label_names().iter().map(|l| kim_api::registry_key(&m.args.prefix, l, &m.id)).collect();
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(e) = redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await {
+        tracing::warn!(error = %e, "cannot remove label registry keys");
+    }
+}
