@@ -9,7 +9,7 @@
 #   e2e/cluster.sh status           # which components run, on which ports
 #
 # State, certificates, logs and the admin kubeconfig live in $KIM_CLUSTER_DIR
-# (default $KIM_CACHE/cluster, KIM_CACHE default <repo>/.cache).
+# (default $KIM_CACHE/cluster, KIM_CACHE default ~/.cache/kim).
 #
 # Environment knobs (all optional):
 #   KIM_ETCD_PORT KIM_ETCD_PEER_PORT KIM_APISERVER_PORT KIM_KCM_PORT KIM_SCHEDULER_PORT
@@ -29,7 +29,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-KIM_CACHE="${KIM_CACHE:-$REPO_ROOT/.cache}"
+KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"
 export KIM_CACHE
 KIM_BIN="${KIM_BIN:-$KIM_CACHE/bin}"
 export KIM_BIN
@@ -41,14 +41,16 @@ KUBECONFIG_FILE="$DIR/kubeconfig"
 UP_TIMEOUT="${KIM_UP_TIMEOUT:-120}"
 NODE_NAME="${KIM_KWOK_NODE:-kim-node-0}"
 POD_STAGES="${KIM_KWOK_POD_STAGES:-ready,delete}"
-# Virtual ranges: no kube-proxy and no real pods exist, nothing is routed to them.
-SERVICE_CIDR="${KIM_SERVICE_CIDR:-10.96.0.0/16}"
+# Virtual ranges (no kube-proxy, no real pods). Service IPs are on loopback so that
+# anything dialling a ClusterIP (webhooks, aggregated APIs) stays on this machine.
+SERVICE_CIDR="${KIM_SERVICE_CIDR:-127.96.0.0/16}"
 POD_CIDR="${KIM_POD_CIDR:-10.244.0.0/16}"
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1fs", b-a}'; }
 fail() {
+  trap - ERR
   printf '[cluster] ERROR: %s\n' "$1" >&2
   local f
   for f in "${@:2}"; do
@@ -58,6 +60,11 @@ fail() {
       printf '[cluster] ---- end of %s ----\n' "$f" >&2
     fi
   done
+  if [[ "${UP_IN_PROGRESS:-0}" == 1 ]]; then
+    UP_IN_PROGRESS=0
+    stop_all
+    printf '[cluster] stopped what was started; logs are kept in %s until `%s down`\n' "$LOGS" "$0" >&2
+  fi
   exit 1
 }
 
@@ -72,20 +79,31 @@ ensure_openssl() {
     || fail "openssl is missing and apt-get install -y openssl failed"
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# A port is taken if any TCP socket (listening or connected, IPv4 or IPv6) uses it
+# as its local port, or something answers on it.
+port_in_use() {
+  local hex; hex=$(printf '%04X' "$1")
+  awk -v h=":$hex" 'NR > 1 && substr($2, length($2) - 4) == h { found = 1 } END { exit !found }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
 declare -A TAKEN=()
-pick_port() { # pick_port ENV_VALUE -> prints a port
-  local p="${1:-}"
+pick_port() { # pick_port VAR [FIXED_PORT] -> sets VAR to a free port (not a subshell:
+  local var="$1" p="${2:-}"   # TAKEN must remember the ports already handed out)
   if [[ -n "$p" ]]; then
     port_in_use "$p" && fail "port $p (from environment) is already in use"
-    TAKEN[$p]=1; echo "$p"; return
+    TAKEN[$p]=1; printf -v "$var" '%s' "$p"; return
   fi
-  local i
+  # Stay below the kernel's ephemeral range, where outgoing connections take their
+  # local ports (a port picked there can be grabbed between the check and the bind).
+  local lo=10000 hi=32767 eph i
+  eph=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  if (( eph > lo + 1000 )); then hi=$(( eph - 1 )); fi
   for i in $(seq 1 200); do
-    p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    p=$(( lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1) ))
     [[ -z "${TAKEN[$p]:-}" ]] || continue
     port_in_use "$p" && continue
-    TAKEN[$p]=1; echo "$p"; return
+    TAKEN[$p]=1; printf -v "$var" '%s' "$p"; return
   done
   fail "could not find a free port on 127.0.0.1"
 }
@@ -118,23 +136,20 @@ gen_pki() {
   (
     cd "$PKI"
     umask 077
-    openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-    cat >ca.cnf <<'EOF'
-[req]
-distinguished_name = dn
-prompt = no
-x509_extensions = ext
-[dn]
-CN = kim-e2e-ca
-[ext]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,digitalSignature,keyEncipherment,keyCertSign
-subjectKeyIdentifier = hash
-EOF
-    openssl req -x509 -new -key ca.key -days 3650 -config ca.cnf -out ca.crt 2>/dev/null
-    # leaf NAME CN O EXTKEYUSAGE [SAN]
+    # ca NAME CN
+    ca() {
+      openssl ecparam -name prime256v1 -genkey -noout -out "$1.key" 2>/dev/null
+      printf '%s\n' "[req]" "distinguished_name = dn" "prompt = no" "x509_extensions = ext" \
+        "[dn]" "CN = $2" "[ext]" "basicConstraints = critical,CA:TRUE" \
+        "keyUsage = critical,digitalSignature,keyEncipherment,keyCertSign" \
+        "subjectKeyIdentifier = hash" >"$1.cnf"
+      openssl req -x509 -new -key "$1.key" -days 3650 -config "$1.cnf" -out "$1.crt" 2>/dev/null
+    }
+    ca ca kim-e2e-ca
+    ca front-proxy-ca kim-e2e-front-proxy-ca
+    # leaf NAME CN O EXTKEYUSAGE [SAN] [CA]
     leaf() {
-      local n="$1" cn="$2" o="$3" eku="$4" san="${5:-}"
+      local n="$1" cn="$2" o="$3" eku="$4" san="${5:-}" signer="${6:-ca}"
       openssl ecparam -name prime256v1 -genkey -noout -out "$n.key" 2>/dev/null
       {
         echo "[req]"; echo "distinguished_name = dn"; echo "prompt = no"
@@ -146,7 +161,7 @@ EOF
         [[ -z "$san" ]] || echo "subjectAltName = $san"
       } >"$n.cnf"
       openssl req -new -key "$n.key" -config "$n.cnf" -out "$n.csr" 2>/dev/null
-      openssl x509 -req -in "$n.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      openssl x509 -req -in "$n.csr" -CA "$signer.crt" -CAkey "$signer.key" -CAcreateserial -days 3650 \
         -extfile "$n.cnf" -extensions ext -out "$n.crt" 2>/dev/null
       rm -f "$n.csr"
     }
@@ -156,6 +171,8 @@ EOF
     leaf admin kim-admin system:masters clientAuth
     leaf kube-controller-manager system:kube-controller-manager "" clientAuth
     leaf kube-scheduler system:kube-scheduler "" clientAuth
+    # the apiserver's identity towards aggregated API servers (requestheader authn)
+    leaf front-proxy-client front-proxy-client "" clientAuth "" front-proxy-ca
     # service-account token signing key (ES256)
     openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
     openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -163,7 +180,7 @@ EOF
   log "certificates generated in $(since "$t0")"
 }
 
-first_service_ip() { # 10.96.0.0/16 -> 10.96.0.1
+first_service_ip() { # 127.96.0.0/16 -> 127.96.0.1
   local net="${SERVICE_CIDR%/*}"
   local a b c d; IFS=. read -r a b c d <<<"$net"
   echo "$a.$b.$c.$((d + 1))"
@@ -192,7 +209,7 @@ kwok_config() {
   has() { local x; for x in "${stages[@]}"; do [[ "$x" == "$1" ]] && return 0; done; return 1; }
 
   # Node: mark the fake node Ready with plenty of capacity, then refresh its status every
-  # ~30s (the node Lease is renewed separately by kwok, see --node-lease-duration-seconds).
+  # 20-25s (the node Lease is renewed separately by kwok, see --node-lease-duration-seconds).
   cat <<'EOF'
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -417,6 +434,10 @@ cmd_up() {
   done
   rm -rf "$DIR"
   mkdir -p "$DIR" "$LOGS" "$RUN"
+  UP_IN_PROGRESS=1
+  set -o errtrace
+  trap 'fail "interrupted"' INT TERM
+  trap 'fail "command failed: $BASH_COMMAND"' ERR
 
   bash "$REPO_ROOT/e2e/tools.sh" "$tier" || fail "building the tools failed (see above)"
   local t; for t in etcd kube-apiserver kubectl; do
@@ -425,17 +446,17 @@ cmd_up() {
   command -v curl >/dev/null 2>&1 || fail "curl is needed to probe component health"
   ensure_openssl
 
-  ETCD_PORT=$(pick_port "${KIM_ETCD_PORT:-}")
-  ETCD_PEER_PORT=$(pick_port "${KIM_ETCD_PEER_PORT:-}")
-  APISERVER_PORT=$(pick_port "${KIM_APISERVER_PORT:-}")
+  pick_port ETCD_PORT "${KIM_ETCD_PORT:-}"
+  pick_port ETCD_PEER_PORT "${KIM_ETCD_PEER_PORT:-}"
+  pick_port APISERVER_PORT "${KIM_APISERVER_PORT:-}"
   {
     echo "TIER=$tier"; echo "ETCD_PORT=$ETCD_PORT"; echo "ETCD_PEER_PORT=$ETCD_PEER_PORT"
     echo "APISERVER_PORT=$APISERVER_PORT"
   } >"$DIR/ports.env"
   if [[ "$tier" == full ]]; then
-    KCM_PORT=$(pick_port "${KIM_KCM_PORT:-}")
-    SCHEDULER_PORT=$(pick_port "${KIM_SCHEDULER_PORT:-}")
-    KWOK_PORT=$(pick_port "${KIM_KWOK_PORT:-}")
+    pick_port KCM_PORT "${KIM_KCM_PORT:-}"
+    pick_port SCHEDULER_PORT "${KIM_SCHEDULER_PORT:-}"
+    pick_port KWOK_PORT "${KIM_KWOK_PORT:-}"
     { echo "KCM_PORT=$KCM_PORT"; echo "SCHEDULER_PORT=$SCHEDULER_PORT"; echo "KWOK_PORT=$KWOK_PORT"; } >>"$DIR/ports.env"
   fi
 
@@ -457,6 +478,10 @@ cmd_up() {
     --cert-dir="$DIR/apiserver" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
@@ -526,28 +551,46 @@ EOF
     wait_for kube-controller-manager "service account default/default exists" \
       kctl -n default get serviceaccount default
   fi
+  UP_IN_PROGRESS=0
+  trap - ERR INT TERM
   log "cluster ($tier) up in $(since "$T0"): KUBECONFIG=$KUBECONFIG_FILE"
 }
 
-cmd_down() {
-  local c pid i stopped=()
-  for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    [[ -f "$RUN/$c.pid" ]] || continue
-    pid="$(cat "$RUN/$c.pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+stop_all() {
+  local c pid i pids=()
+  STOPPED=()
+  # Two waves: everything that talks to etcd first (TERM at once, the state is thrown away
+  # anyway), then etcd (an apiserver whose etcd is gone hangs in shutdown). Each process
+  # gets up to 10s to exit before KILL.
+  local wave
+  for wave in "kwok kube-scheduler kube-controller-manager kube-apiserver" etcd; do
+    pids=(); local names=()
+    for c in $wave; do
+      [[ -f "$RUN/$c.pid" ]] || continue
+      pid="$(cat "$RUN/$c.pid")"
       if kill -0 "$pid" 2>/dev/null; then
-        log "$c (pid $pid) did not stop on TERM, killing"
+        kill -TERM "$pid" 2>/dev/null || true
+        STOPPED+=("$c"); names+=("$c"); pids+=("$pid")
+      fi
+    done
+    for i in "${!pids[@]}"; do
+      pid="${pids[$i]}"
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      if kill -0 "$pid" 2>/dev/null; then
+        log "${names[$i]} (pid $pid) did not stop on TERM, killing it"
         kill -KILL "$pid" 2>/dev/null || true
       fi
-      stopped+=("$c")
-    fi
+    done
   done
+}
+
+cmd_down() {
+  local t0; t0=$(now)
+  stop_all
   if [[ -d "$DIR" ]]; then
     rm -rf "$DIR"
   fi
-  log "down: stopped ${stopped[*]:-nothing}; removed $DIR"
+  log "down in $(since "$t0"): stopped ${STOPPED[*]:-nothing}; removed $DIR"
 }
 
 cmd_env() {

@@ -13,7 +13,7 @@ TIER="${1:-core}"
 case "$TIER" in core|full) ;; *) echo "usage: $0 [core|full]" >&2; exit 2 ;; esac
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export KIM_CACHE="${KIM_CACHE:-$REPO_ROOT/.cache}"
+export KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"
 export KIM_BIN="${KIM_BIN:-$KIM_CACHE/bin}"
 export KIM_CLUSTER_DIR="${KIM_CLUSTER_DIR:-$KIM_CACHE/smoke-$TIER}"
 CLUSTER="$REPO_ROOT/e2e/cluster.sh"
@@ -181,13 +181,15 @@ k -n "$NS" create role cm-reader --verb=get --resource=configmaps
 k -n "$NS" create rolebinding robot-cm-reader --role=cm-reader --serviceaccount="$NS:robot"
 retry 20 kt -n "$NS" get configmap ssa -o name >/dev/null
 if kt -n "$NS" delete configmap ssa >/dev/null 2>&1; then die "robot could delete a configmap"; fi
-[[ "$(k -n "$NS" auth can-i list secrets --as="system:serviceaccount:$NS:robot")" == no ]] || true
+[[ "$(k -n "$NS" auth can-i list secrets --as="system:serviceaccount:$NS:robot" || true)" == no ]] \
+  || die "impersonated can-i says the robot may list secrets"
 ok
 
 if [[ "$TIER" == full ]]; then
   step "Deployment -> ReplicaSet -> Pod scheduled on the kwok node"
   k -n "$NS" create deployment web --image=registry.invalid/kim/none:0 --replicas=2
-  retry 60 bash -c "[[ -n \"\$(\"$KIM_BIN/kubectl\" --kubeconfig=\"$KIM_CLUSTER_DIR/kubeconfig\" -n $NS get rs -l app=web -o name)\" ]]"
+  has_rs() { [[ -n "$(k -n "$NS" get rs -l app=web -o name)" ]]; }
+  retry 60 has_rs
   RS_OWNER="$(k -n "$NS" get rs -l app=web -o jsonpath='{.items[0].metadata.ownerReferences[0].kind}/{.items[0].metadata.ownerReferences[0].name}')"
   [[ "$RS_OWNER" == Deployment/web ]] || die "ReplicaSet owner is '$RS_OWNER'"
   k -n "$NS" rollout status deployment/web --timeout=90s
@@ -207,7 +209,8 @@ if [[ "$TIER" == full ]]; then
 
   step "Job pod is scheduled and left Pending for a harness"
   k -n "$NS" create job work --image=registry.invalid/kim/none:0 -- /bin/true
-  retry 60 bash -c "[[ -n \"\$(\"$KIM_BIN/kubectl\" --kubeconfig=\"$KIM_CLUSTER_DIR/kubeconfig\" -n $NS get pods -l job-name=work -o jsonpath='{.items[*].spec.nodeName}')\" ]]"
+  job_pod_bound() { [[ -n "$(k -n "$NS" get pods -l job-name=work -o jsonpath='{.items[*].spec.nodeName}')" ]]; }
+  retry 60 job_pod_bound
   JPOD="$(k -n "$NS" get pods -l job-name=work -o jsonpath='{.items[0].metadata.name}')"
   sleep 3
   PHASE="$(k -n "$NS" get pod "$JPOD" -o jsonpath='{.status.phase}')"
@@ -216,6 +219,18 @@ if [[ "$TIER" == full ]]; then
   NOWTS="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   k -n "$NS" patch pod "$JPOD" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"Succeeded\",\"containerStatuses\":[{\"name\":\"work\",\"image\":\"registry.invalid/kim/none:0\",\"imageID\":\"\",\"ready\":false,\"restartCount\":0,\"state\":{\"terminated\":{\"exitCode\":0,\"reason\":\"Completed\",\"startedAt\":\"$NOWTS\",\"finishedAt\":\"$NOWTS\"}}}]}}"
   k -n "$NS" wait --for=condition=Complete job/work --timeout=60s
+  ok
+
+  step "helm install/uninstall a chart"
+  export HELM_CACHE_HOME="$WORK/helm/cache" HELM_CONFIG_HOME="$WORK/helm/config" HELM_DATA_HOME="$WORK/helm/data"
+  H() { "$KIM_BIN/helm" --kubeconfig="$KIM_CLUSTER_DIR/kubeconfig" "$@"; }
+  H create "$WORK/demo" >/dev/null
+  H install demo "$WORK/demo" -n "$NS" --set image.repository=registry.invalid/kim/none --set image.tag=0 \
+    --wait --timeout=90s >/dev/null
+  [[ "$(H status demo -n "$NS" -o json | grep -o '"status":"[a-z]*"' | head -1)" == '"status":"deployed"' ]] \
+    || die "helm release demo is not deployed"
+  k -n "$NS" get deployment demo -o jsonpath='{.status.readyReplicas}' | grep -qx 1 || die "demo deployment not ready"
+  H uninstall demo -n "$NS" --wait --timeout=60s
   ok
 fi
 

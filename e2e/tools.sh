@@ -6,7 +6,7 @@
 #   e2e/tools.sh NAME...    # only these binaries (any of the names above)
 #   e2e/tools.sh --print-bin  # print the bin dir and exit
 #
-# Binaries land in $KIM_BIN (default $KIM_CACHE/bin, KIM_CACHE default <repo>/.cache).
+# Binaries land in $KIM_BIN (default $KIM_CACHE/bin, KIM_CACHE default ~/.cache/kim).
 # A binary is rebuilt only when its version stamp ($KIM_BIN/NAME.stamp) differs from
 # the pinned version below (or KIM_TOOLS_FORCE=1).
 #
@@ -24,7 +24,7 @@ HELM_VERSION="${KIM_HELM_VERSION:-v3.22.0}"   # helm.sh/helm/v3
 # -----------------------------------------------------------------------------------
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-KIM_CACHE="${KIM_CACHE:-$REPO_ROOT/.cache}"
+KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"
 KIM_BIN="${KIM_BIN:-$KIM_CACHE/bin}"
 GOBUILD_DIR="$KIM_CACHE/gobuild"
 LOG_DIR="$KIM_CACHE/logs"
@@ -112,7 +112,7 @@ module_pkgs() {
 # by its published twin k8s.io/<name> v0.<minor>.<patch>.
 prepare_module() {
   local sub="$1" mod="$2" ver="$3" dir="$GOBUILD_DIR/$1"
-  local stamp="$mod@$ver $GO_VERSION"
+  local stamp; stamp="$mod@$ver $GO_VERSION $(module_pkgs "$sub")"
   if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$stamp" && -f "$dir/go.sum" ]]; then
     return 0
   fi
@@ -124,8 +124,9 @@ prepare_module() {
   } >"$dir/go.mod"
   if [[ "$mod" == "k8s.io/kubernetes" ]]; then
     local gomod staging s
-    if ! gomod="$(cd "$dir" && go mod download -json "$mod@$ver" 2>>"$LOG_DIR/mod-$sub.log" \
-          | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')" || [[ -z "$gomod" ]]; then
+    (cd "$dir" && go mod download -json "$mod@$ver") >>"$LOG_DIR/mod-$sub.log" 2>&1 || true
+    gomod="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' "$LOG_DIR/mod-$sub.log")"
+    if [[ -z "$gomod" || ! -f "$gomod" ]]; then
       tail -n 30 "$LOG_DIR/mod-$sub.log" >&2 || true
       die "cannot download $mod@$ver from the Go module proxy (GOPROXY=$(go env GOPROXY))"
     fi
@@ -156,7 +157,8 @@ build_tool() {
   local name="$1" sub mod ver pkg ldx
   read -r sub mod ver pkg ldx <<<"$(recipe "$name")"
   local out="$KIM_BIN/$name" stampf="$KIM_BIN/$name.stamp"
-  local stamp="$mod@$ver $pkg $GO_VERSION CGO_ENABLED=0 -trimpath -s -w ldx:$(printf '%s' "$ldx" | md5sum | cut -c1-8)"
+  local stamp
+  stamp="$mod@$ver $pkg $GO_VERSION CGO_ENABLED=0 -trimpath -s -w ldx:$(printf '%s' "$ldx" | md5sum | cut -c1-8)"
   if [[ "${KIM_TOOLS_FORCE:-0}" != 1 && -x "$out" && -f "$stampf" && "$(cat "$stampf")" == "$stamp" ]]; then
     log "$name: cached ($mod@$ver)"
     return 0

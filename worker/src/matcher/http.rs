@@ -23,7 +23,7 @@ pub async fn serve(m: Arc<Matcher>, listener: tokio::net::TcpListener) {
 }
 
 async fn ready(State(m): State<Arc<Matcher>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::SeqCst) && !m.stopping() {
+    if m.ready.load(Ordering::SeqCst) && m.reading.load(Ordering::SeqCst) && !m.stopping() {
         (StatusCode::OK, format!("ready: {}\n", m.label_names().join(",")))
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())

@@ -32,6 +32,9 @@ pub struct Matcher {
     pub metrics: Metrics,
     /// Set once every wanted label has been loaded at least once.
     pub ready: AtomicBool,
+    /// Set once the reader has issued its first read over the loaded labels, so `/readyz`
+    /// never routes traffic to a matcher that is not consuming yet.
+    pub reading: AtomicBool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -81,7 +84,7 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let id = args.matcher_id.clone().unwrap_or_else(default_id);
     let conn = connect(&args.redis, Duration::from_secs(10)).await?;
     let reader = connect(&args.redis, args.block + Duration::from_secs(10)).await?;
-    let m = Arc::new(Matcher { id, labels: Default::default(), metrics: Metrics::new(), ready: AtomicBool::new(false), shutdown: stop_rx, args });
+    let m = Arc::new(Matcher { id, labels: Default::default(), metrics: Metrics::new(), ready: AtomicBool::new(false), reading: AtomicBool::new(false), shutdown: stop_rx, args });
     tracing::info!(matcher = %m.id, storage = %m.args.storage.display(), namespace = %m.args.namespace, "matcher starting");
     let listener = tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
     tokio::spawn(http::serve(m.clone(), listener));

@@ -59,13 +59,25 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: ConnectionManager, mut conn:
     while !m.stopping() {
         let labels = m.label_names();
         if labels.is_empty() {
-            m.pause(Duration::from_millis(200)).await;
+            m.pause(Duration::from_millis(20)).await;
             continue;
         }
         let keys: Vec<String> = labels.iter().map(|l| kim_api::stream_key(&m.args.prefix, l)).collect();
         let ids = vec![">"; keys.len()];
         let opts = StreamReadOptions::default().group(GROUP, &m.id).count(m.args.batch).block(m.args.block.as_millis() as usize);
-        let reply: redis::RedisResult<StreamReadReply> = redis::AsyncCommands::xread_options(&mut reader, &keys, &ids, &opts).await;
+        let read = redis::AsyncCommands::xread_options(&mut reader, &keys, &ids, &opts);
+        // The command is queued on the connection once polled; mark readiness just after.
+        let reply: redis::RedisResult<StreamReadReply> = {
+            tokio::pin!(read);
+            match futures::poll!(read.as_mut()) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => {
+                    m.reading.store(true, std::sync::atomic::Ordering::SeqCst);
+                    read.await
+                }
+            }
+        };
+        m.reading.store(true, std::sync::atomic::Ordering::SeqCst);
         match reply {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);

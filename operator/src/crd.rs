@@ -1,0 +1,380 @@
+//! The custom resources: `Indexer` (a pool that builds indices onto shared storage) and
+//! `MatchingIndex` (one label: how to build it and how to serve it). Group `kim.dev`, version
+//! `v1alpha1`, namespaced. `crdgen` writes `crds/*.yaml` from these types.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Annotation whose value change triggers a rebuild of a MatchingIndex.
+pub const REBUILD_ANNOTATION: &str = "kim.dev/rebuild";
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kim.dev",
+    version = "v1alpha1",
+    kind = "Indexer",
+    namespaced,
+    status = "IndexerStatus",
+    shortname = "idx",
+    category = "kim",
+    printcolumn(name = "Claim", type_ = "string", json_path = ".status.storageClaim"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeBuilds"),
+    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedBuilds"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexerSpec {
+    /// Worker image for build Jobs (default: the operator's --worker-image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Builds that may run at once across every MatchingIndex using this Indexer.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("maxConcurrentBuilds must be 1..64"))]
+    pub max_concurrent_builds: i32,
+    pub storage: StorageSpec,
+    /// Resources of each build container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_resources: Option<ResourceRequirements>,
+    /// Deadline of one build, as a duration ("90m", "2h").
+    #[serde(default = "default_timeout")]
+    pub build_timeout: String,
+    /// Retries of a failed build before it is reported as failed.
+    #[serde(default = "two")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("retryLimit must be 0..10"))]
+    pub retry_limit: i32,
+    /// Snapshots kept per label, the live one included.
+    #[serde(default = "three")]
+    #[x_kube(validation = Rule::new("self >= 1").message("snapshotsToKeep must be at least 1"))]
+    pub snapshots_to_keep: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<Scheduling>,
+}
+
+/// Where index files live: an existing claim, or one the operator creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.existingClaim) != has(self.size)").message("set exactly one of storage.existingClaim and storage.size"))]
+pub struct StorageSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_claim: Option<String>,
+    /// Size of a claim the operator creates, e.g. "20Gi".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Default ReadWriteMany: builders write while matchers on other nodes read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexerStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_claim: Option<String>,
+    #[serde(default)]
+    pub active_builds: i32,
+    #[serde(default)]
+    pub queued_builds: i32,
+    /// Build Jobs running now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+    /// MatchingIndexes waiting for a build slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<String>,
+}
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kim.dev",
+    version = "v1alpha1",
+    kind = "MatchingIndex",
+    namespaced,
+    status = "MatchingIndexStatus",
+    shortname = "mi",
+    category = "kim",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.currentSnapshot.vectors"),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.currentSnapshot.id"),
+    printcolumn(name = "Matchers", type_ = "string", json_path = ".status.matchers.summary"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchingIndexSpec {
+    /// Label clients match against (default: the object's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$')").message("label must be [A-Za-z0-9._-], starting with a letter or digit"))]
+    pub label: Option<String>,
+    pub indexer_ref: IndexerRef,
+    pub descriptor: DescriptorSpec,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub hnsw: HnswSpec,
+    #[serde(default)]
+    pub rebuild: RebuildSpec,
+    #[serde(default)]
+    pub matcher: MatcherSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<OnlineSpec>,
+    pub redis: RedisSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct IndexerRef {
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    U8,
+    I8,
+    F16,
+    F32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Cosine,
+    Dot,
+    L2,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DescriptorSpec {
+    /// Descriptor version requests must carry (LUNA face descriptors: 54–65).
+    #[x_kube(validation = Rule::new("self >= 0").message("version must not be negative"))]
+    pub version: i64,
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65536").message("dimensions must be 1..65536"))]
+    pub dimensions: i32,
+    pub encoding: Encoding,
+    pub metric: Metric,
+}
+
+/// Where descriptors come from. Exactly one of `path` (a file in a claim) or `agents`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.path) != (has(self.agents) && self.agents)").message("set source.path or source.agents: true"))]
+pub struct SourceSpec {
+    /// Claim holding the file (default: the Indexer's storage claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// Path inside the claim: .npy, .fvecs or .kimv.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Ids file inside the same claim, one per line (default: row numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids_path: Option<String>,
+    /// Read vectors from this index's online agents instead of a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<bool>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HnswSpec {
+    #[serde(default = "default_m")]
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 128").message("hnsw.m must be 2..128"))]
+    pub m: i32,
+    #[serde(default = "default_ef_construction")]
+    #[x_kube(validation = Rule::new("self >= 2 && self <= 4096").message("hnsw.efConstruction must be 2..4096"))]
+    pub ef_construction: i32,
+    #[serde(default = "default_ef_search")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 4096").message("hnsw.efSearch must be 1..4096"))]
+    pub ef_search: i32,
+}
+
+impl Default for HnswSpec {
+    fn default() -> Self {
+        HnswSpec { m: default_m(), ef_construction: default_ef_construction(), ef_search: default_ef_search() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSpec {
+    /// Rebuild this often, as a duration ("24h"); absent = only on change or annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MatcherSpec {
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("matcher.replicas must be 0..1000"))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Search threads per matcher (default: the container's cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
+}
+
+impl Default for MatcherSpec {
+    fn default() -> Self {
+        MatcherSpec { replicas: 1, resources: None, threads: None }
+    }
+}
+
+/// Optional Vald-style online path: agents + Filter gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineSpec {
+    #[serde(default = "one")]
+    pub agents: i32,
+    #[serde(default = "one")]
+    pub replicas: i32,
+    /// Size of each agent's claim.
+    #[serde(default = "default_agent_storage")]
+    pub agent_storage: String,
+    #[serde(default = "one")]
+    pub gateway_replicas: i32,
+    /// Default vectorizer, host:port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectorizer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_filters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_filters: Vec<String>,
+}
+
+/// Redis used by matchers: a URL, or a key of a Secret holding it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.secretRef)").message("set exactly one of redis.url and redis.secretRef"))]
+pub struct RedisSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Prefix of stream and registry keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchingIndexStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_snapshot: Option<SnapshotStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_build: Option<BuildStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matchers: Option<MatchersStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Phase {
+    Pending,
+    Building,
+    Ready,
+    Degraded,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    pub id: String,
+    pub vectors: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_seconds: Option<f64>,
+    /// Digest of the build-relevant spec this snapshot was built from.
+    pub build_hash: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    /// The build Job, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Waiting for a slot of the Indexer.
+    #[serde(default)]
+    pub queued: bool,
+    pub build_hash: String,
+    /// Human-readable state: "queued (2 builds running)", "running", ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchersStatus {
+    pub desired: i32,
+    pub ready: i32,
+    /// "ready/desired", for `kubectl get mi`.
+    pub summary: String,
+}
+
+fn one() -> i32 {
+    1
+}
+fn two() -> i32 {
+    2
+}
+fn three() -> i32 {
+    3
+}
+fn default_timeout() -> String {
+    "2h".into()
+}
+fn default_m() -> i32 {
+    16
+}
+fn default_ef_construction() -> i32 {
+    200
+}
+fn default_ef_search() -> i32 {
+    96
+}
+fn default_agent_storage() -> String {
+    "10Gi".into()
+}
+fn default_secret_key() -> String {
+    "url".into()
+}
+
+impl MatchingIndex {
+    /// The label served: `spec.label` or the object's name.
+    pub fn label(&self) -> String {
+        self.spec.label.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}

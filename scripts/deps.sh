@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs what kim's demo and tests need beyond Rust: redis-server and the Python venv.
+. "$(dirname "$0")/lib.sh"
+command -v redis-server >/dev/null || apt_install redis-server
+command -v curl >/dev/null || apt_install curl
+bash "$KIM_ROOT/scripts/python-env.sh" >/dev/null

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Creates (or brings up to date) the project's Python virtualenv and prints its path.
+#
+#   bash scripts/python-env.sh            # -> ${KIM_CACHE:-~/.cache/kim}/venv
+#   VENV="$(bash scripts/python-env.sh)"; "$VENV/bin/pytest" clients/python/tests -q
+#
+# Idempotent: pip runs only when the stamp (a hash of the listed pyproject files, this script
+# and the interpreter version) changed since the last successful install. Needs PyPI only.
+# Progress goes to stderr; the venv path is the only thing printed on stdout.
+#
+# To add a package or a local project, extend LOCAL_PROJECTS / PACKAGES below; the stamp
+# covers this script, so the next run installs it.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"
+VENV="${KIM_VENV:-$KIM_CACHE/venv}"
+PYTHON="${KIM_PYTHON:-python3}"
+
+# Local projects installed editable ("path[extras]", relative to the repository root).
+LOCAL_PROJECTS=(
+  "clients/python[test]"
+)
+# Packages from PyPI (pip requirement specifiers).
+PACKAGES=(
+  pytest
+  pytest-asyncio
+  numpy
+)
+
+log() { printf '[python-env] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set KIM_PYTHON to an interpreter)"
+
+# The venv and ensurepip modules (Debian ships them as python3-venv).
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    log "installing python3-venv"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+  fi
+  "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \
+    || die "$PYTHON lacks the venv/ensurepip modules (install python3-venv)"
+fi
+
+stamp() {
+  local p
+  {
+    "$PYTHON" -c 'import sys; print(sys.version)'
+    cat "${BASH_SOURCE[0]}"
+    for p in "${LOCAL_PROJECTS[@]}"; do
+      p="${p%%\[*}"
+      echo "== $p"
+      cat "$REPO_ROOT/$p/pyproject.toml"
+    done
+  } | sha256sum | cut -d' ' -f1
+}
+
+STAMP_FILE="$VENV/.kim-env-stamp"
+WANT="$(stamp)"
+
+# (Re)create the venv when missing or broken (e.g. an interrupted earlier run left no pip).
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  log "creating $VENV"
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PYTHON" -m venv "$VENV" >&2
+fi
+
+if [[ "$(cat "$STAMP_FILE" 2>/dev/null || true)" != "$WANT" ]]; then
+  rm -f "$STAMP_FILE"
+  args=()
+  for p in "${LOCAL_PROJECTS[@]}"; do
+    args+=(-e "$REPO_ROOT/$p")
+  done
+  log "installing ${LOCAL_PROJECTS[*]} ${PACKAGES[*]}"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}" "${PACKAGES[@]}" >&2
+  echo "$WANT" >"$STAMP_FILE"
+else
+  log "up to date: $VENV"
+fi
+
+echo "$VENV"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make test`: every tier that runs here, against real processes (see docs/testing.md).
+. "$(dirname "$0")/lib.sh"
+cd "$KIM_ROOT"
+out="$KIM_CACHE/test-logs"; mkdir -p "$out"; rm -f "$out"/*.log
+
+timed "dependencies" bash scripts/deps.sh
+timed "rust build" cargo build --release --workspace --bins --tests
+
+status=0
+# Runs one tier, keeps its output, and goes on to the next tier even if it fails.
+tier() {
+  local name=$1; shift
+  log "$name"
+  local t0=$SECONDS
+  if ! "$@" 2>&1 | tee "$out/$name.log"; then status=1; log "$name FAILED"; fi
+  log "$name took $((SECONDS - t0))s"
+}
+
+tier rust cargo test --release --workspace -- --test-threads=2
+tier python "$KIM_CACHE/venv/bin/pytest" -q clients/python/tests
+
+# One closing line over all runners.
+passed=0; failed=0
+while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
+  grep -hE '^test result:' "$out/rust.log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/'
+  for f in "$out"/python*.log; do
+    line=$(grep -E '^=*.*[0-9]+ (passed|failed)' "$f" | tail -n1 || true)
+    p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
+    x=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | awk '{s+=$1} END{print s+0}')
+    echo "${p:-0} ${x:-0}"
+  done
+)
+echo "make test: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
