@@ -32,6 +32,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Serve matches for labels from Redis streams.
     Match(MatchArgs),
+    /// Remove a label's snapshots from storage (run by the operator when a MatchingIndex goes).
+    Clean(CleanArgs),
 }
 
 /// What a descriptor looks like; shared by `index` and `gen`.
@@ -133,6 +135,16 @@ pub struct IndexArgs {
     /// Also write the one-line JSON summary (or error) here, for Kubernetes.
     #[arg(long)]
     pub termination_message_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[arg(long, env = "KIM_STORAGE")]
+    pub storage: PathBuf,
+    #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[arg(long)]
+    pub label: String,
 }
 
 #[derive(Debug, Clone, Args)]

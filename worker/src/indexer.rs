@@ -11,7 +11,7 @@ use kim_index::flat::Ids;
 use kim_index::snapshot::{self, Manifest};
 use kim_index::{FlatIndex, HnswParams, Matrix, VectorStore};
 
-use crate::cli::IndexArgs;
+use crate::cli::{CleanArgs, IndexArgs};
 
 pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
     let outcome = build(a);
@@ -90,6 +90,19 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     let removed = snapshot::gc(&dir, a.keep)?;
     tracing::info!(snapshot = %written.id, vectors = written.vectors, secs = start.elapsed().as_secs_f64(), removed = removed.len(), "snapshot is current");
     Ok(written)
+}
+
+/// Removes `<storage>/<namespace>/<label>`; a label that is already gone is not an error.
+pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(valid_name(&a.label) && valid_name(&a.namespace), "invalid label or namespace name");
+    let dir = snapshot::label_dir(&a.storage, &a.namespace, &a.label);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "removed label files"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::info!(dir = %dir.display(), "nothing to remove"),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    println!("{}", serde_json::json!({"removed": dir}));
+    Ok(())
 }
 
 /// Labels and namespaces become directory names and Redis key parts.

@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
         Command::Gen(a) => kim_worker::gen::run(&a),
         Command::Index(a) => kim_worker::indexer::run(&a),
         Command::Match(a) => kim_worker::matcher::run(a),
+        Command::Clean(a) => kim_worker::indexer::clean(&a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

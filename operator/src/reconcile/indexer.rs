@@ -1,0 +1,67 @@
+//! Indexer: own the storage claim, report build slots in use and who is waiting for one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::{apply, jobs, Result};
+use crate::build::{self, MANAGER};
+use crate::context::Context;
+use crate::crd::{Indexer, IndexerStatus, MatchingIndex};
+use crate::{status, validate};
+
+pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = ix.namespace().unwrap_or_default();
+    let gen = ix.metadata.generation;
+    let mut st = ix.status.clone().unwrap_or_default();
+    match validate::indexer(&ix.spec) {
+        Err(e) => {
+            if status::get(&st.conditions, "Ready").is_none_or(|c| c.message != e.0) {
+                ctx.event(ix.as_ref(), true, "InvalidSpec", "Validate", e.0.clone()).await;
+            }
+            status::set(&mut st.conditions, "Ready", false, "InvalidSpec", e.0, gen);
+        }
+        Ok(_) => {
+            if let Some(pvc) = build::indexer_pvc(&ix) {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+                let name = pvc.name_any();
+                if api.get_opt(&name).await?.is_none() {
+                    ctx.event(ix.as_ref(), false, "ClaimCreated", "Provision", format!("creating storage claim {name}")).await;
+                }
+                apply(&api, &name, &pvc).await?;
+            }
+            st.storage_claim = Some(build::storage_claim(&ix));
+            status::set(&mut st.conditions, "Ready", true, "Ready", "storage claim in place", gen);
+        }
+    }
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let sel = format!("{}={},{}=build", build::LABEL_INDEXER, ix.name_any(), build::LABEL_COMPONENT);
+    st.active = jobs_api.list(&ListParams::default().labels(&sel)).await?.items.iter().filter(|j| jobs::is_running(j)).map(|j| j.name_any()).collect();
+    let mis: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
+    st.queued = mis
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|m| m.spec.indexer_ref.name == ix.name_any())
+        .filter(|m| m.status.as_ref().and_then(|s| s.current_build.as_ref()).is_some_and(|b| b.queued))
+        .map(|m| m.name_any())
+        .collect();
+    st.active_builds = st.active.len() as i32;
+    st.queued_builds = st.queued.len() as i32;
+    write_status(&ix, &ctx, &st).await?;
+    Ok(Action::requeue(Duration::from_secs(if st.active.is_empty() && st.queued.is_empty() { 60 } else { 5 })))
+}
+
+async fn write_status(ix: &Indexer, ctx: &Context, st: &IndexerStatus) -> Result<()> {
+    let api: Api<Indexer> = Api::namespaced(ctx.client.clone(), &ix.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "kim.dev/v1alpha1", "kind": "Indexer", "status": st});
+    api.patch_status(&ix.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Wiring: flags, leader election, the two controllers, and the HTTP endpoints.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::build::Defaults;
+use crate::context::Context;
+use crate::crd::{Indexer, MatchingIndex};
+use crate::leader::Elector;
+use crate::metrics::Kind;
+use crate::reconcile::{self, cleanup, Error};
+
+#[derive(Debug, Parser)]
+#[command(name = "kim-operator", version, about = "Runs kim MatchingIndexes and Indexers on Kubernetes")]
+pub struct Config {
+    /// Worker image used when an Indexer names none.
+    #[arg(long, env = "KIM_WORKER_IMAGE", default_value = "kim-worker:0.1.0")]
+    pub worker_image: String,
+    #[arg(long, env = "KIM_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "KIM_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    #[arg(long, env = "KIM_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Lease used for leader election.
+    #[arg(long, env = "KIM_LEASE_NAME", default_value = "kim-operator")]
+    pub lease_name: String,
+    /// Namespace of the lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the lease (default: pod name or host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+}
+
+/// Consecutive failures per object, for exponential backoff.
+type Failures = Mutex<HashMap<String, u32>>;
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let identity = cfg.identity.clone().unwrap_or_else(|| format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "kim-operator".into()), std::process::id()));
+    let defaults = Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
+    let ctx = Context::new(client.clone(), defaults, &identity);
+    let leading = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(cfg.http).await?;
+    tokio::spawn(serve_http(listener, ctx.clone(), leading.clone()));
+
+    let elector = Elector::new(client.clone(), &cfg.lease_namespace, &cfg.lease_name, &identity, cfg.lease_duration);
+    tokio::select! {
+        r = elector.acquire() => r?,
+        _ = shutdown_signal() => return Ok(()),
+    }
+    leading.store(true, Ordering::SeqCst);
+    let controllers = controllers(client, cfg.namespace.clone(), ctx);
+    let outcome = tokio::select! {
+        _ = controllers => Ok(()),
+        _ = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so a fresh process can compete again")),
+        _ = shutdown_signal() => Ok(()),
+    };
+    leading.store(false, Ordering::SeqCst);
+    elector.release().await;
+    outcome
+}
+
+fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kim-operator");
+    let failures: Arc<Failures> = Arc::default();
+    let mi = Controller::new(api::<MatchingIndex>(&client, &ns), watcher::Config::default())
+        .owns(api::<Job>(&client, &ns), owned.clone())
+        .owns(api::<Deployment>(&client, &ns), owned.clone())
+        .shutdown_on_signal()
+        .run(
+            {
+                let failures = failures.clone();
+                move |obj, ctx| reconcile_mi(obj, ctx, failures.clone())
+            },
+            {
+                let failures = failures.clone();
+                move |obj: Arc<MatchingIndex>, err: &Error, ctx: Arc<Context>| error_policy("MatchingIndex", obj.as_ref(), err, &ctx, &failures)
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let ix_jobs = api::<Job>(&client, &ns);
+    let ix = Controller::new(api::<Indexer>(&client, &ns), watcher::Config::default())
+        .owns(api::<PersistentVolumeClaim>(&client, &ns), owned.clone())
+        .watches(ix_jobs, owned, |job: Job| {
+            let ix = job.labels().get(crate::build::LABEL_INDEXER)?.clone();
+            Some(ObjectRef::<Indexer>::new(&ix).within(&job.namespace()?))
+        })
+        // A MatchingIndex joining or leaving the queue changes its Indexer's status.
+        .watches(api::<MatchingIndex>(&client, &ns), watcher::Config::default(), |mi: MatchingIndex| {
+            Some(ObjectRef::<Indexer>::new(&mi.spec.indexer_ref.name).within(&mi.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(
+            {
+                let failures = failures.clone();
+                move |obj, ctx| {
+                    let failures = failures.clone();
+                    async move { timed("Indexer", &obj.name_any(), &ctx, &failures, reconcile::indexer::reconcile(obj.clone(), ctx.clone())).await }
+                }
+            },
+            {
+                let failures = failures.clone();
+                move |obj: Arc<Indexer>, err: &Error, ctx: Arc<Context>| error_policy("Indexer", obj.as_ref(), err, &ctx, &failures)
+            },
+            ctx,
+        )
+        .for_each(|_| async {});
+    tokio::join!(mi, ix);
+}
+
+async fn reconcile_mi(obj: Arc<MatchingIndex>, ctx: Arc<Context>, failures: Arc<Failures>) -> Result<Action, Error> {
+    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let name = obj.name_any();
+    let work = finalizer(&api, cleanup::FINALIZER, obj, |ev| {
+        let ctx = ctx.clone();
+        async move {
+            match ev {
+                FinalizerEvent::Apply(mi) => reconcile::matching_index::apply_spec(mi, ctx).await,
+                FinalizerEvent::Cleanup(mi) => cleanup::cleanup(&mi, &ctx).await,
+            }
+        }
+    });
+    let flat = async {
+        work.await.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Other(other.to_string()),
+        })
+    };
+    timed("MatchingIndex", &name, &ctx, &failures, flat).await
+}
+
+async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(kind: &str, name: &str, ctx: &Context, failures: &Failures, f: F) -> Result<Action, Error> {
+    let k = Kind { kind: kind.into() };
+    let t = Instant::now();
+    let r = f.await;
+    ctx.metrics.reconciles.get_or_create(&k).inc();
+    ctx.metrics.duration.get_or_create(&k).observe(t.elapsed().as_secs_f64());
+    if r.is_ok() {
+        failures.lock().unwrap().remove(&format!("{kind}/{name}"));
+    }
+    r
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(kind: &str, obj: &K, err: &Error, ctx: &Context, failures: &Failures) -> Action {
+    let key = format!("{kind}/{}", obj.meta().name.clone().unwrap_or_default());
+    if let Error::Waiting(why) = err {
+        tracing::info!(object = %key, "{why}");
+        return Action::requeue(Duration::from_secs(2));
+    }
+    ctx.metrics.errors.get_or_create(&Kind { kind: kind.into() }).inc();
+    let n = {
+        let mut f = failures.lock().unwrap();
+        let n = f.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let wait = reconcile::backoff(n - 1);
+    tracing::warn!(object = %key, error = %err, failures = n, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, ctx: Arc<Context>, leading: Arc<AtomicBool>) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/leader",
+            get(move || {
+                let l = leading.load(Ordering::SeqCst);
+                async move { if l { "leader" } else { "standby" } }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = ctx.metrics.encode();
+                async move { body }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,77 @@
+//! Checks the schema cannot express (durations, names, cross-field rules). A failure becomes a
+//! `SpecValid=False` condition with this message, never a crash loop.
+
+use std::time::Duration;
+
+use crate::crd::{IndexerSpec, MatchingIndex};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+fn duration(field: &str, v: &str) -> Result<Duration, InvalidSpec> {
+    let d = humantime::parse_duration(v).map_err(|e| InvalidSpec(format!("{field}: {v:?} is not a duration ({e})")))?;
+    if d.is_zero() {
+        return Err(InvalidSpec(format!("{field} must be positive")));
+    }
+    Ok(d)
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Relative path inside a claim, without `..`.
+fn claim_path(field: &str, p: &str) -> Result<(), InvalidSpec> {
+    if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+        return Err(InvalidSpec(format!("{field} must be a relative path inside the claim without '..', got {p:?}")));
+    }
+    Ok(())
+}
+
+pub fn indexer(spec: &IndexerSpec) -> Result<Duration, InvalidSpec> {
+    let s = &spec.storage;
+    if s.existing_claim.is_some() == s.size.is_some() {
+        return Err(InvalidSpec("set exactly one of storage.existingClaim and storage.size".into()));
+    }
+    if spec.max_concurrent_builds < 1 {
+        return Err(InvalidSpec("maxConcurrentBuilds must be at least 1".into()));
+    }
+    duration("buildTimeout", &spec.build_timeout)
+}
+
+/// Returns the rebuild interval, if any.
+pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpec> {
+    let s = &mi.spec;
+    let label = mi.label();
+    if !valid_label(&label) {
+        return Err(InvalidSpec(format!("label {label:?} must be 1-253 characters of [A-Za-z0-9._-] not starting with '.'")));
+    }
+    match (&s.source.path, s.source.agents.unwrap_or(false)) {
+        (Some(p), false) => claim_path("source.path", p)?,
+        (None, true) => {
+            if s.online.is_none() {
+                return Err(InvalidSpec("source.agents needs spec.online".into()));
+            }
+        }
+        _ => return Err(InvalidSpec("set exactly one of source.path and source.agents: true".into())),
+    }
+    if let Some(ids) = &s.source.ids_path {
+        claim_path("source.idsPath", ids)?;
+    }
+    if s.redis.url.is_some() == s.redis.secret_ref.is_some() {
+        return Err(InvalidSpec("set exactly one of redis.url and redis.secretRef".into()));
+    }
+    if let Some(u) = &s.redis.url {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            return Err(InvalidSpec(format!("redis.url must start with redis:// or rediss://, got {u:?}")));
+        }
+    }
+    if s.hnsw.ef_construction < s.hnsw.m {
+        return Err(InvalidSpec(format!("hnsw.efConstruction ({}) must be at least hnsw.m ({})", s.hnsw.ef_construction, s.hnsw.m)));
+    }
+    if !(1..=65_536).contains(&s.descriptor.dimensions) || s.descriptor.version < 0 || s.descriptor.version > u32::MAX as i64 {
+        return Err(InvalidSpec("descriptor.dimensions must be 1..65536 and descriptor.version 0..2^32-1".into()));
+    }
+    s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()
+}

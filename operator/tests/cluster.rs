@@ -1,0 +1,395 @@
+//! The operator against a real control plane: etcd + kube-apiserver built from their Go modules
+//! by e2e/tools.sh and started on loopback by e2e/cluster.sh. No kubelet or controllers run in
+//! this tier, so the tests play their part: they complete or fail build Jobs by writing the Job
+//! and Pod status a kubelet and the Job controller would write.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kim_operator::crd::{MatchingIndex, Phase};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use serde_json::json;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        let tools = Command::new("bash").arg(repo().join("e2e/tools.sh")).output().unwrap();
+        assert!(tools.status.success(), "e2e/tools.sh: {}", String::from_utf8_lossy(&tools.stderr));
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash").arg(repo().join("e2e/cluster.sh")).args(["up", "core"]).env("KIM_CLUSTER_DIR", dir.path()).output().unwrap();
+        assert!(out.status.success(), "cluster up: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let kubeconfig = dir.path().join("kubeconfig");
+        Cluster { dir, kubeconfig }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        let bin = std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim")).join("bin/kubectl");
+        Command::new(bin).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().unwrap()
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Applies crds/ and waits until both are served (status appears a moment after create).
+    async fn crds_established(&self) {
+        self.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
+        eventually(30, "CRDs established", || async {
+            let out = self.kubectl(&["wait", "--for", "condition=Established", "crd/matchingindexes.kim.dev", "crd/indexers.kim.dev", "--timeout=5s"]);
+            out.status.success().then_some(())
+        })
+        .await;
+    }
+
+    /// A namespace with its `default` ServiceAccount (no controller-manager creates it here).
+    fn namespace(&self, ns: &str) {
+        self.kubectl_ok(&["create", "namespace", ns]);
+        self.kubectl_ok(&["create", "serviceaccount", "default", "-n", ns]);
+    }
+
+    async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+        Client::try_from(cfg).unwrap()
+    }
+
+    fn operator(&self, name: &str) -> Operator {
+        let http = free_port();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kim-operator"))
+            .args(["--http", &format!("127.0.0.1:{http}"), "--identity", name, "--lease-duration", "3s"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KIM_WORKER_IMAGE", "kim-worker:test")
+            .env("KIM_LOG", "info,kube=warn")
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Operator { child, http, log }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("e2e/cluster.sh")).arg("down").env("KIM_CLUSTER_DIR", self.dir.path()).output();
+    }
+}
+
+struct Operator {
+    child: Child,
+    http: u16,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf.split_once("\r\n\r\n")?.1.to_string())
+    }
+    fn role(&self) -> Option<String> {
+        self.get("/leader")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn stop(&mut self, signal: &str) {
+        Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(15) && self.child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns Some, at most `secs` seconds.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn indexer_yaml(ns: &str, max: i32) -> String {
+    format!("apiVersion: kim.dev/v1alpha1\nkind: Indexer\nmetadata: {{name: pool, namespace: {ns}}}\nspec:\n  maxConcurrentBuilds: {max}\n  storage: {{size: 1Gi}}\n  buildTimeout: 30m\n")
+}
+
+fn mi_yaml(ns: &str, name: &str, m: i32, replicas: i32, redis: &str, path: &str) -> String {
+    format!(
+        "apiVersion: kim.dev/v1alpha1\nkind: MatchingIndex\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  indexerRef: {{name: pool}}\n  descriptor: {{version: 59, dimensions: 512, encoding: u8, metric: cosine}}\n  source: {{path: {path}, idsPath: data/ids.txt}}\n  hnsw: {{m: {m}, efConstruction: 200}}\n  matcher: {{replicas: {replicas}}}\n  redis: {{url: \"{redis}\"}}\n"
+    )
+}
+
+fn apply_yaml(c: &Cluster, yaml: &str) -> std::process::Output {
+    let f = c.dir.path().join(format!("obj-{}.yaml", free_port()));
+    std::fs::write(&f, yaml).unwrap();
+    c.kubectl(&["apply", "-f", f.to_str().unwrap()])
+}
+
+/// Plays kubelet + Job controller: a pod with the worker's termination message, then the
+/// Job's terminal conditions.
+async fn finish_job(client: &Client, ns: &str, job: &str, ok: bool, message: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod_name = format!("{job}-x");
+    let pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "labels": {"batch.kubernetes.io/job-name": job, "job-name": job}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "index", "image": "kim-worker:test"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let pod_status = json!({"status": {
+        "phase": if ok { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{"name": "index", "image": "kim-worker:test", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": if ok { 0 } else { 1 }, "message": message, "startedAt": now, "finishedAt": now}}}],
+    }});
+    pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&pod_status)).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let cond = |t: &str, reason: &str| json!({"type": t, "status": "True", "reason": reason, "message": reason, "lastProbeTime": now, "lastTransitionTime": now});
+    let status = if ok {
+        json!({"status": {"startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0, "terminating": 0,
+            "conditions": [cond("SuccessCriteriaMet", "CompletionsReached"), cond("Complete", "CompletionsReached")]}})
+    } else {
+        json!({"status": {"startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+            "conditions": [cond("FailureTarget", "BackoffLimitExceeded"), cond("Failed", "BackoffLimitExceeded")]}})
+    };
+    jobs.patch_status(job, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap_or_else(|e| panic!("finishing job {job}: {e}"));
+}
+
+async fn build_jobs(client: &Client, ns: &str, mi: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    jobs.list(&ListParams::default().labels(&format!("kim.dev/matching-index={mi},kim.dev/component=build"))).await.unwrap().items
+}
+
+async fn mi_status(client: &Client, ns: &str, name: &str) -> Option<kim_operator::crd::MatchingIndexStatus> {
+    Api::<MatchingIndex>::namespaced(client.clone(), ns).get_opt(name).await.unwrap().and_then(|m| m.status)
+}
+
+fn start_redis(dir: &Path) -> (Child, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_lifecycle_scaling_failure_restart_and_deletion() {
+    let c = Cluster::up();
+    let client = c.client().await;
+    let ns = "team";
+    c.crds_established().await;
+    // Discovery can lag a moment behind Established.
+    let explain = eventually(20, "kubectl explain", || async {
+        let out = c.kubectl(&["explain", "matchingindex.spec"]);
+        out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+    })
+    .await;
+    for field in ["indexerRef", "descriptor", "source", "hnsw", "rebuild", "matcher", "online", "redis"] {
+        assert!(explain.contains(field), "kubectl explain lacks {field}:\n{explain}");
+    }
+    c.namespace(ns);
+    let (mut redis, rport) = start_redis(c.dir.path());
+    let redis_url = format!("redis://127.0.0.1:{rport}");
+    let mut op = c.operator("op-1");
+
+    // Schema rejects nonsense outright, with the rule's message.
+    let bad = apply_yaml(&c, &indexer_yaml(ns, 0));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("maxConcurrentBuilds must be 1..64"));
+
+    let out = apply_yaml(&c, &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "faces", 16, 1, &redis_url, "data/base.npy")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The Indexer's claim and the first build Job appear, with the spec we expect.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    eventually(20, "storage claim", || async { pvcs.get_opt("pool-storage").await.unwrap() }).await;
+    let job = eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
+    let pod = job.spec.clone().unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--source", "/storage/data/base.npy"]), "{args:?}");
+    assert_eq!(pod.volumes.unwrap()[0].persistent_volume_claim.as_ref().unwrap().claim_name, "pool-storage");
+    let st = eventually(20, "Building phase", || async { mi_status(&client, ns, "faces").await.filter(|s| s.phase == Some(Phase::Building)) }).await;
+    assert_eq!(st.current_build.unwrap().job.as_deref(), Some(job.name_any().as_str()));
+
+    // The Job succeeds: status carries the snapshot, the matcher Deployment appears.
+    let msg = r#"{"snapshot":"20261122t000000000z-abc123","label":"faces","namespace":"team","vectors":50000,"buildSeconds":12.5,"createdAt":"2026-11-22T00:00:00Z"}"#;
+    finish_job(&client, ns, &job.name_any(), true, msg).await;
+    let st = eventually(20, "snapshot in status", || async { mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.is_some()) }).await;
+    let snap = st.current_snapshot.unwrap();
+    assert_eq!((snap.id.as_str(), snap.vectors), ("20261122t000000000z-abc123", 50000));
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let dep = eventually(20, "matcher deployment", || async { deps.get_opt("faces-matcher").await.unwrap() }).await;
+    assert_eq!(dep.spec.unwrap().replicas, Some(1));
+    let got = c.kubectl_ok(&["get", "mi", "-n", ns]);
+    assert!(got.contains("50000") && got.contains("20261122t000000000z-abc123"), "{got}");
+
+    // Scaling changes the Deployment, not the index.
+    assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 16, 3, &redis_url, "data/base.npy")).status.success());
+    eventually(20, "3 replicas", || async { deps.get_opt("faces-matcher").await.unwrap().filter(|d| d.spec.as_ref().unwrap().replicas == Some(3)) }).await;
+    assert_eq!(build_jobs(&client, ns, "faces").await.len(), 1);
+
+    // New HNSW parameters start a new build; it fails with the worker's message.
+    assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 24, 3, &redis_url, "data/base.npy")).status.success());
+    let second = eventually(20, "second build job", || async { build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any()) }).await;
+    finish_job(&client, ns, &second.name_any(), false, r#"{"error":"source has 128 dimensions, index expects 512"}"#).await;
+    let st = eventually(20, "BuildFailed", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.conditions.iter().any(|c| c.type_ == "BuildFailed" && c.status == "True"))
+    })
+    .await;
+    let failed = st.conditions.iter().find(|c| c.type_ == "BuildFailed").unwrap();
+    assert!(failed.message.contains("source has 128 dimensions"), "{}", failed.message);
+    assert_eq!(st.phase, Some(Phase::Degraded), "old snapshot keeps serving");
+
+    // An invalid spec the schema cannot see becomes a condition; the operator keeps running.
+    assert!(apply_yaml(&c, &mi_yaml(ns, "broken", 16, 1, &redis_url, "../../etc/passwd")).status.success());
+    let st = eventually(20, "SpecValid=False", || async { mi_status(&client, ns, "broken").await.filter(|s| s.phase == Some(Phase::Failed)) }).await;
+    assert!(st.conditions.iter().any(|c| c.type_ == "SpecValid" && c.status == "False" && c.message.contains("'..'")));
+    assert!(build_jobs(&client, ns, "broken").await.is_empty());
+
+    // Restarting the operator creates no duplicate Jobs.
+    let before: Vec<String> = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();
+    op.stop("TERM");
+    let op2 = c.operator("op-2");
+    eventually(20, "op-2 leading", || async { op2.role().filter(|r| r == "leader") }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: Vec<String> = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();
+    assert_eq!(before, after);
+
+    // Deleting the MatchingIndex removes children, Redis keys and (via a cleanup Job) files.
+    let mut r = redis::Client::open(redis_url.as_str()).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("SET").arg("matching_label__faces__m1").arg("{}").query(&mut r).unwrap();
+    let _: String = redis::cmd("XADD").arg("faces").arg("*").arg("k").arg("v").query(&mut r).unwrap();
+    let mis: Api<MatchingIndex> = Api::namespaced(client.clone(), ns);
+    mis.delete("faces", &DeleteParams::default()).await.unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    eventually(30, "cleanup job", || async { jobs.get_opt("faces-cleanup").await.unwrap() }).await;
+    finish_job(&client, ns, "faces-cleanup", true, r#"{"removed":"/storage/team/faces"}"#).await;
+    eventually(30, "MatchingIndex gone", || async { mis.get_opt("faces").await.unwrap().is_none().then_some(()) }).await;
+    assert!(deps.get_opt("faces-matcher").await.unwrap().is_none());
+    assert!(build_jobs(&client, ns, "faces").await.is_empty());
+    assert!(jobs.get_opt("faces-cleanup").await.unwrap().is_none());
+    let exists: i64 = redis::cmd("EXISTS").arg("matching_label__faces__m1").arg("faces").query(&mut r).unwrap();
+    assert_eq!(exists, 0, "redis keys removed");
+    let events = c.kubectl_ok(&["get", "events", "-n", ns, "-o", "custom-columns=R:.reason", "--no-headers"]);
+    for reason in ["BuildStarted", "BuildSucceeded", "BuildFailed", "InvalidSpec", "CleanedUp"] {
+        assert!(events.contains(reason), "no {reason} event in:\n{events}");
+    }
+    assert!(!op2.log().contains("panicked"));
+    let _ = redis.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_queues_builds() {
+    let c = Cluster::up();
+    let client = c.client().await;
+    let ns = "q";
+    c.crds_established().await;
+    c.namespace(ns);
+    let _op = c.operator("op");
+    let mut yaml = indexer_yaml(ns, 1);
+    for n in ["a", "b", "c"] {
+        yaml += &format!("---\n{}", mi_yaml(ns, n, 16, 1, "redis://127.0.0.1:1", "data/base.npy"));
+    }
+    assert!(apply_yaml(&c, &yaml).status.success());
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let running = || async {
+        let all = jobs.list(&ListParams::default().labels("kim.dev/component=build")).await.unwrap().items;
+        all.into_iter().filter(|j| j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_none()).collect::<Vec<_>>()
+    };
+    let mut built = Vec::new();
+    for round in 0..3 {
+        let r = eventually(30, "a running build", || async { Some(running().await).filter(|r| !r.is_empty()) }).await;
+        // Give a second admission the chance to (wrongly) happen.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let r2 = running().await;
+        assert_eq!(r2.len(), 1, "round {round}: {:?}", r2.iter().map(|j| j.name_any()).collect::<Vec<_>>());
+        assert_eq!(r[0].name_any(), r2[0].name_any());
+        if round < 2 {
+            let ixs: Api<kim_operator::crd::Indexer> = Api::namespaced(client.clone(), ns);
+            let st = eventually(15, "queue visible on the Indexer", || async {
+                ixs.get("pool").await.unwrap().status.filter(|s| s.active_builds == 1 && s.queued_builds == 2 - round)
+            })
+            .await;
+            assert_eq!(st.active, vec![r2[0].name_any()]);
+        }
+        let name = r2[0].name_any();
+        built.push(r2[0].labels()["kim.dev/matching-index"].clone());
+        finish_job(&client, ns, &name, true, r#"{"snapshot":"s","vectors":1}"#).await;
+    }
+    built.sort();
+    assert_eq!(built, vec!["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        eventually(20, "snapshot", || async { mi_status(&client, ns, n).await.filter(|s| s.current_snapshot.is_some()) }).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_standby_takes_over() {
+    let c = Cluster::up();
+    let client = c.client().await;
+    let ns = "le";
+    c.crds_established().await;
+    c.namespace(ns);
+    let mut a = c.operator("op-a");
+    eventually(20, "op-a leading", || async { a.role().filter(|r| r == "leader") }).await;
+    let b = c.operator("op-b");
+    eventually(20, "op-b up", || async { b.role() }).await;
+    assert_eq!(b.role().as_deref(), Some("standby"));
+    assert!(apply_yaml(&c, &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "one", 16, 1, "redis://127.0.0.1:1", "data/base.npy"))).status.success());
+    eventually(20, "job of one", || async { build_jobs(&client, ns, "one").await.into_iter().next() }).await;
+    assert!(!b.get("/metrics").unwrap().contains("kim_operator_reconciles_total{kind=\"MatchingIndex\"}"), "standby reconciled");
+    a.stop("KILL");
+    eventually(30, "op-b leading", || async { b.role().filter(|r| r == "leader") }).await;
+    assert!(apply_yaml(&c, &mi_yaml(ns, "two", 16, 1, "redis://127.0.0.1:1", "data/base.npy")).status.success());
+    eventually(20, "job of two", || async { build_jobs(&client, ns, "two").await.into_iter().next() }).await;
+    assert!(b.log().contains("became leader"));
+}
