@@ -23,20 +23,36 @@ struct BuildDistance {
     /// `dot` is built as `offset − a·b` with offset = the largest ‖v‖², which is ≥ 0 by
     /// Cauchy–Schwarz and keeps the true order even for vectors that are not unit length.
     dot_offset: f64,
+    /// Cosine rows carry their inverse norm after the `dims` values (4 bytes for byte rows,
+    /// one element for f32 rows), so a distance costs one dot product instead of three.
+    dims: usize,
+}
+
+fn tail_f32(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 impl BuildDistance {
     fn eval_rows(&self, a: RowRef<'_>, b: RowRef<'_>) -> f32 {
         let k = self.kernels;
+        if self.spec.metric == Metric::Cosine {
+            let d = self.dims;
+            let cos = match (a, b) {
+                (RowRef::Bytes(a), RowRef::Bytes(b)) => {
+                    raw_dot(k, &self.spec, RowRef::Bytes(&a[..d]), RowRef::Bytes(&b[..d])) as f32 * tail_f32(&a[d..]) * tail_f32(&b[d..])
+                }
+                (RowRef::F32(a), RowRef::F32(b)) => (k.dot_f32)(&a[..d], &b[..d]) * a[d] * b[d],
+                _ => unreachable!("rows share one encoding"),
+            };
+            let dist = 1.0 - cos;
+            return if dist.is_nan() { 0.0 } else { dist.max(0.0) };
+        }
         let s2 = match a {
             RowRef::Bytes(_) => (self.spec.scale as f64).powi(2),
             RowRef::F32(_) => 1.0,
         };
         let d = match self.spec.metric {
-            Metric::Cosine => {
-                let den = (raw_dot(k, &self.spec, a, a) * raw_dot(k, &self.spec, b, b)).sqrt();
-                if den > 0.0 { 1.0 - raw_dot(k, &self.spec, a, b) / den } else { 1.0 }
-            }
+            Metric::Cosine => unreachable!("handled above"),
             Metric::Dot => self.dot_offset - raw_dot(k, &self.spec, a, b) * s2,
             Metric::L2 => raw_l2(k, &self.spec, a, b) * s2,
         };
@@ -68,10 +84,19 @@ pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, prog
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| e.to_string())?;
     let dot_offset = if store.spec.metric == Metric::Dot { store.max_self_dot().max(1.0) } else { 0.0 };
-    let dist = BuildDistance { spec: store.spec, kernels: kernels::active(), dot_offset };
     let n = store.len();
     let d = store.spec.dimensions;
+    let dist = BuildDistance { spec: store.spec, kernels: kernels::active(), dot_offset, dims: d };
+    let cosine = store.spec.metric == Metric::Cosine;
     pool.install(|| match &store.storage {
+        Storage::Bytes(b) if cosine => {
+            let rows: Vec<u8> = (0..n).flat_map(|i| b[i * d..(i + 1) * d].iter().copied().chain(store.inv_norm(i).to_le_bytes())).collect();
+            Ok(insert_all(rows.chunks_exact(d + 4).collect(), n, params, dist, progress))
+        }
+        Storage::F32(f) if cosine => {
+            let rows: Vec<f32> = (0..n).flat_map(|i| f[i * d..(i + 1) * d].iter().copied().chain([store.inv_norm(i)])).collect();
+            Ok(insert_all(rows.chunks_exact(d + 1).collect(), n, params, dist, progress))
+        }
         Storage::Bytes(b) => Ok(insert_all(b.chunks_exact(d).collect(), n, params, dist, progress)),
         Storage::F32(f) => Ok(insert_all(f.chunks_exact(d).collect(), n, params, dist, progress)),
     })

@@ -96,6 +96,11 @@ impl VectorStore {
         data + if self.inv_norms.is_empty() { 0 } else { 4 }
     }
 
+    /// 1/‖v‖ of row `i` (cosine stores only; 0 for a zero vector).
+    pub fn inv_norm(&self, i: usize) -> f32 {
+        self.inv_norms[i]
+    }
+
     /// Largest ‖v‖² over all rows, in real units.
     pub fn max_self_dot(&self) -> f64 {
         (0..self.len).map(|i| self.self_dot(i)).fold(0.0, f64::max) * self.real_scale2()
