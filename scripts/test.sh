@@ -20,7 +20,7 @@ tier() {
   log "$name took $((SECONDS - t0))s"
 }
 
-tier rust cargo test --release --workspace -- --test-threads=2
+tier rust cargo test --release --workspace --no-fail-fast -- --test-threads=2
 tier python "$KIM_CACHE/venv/bin/pytest" -q clients/python/tests
 tier python-online "$KIM_CACHE/venv/bin/pytest" -q -p no:cacheprovider clients/python/tests_online
 

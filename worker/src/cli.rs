@@ -34,6 +34,12 @@ pub enum Command {
     Match(MatchArgs),
     /// Remove a label's snapshots from storage (run by the operator when a MatchingIndex goes).
     Clean(CleanArgs),
+    /// Serve one online shard (Vald agent API) with a WAL on --data.
+    Agent(crate::online::args::AgentArgs),
+    /// Serve vald.v1.Filter: vectorize, place on agents, fan out searches.
+    Filter(crate::online::args::FilterArgs),
+    /// Serve filter.ingress.v1.Filter GenVector with a feature-hashing text/bytes embedding.
+    Vectorize(crate::online::args::VectorizeArgs),
 }
 
 /// What a descriptor looks like; shared by `index` and `gen`.
@@ -111,7 +117,8 @@ pub struct IndexArgs {
     /// Storage root shared with matchers.
     #[arg(long, env = "KIM_STORAGE")]
     pub storage: PathBuf,
-    /// Descriptors: .npy (2-D), .fvecs or .kimv.
+    /// Descriptors: .npy (2-D), .fvecs or .kimv; or agents://HOST:PORT,... to read every
+    /// object of the online agents (f32; ids are the object ids).
     #[arg(long)]
     pub source: PathBuf,
     /// Ids, one per line, in row order (default: row numbers).

@@ -43,11 +43,15 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
-    let source_bytes = std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?;
-    let matrix = Matrix::read(&a.source).map_err(anyhow::Error::msg)?;
-    let ids = match &a.ids {
-        Some(p) => kim_index::io::read_ids(p, matrix.rows).map_err(anyhow::Error::msg)?,
-        None => (0..matrix.rows).map(|i| i.to_string()).collect(),
+    // `agents://HOST:PORT,...`: the online agents' objects, ids = object ids.
+    let (source_bytes, matrix, agent_ids) = match crate::online::source::agents(&a.source) {
+        Some(agents) => crate::online::source::read(&agents).map(|(b, m, ids)| (b, m, Some(ids)))?,
+        None => (std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?, Matrix::read(&a.source).map_err(anyhow::Error::msg)?, None),
+    };
+    let ids = match (&a.ids, agent_ids) {
+        (_, Some(ids)) => ids,
+        (Some(p), None) => kim_index::io::read_ids(p, matrix.rows).map_err(anyhow::Error::msg)?,
+        (None, None) => (0..matrix.rows).map(|i| i.to_string()).collect(),
     };
     let mut digest_input = source_bytes;
     digest_input.extend(ids.join("\n").bytes());

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod gen;
 pub mod indexer;
 pub mod matcher;
+pub mod online;
 pub mod telemetry;

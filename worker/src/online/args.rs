@@ -1,0 +1,112 @@
+//! Command-line arguments of `agent`, `filter` and `vectorize` (kept here; `cli.rs` only
+//! names the subcommands).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kim_index::Metric;
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Directory for the WAL and index snapshots (the agent's volume).
+    #[arg(long, env = "KIM_AGENT_DATA")]
+    pub data: PathBuf,
+    /// gRPC address (vald.v1 Insert/Search/Update/Upsert/Remove/Object/Index/Flush, core.v1.Agent).
+    #[arg(long, env = "KIM_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Length every vector must have.
+    #[arg(long, env = "KIM_DIMENSIONS")]
+    pub dimensions: usize,
+    /// cosine (distance 1 − cos), dot (1 − a·b) or l2 (euclidean distance).
+    #[arg(long, env = "KIM_METRIC", default_value = "cosine")]
+    pub metric: Metric,
+    /// Name reported in Object.Location (default: $HOSTNAME, else the listen address).
+    #[arg(long, env = "KIM_AGENT_NAME")]
+    pub name: Option<String>,
+    /// Address reported in Object.Location.ips (default: the listen address's IP; set it to
+    /// the pod IP when listening on 0.0.0.0).
+    #[arg(long, env = "KIM_ADVERTISE_IP")]
+    pub advertise_ip: Option<String>,
+    /// HNSW links per node.
+    #[arg(long, env = "KIM_HNSW_M", default_value_t = 16)]
+    pub m: usize,
+    /// HNSW build beam width.
+    #[arg(long, env = "KIM_HNSW_EF_CONSTRUCTION", default_value_t = 200)]
+    pub ef_construction: usize,
+    /// HNSW search beam width (at least the number of results asked for).
+    #[arg(long, env = "KIM_HNSW_EF_SEARCH", default_value_t = 96)]
+    pub ef_search: usize,
+    /// How often to consider folding uncommitted writes into the graph and saving a
+    /// snapshot (done when they are ≥ 5 % of the indexed rows).
+    #[arg(long, env = "KIM_INDEX_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub index_interval: Duration,
+    /// Fold and save anyway once the last build is this old (bounds WAL replay).
+    #[arg(long, env = "KIM_MAX_INDEX_AGE", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub max_index_age: Duration,
+    /// Build at once when this many writes and removals wait (bounds brute-force search).
+    #[arg(long, env = "KIM_MAX_UNCOMMITTED", default_value_t = 20_000)]
+    pub max_uncommitted: usize,
+    /// Threads of one index build (searches and writes keep running beside it).
+    #[arg(long, env = "KIM_BUILD_THREADS", default_value_t = 1)]
+    pub build_threads: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// gRPC address of vald.v1.Filter.
+    #[arg(long, env = "KIM_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Agents as HOST:PORT,HOST:PORT,...
+    #[arg(long, env = "KIM_AGENTS", value_delimiter = ',', required_unless_present = "agents_dns", conflicts_with = "agents_dns")]
+    pub agents: Vec<String>,
+    /// A DNS name (HOST:PORT) whose addresses are the agents, re-resolved periodically
+    /// (a headless Service).
+    #[arg(long, env = "KIM_AGENTS_DNS")]
+    pub agents_dns: Option<String>,
+    /// How often --agents-dns is resolved again.
+    #[arg(long, env = "KIM_DNS_REFRESH", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub dns_refresh: Duration,
+    /// Agents each object is written to.
+    #[arg(long, env = "KIM_REPLICAS", default_value_t = 2)]
+    pub replicas: usize,
+    /// Default vectorizer (HOST:PORT) for requests that name none.
+    #[arg(long, env = "KIM_VECTORIZER")]
+    pub vectorizer: Option<String>,
+    /// Ingress FilterVector targets (HOST:PORT), applied before a request's own.
+    #[arg(long, env = "KIM_INGRESS_FILTERS", value_delimiter = ',')]
+    pub ingress_filter: Vec<String>,
+    /// Egress FilterDistance targets (HOST:PORT), applied before a request's own.
+    #[arg(long, env = "KIM_EGRESS_FILTERS", value_delimiter = ',')]
+    pub egress_filter: Vec<String>,
+    /// Search deadline when a request gives none.
+    #[arg(long, env = "KIM_SEARCH_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub search_timeout: Duration,
+    /// Deadline of one write, existence check or filter call to a backend.
+    #[arg(long, env = "KIM_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub call_timeout: Duration,
+    /// Search-stream messages and Multi* items handled at once (write streams apply their
+    /// messages in order).
+    #[arg(long, env = "KIM_STREAM_CONCURRENCY", default_value_t = 16)]
+    pub stream_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VectorizeArgs {
+    /// gRPC address of filter.ingress.v1.Filter.
+    #[arg(long, env = "KIM_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Length of the vectors produced (the agents' --dimensions).
+    #[arg(long, env = "KIM_DIMENSIONS", default_value_t = 256)]
+    pub dimensions: usize,
+}

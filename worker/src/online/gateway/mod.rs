@@ -1,0 +1,253 @@
+//! `kim-worker filter`: the vald.v1.Filter gateway. An object becomes a vector on the
+//! vectorizer (GenVector), passes the ingress FilterVector chain, and is written to the
+//! `replicas` agents that own its id; a search fans out to every agent, merges the top k
+//! without replica duplicates and passes each result through the egress FilterDistance chain.
+
+pub mod grpc;
+pub mod placement;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::join_all;
+use kim_proto::filter::egress::v1::filter_client::FilterClient as EgressClient;
+use kim_proto::filter::ingress::v1::filter_client::FilterClient as IngressClient;
+use kim_proto::payload::v1::{filter, object, search, upsert};
+use kim_proto::vald::v1::object_client::ObjectClient;
+use kim_proto::vald::v1::search_client::SearchClient;
+use kim_proto::vald::v1::upsert_client::UpsertClient;
+use tonic::{Code, Request, Status};
+
+use super::args::FilterArgs;
+use super::metrics::Metrics;
+use super::pool::Pool;
+use placement::Agents;
+
+/// Results per search when the request asks for none.
+const DEFAULT_NUM: u32 = 10;
+
+pub struct Gateway {
+    agents: Arc<Agents>,
+    replicas: usize,
+    pool: Pool,
+    vectorizer: Option<String>,
+    ingress: Vec<String>,
+    egress: Vec<String>,
+    search_timeout: Duration,
+    call_timeout: Duration,
+    stream_concurrency: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A backend's failure as the gateway reports it: unreachable stays UNAVAILABLE, a deadline
+/// (or a call timeout) is DEADLINE_EXCEEDED, anything else the backend said is INTERNAL.
+fn backend_error(what: &str, addr: &str, s: Status) -> Status {
+    let msg = format!("{what} {addr}: {}", s.message());
+    match s.code() {
+        Code::Unavailable => Status::unavailable(msg),
+        // A client-side timeout of the call surfaces as Cancelled.
+        Code::DeadlineExceeded | Code::Cancelled => Status::deadline_exceeded(msg),
+        _ => Status::internal(format!("{msg} ({:?})", s.code())),
+    }
+}
+
+fn with_timeout<T>(msg: T, t: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(t);
+    r
+}
+
+/// HOST:PORT of filter targets; a target without a port is a bad request.
+fn addrs(cfg: Option<&filter::Config>) -> Result<Vec<String>, Status> {
+    cfg.map_or(&[][..], |c| &c.targets[..]).iter().map(target_addr).collect()
+}
+
+fn target_addr(t: &filter::Target) -> Result<String, Status> {
+    if t.port == 0 || t.host.is_empty() {
+        return Err(Status::invalid_argument(format!("filter target {:?}:{} needs a host and a port", t.host, t.port)));
+    }
+    Ok(format!("{}:{}", t.host, t.port))
+}
+
+impl Gateway {
+    /// Object → vector on the request's vectorizer, else the default one.
+    async fn vectorize(&self, target: Option<&filter::Target>, id: &str, object: Vec<u8>) -> Result<Vec<f32>, Status> {
+        let addr = match target.filter(|t| t.port != 0) {
+            Some(t) => target_addr(t)?,
+            None => self.vectorizer.clone().ok_or_else(|| Status::invalid_argument("no vectorizer: the request names none (Filter.Target with a port) and the gateway has no default"))?,
+        };
+        let mut c = IngressClient::new(self.pool.channel(&addr)?);
+        let v = c.gen_vector(with_timeout(object::Blob { id: id.to_string(), object }, self.call_timeout)).await.map_err(|s| backend_error("vectorizer", &addr, s))?.into_inner();
+        if v.vector.is_empty() {
+            return Err(Status::internal(format!("vectorizer {addr} returned an empty vector")));
+        }
+        Ok(v.vector)
+    }
+
+    /// The ingress FilterVector chain: the gateway's filters, then the request's.
+    async fn ingress(&self, extra: Option<&filter::Config>, mut v: object::Vector) -> Result<object::Vector, Status> {
+        for addr in self.ingress.iter().cloned().chain(addrs(extra)?) {
+            let mut c = IngressClient::new(self.pool.channel(&addr)?);
+            v = c.filter_vector(with_timeout(v, self.call_timeout)).await.map_err(|s| backend_error("ingress filter", &addr, s))?.into_inner();
+        }
+        Ok(v)
+    }
+
+    /// Ok(true) if an owner holds `id`, Ok(false) if the owners that answered do not, an
+    /// error if none answered.
+    async fn exists(&self, owners: &[String], id: &str) -> Result<bool, Status> {
+        let calls = owners.iter().map(|addr| async move {
+            let mut c = ObjectClient::new(self.pool.channel(addr)?);
+            match c.exists(with_timeout(object::Id { id: id.to_string() }, self.call_timeout)).await {
+                Ok(_) => Ok(true),
+                Err(s) if s.code() == Code::NotFound => Ok(false),
+                Err(s) => Err(backend_error("agent", addr, s)),
+            }
+        });
+        let answers = join_all(calls).await;
+        if answers.iter().any(|a| matches!(a, Ok(true))) {
+            return Ok(true);
+        }
+        answers.into_iter().find(|a| a.is_ok()).unwrap_or_else(|| Err(Status::unavailable(format!("no owner of {id} answered"))))
+    }
+
+    /// Writes the vector to every owner; succeeds when at least one acknowledged (the
+    /// others are logged and repaired by the next write of that id).
+    async fn put(&self, v: object::Vector, timestamp: i64) -> Result<object::Location, Status> {
+        let owners = self.agents.owners(&v.id, self.replicas);
+        if owners.is_empty() {
+            return Err(Status::unavailable("no agents"));
+        }
+        let calls = owners.iter().map(|addr| {
+            let req = upsert::Request { vector: Some(v.clone()), config: Some(upsert::Config { timestamp, ..Default::default() }) };
+            async move {
+                let mut c = UpsertClient::new(self.pool.channel(addr).map_err(|s| (addr, s))?);
+                c.upsert(with_timeout(req, self.call_timeout)).await.map(|r| r.into_inner()).map_err(|s| (addr, s))
+            }
+        });
+        let mut names = Vec::new();
+        let mut ips = Vec::new();
+        let mut first_err = None;
+        for r in join_all(calls).await {
+            match r {
+                Ok(l) => {
+                    names.push(l.name);
+                    ips.extend(l.ips);
+                }
+                Err((addr, s)) => {
+                    tracing::warn!(agent = %addr, id = %v.id, code = ?s.code(), error = %s.message(), "replica write failed");
+                    first_err.get_or_insert((addr.clone(), s));
+                }
+            }
+        }
+        match first_err {
+            // The agent's own verdict on a bad vector (e.g. wrong dimensions) is the caller's.
+            Some((addr, s)) if names.is_empty() => Err(if s.code() == Code::InvalidArgument { s } else { backend_error("agent", &addr, s) }),
+            _ => Ok(object::Location { name: names.join(","), uuid: v.id, ips }),
+        }
+    }
+
+    /// Searches every agent and merges: best distance per id, closest first, at most `num`.
+    async fn search_agents(&self, vector: Vec<f32>, cfg: &search::Config, budget: Duration) -> Result<Vec<object::Distance>, Status> {
+        let agents = self.agents.all();
+        if agents.is_empty() {
+            return Err(Status::unavailable("no agents"));
+        }
+        let num = if cfg.num == 0 { DEFAULT_NUM } else { cfg.num };
+        let agent_cfg = search::Config { num, egress_filters: None, ingress_filters: None, ..cfg.clone() };
+        let calls = agents.iter().map(|addr| {
+            let req = search::Request { vector: vector.clone(), config: Some(agent_cfg.clone()) };
+            async move {
+                let mut c = SearchClient::new(self.pool.channel(addr)?);
+                c.search(with_timeout(req, budget)).await.map(|r| r.into_inner().results).map_err(|s| backend_error("agent", addr, s))
+            }
+        });
+        let mut best: HashMap<String, f32> = HashMap::new();
+        let mut failures = Vec::new();
+        for r in join_all(calls).await {
+            match r {
+                Ok(results) => {
+                    for d in results {
+                        let e = best.entry(d.id).or_insert(d.distance);
+                        *e = e.min(d.distance);
+                    }
+                }
+                Err(s) => failures.push(s),
+            }
+        }
+        if failures.len() == agents.len() {
+            return Err(failures.swap_remove(0));
+        }
+        for f in &failures {
+            tracing::warn!(request_id = %cfg.request_id, error = %f.message(), "agent search failed; answering from the others");
+        }
+        let mut merged: Vec<object::Distance> = best.into_iter().map(|(id, distance)| object::Distance { id, distance }).collect();
+        sort(&mut merged);
+        merged.truncate(num as usize);
+        Ok(merged)
+    }
+
+    /// The egress FilterDistance chain, run on all results concurrently.
+    async fn egress(&self, extra: Option<&filter::Config>, results: Vec<object::Distance>) -> Result<Vec<object::Distance>, Status> {
+        let chain: Vec<String> = self.egress.iter().cloned().chain(addrs(extra)?).collect();
+        if chain.is_empty() {
+            return Ok(results);
+        }
+        let chain = &chain;
+        let filtered = join_all(results.into_iter().map(|mut d| async move {
+            for addr in chain {
+                let mut c = EgressClient::new(self.pool.channel(addr)?);
+                d = c.filter_distance(with_timeout(d, self.call_timeout)).await.map_err(|s| backend_error("egress filter", addr, s))?.into_inner();
+            }
+            Ok::<_, Status>(d)
+        }))
+        .await;
+        let mut out = filtered.into_iter().collect::<Result<Vec<_>, _>>()?;
+        sort(&mut out);
+        Ok(out)
+    }
+}
+
+fn sort(v: &mut [object::Distance]) {
+    v.sort_by(|a, b| a.distance.total_cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
+}
+
+pub fn run(a: FilterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.replicas >= 1, "--replicas must be at least 1");
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve(a))
+}
+
+async fn serve(a: FilterArgs) -> anyhow::Result<()> {
+    let agents = Arc::new(Agents::fixed(a.agents.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()));
+    if let Some(name) = a.agents_dns.clone() {
+        tokio::spawn(agents.clone().follow_dns(name, a.dns_refresh));
+    }
+    let metrics = Arc::new(Metrics::new("kim_gateway"));
+    let ready = Arc::new(AtomicBool::new(true));
+    let http = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
+    let m = metrics.clone();
+    tokio::spawn(super::http::serve(http, ready.clone(), Arc::new(move || m.encode())));
+    let gw = Gateway {
+        agents,
+        replicas: a.replicas,
+        pool: Pool::new(Duration::from_secs(2)),
+        vectorizer: a.vectorizer.clone().filter(|v| !v.is_empty()),
+        ingress: a.ingress_filter.clone(),
+        egress: a.egress_filter.clone(),
+        search_timeout: a.search_timeout,
+        call_timeout: a.call_timeout,
+        stream_concurrency: a.stream_concurrency.max(1),
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, "gateway serving");
+    tonic::transport::Server::builder()
+        .add_service(kim_proto::vald::v1::filter_server::FilterServer::new(grpc::FilterService(Arc::new(gw))))
+        .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
+        .await?;
+    ready.store(false, Ordering::SeqCst);
+    Ok(())
+}
