@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: on a fresh machine, install what is missing, build, generate ~50k face-like u8
 # descriptors, build an index, start Redis and a matcher, match with the CLI and the Python
-# client, print results and latencies, and stop everything it started.
+# client, print results and latencies; then start agents, a vectorizer and the Vald Filter
+# gateway and insert/search through it with vald-client-python; stop everything it started.
 . "$(dirname "$0")/lib.sh"
 cd "$KIM_ROOT"
 
@@ -45,6 +46,22 @@ log "200 matches one at a time, then 200 with 32 in flight"
 log "the same through the Python client (LUNA-style API)"
 "$KIM_CACHE/venv/bin/python" clients/python/examples/luna_example.py "$KIM_REDIS_URL" "$work/data"
 
+log "online path: 3 agents (replicas 2), the kim vectorizer and a Vald Filter gateway"
+agents=()
+for i in 1 2 3; do
+  gp=$(free_port); hp=$(free_port)
+  "$W" agent --data "$work/agent-$i" --listen "127.0.0.1:$gp" --http "127.0.0.1:$hp" --dimensions 256 >"$work/agent-$i.log" 2>&1 &
+  pids+=($!); agents+=("127.0.0.1:$gp")
+done
+vp=$(free_port); "$W" vectorize --listen "127.0.0.1:$vp" --http "127.0.0.1:$(free_port)" --dimensions 256 >"$work/vectorizer.log" 2>&1 &
+pids+=($!)
+gp=$(free_port); gh=$(free_port)
+"$W" filter --listen "127.0.0.1:$gp" --http "127.0.0.1:$gh" --agents "$(IFS=,; echo "${agents[*]}")" --replicas 2 \
+  --vectorizer "127.0.0.1:$vp" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+wait_for 30 curl -fs "127.0.0.1:$gh/readyz" || { cat "$work/gateway.log"; exit 1; }
+"$KIM_CACHE/venv/bin/python" clients/python/examples/vald_example.py "127.0.0.1:$gp"
+
 log "matcher metrics"
 curl -fs "127.0.0.1:$http/metrics" | grep -E '^kim_matcher_(requests_total|index_vectors)' || true
-log "demo finished; stopping redis and the matcher"
+log "demo finished; stopping everything it started"
