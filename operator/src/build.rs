@@ -27,7 +27,7 @@ pub struct Defaults {
     pub image_pull_policy: String,
 }
 
-fn owner_ref<K: Resource<DynamicType = ()>>(o: &K) -> Value {
+pub(crate) fn owner_ref<K: Resource<DynamicType = ()>>(o: &K) -> Value {
     json!({
         "apiVersion": K::api_version(&()), "kind": K::kind(&()), "name": o.name_any(),
         "uid": o.meta().uid.clone().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true,
@@ -67,7 +67,7 @@ pub fn indexer_pvc(ix: &Indexer) -> Option<PersistentVolumeClaim> {
     Some(serde_json::from_value(v).expect("valid PVC"))
 }
 
-fn enc(e: Encoding) -> &'static str {
+pub(crate) fn enc(e: Encoding) -> &'static str {
     match e {
         Encoding::U8 => "u8",
         Encoding::I8 => "i8",
@@ -75,7 +75,7 @@ fn enc(e: Encoding) -> &'static str {
         Encoding::F32 => "f32",
     }
 }
-fn metric(m: Metric) -> &'static str {
+pub(crate) fn metric(m: Metric) -> &'static str {
     match m {
         Metric::Cosine => "cosine",
         Metric::Dot => "dot",
@@ -114,7 +114,10 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
         "--label".into(), mi.label(),
         "--namespace".into(), mi.namespace().unwrap_or_default(),
         "--storage".into(), STORAGE_MOUNT.into(),
-        "--source".into(), format!("{src_root}/{}", s.source.path.clone().unwrap_or_default()),
+        "--source".into(), match &s.source.path {
+            Some(p) => format!("{src_root}/{p}"),
+            None => crate::online::agents_source(mi),
+        },
         "--version".into(), s.descriptor.version.to_string(),
         "--dimensions".into(), s.descriptor.dimensions.to_string(),
         "--encoding".into(), enc(s.descriptor.encoding).into(),
@@ -131,18 +134,18 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     a
 }
 
-fn worker_image(ix: &Indexer, d: &Defaults) -> String {
+pub(crate) fn worker_image(ix: &Indexer, d: &Defaults) -> String {
     ix.spec.image.clone().unwrap_or_else(|| d.worker_image.clone())
 }
 
-fn scheduling(ix: &Indexer) -> Value {
+pub(crate) fn scheduling(ix: &Indexer) -> Value {
     match &ix.spec.scheduling {
         Some(s) => json!({"nodeSelector": s.node_selector, "tolerations": s.tolerations, "affinity": s.affinity}),
         None => json!({}),
     }
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
+pub(crate) fn merge(mut a: Value, b: Value) -> Value {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         for (k, v) in b {
             if !v.is_null() {
@@ -154,7 +157,7 @@ fn merge(mut a: Value, b: Value) -> Value {
 }
 
 /// Security settings every container kim starts runs with.
-fn container_security() -> Value {
+pub(crate) fn container_security() -> Value {
     json!({"runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}})
 }

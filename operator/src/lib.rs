@@ -6,6 +6,7 @@ pub mod context;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod online;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -53,6 +53,9 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
             if s.online.is_none() {
                 return Err(InvalidSpec("source.agents needs spec.online".into()));
             }
+            if s.descriptor.encoding != crate::crd::Encoding::F32 {
+                return Err(InvalidSpec("source.agents holds f32 vectors: set descriptor.encoding to f32".into()));
+            }
         }
         _ => return Err(InvalidSpec("set exactly one of source.path and source.agents: true".into())),
     }
@@ -72,6 +75,11 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
     }
     if !(1..=65_536).contains(&s.descriptor.dimensions) || s.descriptor.version < 0 || s.descriptor.version > u32::MAX as i64 {
         return Err(InvalidSpec("descriptor.dimensions must be 1..65536 and descriptor.version 0..2^32-1".into()));
+    }
+    if let Some(o) = &s.online {
+        if o.agents < 1 || o.replicas < 1 || o.replicas > o.agents || o.gateway_replicas < 0 {
+            return Err(InvalidSpec(format!("online needs agents ≥ 1 and 1 ≤ replicas ≤ agents, got agents {} replicas {}", o.agents, o.replicas)));
+        }
     }
     s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()
 }

@@ -289,6 +289,18 @@ async fn build_lifecycle_scaling_failure_restart_and_deletion() {
     assert!(failed.message.contains("source has 128 dimensions"), "{}", failed.message);
     assert_eq!(st.phase, Some(Phase::Degraded), "old snapshot keeps serving");
 
+    // The manual trigger annotation starts another build of the same spec.
+    c.kubectl_ok(&["annotate", "mi", "faces", "-n", ns, "kim.dev/rebuild=retry-1"]);
+    let third = eventually(20, "third build job", || async {
+        build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any() && j.name_any() != second.name_any())
+    })
+    .await;
+    finish_job(&client, ns, &third.name_any(), true, r#"{"snapshot":"20261122t000000000z-def456","vectors":50001}"#).await;
+    eventually(20, "rebuilt snapshot", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-def456") && s.phase != Some(Phase::Degraded))
+    })
+    .await;
+
     // An invalid spec the schema cannot see becomes a condition; the operator keeps running.
     assert!(apply_yaml(&c, &mi_yaml(ns, "broken", 16, 1, &redis_url, "../../etc/passwd")).status.success());
     let st = eventually(20, "SpecValid=False", || async { mi_status(&client, ns, "broken").await.filter(|s| s.phase == Some(Phase::Failed)) }).await;
@@ -392,4 +404,52 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     assert!(apply_yaml(&c, &mi_yaml(ns, "two", 16, 1, "redis://127.0.0.1:1", "data/base.npy")).status.success());
     eventually(20, "job of two", || async { build_jobs(&client, ns, "two").await.into_iter().next() }).await;
     assert!(b.log().contains("became leader"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_section_creates_agents_and_gateway() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    let c = Cluster::up();
+    let client = c.client().await;
+    let ns = "online";
+    c.crds_established().await;
+    c.namespace(ns);
+    let _op = c.operator("op");
+    let yaml = indexer_yaml(ns, 1)
+        + "---\n"
+        + &mi_yaml(ns, "texts", 16, 1, "redis://127.0.0.1:1", "data/base.npy").replace("encoding: u8", "encoding: f32")
+        + "  online: {agents: 3, replicas: 2, gatewayReplicas: 2, vectorizer: \"vec.on.svc:8081\"}\n";
+    let out = apply_yaml(&c, &yaml);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let agents = eventually(20, "agent statefulset", || async { sts.get_opt("texts-agent").await.unwrap() }).await;
+    let spec = agents.spec.unwrap();
+    assert_eq!((spec.replicas, spec.service_name.as_deref()), (Some(3), Some("texts-agent")));
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let headless = eventually(20, "agent service", || async { svcs.get_opt("texts-agent").await.unwrap() }).await;
+    assert_eq!(headless.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    eventually(20, "gateway service", || async { svcs.get_opt("texts-gateway").await.unwrap() }).await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let gw = eventually(20, "gateway deployment", || async { deps.get_opt("texts-gateway").await.unwrap() }).await;
+    let gw_spec = gw.spec.unwrap();
+    assert_eq!(gw_spec.replicas, Some(2));
+    let args = gw_spec.template.spec.unwrap().containers[0].args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--agents-dns", "texts-agent.online.svc:8081"]), "{args:?}");
+    // Deleting the index removes the online children at once; the Redis step cannot reach its
+    // (unreachable) Redis, so the object waits until an admin says to skip the cleanup.
+    let mis: Api<MatchingIndex> = Api::namespaced(client.clone(), ns);
+    mis.delete("texts", &DeleteParams::default()).await.unwrap();
+    eventually(30, "online children gone", || async {
+        let gone = sts.get_opt("texts-agent").await.unwrap().is_none()
+            && svcs.get_opt("texts-agent").await.unwrap().is_none()
+            && svcs.get_opt("texts-gateway").await.unwrap().is_none()
+            && deps.get_opt("texts-gateway").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(mis.get_opt("texts").await.unwrap().is_some(), "finalizer holds while Redis is unreachable");
+    c.kubectl_ok(&["annotate", "mi", "texts", "-n", ns, "kim.dev/skip-cleanup=true"]);
+    eventually(30, "MatchingIndex released", || async { mis.get_opt("texts").await.unwrap().is_none().then_some(()) }).await;
 }

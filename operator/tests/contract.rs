@@ -69,3 +69,22 @@ fn checked_in_crds_match_the_types() {
         assert!(have == want, "crds/{file} is stale: run `cargo run --release --bin crdgen -- crds`");
     }
 }
+
+#[test]
+fn online_args_parse_with_the_worker() {
+    let (mut mi, ix) = fixtures();
+    mi.spec.online = Some(serde_json::from_value(json!({"agents": 3, "replicas": 2, "vectorizer": "vec:8081", "egressFilters": ["eg:1"]})).unwrap());
+    let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
+    assert_eq!((a.dimensions, a.m, a.listen.port()), (512, 24, 8081));
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
+    assert_eq!(f.agents_dns.as_deref(), Some("faces-agent.team-a.svc:8081"));
+    assert_eq!((f.replicas, f.vectorizer.as_deref(), f.egress_filter.clone()), (2, Some("vec:8081"), vec!["eg:1".to_string()]));
+    // An agents:// source names every agent pod.
+    mi.spec.source = serde_json::from_value(json!({"agents": true})).unwrap();
+    let Command::Index(i) = parse(&build::index_args(&mi, &ix)).command else { panic!("not index") };
+    assert_eq!(i.source.to_str(), Some("agents://faces-agent-0.faces-agent.team-a.svc:8081,faces-agent-1.faces-agent.team-a.svc:8081,faces-agent-2.faces-agent.team-a.svc:8081"));
+    let sts = kim_operator::online::agent_statefulset(&mi, &ix, &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() });
+    let spec = sts.spec.unwrap();
+    assert_eq!((spec.replicas, spec.service_name.as_deref()), (Some(3), Some("faces-agent")));
+    assert_eq!(spec.volume_claim_templates.unwrap()[0].metadata.name.as_deref(), Some("data"));
+}

@@ -73,6 +73,11 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
+    // online path: agents and gateway run independently of snapshots
+    if mi.spec.online.is_some() {
+        apply_online(&mi, &ix, &ctx).await?;
+    }
+
     // build
     let (epoch, next_epoch) = interval_epoch(&mi, interval);
     let hash = build::build_hash(&mi, epoch);
@@ -99,6 +104,29 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         Some(n) => requeue.min(n),
         None => requeue,
     }))
+}
+
+async fn apply_online(mi: &MatchingIndex, ix: &Indexer, ctx: &Context) -> Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    let ns = mi.namespace().unwrap_or_default();
+    let c = ctx.client.clone();
+    let sts: Api<StatefulSet> = Api::namespaced(c.clone(), &ns);
+    let svc: Api<Service> = Api::namespaced(c.clone(), &ns);
+    let dep: Api<Deployment> = Api::namespaced(c, &ns);
+    let agents = crate::online::agent_statefulset(mi, ix, &ctx.defaults);
+    let created = sts.get_opt(&agents.name_any()).await?.is_none();
+    for s in [crate::online::agent_service(mi), crate::online::gateway_service(mi)] {
+        apply(&svc, &s.name_any(), &s).await?;
+    }
+    apply(&sts, &agents.name_any(), &agents).await?;
+    let gw = crate::online::gateway_deployment(mi, ix, &ctx.defaults);
+    apply(&dep, &gw.name_any(), &gw).await?;
+    if created {
+        let o = mi.spec.online.clone().unwrap_or_default();
+        ctx.event(mi, false, "OnlineCreated", "Provision", format!("created {} agents (replicas {}) and {} gateway replicas", o.agents, o.replicas, o.gateway_replicas)).await;
+    }
+    Ok(())
 }
 
 /// Epoch of the rebuild interval (0 without one) and the time until the next epoch starts.
