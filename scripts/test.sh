@@ -30,8 +30,8 @@ while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
   grep -hE '^test result:' "$out/rust.log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/'
   for f in "$out"/python*.log; do
     line=$(grep -E '^=*.*[0-9]+ (passed|failed)' "$f" | tail -n1 || true)
-    p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)
-    x=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | awk '{s+=$1} END{print s+0}')
+    p=$( (grep -oE '[0-9]+ passed' <<<"$line" || true) | awk '{s+=$1} END{print s+0}')
+    x=$( (grep -oE '[0-9]+ (failed|errors?)' <<<"$line" || true) | awk '{s+=$1} END{print s+0}')
     echo "${p:-0} ${x:-0}"
   done
 )
