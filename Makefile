@@ -13,6 +13,11 @@ test: ## every test tier that runs without Docker
 build:
 	cargo build --release --workspace --bins
 
+bench: ## kim vs hnswlib/faiss/usearch + the Redis path (BENCH_ARGS="--quick", "--large"; docs/benchmarks.md)
+	command -v redis-server >/dev/null || bash scripts/deps.sh
+	cargo build --release -p kim-bench -p kim-worker
+	VENV="$$(bash scripts/bench-env.sh)" && "$$VENV/bin/python" bench/run.py $(BENCH_ARGS)
+
 deps: ## install redis-server and the Python venv if missing
 	bash scripts/deps.sh
 

@@ -124,8 +124,9 @@ where
     flatten(&hnsw, n)
 }
 
-/// Copies hnsw_rs's per-point neighbour lists into CSR arrays keyed by row number.
-fn flatten<T, D>(hnsw: &Hnsw<T, D>, n: usize) -> Graph
+/// Copies hnsw_rs's per-point neighbour lists into CSR arrays keyed by row number (origin
+/// ids must be row numbers `0..n`). Public so tests can compare searches on one graph.
+pub fn flatten<T, D>(hnsw: &Hnsw<T, D>, n: usize) -> Graph
 where
     T: Clone + Send + Sync,
     D: Distance<T> + Send + Sync,
