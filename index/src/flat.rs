@@ -5,8 +5,9 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::descriptor::Query;
-use crate::vectors::{Prepared, VectorStore};
+use crate::descriptor::{Encoding, Metric, Query};
+use crate::kernels::prefetch;
+use crate::vectors::{Storage, VectorStore};
 
 /// Compressed rows: row `i`'s targets are `targets[offsets[i]..offsets[i+1]]`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -222,15 +223,48 @@ impl FlatIndex {
             return Vec::new();
         }
         let ef = if ef == 0 { self.ef_search } else { ef }.max(k);
-        let p = self.vectors.prepare(q);
+        let v = &self.vectors;
+        let p = v.prepare(q);
+        let d = v.spec.dimensions;
+        // The common cases get a distance chosen once per query (no per-call dispatch);
+        // the rest go through the general `VectorStore::distance`.
+        match (&v.storage, q, v.spec.metric, v.spec.encoding) {
+            (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
+                let (dot, z, qinv) = (crate::kernels::active().dot_u8, v.spec.zero_point, p.inv_norm());
+                let dist = |i: u32| {
+                    let i = i as usize;
+                    1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
+                };
+                self.search_with(dist, |i| prefetch(b.as_ptr().wrapping_add(i as usize * d), d.min(512)), k, ef)
+            }
+            (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
+                let (dot, qinv) = (crate::kernels::active().dot_f32, p.inv_norm());
+                let dist = |i: u32| {
+                    let i = i as usize;
+                    1.0 - dot(&f[i * d..(i + 1) * d], qf) * qinv * v.inv_norm(i)
+                };
+                self.search_with(dist, |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)), k, ef)
+            }
+            (storage, ..) => {
+                let width = if matches!(storage, Storage::Bytes(_)) { 1 } else { 4 };
+                let base = match storage {
+                    Storage::Bytes(b) => b.as_ptr(),
+                    Storage::F32(f) => f.as_ptr() as *const u8,
+                };
+                self.search_with(|i| v.distance(&p, i as usize), |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)), k, ef)
+            }
+        }
+    }
+
+    fn search_with(&self, dist: impl Fn(u32) -> f32, pre: impl Fn(u32), k: usize, ef: usize) -> Vec<Hit> {
         let g = &self.graph;
         let mut cur = g.entry;
-        let mut cur_d = self.vectors.distance(&p, cur as usize);
+        let mut cur_d = dist(cur);
         for level in (1..=g.max_level as usize).rev() {
             loop {
                 let mut moved = false;
                 for &nb in g.upper_row(level, cur) {
-                    let d = self.vectors.distance(&p, nb as usize);
+                    let d = dist(nb);
                     if d < cur_d {
                         (cur, cur_d, moved) = (nb, d, true);
                     }
@@ -240,29 +274,31 @@ impl FlatIndex {
                 }
             }
         }
-        let mut best = VISITED.with(|v| self.beam(&mut v.borrow_mut(), &p, Cand(cur_d, cur), ef));
+        let mut best = VISITED.with(|v| self.beam(&mut v.borrow_mut(), &dist, &pre, Cand(cur_d, cur), ef));
         best.truncate(k);
         best
     }
 
-    /// Layer-0 beam search from `start`, returning up to `ef` hits sorted by distance.
-    fn beam(&self, visited: &mut Visited, p: &Prepared<'_>, start: Cand, ef: usize) -> Vec<Hit> {
+    /// Layer-0 beam search from `start`, returning up to `ef` hits sorted by distance. The
+    /// unvisited neighbours of a node are collected first and their rows prefetched, so their
+    /// loads overlap instead of stalling one distance at a time.
+    fn beam(&self, visited: &mut Visited, dist: &impl Fn(u32) -> f32, pre: &impl Fn(u32), start: Cand, ef: usize) -> Vec<Hit> {
         visited.reset(self.len());
         visited.insert(start.1);
         let mut frontier = BinaryHeap::with_capacity(ef * 2);
         let mut found = BinaryHeap::with_capacity(ef + 1);
+        let mut fresh: Vec<u32> = Vec::with_capacity(64);
         frontier.push(Reverse(start));
         found.push(start);
         while let Some(Reverse(c)) = frontier.pop() {
             if found.len() >= ef && c.0 > found.peek().map_or(f32::INFINITY, |w: &Cand| w.0) {
                 break;
             }
-            let row = self.graph.layer0.row(c.1 as usize);
-            for &nb in row {
-                if !visited.insert(nb) {
-                    continue;
-                }
-                let d = self.vectors.distance(p, nb as usize);
+            fresh.clear();
+            fresh.extend(self.graph.layer0.row(c.1 as usize).iter().copied().filter(|&nb| visited.insert(nb)));
+            fresh.iter().for_each(|&nb| pre(nb));
+            for &nb in &fresh {
+                let d = dist(nb);
                 if found.len() < ef || d < found.peek().unwrap().0 {
                     frontier.push(Reverse(Cand(d, nb)));
                     found.push(Cand(d, nb));

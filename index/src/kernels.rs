@@ -46,6 +46,23 @@ pub const SCALAR: Kernels = Kernels {
     l2_f32: scalar::l2_f32,
 };
 
+/// Asks the CPU to start loading `bytes` bytes at `p` into cache (a hint; never faults).
+#[inline(always)]
+pub fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: prefetch is a hint and does not dereference the address.
+            unsafe { _mm_prefetch(p.wrapping_add(off) as *const i8, _MM_HINT_T0) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
 pub mod scalar {
     pub fn dot_u8(a: &[u8], b: &[u8], z: i32) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| ((x as i32 - z) * (y as i32 - z)) as i64).sum()

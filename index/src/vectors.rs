@@ -174,6 +174,13 @@ pub struct Prepared<'q> {
     kernels: &'static Kernels,
 }
 
+impl Prepared<'_> {
+    /// 1/‖q‖ for cosine (1 otherwise).
+    pub fn inv_norm(&self) -> f32 {
+        self.inv_norm
+    }
+}
+
 fn inv_norm(self_dot: f64) -> f32 {
     if self_dot > 0.0 { (1.0 / self_dot.sqrt()) as f32 } else { 0.0 }
 }
