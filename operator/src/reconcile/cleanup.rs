@@ -69,8 +69,8 @@ async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
     let work = async {
         let client = redis::Client::open(url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let pattern = format!("{}matching_label__{}__*", glob_escape(&prefix), glob_escape(&label));
-        let mut keys: Vec<String> = vec![format!("{prefix}{label}")];
+        let pattern = kim_api::registry_pattern(&prefix, &label);
+        let mut keys: Vec<String> = vec![kim_api::stream_key(&prefix, &label)];
         let mut cursor = 0u64;
         loop {
             let (next, found): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn).await?;
@@ -91,10 +91,6 @@ async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
         Ok(Err(e)) => Err(Error::Waiting(format!("Redis cleanup of label {label}: {e}"))),
         Err(_) => Err(Error::Waiting(format!("Redis cleanup of label {label}: timed out"))),
     }
-}
-
-fn glob_escape(s: &str) -> String {
-    s.chars().flat_map(|c| if matches!(c, '*' | '?' | '[' | ']' | '\\') { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 /// Runs the cleanup Job to completion, then deletes it.
