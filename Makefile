@@ -18,6 +18,9 @@ bench: ## kim vs hnswlib/faiss/usearch + the Redis path (BENCH_ARGS="--quick", "
 	cargo build --release -p kim-bench -p kim-worker
 	VENV="$$(bash scripts/bench-env.sh)" && "$$VENV/bin/python" bench/run.py $(BENCH_ARGS)
 
+crds: ## regenerate crds/, the chart's and deploy/base's copies and deploy/base/kim.yaml
+	bash scripts/manifests.sh
+
 deps: ## install redis-server and the Python venv if missing
 	bash scripts/deps.sh
 
