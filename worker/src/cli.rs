@@ -126,6 +126,9 @@ pub struct IndexArgs {
     pub ids: Option<PathBuf>,
     #[command(flatten)]
     pub descriptor: DescriptorArgs,
+    /// TLS towards the agents of an agents:// source.
+    #[command(flatten)]
+    pub agents_tls: crate::online::tls::ClientTls,
     #[arg(long, default_value_t = 16)]
     pub m: usize,
     #[arg(long, default_value_t = 200)]

@@ -45,7 +45,7 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
     // `agents://HOST:PORT,...`: the online agents' objects, ids = object ids.
     let (source_bytes, matrix, agent_ids) = match crate::online::source::agents(&a.source) {
-        Some(agents) => crate::online::source::read(&agents).map(|(b, m, ids)| (b, m, Some(ids)))?,
+        Some(agents) => crate::online::source::read(&agents, &a.agents_tls.dialer()?).map(|(b, m, ids)| (b, m, Some(ids)))?,
         None => (std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?, Matrix::read(&a.source).map_err(anyhow::Error::msg)?, None),
     };
     let ids = match (&a.ids, agent_ids) {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use kim_index::Metric;
 
+use super::tls::{ClientTls, ServerTls};
+
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Directory for the WAL and index snapshots (the agent's volume).
@@ -54,6 +56,8 @@ pub struct AgentArgs {
     /// Threads of one index build (searches and writes keep running beside it).
     #[arg(long, env = "KIM_BUILD_THREADS", default_value_t = 1)]
     pub build_threads: usize,
+    #[command(flatten)]
+    pub tls: ServerTls,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,6 +100,11 @@ pub struct FilterArgs {
     /// messages in order).
     #[arg(long, env = "KIM_STREAM_CONCURRENCY", default_value_t = 16)]
     pub stream_concurrency: usize,
+    #[command(flatten)]
+    pub tls: ServerTls,
+    /// TLS towards agents, vectorizers and filters.
+    #[command(flatten)]
+    pub backend_tls: ClientTls,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -109,4 +118,6 @@ pub struct VectorizeArgs {
     /// Length of the vectors produced (the agents' --dimensions).
     #[arg(long, env = "KIM_DIMENSIONS", default_value_t = 256)]
     pub dimensions: usize,
+    #[command(flatten)]
+    pub tls: ServerTls,
 }

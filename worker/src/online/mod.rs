@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod source;
+pub mod tls;
 pub mod vectorizer;
 
 use std::future::Future;

@@ -5,17 +5,20 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
+
+use super::tls::Dialer;
 
 pub struct Pool {
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
+    dialer: Dialer,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Pool {
-        Pool { channels: Mutex::new(HashMap::new()), connect_timeout }
+    pub fn new(connect_timeout: Duration, dialer: Dialer) -> Pool {
+        Pool { channels: Mutex::new(HashMap::new()), connect_timeout, dialer }
     }
 
     /// The channel to `addr` (HOST:PORT), created on first use.
@@ -24,8 +27,10 @@ impl Pool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+        let ep = self
+            .dialer
+            .endpoint(addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

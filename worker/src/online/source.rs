@@ -11,6 +11,8 @@ use kim_index::Matrix;
 use kim_proto::payload::v1::object;
 use kim_proto::vald::v1::object_client::ObjectClient;
 
+use super::tls::Dialer;
+
 const SCHEME: &str = "agents://";
 /// Upper bound on reading one agent, so a stuck agent fails the build instead of hanging it.
 const PER_AGENT: Duration = Duration::from_secs(1800);
@@ -34,14 +36,15 @@ pub fn agents(source: &Path) -> Option<Vec<String>> {
 }
 
 /// Reads all agents: (bytes to digest, rows as f32, ids), rows sorted by id.
-pub fn read(addrs: &[String]) -> Result<(Vec<u8>, Matrix, Vec<String>), SourceError> {
+pub fn read(addrs: &[String], dialer: &Dialer) -> Result<(Vec<u8>, Matrix, Vec<String>), SourceError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let merged = rt.block_on(async {
         let mut merged: HashMap<String, (i64, Vec<f32>)> = HashMap::new();
         for addr in addrs {
             let fail = |message: String| SourceError::Agent { agent: addr.clone(), message };
             let read = async {
-                let mut c = ObjectClient::connect(format!("http://{addr}")).await.map_err(|e| fail(e.to_string()))?.max_decoding_message_size(64 << 20);
+                let channel = dialer.endpoint(addr).map_err(|e| fail(e.to_string()))?.connect().await.map_err(|e| fail(connect_error(&e)))?;
+                let mut c = ObjectClient::new(channel).max_decoding_message_size(64 << 20);
                 let mut stream = c.stream_list_object(object::list::Request {}).await.map_err(|s| fail(s.message().to_string()))?.into_inner();
                 let mut n = 0usize;
                 while let Some(item) = stream.next().await {
@@ -74,6 +77,17 @@ pub fn read(addrs: &[String]) -> Result<(Vec<u8>, Matrix, Vec<String>), SourceEr
     let matrix = Matrix::from_f32(rows.len(), dims, &flat);
     let digest = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
     Ok((digest, matrix, rows.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// A connect error with its causes (tonic's own message is only "transport error").
+pub fn connect_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

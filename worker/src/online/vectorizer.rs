@@ -7,7 +7,6 @@
 //! the sum is L2-normalised. Equal objects give equal vectors (cosine distance 0), and
 //! objects sharing words or fragments are near. FilterVector L2-normalises a vector.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,18 +91,20 @@ impl Filter for Vectorizer {
 
 pub fn run(a: VectorizeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.dimensions > 0, "--dimensions must be positive");
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve(a.listen, a.http, a.dimensions))
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve(a))
 }
 
-async fn serve(listen: SocketAddr, http: SocketAddr, dims: usize) -> anyhow::Result<()> {
+async fn serve(a: VectorizeArgs) -> anyhow::Result<()> {
+    let (listen, http, dims) = (a.listen, a.http, a.dimensions);
     let metrics = Arc::new(Metrics::new("kim_vectorizer"));
     let ready = Arc::new(AtomicBool::new(true));
     let http_l = tokio::net::TcpListener::bind(http).await.with_context(|| format!("binding {http}"))?;
     let m = metrics.clone();
     tokio::spawn(super::http::serve(http_l, ready.clone(), Arc::new(move || m.encode())));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, dims, "vectorizer serving");
-    tonic::transport::Server::builder()
+    let mut server = a.tls.builder().context("vectorizer TLS")?;
+    tracing::info!(%listen, dims, grpc = a.tls.mode(), "vectorizer serving");
+    server
         .add_service(FilterServer::new(Vectorizer { dims, metrics }))
         .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
         .await?;

@@ -59,8 +59,9 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
     let ip = a.advertise_ip.clone().unwrap_or_else(|| a.listen.ip().to_string());
     let svc = grpc::AgentService { engine: engine.clone(), metrics, name: name.into(), ip: ip.into() };
     ready.store(true, Ordering::SeqCst);
-    tracing::info!(listen = %a.listen, http = %a.http, dimensions = a.dimensions, metric = %a.metric, "agent serving");
-    tonic::transport::Server::builder()
+    let mut server = a.tls.builder().context("agent TLS")?;
+    tracing::info!(listen = %a.listen, http = %a.http, dimensions = a.dimensions, metric = %a.metric, grpc = a.tls.mode(), "agent serving");
+    server
         .add_service(InsertServer::new(svc.clone()))
         .add_service(UpdateServer::new(svc.clone()))
         .add_service(UpsertServer::new(svc.clone()))

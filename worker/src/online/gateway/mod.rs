@@ -233,7 +233,7 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
     let gw = Gateway {
         agents,
         replicas: a.replicas,
-        pool: Pool::new(Duration::from_secs(2)),
+        pool: Pool::new(Duration::from_secs(2), a.backend_tls.dialer().context("backend TLS")?),
         vectorizer: a.vectorizer.clone().filter(|v| !v.is_empty()),
         ingress: a.ingress_filter.clone(),
         egress: a.egress_filter.clone(),
@@ -243,8 +243,9 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
         metrics,
     };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-    tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, "gateway serving");
-    tonic::transport::Server::builder()
+    let mut server = a.tls.builder().context("gateway TLS")?;
+    tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, grpc = a.tls.mode(), backends_tls = a.backend_tls.tls_ca.is_some(), "gateway serving");
+    server
         .add_service(kim_proto::vald::v1::filter_server::FilterServer::new(grpc::FilterService(Arc::new(gw))))
         .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
         .await?;
