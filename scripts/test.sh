@@ -23,11 +23,13 @@ tier() {
 tier rust cargo test --release --workspace --no-fail-fast -- --test-threads=2
 tier python "$KIM_CACHE/venv/bin/pytest" -q clients/python/tests
 tier python-online "$KIM_CACHE/venv/bin/pytest" -q -p no:cacheprovider clients/python/tests_online
+# Coverage-guided fuzzing, FUZZ_SECONDS (default 20) per target; one "test result" line.
+tier fuzz bash fuzz/run.sh
 
 # One closing line over all runners.
 passed=0; failed=0
 while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
-  grep -hE '^test result:' "$out/rust.log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/'
+  grep -shE '^test result:' "$out/rust.log" "$out/fuzz.log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/'
   for f in "$out"/python*.log; do
     line=$(grep -E '^=*.*[0-9]+ (passed|failed)' "$f" | tail -n1 || true)
     p=$( (grep -oE '[0-9]+ passed' <<<"$line" || true) | awk '{s+=$1} END{print s+0}')
