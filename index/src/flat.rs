@@ -1,5 +1,5 @@
 //! The read-only search layout: contiguous vectors, neighbour lists in flat arrays, and a
-//! visited set reused across queries. Matchers only ever search this; `hnsw_rs` is a build tool.
+//! visited set reused across queries. Matchers only ever search this layout.
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
@@ -156,8 +156,8 @@ pub struct Hit {
     pub distance: f32,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-struct Cand(f32, u32);
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) struct Cand(pub f32, pub u32);
 impl Eq for Cand {}
 impl PartialOrd for Cand {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
@@ -171,13 +171,16 @@ impl Ord for Cand {
 }
 
 /// Visited marks by generation, so clearing is O(1) per query.
-struct Visited {
+pub(crate) struct Visited {
     marks: Vec<u16>,
     generation: u16,
 }
 
 impl Visited {
-    fn reset(&mut self, n: usize) {
+    pub(crate) const fn new() -> Visited {
+        Visited { marks: Vec::new(), generation: 0 }
+    }
+    pub(crate) fn reset(&mut self, n: usize) {
         if self.marks.len() < n {
             self.marks.resize(n, 0);
         }
@@ -188,7 +191,7 @@ impl Visited {
         }
     }
     #[inline]
-    fn insert(&mut self, i: u32) -> bool {
+    pub(crate) fn insert(&mut self, i: u32) -> bool {
         let m = &mut self.marks[i as usize];
         let fresh = *m != self.generation;
         *m = self.generation;
@@ -196,8 +199,18 @@ impl Visited {
     }
 }
 
+/// Per-thread search state reused by every query on that thread (no allocation per query).
+struct Scratch {
+    visited: Visited,
+    frontier: BinaryHeap<Reverse<Cand>>,
+    found: BinaryHeap<Cand>,
+    fresh: Vec<u32>,
+}
+
 thread_local! {
-    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), generation: 0 }) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch { visited: Visited::new(), frontier: BinaryHeap::new(), found: BinaryHeap::new(), fresh: Vec::new() })
+    };
 }
 
 /// A loaded, searchable index.
@@ -230,12 +243,24 @@ impl FlatIndex {
         // the rest go through the general `VectorStore::distance`.
         match (&v.storage, q, v.spec.metric, v.spec.encoding) {
             (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
-                let (dot, z, qinv) = (crate::kernels::active().dot_u8, v.spec.zero_point, p.inv_norm());
+                let (z, qinv) = (v.spec.zero_point, p.inv_norm());
+                let pre = |i: u32| prefetch(b.as_ptr().wrapping_add(i as usize * d), d.min(1024));
+                let kern = crate::kernels::active();
+                // The query shifted into i8 once, so each row costs one multiply-add per byte.
+                if let Some((qs, qsum)) = crate::kernels::shift_query(qb, z) {
+                    let (dot, corr) = (kern.dot_u8_i8, z as i64 * qsum);
+                    let dist = |i: u32| {
+                        let i = i as usize;
+                        1.0 - (dot(&b[i * d..(i + 1) * d], &qs) - corr) as f32 * qinv * v.inv_norm(i)
+                    };
+                    return self.search_with(dist, pre, k, ef);
+                }
+                let dot = kern.dot_u8;
                 let dist = |i: u32| {
                     let i = i as usize;
                     1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
                 };
-                self.search_with(dist, |i| prefetch(b.as_ptr().wrapping_add(i as usize * d), d.min(512)), k, ef)
+                self.search_with(dist, pre, k, ef)
             }
             (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
                 let (dot, qinv) = (crate::kernels::active().dot_f32, p.inv_norm());
@@ -274,20 +299,18 @@ impl FlatIndex {
                 }
             }
         }
-        let mut best = VISITED.with(|v| self.beam(&mut v.borrow_mut(), &dist, &pre, Cand(cur_d, cur), ef));
-        best.truncate(k);
-        best
+        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, &pre, Cand(cur_d, cur), ef, k))
     }
 
-    /// Layer-0 beam search from `start`, returning up to `ef` hits sorted by distance. The
-    /// unvisited neighbours of a node are collected first and their rows prefetched, so their
-    /// loads overlap instead of stalling one distance at a time.
-    fn beam(&self, visited: &mut Visited, dist: &impl Fn(u32) -> f32, pre: &impl Fn(u32), start: Cand, ef: usize) -> Vec<Hit> {
+    /// Layer-0 beam search from `start`, returning the `k` best of the `ef` found, closest
+    /// first. The unvisited neighbours of a node are collected first and their rows prefetched,
+    /// so their loads overlap instead of stalling one distance at a time.
+    fn beam(&self, s: &mut Scratch, dist: &impl Fn(u32) -> f32, pre: &impl Fn(u32), start: Cand, ef: usize, k: usize) -> Vec<Hit> {
+        let Scratch { visited, frontier, found, fresh } = s;
         visited.reset(self.len());
         visited.insert(start.1);
-        let mut frontier = BinaryHeap::with_capacity(ef * 2);
-        let mut found = BinaryHeap::with_capacity(ef + 1);
-        let mut fresh: Vec<u32> = Vec::with_capacity(64);
+        frontier.clear();
+        found.clear();
         frontier.push(Reverse(start));
         found.push(start);
         while let Some(Reverse(c)) = frontier.pop() {
@@ -297,7 +320,7 @@ impl FlatIndex {
             fresh.clear();
             fresh.extend(self.graph.layer0.row(c.1 as usize).iter().copied().filter(|&nb| visited.insert(nb)));
             fresh.iter().for_each(|&nb| pre(nb));
-            for &nb in &fresh {
+            for &nb in fresh.iter() {
                 let d = dist(nb);
                 if found.len() < ef || d < found.peek().unwrap().0 {
                     frontier.push(Reverse(Cand(d, nb)));
@@ -308,7 +331,12 @@ impl FlatIndex {
                 }
             }
         }
-        found.into_sorted_vec().into_iter().map(|c| Hit { row: c.1, distance: c.0 }).collect()
+        while found.len() > k {
+            found.pop();
+        }
+        let mut hits: Vec<Hit> = found.drain().map(|c| Hit { row: c.1, distance: c.0 }).collect();
+        hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.row.cmp(&b.row)));
+        hits
     }
 
     /// Exact k nearest rows by scanning everything (ground truth, tests, tiny indices).

@@ -12,6 +12,9 @@ pub struct Kernels {
     pub dot_u8: fn(&[u8], &[u8], i32) -> i64,
     /// Σ a·b over i8 values.
     pub dot_i8: fn(&[u8], &[u8]) -> i64,
+    /// Σ a·b with `a` unsigned and `b` signed: the search's u8 kernel, run against a query
+    /// shifted once into signed range (see [`shift_query`]).
+    pub dot_u8_i8: fn(&[u8], &[i8]) -> i64,
     /// Σ (a−b)² over u8 values (the zero point cancels).
     pub l2_u8: fn(&[u8], &[u8]) -> i64,
     /// Σ (a−b)² over i8 values.
@@ -20,26 +23,72 @@ pub struct Kernels {
     pub l2_f32: fn(&[f32], &[f32]) -> f32,
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
+
 static ACTIVE: OnceLock<Kernels> = OnceLock::new();
 
-/// The fastest kernel set this CPU supports (`KIM_KERNELS=scalar` forces the reference).
+/// The fastest kernel set this CPU supports, chosen once. `KIM_KERNELS=<name>` picks another
+/// supported set (e.g. `scalar`, `avx2`) for comparisons; an unknown name is ignored.
 pub fn active() -> &'static Kernels {
     ACTIVE.get_or_init(|| {
-        if std::env::var("KIM_KERNELS").as_deref() == Ok("scalar") {
-            return SCALAR;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return avx2::KERNELS;
-        }
-        SCALAR
+        let all = available();
+        let wanted = std::env::var("KIM_KERNELS").ok();
+        wanted.and_then(|w| all.iter().find(|k| k.name == w).copied()).unwrap_or(all[0])
     })
+}
+
+/// Every kernel set this CPU can run, fastest first; the scalar reference is always last.
+pub fn available() -> Vec<Kernels> {
+    let mut sets = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |f: &str| match f {
+            "avx512" => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni"),
+            "avxvnni" => is_x86_feature_detected!("avxvnni"),
+            _ => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        };
+        if has("avx512") {
+            sets.push(avx512::KERNELS);
+        }
+        if has("avx2") && has("avxvnni") {
+            sets.push(avxvnni::KERNELS);
+        }
+        if has("avx2") {
+            sets.push(avx2::KERNELS);
+        }
+    }
+    sets.push(SCALAR);
+    sets
+}
+
+/// A u8 query with zero point `z` shifted into i8 (`q − z`), plus Σ(q − z), so that
+/// Σ(a−z)(q−z) = `dot_u8_i8(a, shifted) − z·sum`: one multiply-add per byte at search time.
+/// `None` when some `q − z` does not fit an i8 (possible only for z ≠ 128).
+pub fn shift_query(q: &[u8], z: i32) -> Option<(Vec<i8>, i64)> {
+    let shifted: Vec<i8> = q.iter().map(|&x| i8::try_from(x as i32 - z).ok()).collect::<Option<_>>()?;
+    let sum = shifted.iter().map(|&x| x as i64).sum();
+    Some((shifted, sum))
+}
+
+fn as_i8(b: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment; every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+}
+fn as_bytes(b: &[i8]) -> &[u8] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len()) }
 }
 
 pub const SCALAR: Kernels = Kernels {
     name: "scalar",
     dot_u8: scalar::dot_u8,
     dot_i8: scalar::dot_i8,
+    dot_u8_i8: scalar::dot_u8_i8,
     l2_u8: scalar::l2_u8,
     l2_i8: scalar::l2_i8,
     dot_f32: scalar::dot_f32,
@@ -70,6 +119,9 @@ pub mod scalar {
     pub fn dot_i8(a: &[u8], b: &[u8]) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| (x as i8 as i32 * y as i8 as i32) as i64).sum()
     }
+    pub fn dot_u8_i8(a: &[u8], b: &[i8]) -> i64 {
+        a.iter().zip(b).map(|(&x, &y)| (x as i32 * y as i32) as i64).sum()
+    }
     pub fn l2_u8(a: &[u8], b: &[u8]) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| (x as i32 - y as i32).pow(2) as i64).sum()
     }
@@ -84,168 +136,63 @@ pub mod scalar {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{scalar, Kernels};
-    use std::arch::x86_64::*;
-
-    pub const KERNELS: Kernels = Kernels {
-        name: "avx2",
-        dot_u8: |a, b, z| unsafe { dot_u8(a, b, z) },
-        dot_i8: |a, b| unsafe { dot_i8(a, b) },
-        l2_u8: |a, b| unsafe { l2_u8(a, b) },
-        l2_i8: |a, b| unsafe { l2_i8(a, b) },
-        dot_f32: |a, b| unsafe { dot_f32(a, b) },
-        l2_f32: |a, b| unsafe { l2_f32(a, b) },
-    };
-
-    #[inline(always)]
-    unsafe fn hsum_i32(v: __m256i) -> i64 {
-        let mut lanes = [0i32; 8];
-        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
-        lanes.iter().map(|&x| x as i64).sum()
-    }
-
-    #[inline(always)]
-    unsafe fn hsum_f32(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Widen 16 bytes to 16 × i16, as unsigned or signed.
-    #[inline(always)]
-    unsafe fn widen<const SIGNED: bool>(p: *const u8) -> __m256i {
-        let v = _mm_loadu_si128(p as *const __m128i);
-        if SIGNED {
-            _mm256_cvtepi8_epi16(v)
-        } else {
-            _mm256_cvtepu8_epi16(v)
-        }
-    }
-
-    /// Σ (a−z)(b−z), 16 values a step: widen to i16, subtract z, multiply-add pairs into i32.
-    /// Per lane the sum stays below 2³¹ for any length up to `MAX_DIMENSIONS`.
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot_bytes<const SIGNED: bool>(a: &[u8], b: &[u8], z: i32) -> i64 {
-        let n = a.len().min(b.len());
-        let zv = _mm256_set1_epi16(z as i16);
-        let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut i = 0;
-        while i + 32 <= n {
-            let x0 = _mm256_sub_epi16(widen::<SIGNED>(a.as_ptr().add(i)), zv);
-            let y0 = _mm256_sub_epi16(widen::<SIGNED>(b.as_ptr().add(i)), zv);
-            let x1 = _mm256_sub_epi16(widen::<SIGNED>(a.as_ptr().add(i + 16)), zv);
-            let y1 = _mm256_sub_epi16(widen::<SIGNED>(b.as_ptr().add(i + 16)), zv);
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
-            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, y1));
-            i += 32;
-        }
-        let mut sum = hsum_i32(acc0) + hsum_i32(acc1);
-        sum += if SIGNED { scalar::dot_i8(&a[i..n], &b[i..n]) } else { scalar::dot_u8(&a[i..n], &b[i..n], z) };
-        sum
-    }
-
-    #[target_feature(enable = "avx2")]
-    unsafe fn l2_bytes<const SIGNED: bool>(a: &[u8], b: &[u8]) -> i64 {
-        let n = a.len().min(b.len());
-        let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let mut i = 0;
-        while i + 32 <= n {
-            let d0 = _mm256_sub_epi16(widen::<SIGNED>(a.as_ptr().add(i)), widen::<SIGNED>(b.as_ptr().add(i)));
-            let d1 = _mm256_sub_epi16(widen::<SIGNED>(a.as_ptr().add(i + 16)), widen::<SIGNED>(b.as_ptr().add(i + 16)));
-            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(d0, d0));
-            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(d1, d1));
-            i += 32;
-        }
-        let tail = if SIGNED { scalar::l2_i8(&a[i..n], &b[i..n]) } else { scalar::l2_u8(&a[i..n], &b[i..n]) };
-        hsum_i32(acc0) + hsum_i32(acc1) + tail
-    }
-
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot_u8(a: &[u8], b: &[u8], z: i32) -> i64 {
-        dot_bytes::<false>(a, b, z)
-    }
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot_i8(a: &[u8], b: &[u8]) -> i64 {
-        dot_bytes::<true>(a, b, 0)
-    }
-    #[target_feature(enable = "avx2")]
-    unsafe fn l2_u8(a: &[u8], b: &[u8]) -> i64 {
-        l2_bytes::<false>(a, b)
-    }
-    #[target_feature(enable = "avx2")]
-    unsafe fn l2_i8(a: &[u8], b: &[u8]) -> i64 {
-        l2_bytes::<true>(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, lane) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * k));
-                let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * k));
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc[0]);
-            i += 8;
-        }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum_f32(s) + scalar::dot_f32(&a[i..n], &b[i..n])
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, lane) in acc.iter_mut().enumerate() {
-                let d = _mm256_sub_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8 * k)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * k)));
-                *lane = _mm256_fmadd_ps(d, d, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            let d = _mm256_sub_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
-            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-            i += 8;
-        }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum_f32(s) + scalar::l2_f32(&a[i..n], &b[i..n])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn simd() -> Kernels {
-        *active()
+    /// Byte vectors that hit the extremes (0, 255, 127/128) often, of any length incl. the
+    /// tails that are not multiples of 16/32/64.
+    fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<(u8, u8)>> {
+        let b = prop_oneof![Just(0u8), Just(255u8), Just(127u8), Just(128u8), any::<u8>(), any::<u8>()];
+        prop::collection::vec((b.clone(), b), len)
+    }
+
+    fn check_integer(k: &Kernels, a: &[u8], b: &[u8], z: i32) -> Result<(), TestCaseError> {
+        let name = k.name;
+        prop_assert_eq!((k.dot_u8)(a, b, z), scalar::dot_u8(a, b, z), "{} dot_u8", name);
+        prop_assert_eq!((k.dot_i8)(a, b), scalar::dot_i8(a, b), "{} dot_i8", name);
+        prop_assert_eq!((k.dot_u8_i8)(a, as_i8(b)), scalar::dot_u8_i8(a, as_i8(b)), "{} dot_u8_i8", name);
+        prop_assert_eq!((k.l2_u8)(a, b), scalar::l2_u8(a, b), "{} l2_u8", name);
+        prop_assert_eq!((k.l2_i8)(a, b), scalar::l2_i8(a, b), "{} l2_i8", name);
+        Ok(())
+    }
+
+    #[test]
+    fn this_cpu_gets_its_fastest_set() {
+        let all = available();
+        assert_eq!(all.last().unwrap().name, "scalar");
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
+            assert_eq!(all[0].name, "avx512-vnni");
+        }
+        if std::env::var("KIM_KERNELS").is_err() {
+            assert_eq!(active().name, all[0].name);
+        }
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
-        fn integer_kernels_match_reference_exactly(
-            pairs in prop::collection::vec((any::<u8>(), any::<u8>()), 0..700),
-            z in 0i32..=255,
-        ) {
+        fn integer_kernels_match_reference_exactly(pairs in bytes(0..700), z in prop_oneof![Just(128i32), Just(0), Just(255), 0i32..=255]) {
             let (a, b): (Vec<u8>, Vec<u8>) = pairs.into_iter().unzip();
-            let k = simd();
-            prop_assert_eq!((k.dot_u8)(&a, &b, z), scalar::dot_u8(&a, &b, z));
-            prop_assert_eq!((k.dot_i8)(&a, &b), scalar::dot_i8(&a, &b));
-            prop_assert_eq!((k.l2_u8)(&a, &b), scalar::l2_u8(&a, &b));
-            prop_assert_eq!((k.l2_i8)(&a, &b), scalar::l2_i8(&a, &b));
+            for k in available() {
+                check_integer(&k, &a, &b, z)?;
+            }
+        }
+
+        #[test]
+        fn shifted_query_dot_equals_zero_point_dot(pairs in bytes(0..300), z in 0i32..=255) {
+            let (a, q): (Vec<u8>, Vec<u8>) = pairs.into_iter().unzip();
+            let want = scalar::dot_u8(&a, &q, z);
+            match shift_query(&q, z) {
+                Some((s, sum)) => {
+                    for k in available() {
+                        prop_assert_eq!((k.dot_u8_i8)(&a, &s) - z as i64 * sum, want, "{}", k.name);
+                    }
+                }
+                None => prop_assert!(q.iter().any(|&x| !(-128..=127).contains(&(x as i32 - z)))),
+            }
         }
 
         #[test]
@@ -253,24 +200,49 @@ mod tests {
             pairs in prop::collection::vec((-10.0f32..10.0, -10.0f32..10.0), 0..700),
         ) {
             let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
-            let k = simd();
             let bound: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs() + (x - y).powi(2)).sum::<f32>() * 1e-5 + 1e-4;
-            prop_assert!(((k.dot_f32)(&a, &b) - scalar::dot_f32(&a, &b)).abs() <= bound);
-            prop_assert!(((k.l2_f32)(&a, &b) - scalar::l2_f32(&a, &b)).abs() <= bound);
+            for k in available() {
+                prop_assert!(((k.dot_f32)(&a, &b) - scalar::dot_f32(&a, &b)).abs() <= bound, "{} dot_f32", k.name);
+                prop_assert!(((k.l2_f32)(&a, &b) - scalar::l2_f32(&a, &b)).abs() <= bound, "{} l2_f32", k.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_up_to_200_matches_reference() {
+        let mut rng = crate::rng::SeededRng::new(5);
+        for n in 0..200 {
+            let a: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let fa: Vec<f32> = a.iter().map(|&x| x as f32 / 16.0 - 8.0).collect();
+            let fb: Vec<f32> = b.iter().map(|&x| x as f32 / 16.0 - 8.0).collect();
+            for k in available() {
+                check_integer(&k, &a, &b, 128).unwrap();
+                check_integer(&k, &a, &b, 3).unwrap();
+                // Values are multiples of 1/16 below 8: products and sums are exact in f32.
+                assert_eq!((k.dot_f32)(&fa, &fb), scalar::dot_f32(&fa, &fb), "{} dot_f32 n={n}", k.name);
+                assert_eq!((k.l2_f32)(&fa, &fb), scalar::l2_f32(&fa, &fb), "{} l2_f32 n={n}", k.name);
+            }
         }
     }
 
     #[test]
     fn extreme_values_at_max_length_do_not_overflow() {
         let n = crate::descriptor::MAX_DIMENSIONS;
-        let a = vec![255u8; n];
-        let b = vec![0u8; n];
-        let k = simd();
-        assert_eq!((k.dot_u8)(&a, &b, 0), 0);
-        assert_eq!((k.dot_u8)(&a, &a, 0), 255 * 255 * n as i64);
-        assert_eq!((k.l2_u8)(&a, &b), 255 * 255 * n as i64);
-        let lo = vec![0x80u8; n]; // -128 as i8
-        assert_eq!((k.dot_i8)(&lo, &lo), 128 * 128 * n as i64);
-        assert_eq!((k.l2_i8)(&lo, &a), 127 * 127 * n as i64); // -128 − (−1)
+        let (hi, lo0, min) = (vec![255u8; n], vec![0u8; n], vec![0x80u8; n]); // 0x80 = −128 as i8
+        let n = n as i64;
+        for k in available() {
+            let name = k.name;
+            assert_eq!((k.dot_u8)(&hi, &lo0, 0), 0, "{name}");
+            assert_eq!((k.dot_u8)(&hi, &hi, 0), 255 * 255 * n, "{name}");
+            assert_eq!((k.dot_u8)(&hi, &lo0, 128), -127 * 128 * n, "{name}");
+            assert_eq!((k.dot_u8)(&lo0, &lo0, 255), 255 * 255 * n, "{name}");
+            assert_eq!((k.l2_u8)(&hi, &lo0), 255 * 255 * n, "{name}");
+            assert_eq!((k.dot_i8)(&min, &min), 128 * 128 * n, "{name}");
+            assert_eq!((k.l2_i8)(&min, &hi), 127 * 127 * n, "{name}"); // −128 − (−1)
+            assert_eq!((k.l2_i8)(&min, &vec![0x7f; n as usize]), 255 * 255 * n, "{name}");
+            assert_eq!((k.dot_u8_i8)(&hi, as_i8(&min)), -255 * 128 * n, "{name}");
+            assert_eq!((k.dot_u8_i8)(&hi, as_i8(&vec![0x7f; n as usize])), 255 * 127 * n, "{name}");
+        }
     }
 }
