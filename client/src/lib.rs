@@ -1,5 +1,10 @@
 //! Async client for kim matchers: `XADD`s a request to the label's stream and waits for the
 //! reply on one pub/sub channel shared by every request of this client (multiplexed by `rid`).
+//!
+//! Redis may restart or fail over under a client: commands reconnect with backoff, the reply
+//! subscription is re-established, and a request whose reply may have been lost meanwhile is
+//! sent again once if its deadline allows, else answered with the timeout error (26309). A call
+//! never outlives its timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kim_api::{ErrorCode, MatchRequest, MatchResponse, MAX_LIMIT};
-use redis::aio::MultiplexedConnection;
-use tokio::sync::oneshot;
+use kim_redis::{Backoff, Conn, Target};
+use tokio::sync::{oneshot, watch};
 
 pub use kim_api::{LabelInfo, MatchError};
 
@@ -16,8 +21,8 @@ pub use kim_api::{LabelInfo, MatchError};
 pub enum ClientError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("the reply listener stopped; create a new client")]
-    ListenerGone,
+    #[error(transparent)]
+    Config(#[from] kim_redis::Error),
 }
 
 /// Connection settings beyond the URL.
@@ -29,11 +34,15 @@ pub struct Options {
     pub stream_maxlen: usize,
     /// How long a positive label check is trusted before asking Redis again.
     pub label_cache: Duration,
+    /// For this long after reconnecting, an unknown label is asked again until the request's
+    /// deadline instead of failing with 26304: a restarted Redis has an empty registry until
+    /// the matchers notice and re-register.
+    pub reconnect_grace: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { prefix: String::new(), stream_maxlen: 100_000, label_cache: Duration::from_secs(2) }
+        Options { prefix: String::new(), stream_maxlen: 100_000, label_cache: Duration::from_secs(2), reconnect_grace: Duration::from_secs(5) }
     }
 }
 
@@ -49,49 +58,99 @@ pub struct Match {
     pub timeout: Duration,
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<MatchResponse>>>>;
+/// A request waiting for its reply.
+struct InFlight {
+    tx: oneshot::Sender<MatchResponse>,
+    xadd: redis::Cmd,
+    rid: String,
+    luna_request_id: String,
+    deadline: Instant,
+    /// Subscription generation the request was sent under; None until its XADD succeeded.
+    sent_under: Option<u64>,
+    resent: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<String, InFlight>>,
+}
 
 #[derive(Clone)]
 pub struct Client {
-    conn: MultiplexedConnection,
+    conn: Conn,
     opts: Options,
     channel: String,
-    pending: Pending,
+    shared: Arc<Shared>,
+    /// Generation of the live reply subscription; None while it is being re-established.
+    subscribed: watch::Receiver<Option<u64>>,
     live_labels: Arc<Mutex<HashMap<String, Instant>>>,
     listener: Arc<tokio::task::JoinHandle<()>>,
 }
 
+/// Outcome of one attempt at a Redis step inside a call.
+enum Step<T> {
+    Done(T),
+    Retry,
+}
+
 impl Client {
+    /// Connects to `url` (`redis://`, `rediss://`, `redis+sentinel://`) with credentials and TLS
+    /// files from `KIM_REDIS_*` variables.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         Self::connect_with(url, Options::default()).await
     }
 
     pub async fn connect_with(url: &str, opts: Options) -> Result<Client, ClientError> {
-        let redis = redis::Client::open(url)?;
-        let conn = redis.get_multiplexed_async_connection().await?;
+        Self::connect_target(Target::from_env(url)?, opts).await
+    }
+
+    pub async fn connect_target(target: Target, opts: Options) -> Result<Client, ClientError> {
+        let target = Arc::new(target);
+        let conn = kim_redis::connect_checked(target.clone(), Duration::from_secs(10), Duration::ZERO).await?;
         let channel = format!("{}kim:reply:{}", opts.prefix, kim_api::new_rid());
-        let pending: Pending = Arc::default();
-        let mut pubsub = redis.get_async_pubsub().await?;
+        let mut pubsub = target.pubsub().await?;
         pubsub.subscribe(&channel).await?;
-        let listener = tokio::spawn(listen(pubsub, pending.clone()));
-        Ok(Client { conn, opts, channel, pending, live_labels: Arc::default(), listener: Arc::new(listener) })
+        let shared: Arc<Shared> = Arc::default();
+        let (sub_tx, subscribed) = watch::channel(Some(1));
+        let listener = tokio::spawn(listen(target, conn.clone(), channel.clone(), pubsub, shared.clone(), sub_tx));
+        Ok(Client { conn, opts, channel, shared, subscribed, live_labels: Arc::default(), listener: Arc::new(listener) })
     }
 
     /// Matches one descriptor. Protocol errors (unknown label, timeout, bad descriptor, ...)
-    /// come back as a response with `error` set; `Err` means Redis itself failed.
+    /// come back as a response with `error` set; `Err` means Redis refused the client itself
+    /// (authentication, permissions, wrong key type). Lost connections are retried until the
+    /// timeout, which then comes back as a 26309 response.
     pub async fn match_descriptor(&self, m: Match) -> Result<MatchResponse, ClientError> {
+        let started = Instant::now();
+        let deadline = started + m.timeout;
         let luna_id = m.luna_request_id.clone().unwrap_or_else(kim_api::new_luna_request_id);
         let rid = kim_api::new_rid();
+        let timed_out = || {
+            let why = format!("no reply within {} ms", m.timeout.as_millis());
+            MatchResponse::failed(&rid, &luna_id, ErrorCode::Timeout, why)
+        };
         if m.label.is_empty() || !(1..=MAX_LIMIT).contains(&m.limit) {
             let why = format!("label must be non-empty and limit in 1..={MAX_LIMIT}");
             return Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::ValidationFailed, why));
         }
-        if !self.check_matching_label(&m.label).await? {
-            let why = format!("no matcher serves label {:?}", m.label);
-            return Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::IndexNotFound, why));
-        }
-        if self.listener.is_finished() {
-            return Err(ClientError::ListenerGone);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        // Find the label, riding out Redis outages and a registry not yet rewritten after one.
+        loop {
+            let step = match self.check_matching_label(&m.label).await {
+                Ok(true) => Step::Done(()),
+                Ok(false) if !self.just_reconnected() => {
+                    let why = format!("no matcher serves label {:?}", m.label);
+                    return Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::IndexNotFound, why));
+                }
+                Ok(false) => Step::Retry,
+                Err(ClientError::Redis(e)) if kim_redis::retryable(&e) => Step::Retry,
+                Err(e) => return Err(e),
+            };
+            match step {
+                Step::Done(()) => break,
+                Step::Retry if !sleep_before(deadline, backoff.next_delay()).await => return Ok(timed_out()),
+                Step::Retry => {}
+            }
         }
         let req = MatchRequest {
             descriptor: m.descriptor,
@@ -103,27 +162,49 @@ impl Client {
             rid: rid.clone(),
             deadline: Some(kim_api::unix_ms() + m.timeout.as_millis() as u64),
         };
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(rid.clone(), tx);
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(kim_api::stream_key(&self.opts.prefix, &m.label)).arg("MAXLEN").arg("~").arg(self.opts.stream_maxlen).arg("*");
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(kim_api::stream_key(&self.opts.prefix, &m.label)).arg("MAXLEN").arg("~").arg(self.opts.stream_maxlen).arg("*");
         for (k, v) in req.fields() {
-            cmd.arg(k).arg(v);
+            xadd.arg(k).arg(v);
         }
-        let mut conn = self.conn.clone();
-        if let Err(e) = cmd.query_async::<String>(&mut conn).await {
-            self.pending.lock().unwrap().remove(&rid);
-            return Err(e.into());
-        }
-        match tokio::time::timeout(m.timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(ClientError::ListenerGone),
-            Err(_) => {
-                self.pending.lock().unwrap().remove(&rid);
-                let why = format!("no reply within {} ms", m.timeout.as_millis());
-                Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::Timeout, why))
+        let (tx, mut rx) = oneshot::channel();
+        let entry = InFlight { tx, xadd: xadd.clone(), rid: rid.clone(), luna_request_id: luna_id.clone(), deadline, sent_under: None, resent: false };
+        self.shared.pending.lock().unwrap().insert(rid.clone(), entry);
+        let _forget = Forget { shared: &self.shared, rid: &rid };
+        // Send once the reply subscription is live, so the reply cannot race past it.
+        loop {
+            let mut sub = self.subscribed.clone();
+            let generation = match tokio::time::timeout_at(deadline.into(), sub.wait_for(|g| g.is_some())).await {
+                Ok(Ok(g)) => g.expect("live"),
+                Ok(Err(_)) => return Ok(timed_out()),
+                Err(_) => return Ok(timed_out()),
+            };
+            let mut conn = self.conn.clone();
+            match xadd.query_async::<String>(&mut conn).await {
+                Ok(_) => {
+                    if let Some(f) = self.shared.pending.lock().unwrap().get_mut(&rid) {
+                        f.sent_under = Some(generation);
+                    }
+                    break;
+                }
+                Err(e) if kim_redis::retryable(&e) => {
+                    if !sleep_before(deadline, backoff.next_delay()).await {
+                        return Ok(timed_out());
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
+        match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) | Err(_) => Ok(timed_out()),
+        }
+    }
+
+    /// True while a fresh connection may still be looking at a registry Redis lost.
+    fn just_reconnected(&self) -> bool {
+        let (n, when) = *self.conn.connections().borrow();
+        n > 1 && when.is_some_and(|t| t.elapsed() < self.opts.reconnect_grace)
     }
 
     /// Labels some live matcher serves, sorted.
@@ -188,19 +269,122 @@ impl Drop for Client {
     }
 }
 
-async fn listen(pubsub: redis::aio::PubSub, pending: Pending) {
-    let mut messages = pubsub.into_on_message();
-    while let Some(msg) = messages.next().await {
-        let Ok(payload) = msg.get_payload::<String>() else { continue };
-        match serde_json::from_str::<MatchResponse>(&payload) {
-            Ok(resp) => {
-                if let Some(tx) = pending.lock().unwrap().remove(&resp.rid) {
-                    let _ = tx.send(resp);
+/// Removes a finished call's entry, however the call ended.
+struct Forget<'a> {
+    shared: &'a Shared,
+    rid: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().unwrap().remove(self.rid);
+    }
+}
+
+/// Sleeps `d` unless that would pass the deadline; false when there is no time left.
+async fn sleep_before(deadline: Instant, d: Duration) -> bool {
+    if Instant::now() + d >= deadline {
+        return false;
+    }
+    tokio::time::sleep(d).await;
+    true
+}
+
+/// How often the idle reply subscription is pinged, so a silently dead one is noticed.
+const SUB_PING: Duration = Duration::from_secs(5);
+
+/// Routes replies to waiting calls; re-subscribes (with backoff) whenever the subscription
+/// ends, then deals with the requests whose replies may have been lost meanwhile.
+async fn listen(target: Arc<Target>, conn: Conn, channel: String, first: redis::aio::PubSub, shared: Arc<Shared>, subscribed: watch::Sender<Option<u64>>) {
+    let mut pubsub = Some(first);
+    let mut generation = 1u64;
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
+    loop {
+        let ps = match pubsub.take() {
+            Some(p) => p,
+            None => {
+                let open = async {
+                    let mut p = target.pubsub().await?;
+                    p.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(p)
+                };
+                match open.await {
+                    Ok(p) => {
+                        generation += 1;
+                        tracing::info!(redis = %target, "reply subscription re-established");
+                        subscribed.send_replace(Some(generation));
+                        resend_lost(&shared, &conn, generation).await;
+                        p
+                    }
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        tracing::debug!(error = %e, retry_in = ?d, "cannot re-subscribe yet");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "unparseable reply on response channel"),
+        };
+        backoff.reset();
+        let (mut sink, mut messages) = ps.split();
+        loop {
+            let msg = tokio::select! {
+                m = messages.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = tokio::time::sleep(SUB_PING) => {
+                    match tokio::time::timeout(SUB_PING, sink.ping::<String>()).await {
+                        Ok(Ok(_)) => continue,
+                        _ => break,
+                    }
+                }
+            };
+            let Ok(payload) = msg.get_payload::<String>() else { continue };
+            match serde_json::from_str::<MatchResponse>(&payload) {
+                Ok(resp) => {
+                    if let Some(f) = shared.pending.lock().unwrap().remove(&resp.rid) {
+                        let _ = f.tx.send(resp);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "unparseable reply on response channel"),
+            }
+        }
+        subscribed.send_replace(None);
+        tracing::warn!(redis = %target, "reply subscription lost; re-subscribing");
+    }
+}
+
+/// Requests sent under an earlier subscription may have had their replies published while no
+/// one listened (or lost with a restarted Redis): send each once more if its deadline allows,
+/// else answer it with the timeout error now.
+async fn resend_lost(shared: &Shared, conn: &Conn, generation: u64) {
+    let now = Instant::now();
+    let mut resend = Vec::new();
+    {
+        let mut pending = shared.pending.lock().unwrap();
+        let lost: Vec<String> = pending.values().filter(|f| f.sent_under.is_some_and(|g| g < generation)).map(|f| f.rid.clone()).collect();
+        for rid in lost {
+            let f = pending.get_mut(&rid).expect("present");
+            if !f.resent && f.deadline > now {
+                f.resent = true;
+                f.sent_under = Some(generation);
+                resend.push((rid, f.xadd.clone()));
+            } else {
+                let f = pending.remove(&rid).expect("present");
+                let why = "reply lost with the Redis connection and the request was already re-sent once or is past its deadline";
+                let _ = f.tx.send(MatchResponse::failed(&f.rid, &f.luna_request_id, ErrorCode::Timeout, why));
+            }
         }
     }
-    tracing::warn!("reply subscription closed");
-    pending.lock().unwrap().clear();
+    if !resend.is_empty() {
+        tracing::info!(requests = resend.len(), "re-sending requests whose replies may have been lost");
+    }
+    for (rid, cmd) in resend {
+        let mut c = conn.clone();
+        if let Err(e) = cmd.query_async::<String>(&mut c).await {
+            // Left pending: the caller's own deadline answers it with a timeout.
+            tracing::debug!(rid, error = %e, "re-send failed");
+        }
+    }
 }

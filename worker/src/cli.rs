@@ -163,9 +163,8 @@ pub struct MatchArgs {
     pub storage: PathBuf,
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Redis URL (redis://host:port/db).
-    #[arg(long, env = "KIM_REDIS_URL")]
-    pub redis: String,
+    #[command(flatten)]
+    pub redis: kim_redis::RedisArgs,
     /// Labels to serve (repeatable); default: every label found under the namespace.
     #[arg(long = "label")]
     pub labels: Vec<String>,

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use kim_api::ErrorCode;
 use kim_index::snapshot::{self, Manifest};
 use kim_index::FlatIndex;
-use redis::aio::ConnectionManager;
+use kim_redis::Conn;
 
 use super::{registry, Matcher};
 use crate::indexer::discover_labels;
@@ -27,7 +27,7 @@ pub struct Served {
 }
 
 /// Polls storage until shutdown.
-pub async fn watch(m: Arc<Matcher>, mut conn: ConnectionManager) {
+pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
     // Snapshot ids that failed to load, per label, so a bad one is reported once, not every tick.
     let rejected: Mutex<std::collections::HashMap<String, String>> = Default::default();
     loop {
@@ -46,7 +46,7 @@ fn wanted(m: &Matcher) -> Vec<String> {
     }
 }
 
-async fn refresh(m: &Arc<Matcher>, conn: &mut ConnectionManager, rejected: &Mutex<std::collections::HashMap<String, String>>) {
+async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, rejected: &Mutex<std::collections::HashMap<String, String>>) {
     let wanted = wanted(m);
     for label in &wanted {
         let dir = snapshot::label_dir(&m.args.storage, &m.args.namespace, label);
@@ -89,7 +89,7 @@ async fn load(dir: PathBuf, id: String, label: String) -> anyhow::Result<Loaded>
     Ok(Loaded { manifest, index })
 }
 
-async fn install(m: &Arc<Matcher>, conn: &mut ConnectionManager, label: &str, existing: Option<Arc<Served>>, loaded: Loaded) {
+async fn install(m: &Arc<Matcher>, conn: &mut Conn, label: &str, existing: Option<Arc<Served>>, loaded: Loaded) {
     m.metrics.set_snapshot(label, &loaded.manifest.id, loaded.index.len());
     match existing {
         Some(s) => {

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use kim_redis::Target;
 use tokio::sync::watch;
 
 use crate::cli::MatchArgs;
@@ -69,21 +69,15 @@ fn default_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &kim_api::new_rid()[..8])
 }
 
-async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("parsing the Redis URL")?;
-    let cfg = ConnectionManagerConfig::new()
-        .set_response_timeout(response_timeout)
-        .set_connection_timeout(Duration::from_secs(5))
-        .set_number_of_retries(6)
-        .set_max_delay(2000);
-    client.get_connection_manager_with_config(cfg).await.context("connecting to Redis")
-}
-
 async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let id = args.matcher_id.clone().unwrap_or_else(default_id);
-    let conn = connect(&args.redis, Duration::from_secs(10)).await?;
-    let reader = connect(&args.redis, args.block + Duration::from_secs(10)).await?;
+    let target = Arc::new(Target::new(&args.redis)?);
+    tracing::info!(redis = %target, tls = target.is_tls(), sentinel = target.is_sentinel(), "connecting to Redis");
+    // Startup fails fast on TLS, authentication or plaintext-vs-TLS mistakes; later failures
+    // are retried forever with backoff by every task.
+    let conn = kim_redis::connect_checked(target.clone(), Duration::from_secs(10), Duration::from_secs(30)).await?;
+    let reader = kim_redis::connect_checked(target, args.block + Duration::from_secs(10), Duration::from_secs(30)).await?;
     let m = Arc::new(Matcher { id, labels: Default::default(), metrics: Metrics::new(), ready: AtomicBool::new(false), reading: AtomicBool::new(false), shutdown: stop_rx, args });
     tracing::info!(matcher = %m.id, storage = %m.args.storage.display(), namespace = %m.args.namespace, "matcher starting");
     let listener = tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use kim_api::LabelInfo;
-use redis::aio::ConnectionManager;
+use kim_redis::Conn;
 
 use super::Matcher;
 
 /// Refreshes the keys every third of their TTL until shutdown.
-pub async fn heartbeat(m: Arc<Matcher>, mut conn: ConnectionManager) {
+pub async fn heartbeat(m: Arc<Matcher>, mut conn: Conn) {
     loop {
         register(&m, &mut conn).await;
         if m.pause(m.args.label_ttl / 3).await {
@@ -19,7 +19,7 @@ pub async fn heartbeat(m: Arc<Matcher>, mut conn: ConnectionManager) {
 }
 
 /// Writes (or refreshes) the keys of every served label.
-pub async fn register(m: &Matcher, conn: &mut ConnectionManager) {
+pub async fn register(m: &Matcher, conn: &mut Conn) {
     let ttl_ms = m.args.label_ttl.as_millis() as u64;
     let mut pipe = redis::pipe();
     for label in m.label_names() {
@@ -43,7 +43,7 @@ pub async fn register(m: &Matcher, conn: &mut ConnectionManager) {
 }
 
 /// Removes this matcher's keys so clients stop routing to it at once.
-pub async fn unregister(m: &Matcher, mut conn: ConnectionManager) {
+pub async fn unregister(m: &Matcher, mut conn: Conn) {
     let keys: Vec<String> = m.label_names().iter().map(|l| kim_api::registry_key(&m.args.prefix, l, &m.id)).collect();
     if keys.is_empty() {
         return;

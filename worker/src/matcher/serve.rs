@@ -8,10 +8,10 @@ use kim_api::{ErrorCode, MatchRequest, MatchResponse, GROUP};
 use kim_index::vectors::similarity;
 use kim_index::DecodeError;
 use rayon::prelude::*;
-use redis::aio::ConnectionManager;
+use kim_redis::{Backoff, Conn};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 
-use super::{Loaded, Matcher};
+use super::{registry, Loaded, Matcher};
 
 /// One stream entry of a label.
 struct Entry {
@@ -44,7 +44,7 @@ impl Entry {
 }
 
 /// Creates the label's consumer group (and stream) if missing.
-pub async fn ensure_group(conn: &mut ConnectionManager, prefix: &str, label: &str) -> redis::RedisResult<()> {
+pub async fn ensure_group(conn: &mut Conn, prefix: &str, label: &str) -> redis::RedisResult<()> {
     let key = kim_api::stream_key(prefix, label);
     match redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(GROUP).arg("0").arg("MKSTREAM").query_async::<()>(conn).await {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -54,8 +54,16 @@ pub async fn ensure_group(conn: &mut ConnectionManager, prefix: &str, label: &st
 
 /// Reads new entries for every served label until shutdown; each batch is answered fully
 /// before the next read, so a SIGTERM never abandons work it already took.
-pub async fn read_loop(m: Arc<Matcher>, mut reader: ConnectionManager, mut conn: ConnectionManager) {
-    let mut backoff = Duration::from_millis(100);
+///
+/// At start and after any Redis failure the loop first re-reads this consumer's own pending
+/// entries (id `0`): a batch whose replies were lost with the connection is answered again
+/// (clients drop duplicate replies by `rid`), and the label registry is rewritten at once
+/// because a restarted Redis may have lost it.
+pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let mut recovering = true;
+    let mut failed = false;
+    let mut after: HashMap<String, String> = HashMap::new();
     while !m.stopping() {
         let labels = m.label_names();
         if labels.is_empty() {
@@ -63,8 +71,13 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: ConnectionManager, mut conn:
             continue;
         }
         let keys: Vec<String> = labels.iter().map(|l| kim_api::stream_key(&m.args.prefix, l)).collect();
-        let ids = vec![">"; keys.len()];
-        let opts = StreamReadOptions::default().group(GROUP, &m.id).count(m.args.batch).block(m.args.block.as_millis() as usize);
+        // While recovering, each read starts after the last pending entry seen, so an entry
+        // that cannot be answered is left to the claimer instead of being re-read forever.
+        let ids: Vec<String> = keys.iter().map(|k| if recovering { after.get(k).cloned().unwrap_or_else(|| "0".into()) } else { ">".into() }).collect();
+        let mut opts = StreamReadOptions::default().group(GROUP, &m.id).count(m.args.batch);
+        if !recovering {
+            opts = opts.block(m.args.block.as_millis() as usize);
+        }
         let read = redis::AsyncCommands::xread_options(&mut reader, &keys, &ids, &opts);
         // The command is queued on the connection once polled; mark readiness just after.
         let reply: redis::RedisResult<StreamReadReply> = {
@@ -80,7 +93,19 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: ConnectionManager, mut conn:
         m.reading.store(true, std::sync::atomic::Ordering::SeqCst);
         match reply {
             Ok(reply) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
+                if failed {
+                    failed = false;
+                    tracing::info!("Redis reachable again; re-registering labels and re-reading own pending entries");
+                    registry::register(&m, &mut conn).await;
+                }
+                if recovering {
+                    for k in &reply.keys {
+                        if let Some(last) = k.ids.last() {
+                            after.insert(k.key.clone(), last.id.clone());
+                        }
+                    }
+                }
                 let entries: Vec<Entry> = reply
                     .keys
                     .into_iter()
@@ -89,27 +114,40 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: ConnectionManager, mut conn:
                         k.ids.into_iter().map(move |s| Entry::new(&label, s))
                     })
                     .collect();
-                if !entries.is_empty() {
-                    answer(&m, &mut conn, entries).await;
+                if entries.is_empty() {
+                    recovering = false;
+                    after.clear();
+                } else if recovering {
+                    tracing::info!(entries = entries.len(), "answering entries still pending with this consumer");
+                }
+                if !entries.is_empty() && !answer(&m, &mut conn, entries).await {
+                    recovering = true;
+                    after.clear();
+                    failed = true;
+                    m.pause(backoff.next_delay()).await;
                 }
             }
             Err(e) if e.code() == Some("NOGROUP") => {
-                tracing::warn!("consumer group missing (stream deleted?); recreating");
+                tracing::warn!("consumer group missing (stream deleted or Redis restarted empty); recreating");
                 for l in &labels {
                     ensure_group(&mut conn, &m.args.prefix, l).await.ok();
                 }
+                failed = true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "stream read failed");
-                m.pause(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "stream read failed");
+                recovering = true;
+                after.clear();
+                failed = true;
+                m.pause(retry_in).await;
             }
         }
     }
 }
 
 /// Takes over entries other consumers left pending longer than `claim_idle` (dead matchers).
-pub async fn claim_loop(m: Arc<Matcher>, mut conn: ConnectionManager) {
+pub async fn claim_loop(m: Arc<Matcher>, mut conn: Conn) {
     while !m.pause(m.args.claim_interval).await {
         for label in m.label_names() {
             let key = kim_api::stream_key(&m.args.prefix, &label);
@@ -135,7 +173,9 @@ pub async fn claim_loop(m: Arc<Matcher>, mut conn: ConnectionManager) {
                 if !reply.claimed.is_empty() {
                     tracing::info!(label, entries = reply.claimed.len(), "claimed entries abandoned by another consumer");
                     let entries = reply.claimed.into_iter().map(|s| Entry::new(&label, s)).collect();
-                    answer(&m, &mut conn, entries).await;
+                    if !answer(&m, &mut conn, entries).await {
+                        break;
+                    }
                 }
                 if reply.next_stream_id == "0-0" || m.stopping() {
                     break;
@@ -204,7 +244,8 @@ struct Reply {
 
 /// Answers a batch: searches in parallel, then one pipeline of PUBLISH + XACK. Entries without
 /// an answer (their search task died) are not acknowledged, so the claimer retries them.
-async fn answer(m: &Arc<Matcher>, conn: &mut ConnectionManager, entries: Vec<Entry>) {
+/// Returns false when the replies could not be delivered (the entries stay pending).
+async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool {
     let now_ms = kim_api::unix_ms();
     m.metrics.batch(entries.len());
     let mut replies = Vec::with_capacity(entries.len());
@@ -242,7 +283,7 @@ async fn answer(m: &Arc<Matcher>, conn: &mut ConnectionManager, entries: Vec<Ent
     }
     if let Err(e) = pipe.query_async::<()>(conn).await {
         tracing::warn!(error = %e, entries = entries.len(), "cannot deliver replies; entries stay pending and will be retried");
-        return;
+        return false;
     }
     let now = kim_api::unix_ms();
     for r in &replies {
@@ -254,4 +295,5 @@ async fn answer(m: &Arc<Matcher>, conn: &mut ConnectionManager, entries: Vec<Ent
             Some(err) => tracing::info!(rid = %r.resp.rid, luna_request_id = %r.resp.luna_request_id, label = %e.label, error_code = err.error_code, detail = %err.detail, "request failed"),
         }
     }
+    true
 }
