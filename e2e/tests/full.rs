@@ -1,0 +1,349 @@
+//! The full end-to-end tier (issue 5 item 4), without Docker: a real control plane from
+//! e2e/cluster.sh (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok), the
+//! node harness playing one extra node, `helm install` of charts/kim (operator as the chart's
+//! ServiceAccount), `kubectl apply -f deploy/samples/`, a real `kim-worker index` build, real
+//! `kim-worker match` matchers, matches through a loopback Redis with the Python client and
+//! the Rust client, a rebuild under load, and a clean teardown.
+//!
+//! Needs `target/<profile>/kim-worker` and `kim-operator` built first (scripts/test.sh builds
+//! every binary before the tests; by hand: `cargo build --release -p kim-worker -p kim-operator`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kim_e2e::node::{Config, Harness, Image};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+const NS: &str = "kim";
+const NODE: &str = "kim-harness-0";
+const LABEL: &str = "faces";
+const VERSION: u32 = 59;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn kim_bin() -> PathBuf {
+    let cache = std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"));
+    std::env::var("KIM_BIN").map(PathBuf::from).unwrap_or_else(|_| cache.join("bin"))
+}
+
+/// `target/<profile>`: this test binary lives in its `deps/`.
+fn profile_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn log(t0: Instant, what: &str) {
+    eprintln!("[full {:>6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn up(dir: tempfile::TempDir) -> Cluster {
+        let tools = Command::new("bash").arg(repo().join("e2e/tools.sh")).arg("full").output().unwrap();
+        assert!(tools.status.success(), "e2e/tools.sh full: {}", String::from_utf8_lossy(&tools.stderr));
+        let c = Cluster { dir };
+        let out = Command::new("bash").arg(repo().join("e2e/cluster.sh")).args(["up", "full"]).env("KIM_CLUSTER_DIR", c.cluster_dir()).output().unwrap();
+        assert!(out.status.success(), "cluster up full: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        c
+    }
+    fn cluster_dir(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.cluster_dir().join("kubeconfig")
+    }
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        Command::new(kim_bin().join(tool))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HELM_CACHE_HOME", self.dir.path().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.path().join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.path().join("helm/data"))
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, tool: &str, args: &[&str]) -> String {
+        let out = self.run(tool, args);
+        assert!(out.status.success(), "{tool} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.ok("kubectl", args)
+    }
+    async fn client(&self) -> (Client, String, String) {
+        let kc = Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let cluster = kc.clusters[0].cluster.clone().unwrap();
+        let server = cluster.server.clone().unwrap();
+        let ca = cluster.certificate_authority_data.clone().unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+        (Client::try_from(cfg).unwrap(), server, ca)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("e2e/cluster.sh")).arg("down").env("KIM_CLUSTER_DIR", self.cluster_dir()).output();
+    }
+}
+
+struct Redis(Child, u16);
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/deps.sh installs it)");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Redis(child, port)
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.1)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it returns Some, at most `secs` seconds; `why` explains a timeout.
+async fn eventually<T, F: FnMut() -> Option<T>>(secs: u64, what: &str, mut f: F, why: impl Fn() -> String) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out after {secs}s waiting for {what}\n{}", why());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Row `row` of a 2-D u8 .npy file.
+fn npy_row(path: &Path, row: usize) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY", "{} is not .npy", path.display());
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = String::from_utf8_lossy(&b[10..10 + hlen]);
+    assert!(header.contains("'|u1'"), "expected u8 data: {header}");
+    let dims: usize = header.split("shape': (").nth(1).unwrap().split(',').nth(1).unwrap().trim().trim_end_matches(')').parse().unwrap();
+    b[10 + hlen + row * dims..10 + hlen + (row + 1) * dims].to_vec()
+}
+
+/// Tail of the harness's container logs whose file name contains `part`.
+fn logs(root: &Path, part: &str) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(root.join("logs")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(part) {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("---- {name}\n{}\n", lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+    }
+    out
+}
+
+/// One match through the Python client (clients/python in the test venv).
+fn python_match(redis_url: &str, descriptor: &[u8]) -> serde_json::Value {
+    let venv = kim_bin().parent().unwrap().join("venv/bin/python");
+    let script = r#"
+import asyncio, json, sys
+from kim_client import MatcherClient, RawDescriptor
+async def main():
+    async with await MatcherClient.create(sys.argv[1]) as c:
+        r = await c.match(RawDescriptor(bytes.fromhex(sys.argv[2]), int(sys.argv[3])), sys.argv[4], limit=3, timeout=10.0)
+        print(json.dumps(r))
+asyncio.run(main())
+"#;
+    let hex: String = descriptor.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new(venv).args(["-c", script, redis_url, &hex, &VERSION.to_string(), LABEL]).env("PYTHONPATH", repo().join("clients/python/src")).output().unwrap();
+    assert!(out.status.success(), "python client: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Matches `probe` in a loop until `stop` (bounded by count and time); returns (ok, failed, errors).
+async fn match_loop(url: String, probe: Vec<u8>, expected: String, stop: Arc<AtomicBool>) -> (usize, usize, Vec<String>) {
+    let client = kim_client::Client::connect(&url).await.unwrap();
+    let t = Instant::now();
+    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+    while !stop.load(Ordering::SeqCst) && ok + failed < 100_000 && t.elapsed() < Duration::from_secs(240) {
+        let m = kim_client::Match { descriptor: probe.clone(), version: VERSION, label: LABEL.into(), limit: 1, luna_request_id: None, timeout: Duration::from_secs(5) };
+        match client.match_descriptor(m).await {
+            Ok(r) if r.error.is_none() && r.result.first().is_some_and(|(id, _)| *id == expected) => ok += 1,
+            Ok(r) => {
+                failed += 1;
+                errors.push(format!("{:?} {:?}", r.error, r.result.first()));
+            }
+            Err(e) => {
+                failed += 1;
+                errors.push(e.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (ok, failed, errors)
+}
+
+fn field(c: &Cluster, kind: &str, name: &str, path: &str) -> String {
+    let out = c.run("kubectl", &["get", kind, name, "-n", NS, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_samples_match_rebuild_and_uninstall() {
+    let t0 = Instant::now();
+    let _ = tracing_subscriber::fmt().with_env_filter("kim_e2e=info").with_test_writer().try_init();
+    let bins = profile_dir();
+    for b in ["kim-worker", "kim-operator"] {
+        assert!(bins.join(b).exists(), "{} missing: build it first (cargo build --release -p kim-worker -p kim-operator)", bins.join(b).display());
+    }
+    let c = Cluster::up(tempfile::tempdir().unwrap());
+    log(t0, "cluster up (full)");
+    let root = c.dir.path().join("harness");
+    let (client, server, ca_data) = c.client().await;
+    let redis = Redis::start(c.dir.path());
+
+    // Every pod goes to the harness node: the kwok node takes no new pods.
+    c.kubectl(&["cordon", "kim-node-0"]);
+    let images = vec![Image { name: "kim-worker".into(), binary: bins.join("kim-worker") }, Image { name: "kim-operator".into(), binary: bins.join("kim-operator") }];
+    let harness = Harness::start(client.clone(), Config { node: NODE.into(), root: root.clone(), images, server, ca_data }).await.unwrap();
+    c.kubectl(&["wait", "--for=condition=Ready", &format!("node/{NODE}"), "--timeout=30s"]);
+    log(t0, "harness node Ready");
+
+    // helm install: two operator replicas (leader election), Redis by URL into the chart's Secret.
+    let chart = repo().join("charts/kim");
+    c.ok(
+        "helm",
+        &["install", "kim", chart.to_str().unwrap(), "-n", NS, "--create-namespace", "--set", &format!("redis.url={}", redis.url()), "--set", "replicaCount=2", "--wait", "--timeout=120s"],
+    );
+    log(t0, "helm install --wait done");
+    let holder = eventually(60, "operator leader", || Some(field(&c, "lease", "kim-operator", "{.spec.holderIdentity}")).filter(|h| h.starts_with("kim-operator-")), || logs(&root, "operator")).await;
+    log(t0, &format!("leader: {holder}"));
+
+    c.kubectl(&["apply", "-n", NS, "-f", repo().join("deploy/samples").to_str().unwrap()]);
+    log(t0, "samples applied");
+    let vectors = eventually(
+        240,
+        "MatchingIndex Ready",
+        || {
+            let phase = field(&c, "mi", LABEL, "{.status.phase}");
+            let v = field(&c, "mi", LABEL, "{.status.currentSnapshot.vectors}");
+            (phase == "Ready").then_some(v)
+        },
+        || format!("{}\n{}\n{}", c.kubectl(&["get", "mi,jobs,pods,pvc", "-n", NS, "-o", "wide"]), field(&c, "mi", LABEL, "{.status}"), logs(&root, "")),
+    )
+    .await;
+    assert_eq!(vectors, "2000");
+    let table = c.kubectl(&["get", "mi", "-n", NS]);
+    assert!(table.contains("Ready") && table.contains("2000"), "kubectl get mi:\n{table}");
+    log(t0, &format!("MatchingIndex Ready:\n{table}"));
+    let snapshot = field(&c, "mi", LABEL, "{.status.currentSnapshot.id}");
+
+    // The build really ran kim-worker index, on the harness node, like every other pod.
+    assert!(logs(&root, "faces-build-").contains("faces"), "no build log: {}", logs(&root, ""));
+    let nodes = c.kubectl(&["get", "pods", "-n", NS, "-o", "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}"]);
+    assert!(nodes.lines().all(|n| n == NODE) && nodes.lines().count() >= 4, "pods not all on {NODE}:\n{nodes}");
+
+    // A stored descriptor must find itself: read it back from the claim's directory.
+    let pv = field(&c, "pvc", "kim-sample", "{.spec.volumeName}");
+    let data = PathBuf::from(c.kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"])).join("data");
+    let row = 1234;
+    let probe = npy_row(&data.join("base.npy"), row);
+    let expected = std::fs::read_to_string(data.join("ids.txt")).unwrap().lines().nth(row).unwrap().to_string();
+    let got = python_match(&redis.url(), &probe);
+    assert!(got["error"].is_null(), "python client: {got}");
+    assert_eq!(got["result"][0][0], expected.as_str(), "python client: {got}");
+    log(t0, &format!("python client matched row {row} -> {}", got["result"][0]));
+
+    // Rebuild with new HNSW parameters while a bounded match loop runs: no failed match.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = tokio::spawn(match_loop(redis.url(), probe.clone(), expected.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kubectl(&["patch", "mi", LABEL, "-n", NS, "--type=merge", "-p", r#"{"spec":{"hnsw":{"efConstruction":120}}}"#]);
+    let new_snapshot = eventually(
+        180,
+        "rebuilt snapshot",
+        || Some(field(&c, "mi", LABEL, "{.status.currentSnapshot.id}")).filter(|s| !s.is_empty() && *s != snapshot),
+        || format!("{}\n{}", c.kubectl(&["get", "mi,jobs,pods", "-n", NS]), logs(&root, "build")),
+    )
+    .await;
+    let rc = kim_client::Client::connect(&redis.url()).await.unwrap();
+    let t = Instant::now();
+    loop {
+        let info = rc.label_info(LABEL).await.unwrap();
+        if !info.is_empty() && info.iter().all(|i| i.snapshot == new_snapshot) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "matchers did not load {new_snapshot}: {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed, errors) = looping.await.unwrap();
+    assert_eq!(failed, 0, "failed matches during the rebuild: {:?}", &errors[..errors.len().min(5)]);
+    assert!(ok >= 20, "only {ok} matches during the rebuild");
+    assert!(c.kubectl(&["get", "mi", "-n", NS]).contains("Ready"));
+    log(t0, &format!("rebuild {snapshot} -> {new_snapshot} swapped in; {ok} matches, 0 failed"));
+
+    // The operator ran as the chart's ServiceAccount, not as admin, and was never forbidden.
+    let sa = format!("system:serviceaccount:{NS}:kim-operator");
+    let kubeconfigs: Vec<PathBuf> = std::fs::read_dir(root.join("pods"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{NS}_kim-operator-")))
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten().map(|f| f.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("kubeconfig-"))
+        .collect();
+    assert_eq!(kubeconfigs.len(), 2, "operator pods' kubeconfigs: {kubeconfigs:?}");
+    for kc in &kubeconfigs {
+        let who = Command::new(kim_bin().join("kubectl")).arg("--kubeconfig").arg(kc).args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&who.stdout), sa, "{}", String::from_utf8_lossy(&who.stderr));
+    }
+    assert_eq!(c.run("kubectl", &["auth", "can-i", "list", "secrets", "-n", NS, "--as", &sa]).stdout, b"no\n");
+    let op_logs = logs(&root, "_kim-operator-");
+    assert!(!op_logs.to_lowercase().contains("forbidden"), "the chart's RBAC refused the operator something:\n{op_logs}");
+
+    // Deleting the CR runs the cleanup Job and removes its children; uninstall leaves nothing.
+    c.kubectl(&["delete", "mi", LABEL, "-n", NS, "--timeout=120s"]);
+    log(t0, "MatchingIndex deleted (finalizer done)");
+    c.kubectl(&["delete", "-n", NS, "-f", repo().join("deploy/samples").to_str().unwrap(), "--ignore-not-found", "--timeout=60s"]);
+    c.ok("helm", &["uninstall", "kim", "-n", NS, "--wait", "--timeout=60s"]);
+    let left = eventually(
+        90,
+        "no children left",
+        || {
+            let s = String::from_utf8_lossy(&c.run("kubectl", &["get", "jobs,deployments,replicasets,statefulsets,pvc,pods,mi,indexers", "-n", NS, "-o", "name"]).stdout).into_owned();
+            s.trim().is_empty().then_some(s)
+        },
+        || c.kubectl(&["get", "all,pvc", "-n", NS]),
+    )
+    .await;
+    assert!(left.is_empty());
+    let keys: Vec<String> = {
+        let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("KEYS").arg("*faces*").query_async(&mut conn).await.unwrap()
+    };
+    assert!(keys.is_empty(), "Redis keys left for the label: {keys:?}");
+    log(t0, "teardown left no children, PVCs, pods or Redis keys");
+    harness.shutdown(Duration::from_secs(15)).await;
+    drop(redis);
+}
