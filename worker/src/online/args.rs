@@ -100,6 +100,14 @@ pub struct FilterArgs {
     /// messages in order).
     #[arg(long, env = "KIM_STREAM_CONCURRENCY", default_value_t = 16)]
     pub stream_concurrency: usize,
+    /// How often every agent is probed (vald.v1.Index/IndexInfo) for /status and the
+    /// search deadline of agents found unreachable.
+    #[arg(long, env = "KIM_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub probe_interval: Duration,
+    /// Deadline of one probe, and of a search on an agent last seen unreachable: an agent
+    /// slower than this counts as unreachable.
+    #[arg(long, env = "KIM_PROBE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub probe_timeout: Duration,
     #[command(flatten)]
     pub tls: ServerTls,
     /// TLS towards agents, vectorizers and filters.

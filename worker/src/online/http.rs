@@ -11,7 +11,12 @@ use axum::Router;
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 pub async fn serve(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>, metrics: Render) {
-    let app = Router::new()
+    serve_with(listener, ready, metrics, Router::new()).await
+}
+
+/// [`serve`] plus a component's own routes (the gateway's `/status`).
+pub async fn serve_with(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>, metrics: Render, extra: Router) {
+    let app = extra
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

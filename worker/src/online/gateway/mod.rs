@@ -4,6 +4,7 @@
 //! without replica duplicates and passes each result through the egress FilterDistance chain.
 
 pub mod grpc;
+pub mod health;
 pub mod placement;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tonic::{Code, Request, Status};
 use super::args::FilterArgs;
 use super::metrics::Metrics;
 use super::pool::Pool;
+use health::{Health, HealthCollector};
 use placement::Agents;
 
 /// Results per search when the request asks for none.
@@ -32,7 +34,9 @@ const DEFAULT_NUM: u32 = 10;
 pub struct Gateway {
     agents: Arc<Agents>,
     replicas: usize,
-    pool: Pool,
+    pool: Arc<Pool>,
+    health: Arc<Health>,
+    probe_timeout: Duration,
     vectorizer: Option<String>,
     ingress: Vec<String>,
     egress: Vec<String>,
@@ -101,7 +105,9 @@ impl Gateway {
     async fn exists(&self, owners: &[String], id: &str) -> Result<bool, Status> {
         let calls = owners.iter().map(|addr| async move {
             let mut c = ObjectClient::new(self.pool.channel(addr)?);
-            match c.exists(with_timeout(object::Id { id: id.to_string() }, self.call_timeout)).await {
+            let r = c.exists(with_timeout(object::Id { id: id.to_string() }, self.call_timeout)).await;
+            self.health.record(addr, r.as_ref().map(|_| ()));
+            match r {
                 Ok(_) => Ok(true),
                 Err(s) if s.code() == Code::NotFound => Ok(false),
                 Err(s) => Err(backend_error("agent", addr, s)),
@@ -125,7 +131,9 @@ impl Gateway {
             let req = upsert::Request { vector: Some(v.clone()), config: Some(upsert::Config { timestamp, ..Default::default() }) };
             async move {
                 let mut c = UpsertClient::new(self.pool.channel(addr).map_err(|s| (addr, s))?);
-                c.upsert(with_timeout(req, self.call_timeout)).await.map(|r| r.into_inner()).map_err(|s| (addr, s))
+                let r = c.upsert(with_timeout(req, self.call_timeout)).await;
+                self.health.record(addr, r.as_ref().map(|_| ()));
+                r.map(|r| r.into_inner()).map_err(|s| (addr, s))
             }
         });
         let mut names = Vec::new();
@@ -151,18 +159,28 @@ impl Gateway {
     }
 
     /// Searches every agent and merges: best distance per id, closest first, at most `num`.
+    /// Agents get 90 % of `budget`, so one that stops answering costs its results, not the
+    /// search; agents last seen unreachable get only the probe timeout, so a partitioned one
+    /// costs little per search and one that came back is answered from at once.
     async fn search_agents(&self, vector: Vec<f32>, cfg: &search::Config, budget: Duration) -> Result<Vec<object::Distance>, Status> {
         let agents = self.agents.all();
         if agents.is_empty() {
             return Err(Status::unavailable("no agents"));
         }
+        let budget = budget.mul_f64(0.9);
         let num = if cfg.num == 0 { DEFAULT_NUM } else { cfg.num };
         let agent_cfg = search::Config { num, egress_filters: None, ingress_filters: None, ..cfg.clone() };
         let calls = agents.iter().map(|addr| {
             let req = search::Request { vector: vector.clone(), config: Some(agent_cfg.clone()) };
+            let budget = if self.health.is_reachable(addr) { budget } else { budget.min(self.probe_timeout) };
             async move {
                 let mut c = SearchClient::new(self.pool.channel(addr)?);
-                c.search(with_timeout(req, budget)).await.map(|r| r.into_inner().results).map_err(|s| backend_error("agent", addr, s))
+                let r = match tokio::time::timeout(budget, c.search(with_timeout(req, budget))).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!("no answer within {budget:?}"))),
+                };
+                self.health.record(addr, r.as_ref().map(|_| ()));
+                r.map(|r| r.into_inner().results).map_err(|s| backend_error("agent", addr, s))
             }
         });
         let mut best: HashMap<String, f32> = HashMap::new();
@@ -225,15 +243,32 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
     if let Some(name) = a.agents_dns.clone() {
         tokio::spawn(agents.clone().follow_dns(name, a.dns_refresh));
     }
-    let metrics = Arc::new(Metrics::new("kim_gateway"));
+    let pool = Arc::new(Pool::new(Duration::from_secs(2), a.backend_tls.dialer().context("backend TLS")?));
+    let health = Arc::new(Health::default());
+    tokio::spawn(health.clone().probe(agents.clone(), pool.clone(), a.probe_interval, a.probe_timeout));
+    let mut metrics = Metrics::new("kim_gateway");
+    metrics.register_collector(Box::new(HealthCollector { health: health.clone(), agents: agents.clone() }));
+    let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(true));
     let http = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let m = metrics.clone();
-    tokio::spawn(super::http::serve(http, ready.clone(), Arc::new(move || m.encode())));
+    let (h, ag) = (health.clone(), agents.clone());
+    let status = axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let report = h.report(&ag.all());
+            let unreachable = report.iter().filter(|a| !a.reachable).count();
+            let body = serde_json::json!({ "agents": report, "unreachable": unreachable }).to_string();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    tokio::spawn(super::http::serve_with(http, ready.clone(), Arc::new(move || m.encode()), status));
     let gw = Gateway {
         agents,
         replicas: a.replicas,
-        pool: Pool::new(Duration::from_secs(2), a.backend_tls.dialer().context("backend TLS")?),
+        pool,
+        health,
+        probe_timeout: a.probe_timeout,
         vectorizer: a.vectorizer.clone().filter(|v| !v.is_empty()),
         ingress: a.ingress_filter.clone(),
         egress: a.egress_filter.clone(),
