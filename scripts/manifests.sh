@@ -5,8 +5,9 @@
 #   charts/kim/crds/       <- copies of crds/ (Helm installs its crds/ dir before templates)
 #   deploy/base/crds/      <- copies of crds/ (kustomize base)
 #   deploy/base/kim.yaml   <- `helm template` of charts/kim with deploy/base/values.yaml
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-cd "$KIM_ROOT"
+cd "$KIM_ROOT" || exit 1
 bash e2e/tools.sh helm >/dev/null
 HELM="$KIM_CACHE/bin/helm"
 
