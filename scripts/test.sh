@@ -5,9 +5,10 @@ cd "$KIM_ROOT"
 out="$KIM_CACHE/test-logs"; mkdir -p "$out"; rm -f "$out"/*.log
 
 timed "dependencies" bash scripts/deps.sh
-# The Kubernetes tier needs etcd, kube-apiserver and kubectl built from their Go modules
-# (cached under $KIM_CACHE/bin; about 6 minutes on a fresh 2-core machine, instant after).
-timed "kubernetes binaries" bash e2e/tools.sh core
+# The Kubernetes tiers need etcd, kube-apiserver and kubectl (operator tests) plus
+# kube-controller-manager, kube-scheduler, kwok and helm (e2e/tests/full.rs) built from their
+# Go modules (cached under $KIM_CACHE/bin; about 8 minutes on a fresh 2-core machine, instant after).
+timed "kubernetes binaries" bash e2e/tools.sh full
 timed "rust build" cargo build --release --workspace --bins --tests
 
 status=0
