@@ -23,6 +23,8 @@ struct Pki {
     ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    vec_cert: PathBuf,
+    vec_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
     /// A client certificate from a CA the servers do not trust.
@@ -51,6 +53,8 @@ fn pki(dir: &Path) -> Pki {
     // The servers' name is the headless Service's, not the dialled IP: the gateway checks it
     // with --tls-server-name.
     let (sc, sk) = leaf(&issuer, "kim-agents", &["kim-agents.test.svc", "localhost"]);
+    // The vectorizer is checked against the address it is dialled by.
+    let (vc, vk) = leaf(&issuer, "vectorizer", &["127.0.0.1"]);
     let (cc, ck) = leaf(&issuer, "kim-gateway", &["kim-gateway"]);
     let (_, rogue) = ca("someone else's CA");
     let (rc, rk) = leaf(&rogue, "intruder", &["intruder"]);
@@ -63,6 +67,8 @@ fn pki(dir: &Path) -> Pki {
         ca: w("ca.crt", &ca_pem),
         server_cert: w("server.crt", &sc),
         server_key: w("server.key", &sk),
+        vec_cert: w("vectorizer.crt", &vc),
+        vec_key: w("vectorizer.key", &vk),
         client_cert: w("client.crt", &cc),
         client_key: w("client.key", &ck),
         rogue_cert: w("rogue.crt", &rc),
@@ -74,9 +80,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A TLS channel to a server on loopback, checked against `kim-agents.test.svc`.
-async fn tls_channel(port: u16, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Channel, String> {
-    let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name("kim-agents.test.svc");
+const AGENTS: &str = "kim-agents.test.svc";
+
+/// A TLS channel to a server on loopback whose certificate is checked against `name`.
+async fn tls_channel(port: u16, name: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Channel, String> {
+    let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name(name);
     if let Some((cert, key)) = identity {
         c = c.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
     }
@@ -107,19 +115,18 @@ async fn mtls_only_online_path_serves_and_refuses_plaintext() {
     let k = pki(dir.path());
     let mtls = ["--tls-cert", s(&k.server_cert), "--tls-key", s(&k.server_key), "--tls-client-ca", s(&k.ca)];
     let agents: Vec<Server> = (1..=2).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &mtls)).collect();
-    let mut vargs = vec!["vectorize", "--dimensions", "64"];
-    vargs.extend(mtls);
+    let vargs = ["vectorize", "--dimensions", "64", "--tls-cert", s(&k.vec_cert), "--tls-key", s(&k.vec_key), "--tls-client-ca", s(&k.ca)];
     let vec = Server::start("vectorizer", dir.path(), &vargs);
     let list = agents.iter().map(|a| a.addr()).collect::<Vec<_>>().join(",");
     let mut gargs = vec!["filter", "--agents", &list, "--replicas", "2"];
     let vaddr = vec.addr();
     gargs.extend(["--vectorizer", &vaddr]);
     gargs.extend(mtls);
-    gargs.extend(["--tls-ca", s(&k.ca), "--tls-client-cert", s(&k.client_cert), "--tls-client-key", s(&k.client_key), "--tls-server-name", "kim-agents.test.svc"]);
+    gargs.extend(["--tls-ca", s(&k.ca), "--tls-client-cert", s(&k.client_cert), "--tls-client-key", s(&k.client_key), "--tls-server-name", AGENTS]);
     let gw = Server::start("gateway", dir.path(), &gargs);
 
     // The whole path over mTLS: client → gateway → vectorizer and agents.
-    let ch = tls_channel(gw.port, &k.ca, Some((&k.client_cert, &k.client_key))).await.expect("mTLS client connects");
+    let ch = tls_channel(gw.port, AGENTS, &k.ca, Some((&k.client_cert, &k.client_key))).await.expect("mTLS client connects");
     for i in 0..20 {
         let req = insert::ObjectRequest { object: Some(object::Blob { id: format!("doc{i}"), object: format!("document {i} about subject {}", i % 4).into_bytes() }), config: None, vectorizer: None };
         let loc = FilterClient::new(ch.clone()).insert_object(req).await.unwrap_or_else(|e| panic!("insert over mTLS: {e:?}\n{}", gw.log()));
@@ -132,16 +139,16 @@ async fn mtls_only_online_path_serves_and_refuses_plaintext() {
 
     // Every server refuses plaintext, TLS without a client certificate, and a certificate
     // from a CA it does not trust.
-    for (name, port) in [("gateway", gw.port), ("agent", agents[0].port), ("vectorizer", vec.port)] {
+    for (name, port, cn) in [("gateway", gw.port, AGENTS), ("agent", agents[0].port, AGENTS), ("vectorizer", vec.port, "127.0.0.1")] {
         for (what, ch) in [
             ("plaintext", plaintext(port).await),
-            ("a client without a certificate", tls_channel(port, &k.ca, None).await),
-            ("a foreign certificate", tls_channel(port, &k.ca, Some((&k.rogue_cert, &k.rogue_key))).await),
+            ("a client without a certificate", tls_channel(port, cn, &k.ca, None).await),
+            ("a foreign certificate", tls_channel(port, cn, &k.ca, Some((&k.rogue_cert, &k.rogue_key))).await),
         ] {
             let err = served(ch).await.expect_err(&format!("{name} answered {what}"));
             eprintln!("{name} refuses {what}: {err}");
         }
-        served(tls_channel(port, &k.ca, Some((&k.client_cert, &k.client_key))).await).await.unwrap_or_else(|e| panic!("{name} refused a good client: {e}"));
+        served(tls_channel(port, cn, &k.ca, Some((&k.client_cert, &k.client_key))).await).await.unwrap_or_else(|e| panic!("{name} refused a good client: {e}"));
     }
 
     // A gateway whose backend TLS is missing cannot reach mTLS agents: the write fails with
@@ -157,7 +164,7 @@ async fn mtls_only_online_path_serves_and_refuses_plaintext() {
     let source = format!("agents://{list}");
     let base = ["index", "--label", "tls", "--storage", s(&storage), "--source", &source, "--version", "1", "--dimensions", "64", "--encoding", "f32", "--threads", "1"];
     let mut with_tls = base.to_vec();
-    with_tls.extend(["--tls-ca", s(&k.ca), "--tls-client-cert", s(&k.client_cert), "--tls-client-key", s(&k.client_key), "--tls-server-name", "kim-agents.test.svc"]);
+    with_tls.extend(["--tls-ca", s(&k.ca), "--tls-client-cert", s(&k.client_cert), "--tls-client-key", s(&k.client_key), "--tls-server-name", AGENTS]);
     let out = worker(&with_tls);
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["vectors"], 20, "{summary}");

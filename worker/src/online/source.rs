@@ -43,7 +43,7 @@ pub fn read(addrs: &[String], dialer: &Dialer) -> Result<(Vec<u8>, Matrix, Vec<S
         for addr in addrs {
             let fail = |message: String| SourceError::Agent { agent: addr.clone(), message };
             let read = async {
-                let channel = dialer.endpoint(addr).map_err(|e| fail(e.to_string()))?.connect().await.map_err(|e| fail(connect_error(&e)))?;
+                let channel = dialer.agent_endpoint(addr).map_err(|e| fail(e.to_string()))?.connect().await.map_err(|e| fail(connect_error(&e)))?;
                 let mut c = ObjectClient::new(channel).max_decoding_message_size(64 << 20);
                 let mut stream = c.stream_list_object(object::list::Request {}).await.map_err(|s| fail(s.message().to_string()))?.into_inner();
                 let mut n = 0usize;

@@ -44,8 +44,9 @@ pub struct ClientTls {
     /// PEM private key of --tls-client-cert.
     #[arg(long, env = "KIM_TLS_CLIENT_KEY", requires = "tls_client_cert")]
     pub tls_client_key: Option<PathBuf>,
-    /// Name the backends' certificates are checked against instead of the dialled host
-    /// (agents found by IP through a headless Service share one DNS name).
+    /// Name the agents' certificates are checked against instead of the dialled host (agents
+    /// found by IP through a headless Service share one DNS name). Vectorizers and filters
+    /// are checked against the host they are dialled by.
     #[arg(long, env = "KIM_TLS_SERVER_NAME", requires = "tls_ca")]
     pub tls_server_name: Option<String>,
 }
@@ -90,32 +91,45 @@ impl ServerTls {
 #[derive(Debug, Clone, Default)]
 pub struct Dialer {
     tls: Option<ClientTlsConfig>,
+    /// `tls` with the agents' server name.
+    agent_tls: Option<ClientTlsConfig>,
 }
 
 impl ClientTls {
     pub fn dialer(&self) -> Result<Dialer, TlsError> {
         let Some(ca) = &self.tls_ca else {
-            return Ok(Dialer { tls: None });
+            return Ok(Dialer::default());
         };
         let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", ca)?));
         if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
             c = c.identity(Identity::from_pem(read("client certificate", cert)?, read("client key", key)?));
         }
-        if let Some(name) = &self.tls_server_name {
-            c = c.domain_name(name.clone());
-        }
-        Ok(Dialer { tls: Some(c) })
+        let agent = match &self.tls_server_name {
+            Some(name) => c.clone().domain_name(name.clone()),
+            None => c.clone(),
+        };
+        Ok(Dialer { tls: Some(c), agent_tls: Some(agent) })
     }
 }
 
 impl Dialer {
-    /// An endpoint for `addr` (HOST:PORT): `https://` with TLS, `http://` without.
+    /// An endpoint for a vectorizer or filter at `addr` (HOST:PORT): `https://` with TLS,
+    /// `http://` without.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, TlsError> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| TlsError::Config(format!("bad address {addr:?}: {e}")))?;
-        match &self.tls {
-            Some(c) => ep.tls_config(c.clone()).map_err(|e| TlsError::Config(format!("TLS settings for {addr}: {e}"))),
-            None => Ok(ep),
-        }
+        endpoint(addr, &self.tls)
+    }
+
+    /// Like [`Dialer::endpoint`], for an agent (checked against --tls-server-name).
+    pub fn agent_endpoint(&self, addr: &str) -> Result<Endpoint, TlsError> {
+        endpoint(addr, &self.agent_tls)
+    }
+}
+
+fn endpoint(addr: &str, tls: &Option<ClientTlsConfig>) -> Result<Endpoint, TlsError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| TlsError::Config(format!("bad address {addr:?}: {e}")))?;
+    match tls {
+        Some(c) => ep.tls_config(c.clone()).map_err(|e| TlsError::Config(format!("TLS settings for {addr}: {e}"))),
+        None => Ok(ep),
     }
 }

@@ -84,7 +84,7 @@ impl Health {
             let calls = list.iter().map(|addr| {
                 let (pool, health) = (pool.clone(), self.clone());
                 async move {
-                    let r = match pool.channel(addr) {
+                    let r = match pool.agent(addr) {
                         Ok(ch) => {
                             let mut req = tonic::Request::new(Empty {});
                             req.set_timeout(timeout);

@@ -104,7 +104,7 @@ impl Gateway {
     /// error if none answered.
     async fn exists(&self, owners: &[String], id: &str) -> Result<bool, Status> {
         let calls = owners.iter().map(|addr| async move {
-            let mut c = ObjectClient::new(self.pool.channel(addr)?);
+            let mut c = ObjectClient::new(self.pool.agent(addr)?);
             let r = c.exists(with_timeout(object::Id { id: id.to_string() }, self.call_timeout)).await;
             self.health.record(addr, r.as_ref().map(|_| ()));
             match r {
@@ -130,7 +130,7 @@ impl Gateway {
         let calls = owners.iter().map(|addr| {
             let req = upsert::Request { vector: Some(v.clone()), config: Some(upsert::Config { timestamp, ..Default::default() }) };
             async move {
-                let mut c = UpsertClient::new(self.pool.channel(addr).map_err(|s| (addr, s))?);
+                let mut c = UpsertClient::new(self.pool.agent(addr).map_err(|s| (addr, s))?);
                 let r = c.upsert(with_timeout(req, self.call_timeout)).await;
                 self.health.record(addr, r.as_ref().map(|_| ()));
                 r.map(|r| r.into_inner()).map_err(|s| (addr, s))
@@ -174,7 +174,7 @@ impl Gateway {
             let req = search::Request { vector: vector.clone(), config: Some(agent_cfg.clone()) };
             let budget = if self.health.is_reachable(addr) { budget } else { budget.min(self.probe_timeout) };
             async move {
-                let mut c = SearchClient::new(self.pool.channel(addr)?);
+                let mut c = SearchClient::new(self.pool.agent(addr)?);
                 let r = match tokio::time::timeout(budget, c.search(with_timeout(req, budget))).await {
                     Ok(r) => r,
                     Err(_) => Err(Status::deadline_exceeded(format!("no answer within {budget:?}"))),
