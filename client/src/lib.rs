@@ -298,7 +298,7 @@ const SUB_PING: Duration = Duration::from_secs(5);
 async fn listen(target: Arc<Target>, conn: Conn, channel: String, first: redis::aio::PubSub, shared: Arc<Shared>, subscribed: watch::Sender<Option<u64>>) {
     let mut pubsub = Some(first);
     let mut generation = 1u64;
-    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
     loop {
         let ps = match pubsub.take() {
             Some(p) => p,

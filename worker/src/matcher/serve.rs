@@ -60,7 +60,7 @@ pub async fn ensure_group(conn: &mut Conn, prefix: &str, label: &str) -> redis::
 /// (clients drop duplicate replies by `rid`), and the label registry is rewritten at once
 /// because a restarted Redis may have lost it.
 pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut recovering = true;
     let mut failed = false;
     let mut after: HashMap<String, String> = HashMap::new();

@@ -124,3 +124,30 @@ pub fn matcher_refuses(name: &str, dir: &Path, storage: &Path, url: &str, env: &
     assert!(!status.success(), "matcher exited 0 against {url}");
     m.proc.log_text()
 }
+
+/// One sentinel watching `master_port` as master `kimmaster` (quorum 1, fast fail-over).
+pub fn start_sentinel(dir: &Path, master_port: u16) -> (u16, Proc) {
+    let port = free_port();
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor kimmaster 127.0.0.1 {master_port} 1\nsentinel down-after-milliseconds kimmaster 1000\nsentinel failover-timeout kimmaster 10000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::spawn(&format!("sentinel-{port}"), Command::new("redis-server").arg(&conf).arg("--sentinel"), dir);
+    wait_until(Duration::from_secs(10), "sentinel to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (port, proc)
+}
+
+pub fn plain_conn(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
+}
+
+/// The master port a sentinel reports.
+pub fn sentinel_master(sentinel: u16) -> Option<u16> {
+    let r: Option<(String, u16)> = redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kimmaster").query(&mut plain_conn(sentinel)).ok()?;
+    r.map(|(_, p)| p)
+}
