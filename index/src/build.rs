@@ -1,78 +1,70 @@
-//! HNSW construction with `hnsw_rs` (parallel insertion), then conversion of its graph into
-//! the flat [`Graph`] that matchers search.
+//! HNSW construction ([`crate::hnsw`]) over a [`VectorStore`]: picks the distance for the
+//! store's encoding and metric once, so the builder's inner loop is one SIMD kernel call.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anndists::dist::Distance;
-use hnsw_rs::hnsw::Hnsw;
-
-use crate::descriptor::{DescriptorSpec, Metric};
-use crate::flat::{Csr, Graph};
-use crate::kernels::{self, Kernels};
-use crate::vectors::{raw_dot, raw_l2, RowRef, Storage, VectorStore};
+use crate::descriptor::{Encoding, Metric};
+use crate::flat::Graph;
+use crate::hnsw::{self, Space};
+use crate::kernels::{self, prefetch};
+use crate::vectors::{Storage, VectorStore};
 use crate::HnswParams;
-
-/// hnsw_rs caps layers at 16.
-const MAX_LAYERS: usize = 16;
-
-/// Build-time distance. hnsw_rs asserts distances are ≥ 0 and never NaN, so rounding is
-/// clamped here; ordering among valid inputs is unchanged.
-struct BuildDistance {
-    spec: DescriptorSpec,
-    kernels: &'static Kernels,
-    /// `dot` is built as `offset − a·b` with offset = the largest ‖v‖², which is ≥ 0 by
-    /// Cauchy–Schwarz and keeps the true order even for vectors that are not unit length.
-    dot_offset: f64,
-    /// Cosine rows carry their inverse norm after the `dims` values (4 bytes for byte rows,
-    /// one element for f32 rows), so a distance costs one dot product instead of three.
-    dims: usize,
-}
-
-fn tail_f32(b: &[u8]) -> f32 {
-    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
-impl BuildDistance {
-    fn eval_rows(&self, a: RowRef<'_>, b: RowRef<'_>) -> f32 {
-        let k = self.kernels;
-        if self.spec.metric == Metric::Cosine {
-            let d = self.dims;
-            let cos = match (a, b) {
-                (RowRef::Bytes(a), RowRef::Bytes(b)) => {
-                    raw_dot(k, &self.spec, RowRef::Bytes(&a[..d]), RowRef::Bytes(&b[..d])) as f32 * tail_f32(&a[d..]) * tail_f32(&b[d..])
-                }
-                (RowRef::F32(a), RowRef::F32(b)) => (k.dot_f32)(&a[..d], &b[..d]) * a[d] * b[d],
-                _ => unreachable!("rows share one encoding"),
-            };
-            let dist = 1.0 - cos;
-            return if dist.is_nan() { 0.0 } else { dist.max(0.0) };
-        }
-        let s2 = match a {
-            RowRef::Bytes(_) => (self.spec.scale as f64).powi(2),
-            RowRef::F32(_) => 1.0,
-        };
-        let d = match self.spec.metric {
-            Metric::Cosine => unreachable!("handled above"),
-            Metric::Dot => self.dot_offset - raw_dot(k, &self.spec, a, b) * s2,
-            Metric::L2 => raw_l2(k, &self.spec, a, b) * s2,
-        };
-        if d.is_nan() { 0.0 } else { d.max(0.0) as f32 }
-    }
-}
-
-impl Distance<u8> for BuildDistance {
-    fn eval(&self, a: &[u8], b: &[u8]) -> f32 {
-        self.eval_rows(RowRef::Bytes(a), RowRef::Bytes(b))
-    }
-}
-impl Distance<f32> for BuildDistance {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        self.eval_rows(RowRef::F32(a), RowRef::F32(b))
-    }
-}
 
 /// Progress of a build: rows inserted so far, total rows, time since start.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize, Duration) + Sync);
+
+/// u8 cosine: every row is also kept shifted into i8 (x − 128), so a distance is one
+/// unsigned×signed multiply-add per byte, exact: Σ(a−z)(b−z) = Σ a·(b−z) − z·Σ(b−z).
+struct CosineU8<'a> {
+    rows: &'a [u8],
+    shifted: Vec<i8>,
+    sums: Vec<i64>,
+    store: &'a VectorStore,
+    dot: fn(&[u8], &[i8]) -> i64,
+}
+
+impl Space for CosineU8<'_> {
+    #[inline]
+    fn dist(&self, a: u32, b: u32) -> f32 {
+        let (a, b, d) = (a as usize, b as usize, self.store.spec.dimensions);
+        let raw = (self.dot)(&self.rows[b * d..(b + 1) * d], &self.shifted[a * d..(a + 1) * d]) - 128 * self.sums[a];
+        1.0 - raw as f32 * (self.store.inv_norm(a) * self.store.inv_norm(b))
+    }
+    #[inline]
+    fn prefetch(&self, b: u32) {
+        let d = self.store.spec.dimensions;
+        prefetch(self.rows.as_ptr().wrapping_add(b as usize * d), d.min(1024));
+    }
+}
+
+struct CosineF32<'a> {
+    rows: &'a [f32],
+    store: &'a VectorStore,
+    dot: fn(&[f32], &[f32]) -> f32,
+}
+
+impl Space for CosineF32<'_> {
+    #[inline]
+    fn dist(&self, a: u32, b: u32) -> f32 {
+        let (a, b, d) = (a as usize, b as usize, self.store.spec.dimensions);
+        1.0 - (self.dot)(&self.rows[a * d..(a + 1) * d], &self.rows[b * d..(b + 1) * d]) * (self.store.inv_norm(a) * self.store.inv_norm(b))
+    }
+    #[inline]
+    fn prefetch(&self, b: u32) {
+        let d = self.store.spec.dimensions;
+        prefetch(self.rows.as_ptr().wrapping_add(b as usize * d) as *const u8, (4 * d).min(1024));
+    }
+}
+
+/// Every other encoding/metric: the store's own pairwise distance.
+struct Generic<'a>(&'a VectorStore);
+
+impl Space for Generic<'_> {
+    fn dist(&self, a: u32, b: u32) -> f32 {
+        self.0.pair_distance(a as usize, b as usize)
+    }
+    fn prefetch(&self, _: u32) {}
+}
 
 /// Builds the graph over all rows of `store` with `threads` worker threads.
 pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, progress: Progress<'_>) -> Result<Graph, String> {
@@ -83,77 +75,18 @@ pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, prog
         return Err(format!("efConstruction ({}) must be at least m ({})", params.ef_construction, params.m));
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| e.to_string())?;
-    let dot_offset = if store.spec.metric == Metric::Dot { store.max_self_dot().max(1.0) } else { 0.0 };
     let n = store.len();
-    let d = store.spec.dimensions;
-    let dist = BuildDistance { spec: store.spec, kernels: kernels::active(), dot_offset, dims: d };
-    let cosine = store.spec.metric == Metric::Cosine;
+    let k = kernels::active();
+    let spec = &store.spec;
     pool.install(|| match &store.storage {
-        Storage::Bytes(b) if cosine => {
-            let rows: Vec<u8> = (0..n).flat_map(|i| b[i * d..(i + 1) * d].iter().copied().chain(store.inv_norm(i).to_le_bytes())).collect();
-            Ok(insert_all(rows.chunks_exact(d + 4).collect(), n, params, dist, progress))
+        Storage::Bytes(rows) if spec.metric == Metric::Cosine && spec.encoding == Encoding::U8 && spec.zero_point == 128 => {
+            let shifted: Vec<i8> = rows.iter().map(|&x| (x ^ 0x80) as i8).collect();
+            let d = spec.dimensions;
+            let sums = shifted.chunks_exact(d).map(|r| r.iter().map(|&x| x as i64).sum()).collect();
+            let space = CosineU8 { rows, shifted, sums, store, dot: k.dot_u8_i8 };
+            Ok(hnsw::build(&space, n, params, progress))
         }
-        Storage::F32(f) if cosine => {
-            let rows: Vec<f32> = (0..n).flat_map(|i| f[i * d..(i + 1) * d].iter().copied().chain([store.inv_norm(i)])).collect();
-            Ok(insert_all(rows.chunks_exact(d + 1).collect(), n, params, dist, progress))
-        }
-        Storage::Bytes(b) => Ok(insert_all(b.chunks_exact(d).collect(), n, params, dist, progress)),
-        Storage::F32(f) => Ok(insert_all(f.chunks_exact(d).collect(), n, params, dist, progress)),
+        Storage::F32(rows) if spec.metric == Metric::Cosine => Ok(hnsw::build(&CosineF32 { rows, store, dot: k.dot_f32 }, n, params, progress)),
+        _ => Ok(hnsw::build(&Generic(store), n, params, progress)),
     })
 }
-
-fn insert_all<T>(rows: Vec<&[T]>, n: usize, params: HnswParams, dist: BuildDistance, progress: Progress<'_>) -> Graph
-where
-    T: Clone + Copy + Send + Sync + std::fmt::Debug,
-    BuildDistance: Distance<T>,
-{
-    if n == 0 {
-        return Graph::default();
-    }
-    let hnsw: Hnsw<T, BuildDistance> = Hnsw::new(params.m, n, MAX_LAYERS, params.ef_construction, dist);
-    let start = Instant::now();
-    // Chunks small enough that progress is reported every few seconds on large builds.
-    let chunk = (n / 200).clamp(1_000, 20_000);
-    let mut done = 0;
-    for part in rows.chunks(chunk) {
-        let batch: Vec<(&[T], usize)> = part.iter().enumerate().map(|(i, r)| (*r, done + i)).collect();
-        hnsw.parallel_insert_slice(&batch);
-        done += part.len();
-        progress(done, n, start.elapsed());
-    }
-    flatten(&hnsw, n)
-}
-
-/// Copies hnsw_rs's per-point neighbour lists into CSR arrays keyed by row number (origin
-/// ids must be row numbers `0..n`). Public so tests can compare searches on one graph.
-pub fn flatten<T, D>(hnsw: &Hnsw<T, D>, n: usize) -> Graph
-where
-    T: Clone + Send + Sync,
-    D: Distance<T> + Send + Sync,
-{
-    let pi = hnsw.get_point_indexation();
-    let max_level = pi.get_max_level_observed();
-    let mut levels = vec![0u8; n];
-    let mut neighbours: Vec<Vec<Vec<u32>>> = vec![Vec::new(); n];
-    let mut entry = None;
-    for layer in (0..=max_level as usize).rev() {
-        for p in pi.get_layer_iterator(layer) {
-            let row = p.get_origin_id();
-            levels[row] = p.get_point_id().0;
-            entry.get_or_insert(row as u32);
-            neighbours[row] = p
-                .get_neighborhood_id()
-                .into_iter()
-                .take(layer + 1)
-                .map(|l| l.iter().map(|nb| nb.get_origin_id() as u32).collect())
-                .collect();
-        }
-    }
-    let layer0 = Csr::from_rows(neighbours.iter().map(|l| l.first().cloned().unwrap_or_default()));
-    let upper_nodes: Vec<u32> = (0..n as u32).filter(|&i| levels[i as usize] > 0).collect();
-    let upper = (1..=max_level as usize)
-        .map(|l| Csr::from_rows(upper_nodes.iter().map(|&u| neighbours[u as usize].get(l).cloned().unwrap_or_default())))
-        .collect();
-    Graph { entry: entry.unwrap_or(0), max_level, levels, layer0, upper_nodes, upper }
-}
-

@@ -1,4 +1,4 @@
-//! kim's index library: descriptor codecs, exact distance kernels, the HNSW build (on `hnsw_rs`),
+//! kim's index library: descriptor codecs, exact distance kernels, kim's own parallel HNSW build,
 //! the flat read-only search layout used by matchers, and the on-disk snapshot format.
 //!
 //! Data flows one way: a [`Matrix`] of source rows is checked against a [`DescriptorSpec`],
@@ -8,6 +8,7 @@
 pub mod build;
 pub mod descriptor;
 pub mod flat;
+pub mod hnsw;
 pub mod io;
 pub mod kernels;
 pub mod rng;

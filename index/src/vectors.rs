@@ -101,11 +101,6 @@ impl VectorStore {
         self.inv_norms[i]
     }
 
-    /// Largest ‖v‖² over all rows, in real units.
-    pub fn max_self_dot(&self) -> f64 {
-        (0..self.len).map(|i| self.self_dot(i)).fold(0.0, f64::max) * self.real_scale2()
-    }
-
     fn self_dot(&self, i: usize) -> f64 {
         raw_dot(kernels::active(), &self.spec, self.row_ref(i), self.row_ref(i))
     }
@@ -136,6 +131,17 @@ impl VectorStore {
             Metric::Cosine => 1.0 - (raw_dot(q.kernels, &self.spec, q.row, row) as f32) * q.inv_norm * self.inv_norms[i],
             Metric::Dot => 1.0 - (raw_dot(q.kernels, &self.spec, q.row, row) * self.real_scale2()) as f32,
             Metric::L2 => (raw_l2(q.kernels, &self.spec, q.row, row) * self.real_scale2()) as f32,
+        }
+    }
+
+    /// [`Self::distance`] between two stored rows (what the graph build compares).
+    pub fn pair_distance(&self, a: usize, b: usize) -> f32 {
+        let (ra, rb) = (self.row_ref(a), self.row_ref(b));
+        let k = kernels::active();
+        match self.spec.metric {
+            Metric::Cosine => 1.0 - (raw_dot(k, &self.spec, ra, rb) as f32) * (self.inv_norms[a] * self.inv_norms[b]),
+            Metric::Dot => 1.0 - (raw_dot(k, &self.spec, ra, rb) * self.real_scale2()) as f32,
+            Metric::L2 => (raw_l2(k, &self.spec, ra, rb) * self.real_scale2()) as f32,
         }
     }
 

@@ -1,0 +1,268 @@
+//! kim's own HNSW builder (Malkov & Yashunin): parallel insertion over rayon threads with one
+//! lock per node, distances from kim's SIMD kernels on the store's own rows, the neighbour
+//! selection heuristic on every layer, and output straight into the flat [`Graph`].
+//!
+//! Same parameter meaning as other HNSW libraries: up to `m` links per node on upper layers,
+//! up to `2·m` on layer 0, `ef_construction` candidates per insertion, level distribution
+//! with mean 1/ln(m).
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::build::Progress;
+use crate::flat::{Cand, Csr, Graph, Visited};
+use crate::rng::SeededRng;
+use crate::HnswParams;
+
+/// Levels are capped here (a level above 15 needs ~m¹⁵ rows).
+const MAX_LEVEL: u8 = 15;
+
+/// The distance between rows `a` and `b` (smaller is closer), and a cache hint for row `b`.
+pub trait Space: Sync {
+    fn dist(&self, a: u32, b: u32) -> f32;
+    fn prefetch(&self, b: u32);
+}
+
+struct Builder<'s, S: Space> {
+    space: &'s S,
+    levels: Vec<u8>,
+    /// Layer-0 links of every row.
+    layer0: Vec<Mutex<Vec<u32>>>,
+    /// Links on layers 1..=level of rows whose level is ≥ 1 (empty for the others).
+    upper: Vec<Vec<Mutex<Vec<u32>>>>,
+    /// (entry row, its level).
+    entry: RwLock<(u32, u8)>,
+    m: usize,
+    ef: usize,
+}
+
+/// Per-thread search state, reused across insertions.
+struct Scratch {
+    visited: Visited,
+    links: Vec<u32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { visited: Visited::new(), links: Vec::new() }) };
+}
+
+/// Draws every row's level up front (deterministic for a seed): ⌊−ln(U)/ln(m)⌋.
+fn draw_levels(n: usize, m: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SeededRng::new(seed);
+    let ml = 1.0 / (m as f64).ln();
+    (0..n).map(|_| ((-(1.0 - rng.uniform()).ln() * ml) as u64).min(MAX_LEVEL as u64) as u8).collect()
+}
+
+/// Builds the graph over rows `0..n` with the current rayon pool's threads. With one thread
+/// the result is deterministic.
+pub fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress: Progress<'_>) -> Graph {
+    if n == 0 {
+        return Graph::default();
+    }
+    let levels = draw_levels(n, params.m, 0x6b69_6d00 ^ n as u64);
+    let upper = levels.iter().map(|&l| (0..l).map(|_| Mutex::new(Vec::new())).collect()).collect();
+    let b = Builder {
+        space,
+        layer0: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        upper,
+        entry: RwLock::new((0, levels[0])),
+        levels,
+        m: params.m,
+        ef: params.ef_construction,
+    };
+    let start = Instant::now();
+    let done = AtomicUsize::new(1);
+    // Chunks small enough that progress is reported every few seconds on large builds.
+    let chunk = (n / 200).clamp(1_000, 20_000);
+    for lo in (1..n).step_by(chunk) {
+        let hi = (lo + chunk).min(n);
+        (lo as u32..hi as u32).into_par_iter().for_each(|q| b.insert(q));
+        done.fetch_add(hi - lo, AtomicOrdering::Relaxed);
+        progress(done.load(AtomicOrdering::Relaxed), n, start.elapsed());
+    }
+    b.into_graph()
+}
+
+impl<S: Space> Builder<'_, S> {
+    fn links(&self, node: u32, level: u8) -> &Mutex<Vec<u32>> {
+        if level == 0 {
+            &self.layer0[node as usize]
+        } else {
+            &self.upper[node as usize][level as usize - 1]
+        }
+    }
+
+    fn cap(&self, level: u8) -> usize {
+        if level == 0 { 2 * self.m } else { self.m }
+    }
+
+    fn insert(&self, q: u32) {
+        let lq = self.levels[q as usize];
+        let (ep, top) = *self.entry.read().expect("entry lock");
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            let mut cur = Cand(self.space.dist(q, ep), ep);
+            for level in (lq.saturating_add(1)..=top).rev() {
+                cur = self.greedy(s, q, cur, level);
+            }
+            let mut eps = vec![cur];
+            for level in (0..=lq.min(top)).rev() {
+                let found = self.search_layer(s, q, &eps, level);
+                let chosen = self.select(&found, self.cap(level), level);
+                *self.links(q, level).lock().expect("link lock") = chosen.iter().map(|c| c.1).collect();
+                for c in &chosen {
+                    self.link_back(c.1, q, c.0, level);
+                }
+                eps = found;
+            }
+        });
+        if lq > top {
+            let mut e = self.entry.write().expect("entry lock");
+            if lq > e.1 {
+                *e = (q, lq);
+            }
+        }
+    }
+
+    /// Copies a node's links at `level` into `out` (the lock is held only for the copy).
+    fn read_links(&self, node: u32, level: u8, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend_from_slice(&self.links(node, level).lock().expect("link lock"));
+    }
+
+    /// Moves to the closest neighbour until none is closer (upper layers, beam width 1).
+    fn greedy(&self, s: &mut Scratch, q: u32, mut cur: Cand, level: u8) -> Cand {
+        loop {
+            self.read_links(cur.1, level, &mut s.links);
+            let before = cur.1;
+            for &nb in &s.links {
+                let d = self.space.dist(q, nb);
+                if d < cur.0 {
+                    cur = Cand(d, nb);
+                }
+            }
+            if cur.1 == before {
+                return cur;
+            }
+        }
+    }
+
+    /// Beam search for row `q` from `eps` on one layer: up to `ef` closest, ascending.
+    fn search_layer(&self, s: &mut Scratch, q: u32, eps: &[Cand], level: u8) -> Vec<Cand> {
+        s.visited.reset(self.levels.len());
+        s.visited.insert(q);
+        let mut frontier: BinaryHeap<Reverse<Cand>> = BinaryHeap::with_capacity(2 * self.ef);
+        let mut found: BinaryHeap<Cand> = BinaryHeap::with_capacity(self.ef + 1);
+        for &e in eps {
+            if s.visited.insert(e.1) {
+                frontier.push(Reverse(e));
+                found.push(e);
+            }
+        }
+        while found.len() > self.ef {
+            found.pop();
+        }
+        while let Some(Reverse(c)) = frontier.pop() {
+            if found.len() >= self.ef && c.0 > found.peek().map_or(f32::INFINITY, |w| w.0) {
+                break;
+            }
+            self.read_links(c.1, level, &mut s.links);
+            s.links.retain(|&nb| s.visited.insert(nb));
+            s.links.iter().for_each(|&nb| self.space.prefetch(nb));
+            for &nb in &s.links {
+                let d = self.space.dist(q, nb);
+                if found.len() < self.ef || d < found.peek().map_or(f32::INFINITY, |w| w.0) {
+                    frontier.push(Reverse(Cand(d, nb)));
+                    found.push(Cand(d, nb));
+                    if found.len() > self.ef {
+                        found.pop();
+                    }
+                }
+            }
+        }
+        found.into_sorted_vec()
+    }
+
+    /// The HNSW heuristic: walking candidates from closest, keep one only if it is closer to
+    /// the base than to every one kept so far (spreads links over directions), up to `max`.
+    /// On layer 0 the rest of the list is then filled with the closest pruned candidates: the
+    /// denser bottom layer gives more recall per beam width (as hnsw_rs's layer 0 does).
+    fn select(&self, sorted: &[Cand], max: usize, level: u8) -> Vec<Cand> {
+        let mut kept: Vec<Cand> = Vec::with_capacity(max);
+        let mut pruned: Vec<Cand> = Vec::new();
+        for &c in sorted {
+            if kept.len() >= max {
+                break;
+            }
+            if kept.iter().all(|k| self.space.dist(c.1, k.1) >= c.0) {
+                kept.push(c);
+            } else if level == 0 {
+                pruned.push(c);
+            }
+        }
+        let room = max - kept.len();
+        kept.extend(pruned.into_iter().take(room));
+        kept
+    }
+
+    /// Adds `q` to `e`'s links; a full list is re-chosen by the heuristic over old links + q.
+    fn link_back(&self, e: u32, q: u32, d: f32, level: u8) {
+        let cap = self.cap(level);
+        let mut links = self.links(e, level).lock().expect("link lock");
+        if links.contains(&q) {
+            return;
+        }
+        if links.len() < cap {
+            links.push(q);
+            return;
+        }
+        let mut cands: Vec<Cand> = links.iter().map(|&x| Cand(self.space.dist(e, x), x)).collect();
+        cands.push(Cand(d, q));
+        cands.sort_unstable();
+        *links = self.select(&cands, cap, level).into_iter().map(|c| c.1).collect();
+    }
+
+    fn into_graph(self) -> Graph {
+        let (entry, max_level) = self.entry.into_inner().expect("entry lock");
+        let layer0 = Csr::from_rows(self.layer0.into_iter().map(|l| l.into_inner().expect("link lock")));
+        let upper_nodes: Vec<u32> = (0..self.levels.len() as u32).filter(|&i| self.levels[i as usize] > 0).collect();
+        let mut upper_links: Vec<Vec<Vec<u32>>> =
+            self.upper.into_iter().map(|ls| ls.into_iter().map(|l| l.into_inner().expect("link lock")).collect()).collect();
+        let upper = (1..=max_level as usize)
+            .map(|l| Csr::from_rows(upper_nodes.iter().map(|&u| upper_links[u as usize].get_mut(l - 1).map(std::mem::take).unwrap_or_default())))
+            .collect();
+        Graph { entry, max_level, levels: self.levels, layer0, upper_nodes, upper }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::build::build_graph;
+    use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+    use crate::synth::{generate, SynthParams};
+    use crate::{HnswParams, VectorStore};
+
+    #[test]
+    fn one_thread_builds_are_deterministic_and_respect_link_caps() {
+        let data = generate(SynthParams { identities: 300, samples: 3, dimensions: 40, intrinsic: 12, mated_probes: 1, nonmated_probes: 1, encoding: Encoding::U8, seed: 3 });
+        let spec = DescriptorSpec::new(1, 40, Encoding::U8, Metric::Cosine);
+        let store = VectorStore::from_matrix(&spec, &data.base).unwrap();
+        let params = HnswParams { m: 6, ef_construction: 40, ef_search: 20 };
+        let a = build_graph(&store, params, 1, &|_, _, _| {}).unwrap();
+        let b = build_graph(&store, params, 1, &|_, _, _| {}).unwrap();
+        assert_eq!(a, b);
+        a.validate().unwrap();
+        assert!(a.max_level >= 1, "900 rows with m 6 reach level 1");
+        assert!((0..a.len()).all(|i| a.layer0.row(i).len() <= 12 && !a.layer0.row(i).contains(&(i as u32))));
+        assert!(a.upper.iter().all(|l| (0..l.rows()).all(|i| l.row(i).len() <= 6)));
+        let parallel = build_graph(&store, params, 2, &|_, _, _| {}).unwrap();
+        parallel.validate().unwrap();
+        assert_eq!(parallel.levels, a.levels, "levels are drawn before insertion");
+    }
+}
