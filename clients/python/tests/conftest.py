@@ -88,10 +88,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def start(name: str, args: List[str], log_dir: Path) -> Proc:
+def start(name: str, args: List[str], log_dir: Path, extra_env: Optional[Dict[str, str]] = None) -> Proc:
     log = log_dir / f"{name}.log"
     f = open(log, "wb")
-    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1", **(extra_env or {}))
     try:
         p = subprocess.Popen([str(a) for a in args], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)

@@ -2,7 +2,10 @@
 
 A request is ``XADD``-ed to the label's stream; the reply comes back on one pub/sub channel
 shared by every request of the client and is routed to its caller by ``rid``. This mirrors the
-Rust client (``client/src/lib.rs``) step for step.
+Rust client (``client/src/lib.rs``) step for step, including what happens when Redis restarts
+or fails over: commands are retried with backoff, the reply subscription is re-established,
+and a request whose reply may have been lost is sent again once if its deadline allows, else
+answered with the timeout error 26309. A call never outlives its timeout.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import asyncio
 import json
 import logging
 import math
+import random
 import time
 import unicodedata
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, Union, cast
+from typing import Any, Dict, List, Optional, Tuple, Type, Union, cast
 
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import protocol
+from .connection import RedisSettings, redact
 from .protocol import MAX_LIMIT, ErrorCode, MatchResponseDict
 
 __all__ = ["RawDescriptor", "MatcherClient", "MatcherSession", "MatcherClientError", "ListenerGone"]
@@ -47,7 +55,39 @@ class MatcherClientError(Exception):
 
 
 class ListenerGone(MatcherClientError):
-    """The reply subscription stopped (or the client was closed); create a new client."""
+    """The client was closed while a match was waiting (the listener itself never gives up:
+    it re-subscribes after Redis restarts or fails over)."""
+
+
+# Failures a reconnect can fix; anything else (authentication, permissions) is raised.
+_RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.BusyLoadingError, OSError)
+
+
+class _Backoff:
+    """Capped, jittered exponential backoff (the delay is uniform in [d/2, d])."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap, self.next = base, cap, base
+
+    def delay(self) -> float:
+        d = self.next
+        self.next = min(d * 2, self.cap)
+        return d / 2 + random.random() * d / 2
+
+    def reset(self) -> None:
+        self.next = self.base
+
+
+@dataclass
+class _InFlight:
+    """What is needed to send a request again after its reply may have been lost."""
+
+    args: List[Any]
+    rid: str
+    luna_id: str
+    deadline: float
+    sent_under: Optional[int] = None
+    resent: bool = False
 
 
 class MatcherClient:
@@ -68,6 +108,8 @@ class MatcherClient:
         prefix: str,
         stream_maxlen: int,
         label_cache: float,
+        reconnect_grace: float = 5.0,
+        shown_url: str = "",
     ) -> None:
         """Internal: use :meth:`create`."""
         self._redis = redis
@@ -77,9 +119,17 @@ class MatcherClient:
         self._prefix = prefix
         self._stream_maxlen = stream_maxlen
         self._label_cache = label_cache
+        self._reconnect_grace = reconnect_grace
+        self._shown_url = shown_url
         self._pending: Dict[str, "asyncio.Future[MatchResponseDict]"] = {}
+        self._inflight: Dict[str, _InFlight] = {}
         self._live_labels: Dict[str, float] = {}
         self._closed = False
+        # Generation of the live reply subscription; cleared while it is re-established.
+        self._generation = 1
+        self._subscribed = asyncio.Event()
+        self._subscribed.set()
+        self._last_failure: Optional[float] = None
         self._listener: "asyncio.Task[None]" = asyncio.get_running_loop().create_task(
             self._listen(), name=f"kim-client-listener {channel}"
         )
@@ -94,25 +144,51 @@ class MatcherClient:
         label_cache: float = 2.0,
         max_connections: int = 64,
         subscribe_timeout: float = 10.0,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        ssl_ca_certs: Optional[str] = None,
+        ssl_certfile: Optional[str] = None,
+        ssl_keyfile: Optional[str] = None,
+        reconnect_grace: float = 5.0,
     ) -> "MatcherClient":
-        """Connects to Redis at ``url`` (``redis://host:port/db``) and subscribes the reply channel.
+        """Connects to Redis at ``url`` and subscribes the reply channel.
+
+        ``url`` is ``redis://host:port/db``, ``rediss://host:port/db`` (TLS) or
+        ``redis+sentinel://host:port,host:port/master/db``. Credentials and TLS files default to
+        ``KIM_REDIS_USERNAME``, ``KIM_REDIS_PASSWORD`` / ``KIM_REDIS_PASSWORD_FILE``,
+        ``KIM_REDIS_CA``, ``KIM_REDIS_CERT`` and ``KIM_REDIS_KEY``; keep passwords out of URLs.
 
         :param prefix: prepended to stream and registry key names (default empty, as LIM).
         :param stream_maxlen: ``MAXLEN ~`` bound of label streams.
         :param label_cache: seconds a positive label check is trusted before asking Redis again.
         :param max_connections: size of the command connection pool (callers wait for a free one).
         :param subscribe_timeout: seconds to wait for Redis to confirm the subscription.
-        :raises redis.exceptions.RedisError: Redis cannot be reached.
+        :param reconnect_grace: for this long after a Redis failure an unknown label is asked
+            again until the deadline instead of failing with 26304 (a restarted Redis has an
+            empty registry until the matchers re-register).
+        :raises ValueError: the URL or the TLS settings are invalid (the URL shown redacted).
+        :raises redis.exceptions.RedisError: Redis cannot be reached or refused the credentials.
         """
         if stream_maxlen < 1:
             raise ValueError("stream_maxlen must be positive")
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections)
-        client = aioredis.Redis(connection_pool=pool)
+        settings = RedisSettings.from_url(url, username=username, password=password, ca=ssl_ca_certs,
+                                          cert=ssl_certfile, key=ssl_keyfile)
+        client = settings.client(max_connections)
+        pool = client.connection_pool
         channel = f"{prefix}kim:reply:{protocol.new_rid()}"
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(channel)
             await _confirm_subscription(pubsub, subscribe_timeout)
+            _no_silent_reconnect(pubsub)
+        except rexc.ConnectionError as e:
+            await _aclose(pubsub)
+            await _aclose(client)
+            await pool.disconnect()
+            if isinstance(e, rexc.AuthenticationError):
+                raise
+            hint = "" if settings.tls else " (if this Redis only accepts TLS, use rediss:// with KIM_REDIS_CA)"
+            raise rexc.ConnectionError(f"Redis at {redact(url)}: {e}{hint}") from None
         except BaseException:
             await _aclose(pubsub)
             await _aclose(client)
@@ -126,6 +202,8 @@ class MatcherClient:
             prefix=prefix,
             stream_maxlen=stream_maxlen,
             label_cache=label_cache,
+            reconnect_grace=reconnect_grace,
+            shown_url=redact(url),
         )
 
     @property
@@ -177,13 +255,28 @@ class MatcherClient:
         if not _is_int(version) or not 0 <= version <= _U32_MAX:
             why = f"descriptor version must be an integer in 0..={_U32_MAX}"
             return protocol.failed_response(rid, luna_id, ErrorCode.VALIDATION_FAILED, why)
-        if not await self.checkMatchingLabel(label):
-            why = f"no matcher serves label {_rust_debug(label)}"
-            return protocol.failed_response(rid, luna_id, ErrorCode.INDEX_NOT_FOUND, why)
-        if self._listener.done():
-            raise ListenerGone("the reply listener stopped; create a new client")
-
+        deadline = time.monotonic() + timeout
+        backoff = _Backoff(0.02, 0.5)
         timeout_ms = round(timeout * 1e9) // 1_000_000  # as Rust's Duration::from_secs_f64(t).as_millis()
+
+        def timed_out() -> MatchResponseDict:
+            return protocol.failed_response(rid, luna_id, ErrorCode.TIMEOUT, f"no reply within {timeout_ms} ms")
+
+        # Find the label, riding out Redis outages and a registry not yet rewritten after one.
+        while True:
+            try:
+                if await self.checkMatchingLabel(label):
+                    break
+                if not self._just_failed():
+                    why = f"no matcher serves label {_rust_debug(label)}"
+                    return protocol.failed_response(rid, luna_id, ErrorCode.INDEX_NOT_FOUND, why)
+            except _RETRYABLE:
+                self._last_failure = time.monotonic()
+            if not await _sleep_before(deadline, backoff.delay()):
+                return timed_out()
+        if self._closed:
+            raise ListenerGone("the client is closed")
+
         fields = protocol.request_fields(
             descriptor=bytes(payload),
             version=version,
@@ -199,16 +292,32 @@ class MatcherClient:
             args += [k, v]
         fut: "asyncio.Future[MatchResponseDict]" = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        entry = _InFlight(args, rid, luna_id, deadline)
+        self._inflight[rid] = entry
         try:
-            await cast(Any, self._redis).execute_command(*args)
+            # Send once the reply subscription is live, so the reply cannot race past it.
+            while True:
+                try:
+                    await asyncio.wait_for(self._subscribed.wait(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    return timed_out()
+                generation = self._generation
+                try:
+                    await cast(Any, self._redis).execute_command(*args)
+                    entry.sent_under = generation
+                    break
+                except _RETRYABLE:
+                    self._last_failure = time.monotonic()
+                    if not await _sleep_before(deadline, backoff.delay()):
+                        return timed_out()
             try:
-                return await asyncio.wait_for(fut, timeout)
+                return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                why = f"no reply within {timeout_ms} ms"
-                return protocol.failed_response(rid, luna_id, ErrorCode.TIMEOUT, why)
+                return timed_out()
         finally:
             # Forget the rid whatever happened (reply, timeout, Redis error, cancellation).
             self._pending.pop(rid, None)
+            self._inflight.pop(rid, None)
 
     async def readMatchingLabels(self) -> List[str]:
         """Labels some live matcher serves, sorted (each appears once)."""
@@ -289,11 +398,29 @@ class MatcherClient:
             if int(cursor) == 0 or (first_only and found):
                 return found
 
+    def _just_failed(self) -> bool:
+        """True while Redis may still be missing a registry it lost in a restart."""
+        return self._last_failure is not None and time.monotonic() - self._last_failure < self._reconnect_grace
+
     async def _listen(self) -> None:
-        """Routes replies on the response channel to the waiting callers, by ``rid``."""
+        """Routes replies on the response channel to the waiting callers, by ``rid``;
+        re-subscribes with backoff whenever the subscription breaks."""
+        backoff = _Backoff(0.02, 1.0)
         try:
             while True:
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                try:
+                    msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if msg is None:
+                        await self._pubsub.ping()  # notices a silently dead connection
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self._subscribed.clear()
+                    self._last_failure = time.monotonic()
+                    log.warning("reply subscription to %s lost (%s); re-subscribing", self._shown_url, e)
+                    await self._resubscribe(backoff)
+                    continue
                 if not msg or msg.get("type") != "message":
                     continue
                 try:
@@ -308,12 +435,57 @@ class MatcherClient:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.warning("reply subscription closed: %s", e)
+            log.warning("reply listener failed: %s", e)
         finally:
             pending, self._pending = self._pending, {}
             for fut in pending.values():
                 if not fut.done():
                     fut.set_exception(ListenerGone("the reply listener stopped; create a new client"))
+
+
+    async def _resubscribe(self, backoff: _Backoff) -> None:
+        """A fresh subscription (through Sentinel, to the current master), then the requests
+        whose replies may have been lost: each sent once more if its deadline allows, else
+        answered with the timeout error now."""
+        while True:
+            await _aclose(self._pubsub)
+            self._pubsub = self._redis.pubsub()
+            try:
+                await self._pubsub.subscribe(self._channel)
+                await _confirm_subscription(self._pubsub, 5.0)
+                _no_silent_reconnect(self._pubsub)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("cannot re-subscribe yet: %s", e)
+                await asyncio.sleep(backoff.delay())
+        backoff.reset()
+        self._generation += 1
+        self._subscribed.set()
+        log.info("reply subscription to %s re-established", self._shown_url)
+        now = time.monotonic()
+        resend: List[Tuple[str, List[Any]]] = []
+        for rid, f in list(self._inflight.items()):
+            if f.sent_under is None or f.sent_under >= self._generation:
+                continue
+            fut = self._pending.get(rid)
+            if fut is None or fut.done():
+                continue
+            if not f.resent and f.deadline > now:
+                f.resent, f.sent_under = True, self._generation
+                resend.append((rid, f.args))
+            else:
+                why = "reply lost with the Redis connection and the request was already re-sent once or is past its deadline"
+                self._pending.pop(rid, None)
+                fut.set_result(protocol.failed_response(f.rid, f.luna_id, ErrorCode.TIMEOUT, why))
+        if resend:
+            log.info("re-sending %d requests whose replies may have been lost", len(resend))
+        for rid, args in resend:
+            try:
+                await cast(Any, self._redis).execute_command(*args)
+            except Exception as e:  # left pending: the caller's deadline answers it
+                log.debug("re-send of %s failed: %s", rid, e)
 
 
 class MatcherSession:
@@ -395,6 +567,21 @@ def _rust_debug(s: str) -> str:
             out.append(c)
     out.append('"')
     return "".join(out)
+
+
+def _no_silent_reconnect(pubsub: Any) -> None:
+    """redis-py re-subscribes a broken pub/sub connection by itself; the listener must see the
+    break instead, to re-send requests whose replies went missing meanwhile."""
+    if pubsub.connection is not None:
+        pubsub.connection.retry = Retry(NoBackoff(), 0)
+
+
+async def _sleep_before(deadline: float, d: float) -> bool:
+    """Sleeps ``d`` unless that would pass the deadline; False when there is no time left."""
+    if time.monotonic() + d >= deadline:
+        return False
+    await asyncio.sleep(d)
+    return True
 
 
 async def _confirm_subscription(pubsub: Any, timeout: float) -> None:
