@@ -3,6 +3,8 @@
 . "$(dirname "$0")/lib.sh"
 command -v redis-server >/dev/null || apt_install redis-server
 command -v curl >/dev/null || apt_install curl
+# The Redis TLS tests make their certificates with the openssl CLI.
+command -v openssl >/dev/null || apt_install openssl
 # libFuzzer (fuzz/run.sh) is C++, built by the libfuzzer-sys crate.
 command -v c++ >/dev/null || apt_install g++
 bash "$KIM_ROOT/scripts/python-env.sh" >/dev/null
