@@ -45,18 +45,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* Fails the render with a clear message on contradictory values. */}}
+{{/* Fails the render with a clear message on contradictory values (types, ranges and unknown
+    keys are checked by values.schema.json before any template runs). */}}
 {{- define "kim.validate" -}}
 {{- if and .Values.redis.existingSecret .Values.redis.url -}}
 {{- fail "set at most one of redis.url and redis.existingSecret" -}}
 {{- end -}}
 {{- if and .Values.redis.url (not (regexMatch "^rediss?://" .Values.redis.url)) -}}
 {{- fail (printf "redis.url must start with redis:// or rediss://, got %q" .Values.redis.url) -}}
-{{- end -}}
-{{- if not (has .Values.logFormat (list "text" "json")) -}}
-{{- fail (printf "logFormat must be text or json, got %q" .Values.logFormat) -}}
-{{- end -}}
-{{- if lt (int .Values.replicaCount) 1 -}}
-{{- fail "replicaCount must be at least 1" -}}
 {{- end -}}
 {{- end -}}

@@ -130,8 +130,11 @@ fn values_change_what_is_rendered() {
 fn bad_values_fail_with_a_clear_message() {
     for (set, msg) in [
         ("redis.url=http://redis:6379", "redis.url must start with redis:// or rediss://"),
-        ("logFormat=xml", "logFormat must be text or json"),
-        ("replicaCount=0", "replicaCount must be at least 1"),
+        ("logFormat=xml", "at '/logFormat': value must be one of 'text', 'json'"),
+        ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+        ("workerImage.pullPolicy=Sometimes", "at '/workerImage/pullPolicy': value must be one of"),
+        ("httpPort=http", "at '/httpPort': got string, want integer"),
         ("serviceAccount.create=false", "serviceAccount.name is required"),
     ] {
         let out = run("helm", &["template", "kim", "charts/kim", "--set", set], &[], None);

@@ -13,9 +13,12 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
+fn cache() -> PathBuf {
+    std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
+}
+
 fn bin(name: &str) -> PathBuf {
-    let cache = std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"));
-    cache.join("bin").join(name)
+    cache().join("bin").join(name)
 }
 
 /// Builds (or finds cached) etcd, kube-apiserver, kubectl and helm once per test process.
@@ -36,6 +39,9 @@ pub fn run(tool: &str, args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>
     tools();
     let mut cmd = Command::new(bin(tool));
     cmd.args(args).current_dir(repo()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // helm keeps its own config, cache and data under $KIM_CACHE, not in the user's home.
+    let helm = cache().join("helm-test");
+    cmd.env("HELM_CONFIG_HOME", helm.join("config")).env("HELM_CACHE_HOME", helm.join("cache")).env("HELM_DATA_HOME", helm.join("data"));
     for (k, v) in env {
         cmd.env(k, v);
     }
