@@ -131,6 +131,9 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     if let Some(ids) = &s.source.ids_path {
         a.extend(["--ids".into(), format!("{src_root}/{ids}")]);
     }
+    if s.source.path.is_none() {
+        a.extend(crate::online::tls_client_args(mi));
+    }
     a
 }
 
@@ -171,6 +174,11 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
     if let Some(c) = source_claim {
         volumes.push(json!({"name": "source", "persistentVolumeClaim": {"claimName": c, "readOnly": true}}));
         mounts.push(json!({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": true}));
+    }
+    if mi.spec.source.path.is_none() {
+        let (v, m) = crate::online::tls_volumes(mi);
+        volumes.extend(v);
+        mounts.extend(m);
     }
     let mut lbl = labels(mi, "build");
     lbl.insert(LABEL_HASH.into(), hash.into());
@@ -230,13 +238,46 @@ fn redis_env(mi: &MatchingIndex) -> Value {
     }
 }
 
+/// Where a matcher finds the Redis TLS Secret.
+pub const REDIS_TLS_MOUNT: &str = "/etc/kim/redis-tls";
+
+/// Credentials as env from the Secret, TLS files from the mounted Secret: nothing secret in
+/// the Pod's arguments or in plain env values.
+fn redis_secret_env(mi: &MatchingIndex) -> Vec<Value> {
+    let mut env = Vec::new();
+    if let Some(a) = &mi.spec.redis.auth {
+        env.push(json!({"name": "KIM_REDIS_USERNAME", "valueFrom": {"secretKeyRef": {"name": a.secret_name, "key": a.username_key, "optional": true}}}));
+        env.push(json!({"name": "KIM_REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": a.secret_name, "key": a.password_key}}}));
+    }
+    if let Some(t) = &mi.spec.redis.tls {
+        env.push(json!({"name": "KIM_REDIS_CA", "value": format!("{REDIS_TLS_MOUNT}/ca.crt")}));
+        env.push(json!({"name": "KIM_REDIS_REQUIRE_TLS", "value": "true"}));
+        if t.client_certificate {
+            env.push(json!({"name": "KIM_REDIS_CERT", "value": format!("{REDIS_TLS_MOUNT}/tls.crt")}));
+            env.push(json!({"name": "KIM_REDIS_KEY", "value": format!("{REDIS_TLS_MOUNT}/tls.key")}));
+        }
+    }
+    env
+}
+
+/// Adds the Redis env, and the TLS Secret volume if any, to the matcher pod spec.
+fn with_redis_secrets(mi: &MatchingIndex, mut pod: Value) -> Value {
+    let c = &mut pod["containers"][0];
+    c["env"].as_array_mut().expect("env list").extend(redis_secret_env(mi));
+    if let Some(t) = &mi.spec.redis.tls {
+        c["volumeMounts"].as_array_mut().expect("mount list").push(json!({"name": "redis-tls", "mountPath": REDIS_TLS_MOUNT, "readOnly": true}));
+        pod["volumes"].as_array_mut().expect("volume list").push(json!({"name": "redis-tls", "secret": {"secretName": t.secret_name, "defaultMode": 0o440}}));
+    }
+    pod
+}
+
 /// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
 pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
     let lbl = labels(mi, "matcher");
     let selector: BTreeMap<&str, String> = BTreeMap::from([(LABEL_MI, mi.name_any()), (LABEL_COMPONENT, "matcher".into())]);
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5, "failureThreshold": 3});
     let pod_spec = merge(
-        json!({
+        with_redis_secrets(mi, json!({
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
             "terminationGracePeriodSeconds": 30,
             "containers": [{
@@ -252,7 +293,7 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
                 "securityContext": container_security(),
             }],
             "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": storage_claim(ix), "readOnly": true}}],
-        }),
+        })),
         scheduling(ix),
     );
     let v = json!({
@@ -394,11 +435,45 @@ mod tests {
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
         let env = c.env.as_ref().unwrap();
         assert_eq!(env[0].value.as_deref(), Some("redis://redis:6379"));
-        m.spec.redis = RedisSpec { url: None, secret_ref: Some(SecretKeyRef { name: "r".into(), key: "url".into() }), key_prefix: Some("p:".into()) };
+        m.spec.redis = RedisSpec { url: None, secret_ref: Some(SecretKeyRef { name: "r".into(), key: "url".into() }), key_prefix: Some("p:".into()), ..Default::default() };
         let dep = matcher_deployment(&m, &ix(), &d());
         let c = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
         assert_eq!(c.env.unwrap()[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "r");
         assert!(c.args.unwrap().windows(2).any(|w| w == ["--prefix", "p:"]));
+    }
+
+    #[test]
+    fn matcher_redis_secrets() {
+        let plain = matcher_deployment(&mi("faces"), &ix(), &d()).spec.unwrap().template.spec.unwrap();
+        assert!(plain.containers[0].env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("KIM_REDIS_") || e.name == "KIM_REDIS_URL"));
+        assert_eq!(plain.volumes.as_ref().unwrap().len(), 1);
+
+        let mut m = mi("faces");
+        m.spec.redis.url = Some("rediss://redis:6380".into());
+        m.spec.redis.auth = Some(serde_json::from_value(json!({"secretName": "redis-auth"})).unwrap());
+        m.spec.redis.tls = Some(RedisTls { secret_name: "redis-tls".into(), client_certificate: true });
+        let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
+        let from_secret = |name: &str| env[name].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().clone();
+        assert_eq!((from_secret("KIM_REDIS_USERNAME").name.as_str(), from_secret("KIM_REDIS_USERNAME").key.as_str()), ("redis-auth", "username"));
+        assert_eq!(from_secret("KIM_REDIS_USERNAME").optional, Some(true));
+        assert_eq!((from_secret("KIM_REDIS_PASSWORD").name.as_str(), from_secret("KIM_REDIS_PASSWORD").key.as_str()), ("redis-auth", "password"));
+        assert!(env["KIM_REDIS_PASSWORD"].value.is_none(), "password never inline");
+        assert_eq!(env["KIM_REDIS_CA"].value.as_deref(), Some("/etc/kim/redis-tls/ca.crt"));
+        assert_eq!(env["KIM_REDIS_CERT"].value.as_deref(), Some("/etc/kim/redis-tls/tls.crt"));
+        assert_eq!(env["KIM_REDIS_KEY"].value.as_deref(), Some("/etc/kim/redis-tls/tls.key"));
+        assert_eq!(env["KIM_REDIS_REQUIRE_TLS"].value.as_deref(), Some("true"));
+        let mount = c.volume_mounts.as_ref().unwrap().iter().find(|v| v.name == "redis-tls").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (REDIS_TLS_MOUNT, Some(true)));
+        let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == "redis-tls").unwrap();
+        assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("redis-tls"));
+        assert!(c.args.as_ref().unwrap().iter().all(|a| !a.contains("redis")), "no Redis settings in arguments");
+
+        // Without a client certificate only the CA is mounted and named.
+        m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
+        let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
+        assert!(pod.containers[0].env.as_ref().unwrap().iter().all(|e| e.name != "KIM_REDIS_CERT" && e.name != "KIM_REDIS_KEY"));
     }
 
     #[test]

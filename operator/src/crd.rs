@@ -256,6 +256,27 @@ pub struct OnlineSpec {
     pub ingress_filters: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_filters: Vec<String>,
+    /// gRPC TLS of agents and gateway (plaintext when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OnlineTls>,
+}
+
+/// TLS of the online path from Secrets in the MatchingIndex's namespace, each with the keys
+/// `tls.crt`, `tls.key` and `ca.crt` (as cert-manager writes them).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineTls {
+    /// Agents and gateway serve TLS only with this Secret's certificate; its `ca.crt` is what
+    /// the gateway and build Jobs trust for agents, and (with `clientSecretName`) what client
+    /// certificates must chain to. The agents' certificate must name `agentServerName`.
+    pub server_secret_name: String,
+    /// Client certificate of the gateway and build Jobs; set, agents and gateway require a
+    /// client certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_name: Option<String>,
+    /// Name checked in the agents' certificates (default `<name>-agent.<namespace>.svc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_server_name: Option<String>,
 }
 
 /// Redis used by matchers: a URL, or a key of a Secret holding it.
@@ -270,6 +291,44 @@ pub struct RedisSpec {
     /// Prefix of stream and registry keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+    /// ACL user and password from a Secret, handed to matchers as environment variables from
+    /// the Secret (never in arguments); the operator's cleanup reads the same Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RedisAuth>,
+    /// TLS towards Redis (needs a rediss:// URL): the Secret is mounted into matchers; with it,
+    /// matchers refuse plaintext URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisAuth {
+    pub secret_name: String,
+    /// Key of the ACL user name (absent in the Secret: the `default` user).
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// A Secret with `ca.crt` (trusted CA) and, for mutual TLS, `tls.crt` and `tls.key`, as
+/// cert-manager writes them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTls {
+    pub secret_name: String,
+    /// Present `tls.crt`/`tls.key` as client certificate (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: bool,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

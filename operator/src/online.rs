@@ -11,6 +11,8 @@ use crate::crd::{Indexer, MatchingIndex, OnlineSpec};
 
 pub const GRPC_PORT: i32 = 8081;
 const HTTP_PORT: i32 = 8080;
+const TLS_SERVER: &str = "/etc/kim/tls/server";
+const TLS_CLIENT: &str = "/etc/kim/tls/client";
 
 fn online(mi: &MatchingIndex) -> OnlineSpec {
     mi.spec.online.clone().unwrap_or_default()
@@ -29,6 +31,43 @@ pub fn agents_source(mi: &MatchingIndex) -> String {
     let (name, ns) = (agent_name(mi), mi.namespace().unwrap_or_default());
     let addrs: Vec<String> = (0..online(mi).agents.max(1)).map(|i| format!("{name}-{i}.{name}.{ns}.svc:{GRPC_PORT}")).collect();
     format!("agents://{}", addrs.join(","))
+}
+
+/// Server flags: TLS only, and client certificates required when a client Secret is named.
+fn tls_server_args(mi: &MatchingIndex) -> Vec<String> {
+    let Some(t) = online(mi).tls else { return Vec::new() };
+    let mut a = vec!["--tls-cert".to_string(), format!("{TLS_SERVER}/tls.crt"), "--tls-key".into(), format!("{TLS_SERVER}/tls.key")];
+    if t.client_secret_name.is_some() {
+        a.extend(["--tls-client-ca".into(), format!("{TLS_SERVER}/ca.crt")]);
+    }
+    a
+}
+
+/// Client flags towards agents (gateway, build Job): the server Secret's CA, the client
+/// certificate if any, and the name agents' certificates carry.
+pub fn tls_client_args(mi: &MatchingIndex) -> Vec<String> {
+    let Some(t) = online(mi).tls else { return Vec::new() };
+    let name = t.agent_server_name.clone().unwrap_or_else(|| format!("{}.{}.svc", agent_name(mi), mi.namespace().unwrap_or_default()));
+    let mut a = vec!["--tls-ca".to_string(), format!("{TLS_SERVER}/ca.crt"), "--tls-server-name".into(), name];
+    if t.client_secret_name.is_some() {
+        a.extend(["--tls-client-cert".into(), format!("{TLS_CLIENT}/tls.crt"), "--tls-client-key".into(), format!("{TLS_CLIENT}/tls.key")]);
+    }
+    a
+}
+
+/// Volumes and mounts of the TLS Secrets (read-only, owner-readable keys).
+pub fn tls_volumes(mi: &MatchingIndex) -> (Vec<Value>, Vec<Value>) {
+    let Some(t) = online(mi).tls else { return (Vec::new(), Vec::new()) };
+    let mut secrets = vec![("tls-server", t.server_secret_name.clone(), TLS_SERVER)];
+    if let Some(c) = &t.client_secret_name {
+        secrets.push(("tls-client", c.clone(), TLS_CLIENT));
+    }
+    secrets
+        .into_iter()
+        .map(|(vol, secret, path)| {
+            (json!({"name": vol, "secret": {"secretName": secret, "defaultMode": 0o440}}), json!({"name": vol, "mountPath": path, "readOnly": true}))
+        })
+        .unzip()
 }
 
 fn probes() -> Value {
@@ -52,6 +91,7 @@ pub fn agent_args(mi: &MatchingIndex) -> Vec<String> {
     ]
     .iter()
     .map(|x| x.to_string())
+    .chain(tls_server_args(mi))
     .collect()
 }
 
@@ -72,6 +112,8 @@ pub fn gateway_args(mi: &MatchingIndex) -> Vec<String> {
     if !o.egress_filters.is_empty() {
         a.extend(["--egress-filter".into(), o.egress_filters.join(",")]);
     }
+    a.extend(tls_server_args(mi));
+    a.extend(tls_client_args(mi));
     a
 }
 
@@ -82,6 +124,9 @@ fn pod_security() -> Value {
 pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> StatefulSet {
     let o = online(mi);
     let lbl = labels(mi, "agent");
+    let (tls_vols, tls_mounts) = tls_volumes(mi);
+    let mut mounts = vec![json!({"name": "data", "mountPath": "/data"})];
+    mounts.extend(tls_mounts);
     let container = merge(
         json!({
             "name": "agent", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
@@ -89,7 +134,7 @@ pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Stat
             "env": [{"name": "KIM_LOG_FORMAT", "value": "json"},
                     {"name": "KIM_AGENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     {"name": "KIM_ADVERTISE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "volumeMounts": mounts,
             "securityContext": container_security(),
         }),
         probes(),
@@ -100,7 +145,7 @@ pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Stat
         "spec": {
             "replicas": o.agents, "serviceName": agent_name(mi), "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector(mi, "agent")},
-            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container]}), scheduling(ix))},
+            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container], "volumes": tls_vols}), scheduling(ix))},
             "volumeClaimTemplates": [{
                 "metadata": {"name": "data", "labels": lbl},
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": o.agent_storage}}},
@@ -134,11 +179,13 @@ pub fn gateway_service(mi: &MatchingIndex) -> Service {
 
 pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
     let lbl = labels(mi, "gateway");
+    let (tls_vols, tls_mounts) = tls_volumes(mi);
     let container = merge(
         json!({
             "name": "gateway", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
             "args": gateway_args(mi), "ports": ports(),
             "env": [{"name": "KIM_LOG_FORMAT", "value": "json"}],
+            "volumeMounts": tls_mounts,
             "securityContext": container_security(),
         }),
         probes(),
@@ -149,7 +196,7 @@ pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
         "spec": {
             "replicas": online(mi).gateway_replicas,
             "selector": {"matchLabels": selector(mi, "gateway")},
-            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container]}), scheduling(ix))},
+            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container], "volumes": tls_vols}), scheduling(ix))},
         },
     });
     serde_json::from_value(v).expect("valid Deployment")

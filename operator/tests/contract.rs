@@ -88,3 +88,43 @@ fn online_args_parse_with_the_worker() {
     assert_eq!((spec.replicas, spec.service_name.as_deref()), (Some(3), Some("faces-agent")));
     assert_eq!(spec.volume_claim_templates.unwrap()[0].metadata.name.as_deref(), Some("data"));
 }
+
+#[test]
+fn online_tls_mounts_the_secrets_and_its_flags_parse() {
+    let (mut mi, ix) = fixtures();
+    let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
+    mi.spec.online = Some(serde_json::from_value(json!({"agents": 2, "tls": {"serverSecretName": "kim-tls", "clientSecretName": "kim-client"}})).unwrap());
+    let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
+    assert_eq!(a.tls.tls_cert.unwrap().to_str(), Some("/etc/kim/tls/server/tls.crt"));
+    assert_eq!(a.tls.tls_client_ca.unwrap().to_str(), Some("/etc/kim/tls/server/ca.crt"), "a client Secret means mutual TLS");
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
+    assert_eq!(f.tls.tls_key.unwrap().to_str(), Some("/etc/kim/tls/server/tls.key"));
+    assert_eq!(f.backend_tls.tls_ca.unwrap().to_str(), Some("/etc/kim/tls/server/ca.crt"));
+    assert_eq!(f.backend_tls.tls_client_cert.unwrap().to_str(), Some("/etc/kim/tls/client/tls.crt"));
+    assert_eq!(f.backend_tls.tls_server_name.as_deref(), Some("faces-agent.team-a.svc"));
+    // The agents:// build Job dials the agents the same way, with both Secrets mounted.
+    mi.spec.source = serde_json::from_value(json!({"agents": true})).unwrap();
+    let Command::Index(i) = parse(&build::index_args(&mi, &ix)).command else { panic!("not index") };
+    assert_eq!(i.agents_tls.tls_client_key.unwrap().to_str(), Some("/etc/kim/tls/client/tls.key"));
+    let job = build::build_job(&mi, &ix, "0123456789abcdef", 600, &d);
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let secrets: Vec<String> = pod.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+    assert_eq!(secrets, ["kim-tls", "kim-client"]);
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    assert!(mounts.iter().any(|m| m.mount_path == "/etc/kim/tls/client" && m.read_only == Some(true)), "{mounts:?}");
+    for (name, spec) in [
+        ("agents", kim_operator::online::agent_statefulset(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
+        ("gateway", kim_operator::online::gateway_deployment(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
+    ] {
+        let secrets: Vec<String> = spec.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+        assert_eq!(secrets, ["kim-tls", "kim-client"], "{name}");
+        let paths: Vec<String> = spec.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
+        assert!(paths.contains(&"/etc/kim/tls/server".to_string()), "{name}: {paths:?}");
+    }
+    // TLS without a client Secret: servers do not ask for client certificates.
+    mi.spec.online = Some(serde_json::from_value(json!({"tls": {"serverSecretName": "kim-tls", "agentServerName": "agents.example"}})).unwrap());
+    let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
+    assert!(a.tls.tls_client_ca.is_none());
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
+    assert_eq!((f.backend_tls.tls_server_name.as_deref(), f.backend_tls.tls_client_cert), (Some("agents.example"), None));
+}
