@@ -323,7 +323,14 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     assert!(!op_logs.to_lowercase().contains("forbidden"), "the chart's RBAC refused the operator something:\n{op_logs}");
 
     // Deleting the CR runs the cleanup Job and removes its children; uninstall leaves nothing.
-    c.kubectl(&["delete", "mi", LABEL, "-n", NS, "--timeout=120s"]);
+    c.kubectl(&["delete", "mi", LABEL, "-n", NS, "--wait=false"]);
+    eventually(
+        120,
+        "MatchingIndex deleted",
+        || c.run("kubectl", &["get", "mi", LABEL, "-n", NS]).status.code().filter(|&code| code != 0),
+        || format!("{}\n{}\n{}", c.kubectl(&["get", "mi,jobs,pods", "-n", NS, "-o", "wide"]), field(&c, "mi", LABEL, "{.status}"), logs(&root, "")),
+    )
+    .await;
     log(t0, "MatchingIndex deleted (finalizer done)");
     c.kubectl(&["delete", "-n", NS, "-f", repo().join("deploy/samples").to_str().unwrap(), "--ignore-not-found", "--timeout=60s"]);
     c.ok("helm", &["uninstall", "kim", "-n", NS, "--wait", "--timeout=60s"]);
