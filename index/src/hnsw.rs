@@ -32,10 +32,11 @@ pub trait Space: Sync {
 struct Builder<'s, S: Space> {
     space: &'s S,
     levels: Vec<u8>,
-    /// Layer-0 links of every row.
-    layer0: Vec<Mutex<Vec<u32>>>,
+    /// Layer-0 links of every row, each with its distance to the row (so a full list can be
+    /// updated without recomputing distances).
+    layer0: Vec<Mutex<Vec<Cand>>>,
     /// Links on layers 1..=level of rows whose level is ≥ 1 (empty for the others).
-    upper: Vec<Vec<Mutex<Vec<u32>>>>,
+    upper: Vec<Vec<Mutex<Vec<Cand>>>>,
     /// (entry row, its level).
     entry: RwLock<(u32, u8)>,
     m: usize,
@@ -86,11 +87,12 @@ pub fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress: Progre
         done.fetch_add(hi - lo, AtomicOrdering::Relaxed);
         progress(done.load(AtomicOrdering::Relaxed), n, start.elapsed());
     }
+    b.trim();
     b.into_graph()
 }
 
 impl<S: Space> Builder<'_, S> {
-    fn links(&self, node: u32, level: u8) -> &Mutex<Vec<u32>> {
+    fn links(&self, node: u32, level: u8) -> &Mutex<Vec<Cand>> {
         if level == 0 {
             &self.layer0[node as usize]
         } else {
@@ -115,10 +117,10 @@ impl<S: Space> Builder<'_, S> {
             for level in (0..=lq.min(top)).rev() {
                 let found = self.search_layer(s, q, &eps, level);
                 let chosen = self.select(&found, self.cap(level), level);
-                *self.links(q, level).lock().expect("link lock") = chosen.iter().map(|c| c.1).collect();
                 for c in &chosen {
                     self.link_back(c.1, q, c.0, level);
                 }
+                *self.links(q, level).lock().expect("link lock") = chosen;
                 eps = found;
             }
         });
@@ -133,7 +135,7 @@ impl<S: Space> Builder<'_, S> {
     /// Copies a node's links at `level` into `out` (the lock is held only for the copy).
     fn read_links(&self, node: u32, level: u8, out: &mut Vec<u32>) {
         out.clear();
-        out.extend_from_slice(&self.links(node, level).lock().expect("link lock"));
+        out.extend(self.links(node, level).lock().expect("link lock").iter().map(|c| c.1));
     }
 
     /// Moves to the closest neighbour until none is closer (upper layers, beam width 1).
@@ -211,29 +213,46 @@ impl<S: Space> Builder<'_, S> {
         kept
     }
 
-    /// Adds `q` to `e`'s links; a full list is re-chosen by the heuristic over old links + q.
+    /// Adds `q` (at distance `d`) to `e`'s links. A layer-0 list may grow `m/2` past its cap
+    /// before the heuristic re-chooses it (the distances to `e` are stored, so only the
+    /// heuristic's own comparisons are computed, once per `m/2` additions); a full upper list
+    /// is re-chosen at once. [`Self::trim`] brings every list back to its cap at the end.
     fn link_back(&self, e: u32, q: u32, d: f32, level: u8) {
         let cap = self.cap(level);
+        let slack = if level == 0 { self.m / 2 } else { 0 };
         let mut links = self.links(e, level).lock().expect("link lock");
-        if links.contains(&q) {
+        if links.iter().any(|c| c.1 == q) {
             return;
         }
-        if links.len() < cap {
-            links.push(q);
-            return;
+        links.push(Cand(d, q));
+        if links.len() > cap + slack {
+            self.prune(&mut links, cap, level);
         }
-        let mut cands: Vec<Cand> = links.iter().map(|&x| Cand(self.space.dist(e, x), x)).collect();
-        cands.push(Cand(d, q));
-        cands.sort_unstable();
-        *links = self.select(&cands, cap, level).into_iter().map(|c| c.1).collect();
+    }
+
+    fn prune(&self, links: &mut Vec<Cand>, cap: usize, level: u8) {
+        links.sort_unstable();
+        *links = self.select(links, cap, level);
+    }
+
+    /// Re-chooses the layer-0 lists still above their cap.
+    fn trim(&self) {
+        let cap = self.cap(0);
+        self.layer0.par_iter().for_each(|l| {
+            let mut links = l.lock().expect("link lock");
+            if links.len() > cap {
+                self.prune(&mut links, cap, 0);
+            }
+        });
     }
 
     fn into_graph(self) -> Graph {
         let (entry, max_level) = self.entry.into_inner().expect("entry lock");
-        let layer0 = Csr::from_rows(self.layer0.into_iter().map(|l| l.into_inner().expect("link lock")));
+        let ids = |l: Mutex<Vec<Cand>>| -> Vec<u32> { l.into_inner().expect("link lock").into_iter().map(|c| c.1).collect() };
+        let layer0 = Csr::from_rows(self.layer0.into_iter().map(ids));
         let upper_nodes: Vec<u32> = (0..self.levels.len() as u32).filter(|&i| self.levels[i as usize] > 0).collect();
         let mut upper_links: Vec<Vec<Vec<u32>>> =
-            self.upper.into_iter().map(|ls| ls.into_iter().map(|l| l.into_inner().expect("link lock")).collect()).collect();
+            self.upper.into_iter().map(|ls| ls.into_iter().map(ids).collect()).collect();
         let upper = (1..=max_level as usize)
             .map(|l| Csr::from_rows(upper_nodes.iter().map(|&u| upper_links[u as usize].get_mut(l - 1).map(std::mem::take).unwrap_or_default())))
             .collect();

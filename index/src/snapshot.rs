@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::descriptor::{DescriptorSpec, Encoding};
 use crate::flat::{Csr, FlatIndex, Graph, Ids};
-use crate::vectors::{Storage, VectorStore};
+use crate::vectors::{huge_capacity, Storage, VectorStore};
 use crate::HnswParams;
 
 pub const FORMAT: u32 = 1;
@@ -148,8 +148,16 @@ pub fn load(dir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError
     let spec = m.descriptor;
     let vbytes = &data["vectors.bin"];
     let storage = match spec.encoding {
-        Encoding::U8 | Encoding::I8 => Storage::Bytes(vbytes.clone()),
-        Encoding::F16 | Encoding::F32 => Storage::F32(vbytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Encoding::U8 | Encoding::I8 => {
+            let mut v = huge_capacity(vbytes.len());
+            v.extend_from_slice(vbytes);
+            Storage::Bytes(v)
+        }
+        Encoding::F16 | Encoding::F32 => {
+            let mut v = huge_capacity(vbytes.len() / 4);
+            v.extend(vbytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            Storage::F32(v)
+        }
     };
     let width = if matches!(storage, Storage::Bytes(_)) { 1 } else { 4 };
     if vbytes.len() != m.vectors * spec.dimensions * width {
