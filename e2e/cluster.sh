@@ -26,6 +26,8 @@
 #     them itself and patch their status. Node stages (initialise + heartbeat) and the
 #     node Lease heartbeat are always on.
 #   KIM_UP_TIMEOUT         seconds to wait for each component (default 120)
+#   KIM_AUDIT_POLICY       audit policy file: kube-apiserver then writes $KIM_CLUSTER_DIR/logs/audit.log
+#                          (JSON lines; e2e/tests/full.rs checks the operator's requests against its RBAC)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -472,7 +474,11 @@ cmd_up() {
   wait_for etcd "etcd healthy" curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
 
   log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
-  start kube-apiserver "$KIM_BIN/kube-apiserver" \
+  local audit=()
+  if [[ -n "${KIM_AUDIT_POLICY:-}" ]]; then
+    audit=(--audit-policy-file="$KIM_AUDIT_POLICY" --audit-log-path="$LOGS/audit.log")
+  fi
+  start kube-apiserver "$KIM_BIN/kube-apiserver" "${audit[@]}" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
     --cert-dir="$DIR/apiserver" \

@@ -50,7 +50,17 @@ impl Cluster {
         let tools = Command::new("bash").arg(repo().join("e2e/tools.sh")).arg("full").output().unwrap();
         assert!(tools.status.success(), "e2e/tools.sh full: {}", String::from_utf8_lossy(&tools.stderr));
         let c = Cluster { dir };
-        let out = Command::new("bash").arg(repo().join("e2e/cluster.sh")).args(["up", "full"]).env("KIM_CLUSTER_DIR", c.cluster_dir()).output().unwrap();
+        // Metadata of every request the operator's ServiceAccount makes, for the RBAC check.
+        let policy = c.dir.path().join("audit-policy.yaml");
+        let sa = format!("system:serviceaccount:{NS}:kim-operator");
+        std::fs::write(&policy, format!("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"{sa}\"]\n- level: None\n")).unwrap();
+        let out = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .args(["up", "full"])
+            .env("KIM_CLUSTER_DIR", c.cluster_dir())
+            .env("KIM_AUDIT_POLICY", &policy)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "cluster up full: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         c
     }
@@ -203,6 +213,72 @@ async fn match_loop(url: String, probe: Vec<u8>, expected: String, stop: Arc<Ato
     (ok, failed, errors)
 }
 
+/// (apiGroup, resource[/subresource], verb)
+type Access = (String, String, String);
+
+/// What the chart's ClusterRole/Roles grant, from `helm template`.
+fn granted(c: &Cluster, redis_url: &str) -> std::collections::BTreeSet<Access> {
+    let chart = repo().join("charts/kim");
+    let yaml = c.ok("helm", &["template", "kim", chart.to_str().unwrap(), "-n", NS, "--set", &format!("redis.url={redis_url}")]);
+    let mut out = std::collections::BTreeSet::new();
+    for doc in yaml.split("\n---") {
+        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap_or_default();
+        if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            let strs = |k: &str| rule[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
+            for g in strs("apiGroups") {
+                for r in strs("resources") {
+                    for verb in strs("verbs") {
+                        out.insert((g.clone(), r.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the operator's ServiceAccount asked the API server for, from the audit log.
+fn used(c: &Cluster) -> std::collections::BTreeSet<Access> {
+    let log = std::fs::read_to_string(c.cluster_dir().join("logs/audit.log")).expect("audit log");
+    let mut out = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let o = &e["objectRef"];
+        let Some(res) = o["resource"].as_str() else { continue };
+        // Self reviews (the test's `kubectl auth whoami` with the operator's kubeconfig) are
+        // open to every authenticated user; they are not the chart's business.
+        if matches!(o["apiGroup"].as_str(), Some("authentication.k8s.io" | "authorization.k8s.io")) {
+            continue;
+        }
+        let res = match o["subresource"].as_str() {
+            Some(sub) => format!("{res}/{sub}"),
+            None => res.to_string(),
+        };
+        out.insert((o["apiGroup"].as_str().unwrap_or("").to_string(), res, e["verb"].as_str().unwrap().to_string()));
+    }
+    out
+}
+
+/// Grants this run may leave unused, each for a stated reason; any other unused grant fails
+/// the test, so the chart's RBAC stays exactly what the operator needs.
+fn may_be_unused(a: &Access) -> Option<&'static str> {
+    let (g, r, v) = (a.0.as_str(), a.1.as_str(), a.2.as_str());
+    match (g, r, v) {
+        (_, _, "create") if matches!(r, "jobs" | "deployments" | "statefulsets" | "services" | "persistentvolumeclaims") => {
+            Some("server-side apply that creates an object is audited as patch but authorized for create too")
+        }
+        ("apps", "statefulsets", _) | ("", "services", _) => Some("online path (spec.online), not in the samples"),
+        ("", "persistentvolumeclaims", "get" | "patch") => Some("Indexer with storage.size; the samples use existingClaim"),
+        ("kim.dev", _, "update") if r.ends_with("/finalizers") => Some("only with the OwnerReferencesPermissionEnforcement admission plugin"),
+        ("events.k8s.io", "events", "patch") => Some("only when the same event repeats (event series)"),
+        ("coordination.k8s.io", "leases", "create") => Some("only the first replica ever creates the Lease"),
+        _ => None,
+    }
+}
+
 fn field(c: &Cluster, kind: &str, name: &str, path: &str) -> String {
     let out = c.run("kubectl", &["get", kind, name, "-n", NS, "-o", &format!("jsonpath={path}")]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -351,6 +427,15 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     };
     assert!(keys.is_empty(), "Redis keys left for the label: {keys:?}");
     log(t0, "teardown left no children, PVCs, pods or Redis keys");
+
+    // RBAC: everything the operator did is granted, and every grant was used or is explained.
+    let (grants, uses) = (granted(&c, &redis.url()), used(&c));
+    let missing: Vec<&Access> = uses.iter().filter(|u| !grants.contains(*u)).collect();
+    assert!(missing.is_empty(), "the operator used access the chart does not grant: {missing:?}");
+    let unexplained: Vec<&Access> = grants.iter().filter(|g| !uses.contains(*g) && may_be_unused(g).is_none()).collect();
+    assert!(unexplained.is_empty(), "the chart grants access the run never used: {unexplained:?}\nused: {uses:?}");
+    let idle: Vec<String> = grants.iter().filter(|g| !uses.contains(*g)).map(|g| format!("{}/{} {}", g.0, g.1, g.2)).collect();
+    log(t0, &format!("RBAC: {} grants, {} used by the operator, unused but explained: {idle:?}", grants.len(), uses.len()));
     harness.shutdown(Duration::from_secs(15)).await;
     drop(redis);
 }
