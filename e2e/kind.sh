@@ -80,9 +80,12 @@ up() {
 
   # The probes: the sample Job's own `kim-worker gen` arguments, run again locally into a
   # temporary directory (same seed, same files).
-  local args=() a
+  local args=() a prev=""
   DATA="$(mktemp -d)"
-  while IFS= read -r a; do args+=("${a//\/storage\/data//out}"); done < <(
+  while IFS= read -r a; do
+    if [[ $prev == --out ]]; then args+=(/out); else args+=("$a"); fi
+    prev=$a
+  done < <(
     kubectl -n "$NS" get job kim-sample-gen -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
   docker run --rm --user "$(id -u):$(id -g)" -v "$DATA:/out" "kim-worker:$TAG" "${args[@]}" >/dev/null
 

@@ -1,6 +1,7 @@
 //! Without a cluster: lint, rendered properties, and drift between the generated copies.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 
 use crate::support::{docs, find, kinds, ok, render, repo, run, text};
 use serde_json::Value;
@@ -349,4 +350,24 @@ fn samples_are_consistent_with_each_other() {
     let d = docs(&render(&["--set", "redis.deploy=true"]));
     let s = find(&d, "Secret", mi["spec"]["redis"]["secretRef"]["name"].as_str().unwrap());
     assert!(s["stringData"][mi["spec"]["redis"]["secretRef"]["key"].as_str().unwrap()].is_string());
+}
+
+#[test]
+fn kind_script_parses_and_refuses_bad_use() {
+    let script = repo().join("e2e/kind.sh");
+    // Absolute paths: a child's PATH also decides where Command looks for the program.
+    let which = |t: &str| String::from_utf8(Command::new("bash").args(["-c", &format!("command -v {t}")]).output().unwrap().stdout).unwrap().trim().to_string();
+    let bash_bin = which("bash");
+    let bash = |args: &[&str], path: &str| Command::new(&bash_bin).arg(&script).args(args).env("PATH", path).output().unwrap();
+    let out = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(out.status.success(), "bash -n e2e/kind.sh: {}", text(&out));
+    let out = bash(&["sideways"], "/usr/bin:/bin");
+    assert!(!out.status.success() && text(&out).contains("unknown argument 'sideways'"), "{}", text(&out));
+    // Only `dirname` on PATH: it says which tool is missing before doing anything.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(which("dirname"), bin.path().join("dirname")).unwrap();
+    let out = bash(&["up"], bin.path().to_str().unwrap());
+    assert!(!out.status.success() && text(&out).contains("docker is not on PATH"), "{}", text(&out));
+    let out = bash(&["--help"], "/usr/bin:/bin");
+    assert!(out.status.success() && text(&out).contains("e2e/kind.sh down"), "{}", text(&out));
 }
