@@ -453,3 +453,71 @@ async fn online_section_creates_agents_and_gateway() {
     c.kubectl_ok(&["annotate", "mi", "texts", "-n", ns, "kim.dev/skip-cleanup=true"]);
     eventually(30, "MatchingIndex released", || async { mis.get_opt("texts").await.unwrap().is_none().then_some(()) }).await;
 }
+
+/// kube-apiserver stopped (SIGTERM) while a build runs and started again with the same
+/// command on the same etcd, down longer than the operator's lease: the operator, unable to
+/// renew, exits cleanly (by design, so a fresh process competes again) and is restarted as its
+/// Deployment would; the new process takes the lease, sees the running build finish, reacts to
+/// a spec change made after the restart, and never creates a second Job for the same build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
+    let c = Cluster::up();
+    let client = c.client().await;
+    let ns = "restart";
+    c.crds_established().await;
+    c.namespace(ns);
+    let mut op = c.operator("op");
+    let yaml = indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "faces", 16, 1, "redis://127.0.0.1:1", "data/base.npy");
+    assert!(apply_yaml(&c, &yaml).status.success());
+    let job = eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
+    eventually(20, "op leading", || async { op.role().filter(|r| r == "leader") }).await;
+
+    // Stop the API server the way an upgrade or a crash-looping control plane does.
+    let run = c.dir.path().join("run");
+    let pid = std::fs::read_to_string(run.join("kube-apiserver.pid")).unwrap().trim().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let t = Instant::now();
+    while Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap().success() {
+        assert!(t.elapsed() < Duration::from_secs(30), "kube-apiserver did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Down for longer than the operator's lease (3 s): renewals fail meanwhile.
+    std::thread::sleep(Duration::from_secs(5));
+    let cmd = std::fs::read_to_string(run.join("kube-apiserver.cmd")).unwrap();
+    let log = std::fs::OpenOptions::new().append(true).open(c.dir.path().join("logs/kube-apiserver.log")).unwrap();
+    let child = Command::new("setsid").args(["bash", "-c", &format!("exec {}", cmd.trim())]).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+    std::fs::write(run.join("kube-apiserver.pid"), child.id().to_string()).unwrap();
+    let restarted = Instant::now();
+    eventually(60, "kube-apiserver back", || async { c.kubectl(&["get", "ns", ns]).status.success().then_some(()) }).await;
+    eprintln!("kube-apiserver down {:?}, back after {:?}", t.elapsed() - restarted.elapsed(), restarted.elapsed());
+
+    // The operator gave up its expired lease with a clear error and no panic; restart it as
+    // the Deployment's restart policy would.
+    let status = op.child.try_wait().unwrap();
+    let log = op.log();
+    assert!(!log.contains("panicked"), "{log}");
+    if status.is_some() {
+        assert!(log.contains("lost leadership") || log.contains("cannot renew lease"), "{log}");
+        op = c.operator("op-2");
+    }
+    eprintln!("operator exited during the outage: {}", status.is_some());
+    eventually(30, "an operator leading again", || async { op.role().filter(|r| r == "leader") }).await;
+    // The running build is the same Job, not a second one.
+    let jobs = build_jobs(&client, ns, "faces").await;
+    assert_eq!(jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>(), vec![job.name_any()]);
+    // Reconcile resumes: the build finishing after the restart lands in status...
+    finish_job(&client, ns, &job.name_any(), true, r#"{"snapshot":"20261122t000000000z-aaa111","vectors":10}"#).await;
+    eventually(30, "snapshot in status after the restart", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-aaa111"))
+    })
+    .await;
+    // ...and a spec change made after the restart starts exactly one new build.
+    assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 24, 1, "redis://127.0.0.1:1", "data/base.npy")).status.success());
+    let second = eventually(30, "second build job", || async { build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names: Vec<String> = build_jobs(&client, ns, "faces").await.iter().map(|j| j.name_any()).collect();
+    assert_eq!(names.len(), 2, "one Job per build: {names:?}");
+    assert!(names.contains(&second.name_any()));
+    assert!(!op.log().contains("panicked"), "{}", op.log());
+    op.stop("TERM");
+}
