@@ -7,6 +7,4 @@ command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 # libFuzzer (fuzz/run.sh) is C++, built by the libfuzzer-sys crate.
 command -v c++ >/dev/null || apt_install g++
-# Test certificates of the Python TLS test (clients/python/tests_online/test_tls.py).
-command -v openssl >/dev/null || apt_install openssl
 bash "$KIM_ROOT/scripts/python-env.sh" >/dev/null
