@@ -87,6 +87,7 @@ fn operator_deployment_is_hardened_and_wired() {
     }
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
     assert!(!d.iter().any(|x| x["kind"] == "ServiceMonitor" || x["kind"] == "Secret"), "optional objects off by default: {:?}", kinds(&d));
+    assert!(pod["affinity"].is_null(), "one replica: no anti-affinity");
 }
 
 #[test]
@@ -96,6 +97,9 @@ fn values_change_what_is_rendered() {
         "--set", "leaderElection.leaseName=kim-lock", "--set", "leaderElection.leaseDuration=7s", "--set", "logFormat=text"]));
     let dep = operator(&d);
     assert_eq!(dep["spec"]["replicas"], 2);
+    let spread = &dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname", "two replicas prefer two nodes");
+    assert_eq!(&spread["labelSelector"]["matchLabels"], &dep["spec"]["selector"]["matchLabels"]);
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "reg.example/kim-operator:dev");
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["args"][0], "--lease-duration=7s");
     assert_eq!(env_value(dep, "KIM_WORKER_IMAGE").unwrap(), "reg.example/kim-worker:dev");
