@@ -198,7 +198,10 @@ impl<S: Space> Builder<'_, S> {
     fn select(&self, sorted: &[Cand], max: usize, level: u8) -> Vec<Cand> {
         let mut kept: Vec<Cand> = Vec::with_capacity(max);
         let mut pruned: Vec<Cand> = Vec::new();
-        for &c in sorted {
+        // Layer 0 looks at the closest 2·max only: farther candidates would rarely be kept and
+        // each costs a distance to every kept one.
+        let scan = if level == 0 { 2 * max } else { sorted.len() };
+        for &c in &sorted[..scan.min(sorted.len())] {
             if kept.len() >= max {
                 break;
             }
