@@ -470,6 +470,17 @@ mod tests {
         assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("redis-tls"));
         assert!(c.args.as_ref().unwrap().iter().all(|a| !a.contains("redis")), "no Redis settings in arguments");
 
+        assert_eq!(crate::validate::matching_index(&m), Ok(None));
+        m.spec.redis.url = Some("redis://:hunter2@redis:6379".into());
+        let e = crate::validate::matching_index(&m).unwrap_err().0;
+        assert!(e.contains("redis.tls needs a rediss://") && !e.contains("hunter2"), "{e}");
+        m.spec.redis.url = Some("rediss+sentinel://s1:26379,s2:26379/mymaster/0".into());
+        assert_eq!(crate::validate::matching_index(&m), Ok(None));
+        m.spec.redis.url = Some("http://u:hunter2@redis".into());
+        let e = crate::validate::matching_index(&m).unwrap_err().0;
+        assert!(e.contains("redis+sentinel://") && !e.contains("hunter2"), "{e}");
+        m.spec.redis.url = Some("rediss://redis:6380".into());
+
         // Without a client certificate only the CA is mounted and named.
         m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
         let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();

@@ -66,8 +66,12 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
         return Err(InvalidSpec("set exactly one of redis.url and redis.secretRef".into()));
     }
     if let Some(u) = &s.redis.url {
-        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            return Err(InvalidSpec(format!("redis.url must start with redis:// or rediss://, got {u:?}")));
+        let shown = kim_redis::redact(u);
+        if !["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"].iter().any(|p| u.starts_with(p)) {
+            return Err(InvalidSpec(format!("redis.url must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://, got {shown:?}")));
+        }
+        if s.redis.tls.is_some() && !u.starts_with("rediss") {
+            return Err(InvalidSpec(format!("redis.tls needs a rediss:// or rediss+sentinel:// URL, got {shown:?}")));
         }
     }
     if s.hnsw.ef_construction < s.hnsw.m {

@@ -141,6 +141,21 @@ impl Target {
         Ok(Target { addr, tls, certs, creds: creds.or(url_creds), sentinel_creds, shown })
     }
 
+    /// For callers holding the secrets in memory (the operator reads Kubernetes Secrets):
+    /// credentials override the URL's, PEM bytes stand in for the TLS files.
+    pub fn from_parts(url: &str, creds: Credentials, ca: Option<Vec<u8>>, client: Option<(Vec<u8>, Vec<u8>)>) -> Result<Target, Error> {
+        let mut t = Target::with_env(&RedisArgs { url: url.into(), ca: None, cert: None, key: None, require_tls: false }, |_| None)?;
+        t.creds = creds.or(t.creds);
+        if ca.is_some() || client.is_some() {
+            if !t.tls {
+                return Err(Error::Config(format!("TLS settings need a rediss:// URL, got {}", t.shown)));
+            }
+            let client_tls = client.map(|(client_cert, client_key)| ClientTlsConfig { client_cert, client_key });
+            t.certs = Some(TlsCertificates { client_tls, root_cert: ca });
+        }
+        Ok(t)
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls
     }
@@ -305,6 +320,17 @@ mod tests {
             let e = target(url, &[]).unwrap_err().to_string();
             assert!(!e.contains("hunter2") && e.contains("***"), "{e}");
         }
+    }
+
+    #[test]
+    fn parts_from_memory() {
+        let creds = Credentials { username: Some("kim".into()), password: Some("pw".into()) };
+        let t = Target::from_parts("redis://:old@h:1/4", creds.clone(), None, None).unwrap();
+        assert_eq!(t.direct().unwrap().redis.password.as_deref(), Some("pw"));
+        assert_eq!(t.direct().unwrap().redis.db, 4);
+        let e = Target::from_parts("redis://h:1", creds.clone(), Some(b"pem".to_vec()), None).unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        assert!(Target::from_parts("rediss://h:1", creds, Some(b"pem".to_vec()), None).unwrap().certs.is_some());
     }
 
     #[test]

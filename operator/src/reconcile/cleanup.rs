@@ -51,24 +51,54 @@ async fn delete_children(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<
     Ok(())
 }
 
-async fn redis_url(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<String> {
-    if let Some(u) = &mi.spec.redis.url {
-        return Ok(u.clone());
+/// One key of a Secret in `ns`; `optional` turns a missing key into None.
+async fn secret_key(ctx: &Context, ns: &str, name: &str, key: &str, optional: bool) -> Result<Option<Vec<u8>>> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get(name).await?;
+    match secret.data.as_ref().and_then(|d| d.get(key)) {
+        Some(b) => Ok(Some(b.0.clone())),
+        None if optional => Ok(None),
+        None => Err(Error::Other(format!("secret {name} has no key {key}"))),
     }
-    let r = mi.spec.redis.secret_ref.as_ref().ok_or_else(|| Error::Other("no redis settings".into()))?;
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get(&r.name).await?;
-    let bytes = secret.data.as_ref().and_then(|d| d.get(&r.key)).ok_or_else(|| Error::Other(format!("secret {} has no key {}", r.name, r.key)))?;
-    String::from_utf8(bytes.0.clone()).map_err(|_| Error::Other("redis URL in secret is not UTF-8".into()))
+}
+
+fn utf8(bytes: Vec<u8>, what: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| Error::Other(format!("{what} is not UTF-8")))
+}
+
+/// The same Redis target the matchers use: URL, credentials and TLS material from the
+/// MatchingIndex's Secrets, through kim-redis.
+async fn redis_target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_redis::Target> {
+    let r = &mi.spec.redis;
+    let url = match (&r.url, &r.secret_ref) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => utf8(secret_key(ctx, ns, &s.name, &s.key, false).await?.expect("required"), "redis URL in secret")?,
+        (None, None) => return Err(Error::Other("no redis settings".into())),
+    };
+    let mut creds = kim_redis::Credentials::default();
+    if let Some(a) = &r.auth {
+        creds.username = secret_key(ctx, ns, &a.secret_name, &a.username_key, true).await?.map(|b| utf8(b, "redis user name")).transpose()?;
+        creds.password = Some(utf8(secret_key(ctx, ns, &a.secret_name, &a.password_key, false).await?.expect("required"), "redis password")?);
+    }
+    let (mut ca, mut client) = (None, None);
+    if let Some(t) = &r.tls {
+        ca = secret_key(ctx, ns, &t.secret_name, "ca.crt", false).await?;
+        if t.client_certificate {
+            let cert = secret_key(ctx, ns, &t.secret_name, "tls.crt", false).await?.expect("required");
+            let key = secret_key(ctx, ns, &t.secret_name, "tls.key", false).await?.expect("required");
+            client = Some((cert, key));
+        }
+    }
+    kim_redis::Target::from_parts(&url, creds, ca, client).map_err(|e| Error::Other(e.to_string()))
 }
 
 /// Deletes the label's stream and every registry key of it.
 async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> {
-    let url = redis_url(mi, ctx, ns).await?;
+    let target = std::sync::Arc::new(redis_target(mi, ctx, ns).await?);
     let prefix = mi.spec.redis.key_prefix.clone().unwrap_or_default();
     let label = mi.label();
+    let shown = target.to_string();
     let work = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = kim_redis::Conn::lazy(target, std::time::Duration::from_secs(10));
         let pattern = kim_api::registry_pattern(&prefix, &label);
         let mut keys: Vec<String> = vec![kim_api::stream_key(&prefix, &label)];
         let mut cursor = 0u64;
@@ -85,11 +115,11 @@ async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), work).await {
         Ok(Ok(n)) => {
-            tracing::info!(label, keys = n, "removed Redis keys");
+            tracing::info!(label, keys = n, redis = %shown, "removed Redis keys");
             Ok(())
         }
-        Ok(Err(e)) => Err(Error::Waiting(format!("Redis cleanup of label {label}: {e}"))),
-        Err(_) => Err(Error::Waiting(format!("Redis cleanup of label {label}: timed out"))),
+        Ok(Err(e)) => Err(Error::Waiting(format!("Redis cleanup of label {label} at {shown}: {e}"))),
+        Err(_) => Err(Error::Waiting(format!("Redis cleanup of label {label} at {shown}: timed out"))),
     }
 }
 
