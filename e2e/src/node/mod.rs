@@ -98,12 +98,15 @@ impl Shared {
     }
 }
 
+/// Pod tasks by pod uid: how to stop each, and its handle.
+type Pods = Arc<Mutex<HashMap<String, (watch::Sender<Stop>, JoinHandle<()>)>>>;
+
 /// A running harness; [`Harness::shutdown`] (or drop) stops everything it started.
 pub struct Harness {
     shared: Arc<Shared>,
     node: String,
     tasks: Vec<JoinHandle<()>>,
-    pods: Arc<Mutex<HashMap<String, (watch::Sender<Stop>, JoinHandle<()>)>>>,
+    pods: Pods,
 }
 
 impl Harness {
@@ -249,8 +252,6 @@ async fn release(client: Client, node: String) {
         }
     }
 }
-
-type Pods = Arc<Mutex<HashMap<String, (watch::Sender<Stop>, JoinHandle<()>)>>>;
 
 /// Starts a task per pod bound to the node; tells it when its pod is deleted.
 async fn serve_pods(sh: Arc<Shared>, node: String, pods: Pods) {
