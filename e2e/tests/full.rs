@@ -27,9 +27,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn kim_cache() -> PathBuf {
+    std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
+}
+
 fn kim_bin() -> PathBuf {
-    let cache = std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"));
-    std::env::var("KIM_BIN").map(PathBuf::from).unwrap_or_else(|_| cache.join("bin"))
+    std::env::var("KIM_BIN").map(PathBuf::from).unwrap_or_else(|_| kim_cache().join("bin"))
 }
 
 /// `target/<profile>`: this test binary lives in its `deps/`.
@@ -174,7 +177,7 @@ fn logs(root: &Path, part: &str) -> String {
 
 /// One match through the Python client (clients/python in the test venv).
 fn python_match(redis_url: &str, descriptor: &[u8]) -> serde_json::Value {
-    let venv = kim_bin().parent().unwrap().join("venv/bin/python");
+    let venv = kim_cache().join("venv/bin/python");
     let script = r#"
 import asyncio, json, sys
 from kim_client import MatcherClient, RawDescriptor
