@@ -108,7 +108,7 @@ async fn redis_killed_and_restarted_under_load() {
     assert!(during_outage > 0, "calls were made while Redis was down");
     for o in outcomes.iter() {
         assert!(o.status == 201 || o.error_code == Some(26309), "answer neither a match nor a timeout: status {} code {:?}", o.status, o.error_code);
-        assert!(o.elapsed <= TIMEOUT + Duration::from_millis(500), "a call took {:?} with a {TIMEOUT:?} timeout", o.elapsed);
+        assert!(o.elapsed <= TIMEOUT + Duration::from_secs(1), "a call took {:?} with a {TIMEOUT:?} timeout", o.elapsed);
     }
     let recovered = first_ok_after.expect("matches resumed after the restart");
     assert!(recovered < Duration::from_secs(4), "recovery took {recovered:?}");

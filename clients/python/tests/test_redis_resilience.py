@@ -188,7 +188,7 @@ async def test_redis_killed_and_restarted_under_load(cluster: Cluster, dataset: 
         assert before > 0 and during > 0
         for t, took, status, code in outcomes:
             assert status == 201 or code == 26309, (status, code)
-            assert took <= timeout + 0.5, took
+            assert took <= timeout + 1.0, took
         assert first_after is not None and first_after < 4.0, first_after
         assert m.popen.poll() is None, "matcher exited"
         for i in range(10):
