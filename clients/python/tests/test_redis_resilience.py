@@ -198,3 +198,29 @@ async def test_redis_killed_and_restarted_under_load(cluster: Cluster, dataset: 
         await c.close()
         m.stop()
         r.stop()
+
+
+async def test_sentinel_resolution(cluster: Cluster, dataset: Dataset, tmp_path: Path) -> None:
+    """The client finds the master through Sentinel (the first sentinel listed is down)."""
+    port, sport = free_port(), free_port()
+    r = start_redis("redis-sentinel-master", port, tmp_path, ["--port", str(port)])
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sport}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor kimmaster 127.0.0.1 {port} 1\n")
+    s = start("sentinel", [shutil.which("redis-server"), conf, "--sentinel"], tmp_path)
+    wait_until("sentinel to listen", lambda: _listening(sport), 10.0, s)
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sport}/kimmaster/0"
+    m = start_matcher("sentinel-matcher", url, cluster.storage, tmp_path)
+    try:
+        c = await MatcherClient.create(url)
+        try:
+            for i in range(5):
+                resp = await match(c, dataset.mated[i].tobytes())
+                assert resp["status_code"] == 201, resp
+        finally:
+            await c.close()
+        with redis.Redis(port=port) as direct:
+            assert direct.xlen(LABEL) >= 5, "requests went to the master Sentinel named"
+    finally:
+        m.stop()
+        s.stop()
+        r.stop()
