@@ -23,8 +23,9 @@ const FILES: [&str; 3] = ["ids.txt", "vectors.bin", "graph.bin"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The OS error is part of the message, not a `source`, so `{:#}` chains print it once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("no CURRENT snapshot under {0}")]
     NoCurrent(PathBuf),
     #[error("snapshot {id} is corrupt: {reason}")]
@@ -32,7 +33,7 @@ pub enum SnapshotError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
+    move |err| SnapshotError::Io { path: path.to_path_buf(), err }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,7 +47,9 @@ async fn full_storage_fails_the_build_and_the_previous_snapshot_keeps_serving() 
     assert!(!out.status.success(), "the build succeeded with a full disk: {stderr}");
     assert!(stderr.contains("File too large") && stderr.contains("vectors.bin"), "no clear error: {stderr}");
     assert!(out.stdout.is_empty(), "no success line on stdout");
-    eprintln!("build on a full disk: {}", stderr.lines().last().unwrap_or_default());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert_eq!(last.matches("File too large").count(), 1, "the OS error is said once: {last}");
+    eprintln!("build on a full disk: {last}");
 
     assert_eq!(current(&f), before, "CURRENT still names the previous snapshot");
     let snaps = f.storage.join("default/faces/snapshots");

@@ -58,8 +58,8 @@ pub enum EngineError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Persist(#[from] PersistError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("WAL record {lsn} follows {prev}: LSNs must increase")]
     Order { lsn: u64, prev: u64 },
     #[error("index build failed: {0}")]
@@ -119,7 +119,7 @@ impl Engine {
     /// Loads the newest snapshot, replays the WAL after it and starts the writer thread.
     pub fn open(cfg: Config) -> Result<Arc<Engine>, EngineError> {
         let t = Instant::now();
-        std::fs::create_dir_all(&cfg.dir).map_err(|source| EngineError::Io { path: cfg.dir.clone(), source })?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|err| EngineError::Io { path: cfg.dir.clone(), err })?;
         let mut store = Store::new(cfg.dimensions, cfg.metric, cfg.hnsw.ef_search);
         let saved = persist::load_latest(&cfg.dir, store.spec)?;
         let saved_lsn = saved.as_ref().map_or(0, |s| s.lsn);
@@ -159,7 +159,7 @@ impl Engine {
             discarded_bytes: replay.discarded_bytes,
         });
         let e = engine.clone();
-        std::thread::Builder::new().name("kim-wal".into()).spawn(move || e.writer(wal, rx)).map_err(|source| EngineError::Io { path: PathBuf::from("kim-wal thread"), source })?;
+        std::thread::Builder::new().name("kim-wal".into()).spawn(move || e.writer(wal, rx)).map_err(|err| EngineError::Io { path: PathBuf::from("kim-wal thread"), err })?;
         Ok(engine)
     }
 

@@ -21,8 +21,8 @@ const MAGIC: &[u8; 8] = b"KIMSEG01";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: corrupt snapshot: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum PersistError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PersistError + '_ {
-    move |source| PersistError::Io { path: path.to_path_buf(), source }
+    move |err| PersistError::Io { path: path.to_path_buf(), err }
 }
 
 fn name(lsn: u64) -> String {

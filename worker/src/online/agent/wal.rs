@@ -17,14 +17,14 @@ const MAX_BODY: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("{path}: corrupt record at byte {offset} in a sealed segment: {reason}")]
     Corrupt { path: PathBuf, offset: u64, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-    move |source| WalError::Io { path: path.to_path_buf(), source }
+    move |err| WalError::Io { path: path.to_path_buf(), err }
 }
 
 /// One logged change. `lsn` orders all changes of an agent.
