@@ -112,6 +112,12 @@ fn values_change_what_is_rendered() {
     // External Redis: a Secret with the URL; demo Redis: Deployment + Service + Secret pointing there.
     let d = docs(&render(&["--set", "redis.url=rediss://user:pw@redis.example:6380/0"]));
     assert_eq!(find(&d, "Secret", "kim-redis")["stringData"]["url"], "rediss://user:pw@redis.example:6380/0");
+    assert!(find(&d, "Secret", "kim-redis")["stringData"].get("password").is_none(), "no password key unless one is given");
+    // ACL credentials sit beside the URL under the keys spec.redis.auth defaults to.
+    let d = docs(&render(&["--set", "redis.url=rediss://redis.example:6380", "--set", "redis.username=kim", "--set", "redis.password=s3cret"]));
+    let data = &find(&d, "Secret", "kim-redis")["stringData"];
+    let auth: kim_operator::crd::RedisAuth = serde_json::from_value(serde_json::json!({"secretName": "kim-redis"})).unwrap();
+    assert_eq!((data[&auth.username_key].as_str(), data[&auth.password_key].as_str()), (Some("kim"), Some("s3cret")));
     let d = docs(&render(&["--set", "redis.deploy=true"]));
     assert_eq!(find(&d, "Secret", "kim-redis")["stringData"]["url"], "redis://kim-redis.kim-system.svc:6379");
     let redis = find(&d, "Deployment", "kim-redis");
