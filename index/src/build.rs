@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::descriptor::{Encoding, Metric};
+use crate::descriptor::{DescriptorSpec, Encoding, Metric};
 use crate::flat::Graph;
 use crate::hnsw::{self, Space};
-use crate::kernels::{self, prefetch};
+use crate::kernels::{self, prefetch, Kernels};
 use crate::vectors::{Storage, VectorStore};
 use crate::HnswParams;
 
@@ -37,23 +37,20 @@ impl Space for CosineU8<'_> {
     }
 }
 
-struct CosineF32<'a> {
-    rows: &'a [f32],
-    store: &'a VectorStore,
-    dot: fn(&[f32], &[f32]) -> f32,
-}
-
-impl Space for CosineF32<'_> {
-    #[inline]
-    fn dist(&self, a: u32, b: u32) -> f32 {
-        let (a, b, d) = (a as usize, b as usize, self.store.spec.dimensions);
-        1.0 - (self.dot)(&self.rows[a * d..(a + 1) * d], &self.rows[b * d..(b + 1) * d]) * (self.store.inv_norm(a) * self.store.inv_norm(b))
+/// An f32 cosine store quantised for the build only: each row scaled to unit length, then one
+/// scale for all rows so the largest component maps to ±127, stored as u8 with zero point
+/// 128. Graph construction needs the order of distances, not their last digits, and reads a
+/// quarter of the bytes per distance; searches still run on the f32 rows.
+fn quantise_for_build(store: &VectorStore, rows: &[f32]) -> VectorStore {
+    let d = store.spec.dimensions;
+    let max = rows.chunks_exact(d).enumerate().map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i)).fold(0f32, f32::max);
+    let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
+    let mut codes = crate::vectors::huge_capacity(rows.len());
+    for (i, r) in rows.chunks_exact(d).enumerate() {
+        let s = scale * store.inv_norm(i);
+        codes.extend(r.iter().map(|&x| ((x * s).round().clamp(-127.0, 127.0) as i32 + 128) as u8));
     }
-    #[inline]
-    fn prefetch(&self, b: u32) {
-        let d = self.store.spec.dimensions;
-        prefetch(self.rows.as_ptr().wrapping_add(b as usize * d) as *const u8, (4 * d).min(1024));
-    }
+    VectorStore::new(DescriptorSpec::new(store.spec.version, d, Encoding::U8, Metric::Cosine), Storage::Bytes(codes))
 }
 
 /// Every other encoding/metric: the store's own pairwise distance.
@@ -64,6 +61,12 @@ impl Space for Generic<'_> {
         self.0.pair_distance(a as usize, b as usize)
     }
     fn prefetch(&self, _: u32) {}
+}
+
+fn cosine_u8<'a>(store: &'a VectorStore, rows: &'a [u8], k: &Kernels) -> CosineU8<'a> {
+    let shifted: Vec<i8> = rows.iter().map(|&x| (x ^ 0x80) as i8).collect();
+    let sums = shifted.chunks_exact(store.spec.dimensions).map(|r| r.iter().map(|&x| x as i64).sum()).collect();
+    CosineU8 { rows, shifted, sums, store, dot: k.dot_u8_i8 }
 }
 
 /// Builds the graph over all rows of `store` with `threads` worker threads.
@@ -80,13 +83,13 @@ pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, prog
     let spec = &store.spec;
     pool.install(|| match &store.storage {
         Storage::Bytes(rows) if spec.metric == Metric::Cosine && spec.encoding == Encoding::U8 && spec.zero_point == 128 => {
-            let shifted: Vec<i8> = rows.iter().map(|&x| (x ^ 0x80) as i8).collect();
-            let d = spec.dimensions;
-            let sums = shifted.chunks_exact(d).map(|r| r.iter().map(|&x| x as i64).sum()).collect();
-            let space = CosineU8 { rows, shifted, sums, store, dot: k.dot_u8_i8 };
-            Ok(hnsw::build(&space, n, params, progress))
+            Ok(hnsw::build(&cosine_u8(store, rows, k), n, params, progress))
         }
-        Storage::F32(rows) if spec.metric == Metric::Cosine => Ok(hnsw::build(&CosineF32 { rows, store, dot: k.dot_f32 }, n, params, progress)),
+        Storage::F32(rows) if spec.metric == Metric::Cosine => {
+            let q = quantise_for_build(store, rows);
+            let Storage::Bytes(codes) = &q.storage else { unreachable!("quantised store holds bytes") };
+            Ok(hnsw::build(&cosine_u8(&q, codes, k), n, params, progress))
+        }
         _ => Ok(hnsw::build(&Generic(store), n, params, progress)),
     })
 }

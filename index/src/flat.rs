@@ -270,11 +270,28 @@ impl FlatIndex {
                 };
                 self.search_with(dist, |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)), k, ef)
             }
+            (Storage::Split { hi, lo }, Query::F32(qf), Metric::Cosine, _) => {
+                // Walk on the upper halves (bfloat16: half the bytes of each row), then
+                // re-rank everything found with the exact f32 values.
+                let kern = crate::kernels::active();
+                let (approx, exact, qinv) = (kern.dot_bf16_f32, kern.dot_split_f32, p.inv_norm());
+                let rows = |i: u32| i as usize * d..(i as usize + 1) * d;
+                let dist = |i: u32| 1.0 - approx(&hi[rows(i)], qf) * qinv * v.inv_norm(i as usize);
+                let pre = |i: u32| prefetch(hi.as_ptr().wrapping_add(i as usize * d) as *const u8, (2 * d).min(512));
+                let mut hits = self.search_with(dist, pre, ef, ef);
+                for h in &mut hits {
+                    let r = rows(h.row);
+                    h.distance = 1.0 - exact(&hi[r.clone()], &lo[r], qf) * qinv * v.inv_norm(h.row as usize);
+                }
+                sort_hits(&mut hits);
+                hits.truncate(k);
+                hits
+            }
             (storage, ..) => {
-                let width = if matches!(storage, Storage::Bytes(_)) { 1 } else { 4 };
-                let base = match storage {
-                    Storage::Bytes(b) => b.as_ptr(),
-                    Storage::F32(f) => f.as_ptr() as *const u8,
+                let (base, width) = match storage {
+                    Storage::Bytes(b) => (b.as_ptr(), 1),
+                    Storage::F32(f) => (f.as_ptr() as *const u8, 4),
+                    Storage::Split { hi, .. } => (hi.as_ptr() as *const u8, 2),
                 };
                 self.search_with(|i| v.distance(&p, i as usize), |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)), k, ef)
             }
@@ -335,7 +352,7 @@ impl FlatIndex {
             found.pop();
         }
         let mut hits: Vec<Hit> = found.drain().map(|c| Hit { row: c.1, distance: c.0 }).collect();
-        hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.row.cmp(&b.row)));
+        sort_hits(&mut hits);
         hits
     }
 
@@ -353,6 +370,11 @@ impl FlatIndex {
             + g.upper.iter().map(|c| 4 * (c.offsets.len() + c.targets.len())).sum::<usize>();
         self.vectors.bytes_per_vector() as f64 + (graph + self.ids.heap_bytes()) as f64 / n
     }
+}
+
+/// Closest first; ties by row.
+fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.row.cmp(&b.row)));
 }
 
 /// Brute-force k nearest rows of a store.

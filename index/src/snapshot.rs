@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::descriptor::{DescriptorSpec, Encoding};
+use crate::descriptor::{DescriptorSpec, Encoding, Metric};
 use crate::flat::{Csr, FlatIndex, Graph, Ids};
 use crate::vectors::{huge_capacity, Storage, VectorStore};
 use crate::HnswParams;
@@ -153,6 +153,9 @@ pub fn load(dir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError
             let mut v = huge_capacity(vbytes.len());
             v.extend_from_slice(vbytes);
             Storage::Bytes(v)
+        }
+        Encoding::F16 | Encoding::F32 if spec.metric == Metric::Cosine => {
+            Storage::split(vbytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
         }
         Encoding::F16 | Encoding::F32 => {
             let mut v = huge_capacity(vbytes.len() / 4);

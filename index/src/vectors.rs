@@ -5,11 +5,25 @@ use crate::descriptor::{DescriptorSpec, Encoding, Metric, Query};
 use crate::io::Matrix;
 use crate::kernels::{self, Kernels};
 
-/// Row-major vectors. `Bytes` holds u8 (with the spec's zero point) or i8 values.
+/// Row-major vectors. `Bytes` holds u8 (with the spec's zero point) or i8 values. `Split`
+/// holds f32 values as two arrays of 16-bit halves: the same 4 bytes per value, exact, but a
+/// search can walk the graph on the upper halves alone (a bfloat16 copy, half the memory
+/// traffic) and re-rank what it found on both (see [`crate::flat`]). Snapshots of f32 cosine
+/// indices load this way.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
     Bytes(Vec<u8>),
     F32(Vec<f32>),
+    Split { hi: Vec<u16>, lo: Vec<u16> },
+}
+
+impl Storage {
+    /// f32 values, given as their little-endian bits, in the split form.
+    pub fn split(bits: impl ExactSizeIterator<Item = u32>) -> Storage {
+        let (mut hi, mut lo) = (huge_capacity(bits.len()), huge_capacity(bits.len()));
+        kernels::split_f32(bits, &mut hi, &mut lo);
+        Storage::Split { hi, lo }
+    }
 }
 
 /// The vectors of one index plus what the metric needs precomputed (inverse norms for cosine).
@@ -49,6 +63,7 @@ impl VectorStore {
         let len = match &storage {
             Storage::Bytes(b) => b.len() / spec.dimensions,
             Storage::F32(f) => f.len() / spec.dimensions,
+            Storage::Split { hi, .. } => hi.len() / spec.dimensions,
         };
         let mut s = VectorStore { spec, storage, len, inv_norms: Vec::new() };
         if spec.metric == Metric::Cosine {
@@ -68,14 +83,14 @@ impl VectorStore {
         let d = self.spec.dimensions;
         match &self.storage {
             Storage::Bytes(b) => &b[i * d..(i + 1) * d],
-            Storage::F32(_) => panic!("row_bytes on a float store"),
+            Storage::F32(_) | Storage::Split { .. } => panic!("row_bytes on a float store"),
         }
     }
     pub fn row_f32(&self, i: usize) -> &[f32] {
         let d = self.spec.dimensions;
         match &self.storage {
             Storage::F32(f) => &f[i * d..(i + 1) * d],
-            Storage::Bytes(_) => panic!("row_f32 on a byte store"),
+            Storage::Bytes(_) | Storage::Split { .. } => panic!("row_f32 on a byte or split store"),
         }
     }
 
@@ -84,6 +99,7 @@ impl VectorStore {
         match &self.storage {
             Storage::Bytes(b) => b.clone(),
             Storage::F32(f) => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Storage::Split { hi, lo } => hi.iter().zip(lo).flat_map(|(&h, &l)| kernels::join_f32(h, l).to_le_bytes()).collect(),
         }
     }
 
@@ -91,7 +107,7 @@ impl VectorStore {
     pub fn bytes_per_vector(&self) -> usize {
         let data = match &self.storage {
             Storage::Bytes(_) => self.spec.dimensions,
-            Storage::F32(_) => 4 * self.spec.dimensions,
+            Storage::F32(_) | Storage::Split { .. } => 4 * self.spec.dimensions,
         };
         data + if self.inv_norms.is_empty() { 0 } else { 4 }
     }
@@ -106,9 +122,11 @@ impl VectorStore {
     }
 
     fn row_ref(&self, i: usize) -> RowRef<'_> {
+        let r = i * self.spec.dimensions..(i + 1) * self.spec.dimensions;
         match &self.storage {
-            Storage::Bytes(_) => RowRef::Bytes(self.row_bytes(i)),
-            Storage::F32(_) => RowRef::F32(self.row_f32(i)),
+            Storage::Bytes(b) => RowRef::Bytes(&b[r]),
+            Storage::F32(f) => RowRef::F32(&f[r]),
+            Storage::Split { hi, lo } => RowRef::Split(&hi[r.clone()], &lo[r]),
         }
     }
 
@@ -148,7 +166,7 @@ impl VectorStore {
     fn real_scale2(&self) -> f64 {
         match self.storage {
             Storage::Bytes(_) => (self.spec.scale as f64).powi(2),
-            Storage::F32(_) => 1.0,
+            Storage::F32(_) | Storage::Split { .. } => 1.0,
         }
     }
 }
@@ -192,6 +210,19 @@ pub fn similarity(metric: Metric, distance: f32) -> f64 {
 pub enum RowRef<'a> {
     Bytes(&'a [u8]),
     F32(&'a [f32]),
+    /// Upper and lower halves of f32 values ([`Storage::Split`]).
+    Split(&'a [u16], &'a [u16]),
+}
+
+impl RowRef<'_> {
+    /// The f32 values of a float row (joined when split).
+    fn to_f32(self) -> Vec<f32> {
+        match self {
+            RowRef::F32(f) => f.to_vec(),
+            RowRef::Split(h, l) => h.iter().zip(l).map(|(&h, &l)| kernels::join_f32(h, l)).collect(),
+            RowRef::Bytes(_) => panic!("query and rows differ in encoding"),
+        }
+    }
 }
 
 /// A query ready for distance evaluation.
@@ -219,6 +250,8 @@ pub fn raw_dot(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>)
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.dot_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.dot_u8)(a, b, spec.zero_point) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.dot_f32)(a, b) as f64,
+        (RowRef::F32(q), RowRef::Split(h, l)) | (RowRef::Split(h, l), RowRef::F32(q)) => (k.dot_split_f32)(h, l, q) as f64,
+        (a @ RowRef::Split(..), RowRef::Split(h, l)) => (k.dot_split_f32)(h, l, &a.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
 }
@@ -230,6 +263,7 @@ pub fn raw_l2(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>) 
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.l2_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.l2_u8)(a, b) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.l2_f32)(a, b) as f64,
+        (a @ (RowRef::F32(_) | RowRef::Split(..)), b @ RowRef::Split(..)) | (a @ RowRef::Split(..), b @ RowRef::F32(_)) => (k.l2_f32)(&a.to_f32(), &b.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
 }
