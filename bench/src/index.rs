@@ -141,6 +141,9 @@ pub struct SearchArgs {
     /// ...or this many passes ran (the fastest pass counts).
     #[arg(long, default_value_t = 50)]
     pub max_passes: usize,
+    /// Write the result rows of the last ef to this file (one line per query, as `--truth`).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
 }
 
 /// Reads a query file and decodes every row for the index's spec.
@@ -234,6 +237,10 @@ pub fn search(a: &SearchArgs) -> anyhow::Result<Value> {
         // Untimed pass: results for recall, and warms caches for the timed passes.
         let results: Vec<Vec<u32>> = qs.iter().map(|q| index.search(q, a.k, ef).iter().map(|h| h.row).collect()).collect();
         let (r1, rk) = recalls(&results, &truth, a.k);
+        if let Some(path) = a.results.as_deref() {
+            let lines: Vec<String> = results.iter().map(|r| r.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")).collect();
+            std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
+        }
         let m = measure_qps(&index, &qs, a.k, ef, a.min_seconds, a.max_passes);
         let mut row = json!({
             "ef": ef, "recall1": r1, "recall10": rk, "qps": m.qps, "qps_median_pass": m.qps_median_pass, "cpu_qps": m.cpu_qps,

@@ -61,6 +61,9 @@ impl Space for Generic<'_> {
         self.0.pair_distance(a as usize, b as usize)
     }
     fn prefetch(&self, _: u32) {}
+    fn duplicates(&self, d: f32) -> bool {
+        self.0.spec.metric != Metric::Dot && d <= hnsw::DUPLICATE
+    }
 }
 
 fn cosine_u8<'a>(store: &'a VectorStore, rows: &'a [u8], k: &Kernels) -> CosineU8<'a> {

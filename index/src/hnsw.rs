@@ -23,10 +23,25 @@ use crate::HnswParams;
 /// Levels are capped here (a level above 15 needs ~m¹⁵ rows).
 const MAX_LEVEL: u8 = 15;
 
+/// Rows this close (in ordering distance) count as duplicates when links are chosen: exact
+/// copies land here after rounding (cosine of a row with itself is 1 within a few ulp).
+pub(crate) const DUPLICATE: f32 = 1e-6;
+
+enum Verdict {
+    Diverse,
+    Duplicate,
+    Pruned,
+}
+
 /// The distance between rows `a` and `b` (smaller is closer), and a cache hint for row `b`.
 pub trait Space: Sync {
     fn dist(&self, a: u32, b: u32) -> f32;
     fn prefetch(&self, b: u32);
+    /// Whether rows at distance `d` are copies of each other. Only where a row's distance to
+    /// itself is 0 (cosine, l2); never under the dot metric.
+    fn duplicates(&self, d: f32) -> bool {
+        d <= DUPLICATE
+    }
 }
 
 struct Builder<'s, S: Space> {
@@ -116,7 +131,7 @@ impl<S: Space> Builder<'_, S> {
             let mut eps = vec![cur];
             for level in (0..=lq.min(top)).rev() {
                 let found = self.search_layer(s, q, &eps, level);
-                let chosen = self.select(&found, self.cap(level), level);
+                let chosen = self.select(q, &found, self.cap(level), level);
                 for c in &chosen {
                     self.link_back(c.1, q, c.0, level);
                 }
@@ -195,24 +210,49 @@ impl<S: Space> Builder<'_, S> {
     /// the base than to every one kept so far (spreads links over directions), up to `max`.
     /// On layer 0 the rest of the list is then filled with the closest pruned candidates: the
     /// denser bottom layer gives more recall per beam width (as hnsw_rs's layer 0 does).
-    fn select(&self, sorted: &[Cand], max: usize, level: u8) -> Vec<Cand> {
+    ///
+    /// Exact duplicates of a kept link are the exception: the heuristic alone cannot tell them
+    /// apart (every test is a tie), so a group of identical vectors larger than the list would
+    /// fill every member's list with each other and trap searches inside the group. At most
+    /// `max / 4` duplicates are kept and none is used to fill up.
+    fn select(&self, base: u32, sorted: &[Cand], max: usize, level: u8) -> Vec<Cand> {
         let mut kept: Vec<Cand> = Vec::with_capacity(max);
         let mut pruned: Vec<Cand> = Vec::new();
+        let mut duplicates: Vec<Cand> = Vec::new();
+        let budget = max / 4;
         // Layer 0 looks at the closest 2·max only: farther candidates would rarely be kept and
         // each costs a distance to every kept one.
         let scan = if level == 0 { 2 * max } else { sorted.len() };
         for &c in &sorted[..scan.min(sorted.len())] {
-            if kept.len() >= max {
+            if kept.len() + duplicates.len().min(budget) >= max {
                 break;
             }
-            if kept.iter().all(|k| self.space.dist(c.1, k.1) >= c.0) {
-                kept.push(c);
-            } else if level == 0 {
-                pruned.push(c);
+            let mut verdict = Verdict::Diverse;
+            for k in &kept {
+                let d = self.space.dist(c.1, k.1);
+                if self.space.duplicates(d) {
+                    verdict = Verdict::Duplicate;
+                    break;
+                }
+                if d < c.0 {
+                    verdict = Verdict::Pruned;
+                    break;
+                }
+            }
+            match verdict {
+                Verdict::Diverse => kept.push(c),
+                Verdict::Duplicate => duplicates.push(c),
+                Verdict::Pruned if level == 0 => pruned.push(c),
+                Verdict::Pruned => {}
             }
         }
+        // Duplicates nearest in row number: members of a group then link to each other in a
+        // chain, so a search that reaches the group can walk all of it.
+        duplicates.sort_unstable_by_key(|c| c.1.abs_diff(base));
+        kept.extend(duplicates.into_iter().take(budget));
         let room = max - kept.len();
         kept.extend(pruned.into_iter().take(room));
+        kept.sort_unstable();
         kept
     }
 
@@ -229,22 +269,22 @@ impl<S: Space> Builder<'_, S> {
         }
         links.push(Cand(d, q));
         if links.len() > cap + slack {
-            self.prune(&mut links, cap, level);
+            self.prune(e, &mut links, cap, level);
         }
     }
 
-    fn prune(&self, links: &mut Vec<Cand>, cap: usize, level: u8) {
+    fn prune(&self, base: u32, links: &mut Vec<Cand>, cap: usize, level: u8) {
         links.sort_unstable();
-        *links = self.select(links, cap, level);
+        *links = self.select(base, links, cap, level);
     }
 
     /// Re-chooses the layer-0 lists still above their cap.
     fn trim(&self) {
         let cap = self.cap(0);
-        self.layer0.par_iter().for_each(|l| {
+        self.layer0.par_iter().enumerate().for_each(|(e, l)| {
             let mut links = l.lock().expect("link lock");
             if links.len() > cap {
-                self.prune(&mut links, cap, 0);
+                self.prune(e as u32, &mut links, cap, 0);
             }
         });
     }
@@ -286,5 +326,45 @@ mod tests {
         let parallel = build_graph(&store, params, 2, &|_, _, _| {}).unwrap();
         parallel.validate().unwrap();
         assert_eq!(parallel.levels, a.levels, "levels are drawn before insertion");
+    }
+
+    /// A group of identical rows larger than a link list (the same photo enrolled many times,
+    /// a sentence repeated in a corpus) must not trap searches that pass by it.
+    #[test]
+    fn a_large_group_of_duplicates_does_not_trap_searches() {
+        use crate::flat::{exact_search, FlatIndex, Ids};
+        use crate::vectors::Storage;
+        use crate::Query;
+        let (d, mut rng) = (16, crate::rng::SeededRng::new(11));
+        let mut gauss = move || (rng.uniform() - 0.5) as f32;
+        let centre: Vec<f32> = (0..d).map(|_| gauss()).collect();
+        // A point at distance `r` from the group, in a random direction.
+        let mut around = move |r: f32| -> Vec<f32> {
+            let dir: Vec<f32> = (0..d).map(|_| gauss()).collect();
+            let len = dir.iter().map(|x| x * x).sum::<f32>().sqrt();
+            centre.iter().zip(&dir).map(|(c, x)| c + r * x / len).collect()
+        };
+        let mut rows: Vec<f32> = Vec::new();
+        for _ in 0..300 {
+            rows.extend(around(0.0)); // 300 copies of one vector
+        }
+        for _ in 0..3000 {
+            rows.extend(around(0.3)); // a shell around them: every query's true neighbours
+        }
+        let spec = DescriptorSpec::new(1, d, Encoding::F32, Metric::L2);
+        let store = VectorStore::new(spec, Storage::F32(rows));
+        let params = HnswParams { m: 8, ef_construction: 64, ef_search: 64 };
+        let graph = build_graph(&store, params, 1, &|_, _, _| {}).unwrap();
+        let n = store.len();
+        let index = FlatIndex { vectors: store, graph, ids: Ids::from_vec(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>()), ef_search: 64 };
+        let mut total = 0.0;
+        for _ in 0..100 {
+            let q = Query::F32(around(0.3));
+            // Ties make row identity ambiguous (which 10 of 300 copies?): a hit counts when it
+            // is as close as the 10th true neighbour.
+            let worst = exact_search(&index.vectors, &q, 10)[9].distance;
+            total += index.search(&q, 10, 64).iter().filter(|h| h.distance <= worst).count() as f64 / 10.0;
+        }
+        assert!(total / 100.0 >= 0.95, "recall@10 near the group {}", total / 100.0);
     }
 }
