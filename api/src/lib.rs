@@ -94,6 +94,24 @@ impl MatchResponse {
     }
 }
 
+/// The reply JSON, borrowed: the same field order and names as [`MatchResponse`], so
+/// [`write_response_json`] produces exactly the bytes of [`MatchResponse::to_json`].
+#[derive(Serialize)]
+struct ResponseRef<'a, R: Serialize + ?Sized> {
+    rid: &'a str,
+    luna_request_id: &'a str,
+    status_code: u16,
+    result: &'a R,
+    error: Option<&'a MatchError>,
+}
+
+/// Appends a reply to `out` without building a [`MatchResponse`]: `result` serialises as a
+/// sequence of `[id, similarity]` pairs (e.g. `&[(&str, f64)]`, or a type that serialises
+/// hits straight from an index). Byte-for-byte what `to_json` writes for the same values.
+pub fn write_response_json<R: Serialize + ?Sized>(out: &mut Vec<u8>, rid: &str, luna_request_id: &str, status_code: u16, result: &R, error: Option<&MatchError>) {
+    serde_json::to_writer(out, &ResponseRef { rid, luna_request_id, status_code, result, error }).expect("response serialises");
+}
+
 /// One match request as carried in a stream entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatchRequest {
@@ -128,14 +146,28 @@ impl MatchRequest {
 
     /// Parses a stream entry. On failure, returns what is known of where to reply.
     pub fn parse(fields: &HashMap<String, Vec<u8>>) -> Result<MatchRequest, Rejected> {
-        let text = |k: &str| fields.get(k).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_string);
-        let mut rej = Rejected { response_channel: text("response_channel").filter(|c| !c.is_empty()), rid: text("rid").unwrap_or_default(), luna_request_id: text("luna_request_id").unwrap_or_default(), reason: String::new() };
+        MatchRequest::parse_with(|k| fields.get(k).map(Vec::as_slice))
+    }
+
+    /// [`MatchRequest::parse`] over any field lookup (`field(name)` = the value of the entry's
+    /// field `name`, if present), so a reader need not build a map per entry.
+    pub fn parse_with<'a>(field: impl Fn(&str) -> Option<&'a [u8]>) -> Result<MatchRequest, Rejected> {
+        let text = |k: &str| field(k).and_then(|v| std::str::from_utf8(v).ok());
+        let mut rej = Rejected {
+            response_channel: text("response_channel").filter(|c| !c.is_empty()).map(str::to_string),
+            rid: text("rid").unwrap_or_default().to_string(),
+            luna_request_id: text("luna_request_id").unwrap_or_default().to_string(),
+            reason: String::new(),
+        };
         let fail = |mut r: Rejected, reason: String| {
             r.reason = reason;
             Err(r)
         };
-        for k in ["descriptor", "version", "label", "limit", "response_channel", "rid"] {
-            if !fields.contains_key(k) {
+        let Some(descriptor) = field("descriptor") else {
+            return fail(rej, "field \"descriptor\" is missing".into());
+        };
+        for k in ["version", "label", "limit", "response_channel", "rid"] {
+            if field(k).is_none() {
                 return fail(rej, format!("field {k:?} is missing"));
             }
         }
@@ -147,7 +179,7 @@ impl MatchRequest {
             Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as u32,
             _ => return fail(rej, format!("field \"limit\" must be an integer in 1..={MAX_LIMIT}")),
         };
-        let deadline = match fields.get("deadline") {
+        let deadline = match field("deadline") {
             None => None,
             Some(_) => match number("deadline") {
                 Some(d) => Some(d),
@@ -157,17 +189,17 @@ impl MatchRequest {
         let Some(label) = text("label").filter(|l| !l.is_empty()) else {
             return fail(rej, "field \"label\" must be non-empty UTF-8".into());
         };
-        let Some(response_channel) = rej.response_channel.clone() else {
+        let Some(response_channel) = rej.response_channel.take() else {
             return fail(rej, "field \"response_channel\" must be non-empty UTF-8".into());
         };
         if rej.rid.is_empty() {
-            rej.rid = String::new();
+            rej.response_channel = Some(response_channel);
             return fail(rej, "field \"rid\" must be non-empty UTF-8".into());
         }
         Ok(MatchRequest {
-            descriptor: fields["descriptor"].clone(),
+            descriptor: descriptor.to_vec(),
             version,
-            label,
+            label: label.to_string(),
             limit,
             response_channel,
             luna_request_id: rej.luna_request_id,
@@ -303,6 +335,34 @@ mod tests {
         assert_eq!(e.status_code, 400);
         assert_eq!(e.error.as_ref().unwrap().error_code, 26305);
         assert!(e.error.unwrap().link.ends_with("#26305"));
+    }
+
+    #[test]
+    fn borrowed_reply_json_is_byte_identical() {
+        let hits = vec![("face-1\"\\x".to_string(), 0.851_123_456_789), ("é,ü".into(), 1.0), ("0".into(), 0.0), ("n".into(), 1e-7)];
+        let ok = MatchResponse::ok("r\n", "1763800000,abc", hits.clone());
+        let borrowed: Vec<(&str, f64)> = hits.iter().map(|(i, s)| (i.as_str(), *s)).collect();
+        let mut out = b"prefix".to_vec();
+        write_response_json(&mut out, "r\n", "1763800000,abc", STATUS_OK, &borrowed[..], None);
+        assert_eq!(&out[6..], ok.to_json().as_bytes());
+        for code in ErrorCode::all() {
+            let e = MatchResponse::failed("r", "", code, "detail \"quoted\"");
+            let mut out = Vec::new();
+            write_response_json(&mut out, "r", "", code.status(), &[] as &[(&str, f64)], e.error.as_ref());
+            assert_eq!(out, e.to_json().into_bytes());
+        }
+    }
+
+    #[test]
+    fn parse_with_matches_parse() {
+        let r = req();
+        let mut m = as_map(&r);
+        assert_eq!(MatchRequest::parse_with(|k| m.get(k).map(Vec::as_slice)), MatchRequest::parse(&m));
+        m.insert("rid".into(), Vec::new());
+        let e = MatchRequest::parse(&m).unwrap_err();
+        assert_eq!((e.response_channel.as_deref(), e.rid.as_str()), (Some("ch"), ""));
+        m.remove("descriptor");
+        assert!(MatchRequest::parse(&m).unwrap_err().reason.contains("\"descriptor\" is missing"));
     }
 
     #[test]

@@ -53,8 +53,12 @@ impl Metrics {
         Metrics { registry, requests, latency, batch, vectors, snapshot, rejected }
     }
 
-    pub fn request(&self, label: &str, status: u16, waited_secs: Option<f64>) {
-        self.requests.get_or_create(&RequestLabels { label: label.to_string(), status }).inc();
+    /// `n` requests of `label` answered with `status`.
+    pub fn requests(&self, label: &str, status: u16, n: u64) {
+        self.requests.get_or_create(&RequestLabels { label: label.to_string(), status }).inc_by(n);
+    }
+    /// One request's time from XADD to reply, when known.
+    pub fn latency(&self, waited_secs: Option<f64>) {
         if let Some(s) = waited_secs {
             self.latency.observe(s);
         }

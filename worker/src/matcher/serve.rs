@@ -4,43 +4,115 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kim_api::{ErrorCode, MatchRequest, MatchResponse, GROUP};
+use kim_api::{ErrorCode, MatchError, MatchRequest, MatchResponse, GROUP};
+use kim_index::flat::Ids;
 use kim_index::vectors::similarity;
-use kim_index::DecodeError;
+use kim_index::{DecodeError, Hit, Metric};
 use rayon::prelude::*;
 use kim_redis::{Backoff, Conn};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions};
+use redis::Value;
 
 use super::{registry, Loaded, Matcher};
 
-/// One stream entry of a label.
+/// One stream entry of a label. The field names and values are moved out of the Redis reply,
+/// not copied, and kept as a list (an entry has a handful of fields; no map per entry).
 struct Entry {
-    label: String,
+    label: Arc<str>,
     id: String,
-    fields: HashMap<String, Vec<u8>>,
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Entry {
-    fn new(label: &str, s: StreamId) -> Entry {
-        let fields = s
-            .map
-            .into_iter()
-            .map(|(k, v)| {
-                let bytes = match v {
-                    redis::Value::BulkString(b) => b,
-                    redis::Value::SimpleString(s) => s.into_bytes(),
-                    other => format!("{other:?}").into_bytes(),
-                };
-                (k, bytes)
-            })
-            .collect();
-        Entry { label: label.to_string(), id: s.id, fields }
+    fn from_stream_id(label: &Arc<str>, s: StreamId) -> Entry {
+        let fields = s.map.into_iter().map(|(k, v)| (k.into_bytes(), value_bytes(v))).collect();
+        Entry { label: label.clone(), id: s.id, fields }
+    }
+
+    /// The value of field `name`; when a name repeats, the last one counts (as in a map
+    /// built from the entry).
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields.iter().rev().find(|(k, _)| k.as_slice() == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
 
     /// Milliseconds part of the entry id: when the client added it.
     fn added_ms(&self) -> Option<u64> {
         self.id.split('-').next()?.parse().ok()
     }
+}
+
+/// The bytes of a field name or value as the reader keeps them.
+fn value_bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+fn reply_error(what: &str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected XREADGROUP reply", what.to_string()))
+}
+
+/// Key/value pairs of a map-shaped reply: a RESP3 map, or a RESP2 array of alternating keys
+/// and values; nil is empty.
+fn pairs(v: Value) -> redis::RedisResult<Vec<(Value, Value)>> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(kv) => Ok(kv),
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(reply_error("odd number of items in a key/value list"));
+            }
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+        _ => Err(reply_error("expected a key/value list")),
+    }
+}
+
+/// Items of an array-shaped reply (a RESP3 map counts as its pairs, one item each); nil is empty.
+fn items(v: Value) -> redis::RedisResult<Vec<Value>> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Map(kv) => Ok(kv.into_iter().map(|kv| Value::Map(vec![kv])).collect()),
+        _ => Err(reply_error("expected an array")),
+    }
+}
+
+fn text(v: Value) -> redis::RedisResult<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|_| reply_error("stream key or entry id is not UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        _ => Err(reply_error("expected a stream key or entry id")),
+    }
+}
+
+/// Entries of an `XREADGROUP` reply, per stream key in reply order, each `(key, entries)`.
+/// The same shapes the `redis` crate's `StreamReadReply` accepts (RESP2 arrays, RESP3 maps, a
+/// nil reply when the block timed out, nil fields for an entry deleted while pending), without
+/// its per-entry `HashMap<String, Value>`.
+fn parse_read_reply(v: Value) -> redis::RedisResult<Vec<(String, Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>)>> {
+    let mut out = Vec::new();
+    for stream in items(v)? {
+        for (key, entries) in pairs(stream)? {
+            let key = text(key)?;
+            let mut list = Vec::new();
+            for entry in items(entries)? {
+                for (id, fields) in pairs(entry)? {
+                    let fields = pairs(fields)?.into_iter().map(|(k, v)| (value_bytes(k), value_bytes(v))).collect();
+                    list.push((text(id)?, fields));
+                }
+            }
+            out.push((key, list));
+        }
+    }
+    Ok(out)
 }
 
 /// Creates the label's consumer group (and stream) if missing.
@@ -78,9 +150,9 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
         if !recovering {
             opts = opts.block(m.args.block.as_millis() as usize);
         }
-        let read = redis::AsyncCommands::xread_options(&mut reader, &keys, &ids, &opts);
+        let read = redis::AsyncCommands::xread_options::<_, _, Value>(&mut reader, &keys, &ids, &opts);
         // The command is queued on the connection once polled; mark readiness just after.
-        let reply: redis::RedisResult<StreamReadReply> = {
+        let reply: redis::RedisResult<Value> = {
             tokio::pin!(read);
             match futures::poll!(read.as_mut()) {
                 std::task::Poll::Ready(r) => r,
@@ -91,7 +163,7 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
             }
         };
         m.reading.store(true, std::sync::atomic::Ordering::SeqCst);
-        match reply {
+        match reply.and_then(parse_read_reply) {
             Ok(reply) => {
                 backoff.reset();
                 if failed {
@@ -100,20 +172,17 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
                     registry::register(&m, &mut conn).await;
                 }
                 if recovering {
-                    for k in &reply.keys {
-                        if let Some(last) = k.ids.last() {
-                            after.insert(k.key.clone(), last.id.clone());
+                    for (key, ids) in &reply {
+                        if let Some((last, _)) = ids.last() {
+                            after.insert(key.clone(), last.clone());
                         }
                     }
                 }
-                let entries: Vec<Entry> = reply
-                    .keys
-                    .into_iter()
-                    .flat_map(|k| {
-                        let label = k.key.strip_prefix(m.args.prefix.as_str()).unwrap_or(&k.key).to_string();
-                        k.ids.into_iter().map(move |s| Entry::new(&label, s))
-                    })
-                    .collect();
+                let mut entries: Vec<Entry> = Vec::with_capacity(reply.iter().map(|(_, ids)| ids.len()).sum());
+                for (key, ids) in reply {
+                    let label: Arc<str> = key.strip_prefix(m.args.prefix.as_str()).unwrap_or(&key).into();
+                    entries.extend(ids.into_iter().map(|(id, fields)| Entry { label: label.clone(), id, fields }));
+                }
                 if entries.is_empty() {
                     recovering = false;
                     after.clear();
@@ -172,7 +241,8 @@ pub async fn claim_loop(m: Arc<Matcher>, mut conn: Conn) {
                 };
                 if !reply.claimed.is_empty() {
                     tracing::info!(label, entries = reply.claimed.len(), "claimed entries abandoned by another consumer");
-                    let entries = reply.claimed.into_iter().map(|s| Entry::new(&label, s)).collect();
+                    let label: Arc<str> = label.as_str().into();
+                    let entries = reply.claimed.into_iter().map(|s| Entry::from_stream_id(&label, s)).collect();
                     if !answer(&m, &mut conn, entries).await {
                         break;
                     }
@@ -192,8 +262,23 @@ enum Work {
     Search(MatchRequest, Arc<Loaded>),
 }
 
-fn triage(m: &Matcher, e: &Entry, now_ms: u64) -> Work {
-    let req = match MatchRequest::parse(&e.fields) {
+/// The snapshot each label of a batch is searched in, looked up once per label and batch.
+#[derive(Default)]
+struct BatchLabels(Vec<(Arc<str>, Option<Arc<Loaded>>)>);
+
+impl BatchLabels {
+    fn get(&mut self, m: &Matcher, label: &Arc<str>) -> Option<Arc<Loaded>> {
+        if let Some((_, l)) = self.0.iter().find(|(name, _)| Arc::ptr_eq(name, label) || **name == **label) {
+            return l.clone();
+        }
+        let l = m.served(label).map(|s| s.current.load_full());
+        self.0.push((label.clone(), l.clone()));
+        l
+    }
+}
+
+fn triage(m: &Matcher, labels: &mut BatchLabels, e: &Entry, now_ms: u64) -> Work {
+    let req = match MatchRequest::parse_with(|k| e.field(k)) {
         Ok(r) => r,
         Err(rej) => {
             if rej.response_channel.is_none() {
@@ -204,42 +289,88 @@ fn triage(m: &Matcher, e: &Entry, now_ms: u64) -> Work {
         }
     };
     let fail = |code: ErrorCode, detail: String| Work::Reply(Some(req.response_channel.clone()), MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail));
-    if req.label != e.label {
+    if req.label != *e.label {
         return fail(ErrorCode::ValidationFailed, format!("label field {:?} differs from stream label {:?}", req.label, e.label));
     }
     if req.deadline.is_some_and(|d| d <= now_ms) {
         return fail(ErrorCode::Timeout, "deadline passed before the search started".into());
     }
-    match m.served(&e.label) {
-        Some(s) => Work::Search(req, s.current.load_full()),
+    match labels.get(m, &e.label) {
+        Some(loaded) => Work::Search(req, loaded),
         None => fail(ErrorCode::IndexNotFound, format!("this matcher does not serve label {:?}", e.label)),
     }
 }
 
-/// Decodes and searches one request; never panics.
-pub fn search_one(req: &MatchRequest, loaded: &Loaded) -> MatchResponse {
-    let spec = loaded.index.vectors.spec;
-    let q = match spec.decode(&req.descriptor, req.version) {
-        Ok(q) => q,
-        Err(e @ DecodeError::VersionMismatch { .. }) => return MatchResponse::failed(&req.rid, &req.luna_request_id, ErrorCode::VersionMismatch, e.to_string()),
-        Err(e) => return MatchResponse::failed(&req.rid, &req.luna_request_id, ErrorCode::DecodeFailed, e.to_string()),
-    };
-    let searched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
-    match searched {
-        Ok(hits) => {
-            let ids = &loaded.index.ids;
-            let result = hits.iter().map(|h| (ids.get(h.row as usize).to_string(), similarity(spec.metric, h.distance))).collect();
-            MatchResponse::ok(&req.rid, &req.luna_request_id, result)
-        }
-        Err(_) => MatchResponse::failed(&req.rid, &req.luna_request_id, ErrorCode::SearchFailed, "internal error during search".to_string()),
+/// Search hits as the reply's `result`: `[[id, similarity], ...]`, serialised straight from
+/// the index (no `String` per id).
+struct HitsJson<'a> {
+    hits: &'a [Hit],
+    ids: &'a Ids,
+    metric: Metric,
+}
+
+impl serde::Serialize for HitsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.hits.iter().map(|h| (self.ids.get(h.row as usize), similarity(self.metric, h.distance))))
     }
 }
 
-/// A finished answer to entry number `entry` of the batch.
+/// A finished answer to entry number `entry` of the batch: the reply JSON and what the
+/// metrics and logs need.
 struct Reply {
     entry: usize,
     channel: Option<String>,
-    resp: MatchResponse,
+    json: Vec<u8>,
+    status_code: u16,
+    rid: String,
+    luna_request_id: String,
+    hits: usize,
+    error: Option<MatchError>,
+}
+
+impl Reply {
+    fn from_response(entry: usize, channel: Option<String>, resp: MatchResponse) -> Reply {
+        let json = resp.to_json().into_bytes();
+        Reply { entry, channel, json, status_code: resp.status_code, rid: resp.rid, luna_request_id: resp.luna_request_id, hits: resp.result.len(), error: resp.error }
+    }
+}
+
+/// Decodes and searches one request and writes its reply; never panics.
+fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
+    let spec = loaded.index.vectors.spec;
+    let failed = |code: ErrorCode, detail: String| Reply::from_response(entry, Some(req.response_channel.clone()), MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail));
+    let q = match spec.decode(&req.descriptor, req.version) {
+        Ok(q) => q,
+        Err(e @ DecodeError::VersionMismatch { .. }) => return failed(ErrorCode::VersionMismatch, e.to_string()),
+        Err(e) => return failed(ErrorCode::DecodeFailed, e.to_string()),
+    };
+    let searched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
+    let Ok(hits) = searched else {
+        return failed(ErrorCode::SearchFailed, "internal error during search".to_string());
+    };
+    let mut json = Vec::with_capacity(128 + 40 * hits.len());
+    let result = HitsJson { hits: &hits, ids: &loaded.index.ids, metric: spec.metric };
+    kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, &result, None);
+    Reply { entry, channel: Some(req.response_channel), json, status_code: kim_api::STATUS_OK, rid: req.rid, luna_request_id: req.luna_request_id, hits: hits.len(), error: None }
+}
+
+/// Searches on the rayon pool (the search threads) and hands the replies back; `None` when
+/// the search task died, so its entries stay pending for a retry.
+async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>) -> Option<Vec<Reply>> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    rayon::spawn(move || {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            searches.into_par_iter().map(|(entry, req, loaded)| search_reply(entry, req, &loaded)).collect::<Vec<_>>()
+        }));
+        tx.send(done).ok();
+    });
+    match rx.await {
+        Ok(Ok(replies)) => Some(replies),
+        Ok(Err(_)) | Err(_) => {
+            tracing::error!("search task failed; its entries stay pending for a retry");
+            None
+        }
+    }
 }
 
 /// Answers a batch: searches in parallel, then one pipeline of PUBLISH + XACK. Entries without
@@ -249,34 +380,28 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
     let now_ms = kim_api::unix_ms();
     m.metrics.batch(entries.len());
     let mut replies = Vec::with_capacity(entries.len());
-    let mut searches = Vec::new();
+    let mut searches = Vec::with_capacity(entries.len());
+    let mut labels = BatchLabels::default();
     for (i, e) in entries.iter().enumerate() {
-        match triage(m, e, now_ms) {
-            Work::Reply(channel, resp) => replies.push(Reply { entry: i, channel, resp }),
+        match triage(m, &mut labels, e, now_ms) {
+            Work::Reply(channel, resp) => replies.push(Reply::from_response(i, channel, resp)),
             Work::Search(req, loaded) => searches.push((i, req, loaded)),
         }
     }
+    drop(labels);
     if !searches.is_empty() {
-        let done = tokio::task::spawn_blocking(move || {
-            searches
-                .into_par_iter()
-                .map(|(entry, req, loaded)| Reply { entry, resp: search_one(&req, &loaded), channel: Some(req.response_channel) })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        match done {
-            Ok(mut r) => replies.append(&mut r),
-            Err(e) => tracing::error!(error = %e, "search task failed; its entries stay pending for a retry"),
+        if let Some(mut r) = search_batch(searches).await {
+            replies.append(&mut r);
         }
     }
     let mut pipe = redis::pipe();
     let mut acks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &replies {
         if let Some(ch) = &r.channel {
-            pipe.cmd("PUBLISH").arg(ch).arg(r.resp.to_json()).ignore();
+            pipe.cmd("PUBLISH").arg(ch).arg(&r.json[..]).ignore();
         }
         let e = &entries[r.entry];
-        acks.entry(e.label.as_str()).or_default().push(e.id.as_str());
+        acks.entry(&e.label).or_default().push(e.id.as_str());
     }
     for (label, ids) in &acks {
         pipe.cmd("XACK").arg(kim_api::stream_key(&m.args.prefix, label)).arg(GROUP).arg(ids).ignore();
@@ -286,14 +411,85 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
         return false;
     }
     let now = kim_api::unix_ms();
+    // Counters once per (label, status) of the batch; latencies per request.
+    let mut counts: HashMap<(&str, u16), u64> = HashMap::new();
     for r in &replies {
         let e = &entries[r.entry];
         let waited = e.added_ms().map(|t| now.saturating_sub(t) as f64 / 1000.0);
-        m.metrics.request(&e.label, r.resp.status_code, waited);
-        match &r.resp.error {
-            None => tracing::debug!(rid = %r.resp.rid, luna_request_id = %r.resp.luna_request_id, label = %e.label, hits = r.resp.result.len(), "matched"),
-            Some(err) => tracing::info!(rid = %r.resp.rid, luna_request_id = %r.resp.luna_request_id, label = %e.label, error_code = err.error_code, detail = %err.detail, "request failed"),
+        m.metrics.latency(waited);
+        *counts.entry((&e.label, r.status_code)).or_default() += 1;
+        match &r.error {
+            None => tracing::debug!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, hits = r.hits, "matched"),
+            Some(err) => tracing::info!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, error_code = err.error_code, detail = %err.detail, "request failed"),
         }
     }
+    for ((label, status), n) in counts {
+        m.metrics.requests(label, status, n);
+    }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::streams::StreamReadReply;
+    use redis::FromRedisValue;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    /// What the reader made of a reply before: the `redis` crate's `StreamReadReply`, fields
+    /// turned into bytes the same way.
+    fn via_crate(v: &Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
+        let r = StreamReadReply::from_redis_value(v).unwrap();
+        r.keys.into_iter().map(|k| (k.key, k.ids.into_iter().map(|s| (s.id, s.map.into_iter().map(|(k, v)| (k.into_bytes(), value_bytes(v))).collect())).collect())).collect()
+    }
+
+    fn ours(v: Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
+        parse_read_reply(v).unwrap().into_iter().map(|(k, ids)| (k, ids.into_iter().map(|(id, f)| (id, f.into_iter().collect())).collect())).collect()
+    }
+
+    #[test]
+    fn read_reply_parses_as_the_redis_crate_does() {
+        let entry = |id: &str, fields: &[(&[u8], &[u8])]| Value::Array(vec![bulk(id.as_bytes()), Value::Array(fields.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect())]);
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![bulk(b"faces"), Value::Array(vec![entry("1-0", &[(b"descriptor", &[0, 255, 7]), (b"rid", b"r1")]), entry("1-1", &[(b"rid", b"a"), (b"rid", b"b")])])]),
+            Value::Array(vec![bulk(b"p:cars"), Value::Array(vec![Value::Array(vec![bulk(b"2-0"), Value::Nil]), entry("2-1", &[])])]),
+            Value::Array(vec![bulk(b"empty"), Value::Array(vec![])]),
+        ]);
+        assert_eq!(ours(resp2.clone()), via_crate(&resp2));
+        assert_eq!(ours(resp2.clone())[0].1[1].1[&b"rid".to_vec()], b"b", "a repeated field: the last one counts");
+        let resp3 = Value::Map(vec![(bulk(b"faces"), Value::Array(vec![entry("1-0", &[(b"limit", b"3")])])), (bulk(b"cars"), Value::Array(vec![]))]);
+        assert_eq!(ours(resp3.clone()), via_crate(&resp3));
+        assert_eq!(ours(Value::Nil), via_crate(&Value::Nil));
+        // A field name that is not UTF-8 fails the crate's whole reply (and so every later
+        // read of the stream); here it is one more field the request parser ignores.
+        let odd = Value::Array(vec![Value::Array(vec![bulk(b"faces"), Value::Array(vec![entry("3-0", &[(b"\xff", b"x"), (b"rid", b"r")])])])]);
+        assert!(StreamReadReply::from_redis_value(&odd).is_err());
+        assert_eq!(ours(odd)[0].1[0].1.len(), 2);
+        assert!(parse_read_reply(Value::Int(3)).is_err());
+        assert!(parse_read_reply(Value::Array(vec![Value::Array(vec![bulk(b"k")])])).is_err());
+    }
+
+    #[test]
+    fn entry_fields_last_wins_and_bytes_are_kept() {
+        let e = Entry { label: "l".into(), id: "5-1".into(), fields: vec![(b"rid".to_vec(), b"a".to_vec()), (b"x\xff".to_vec(), vec![1]), (b"rid".to_vec(), b"b".to_vec())] };
+        assert_eq!(e.field("rid"), Some(&b"b"[..]));
+        assert_eq!(e.field("limit"), None);
+        assert_eq!(e.added_ms(), Some(5));
+    }
+
+    #[test]
+    fn hits_serialise_like_the_owned_result() {
+        let ids = Ids::from_vec(&["a\"b".to_string(), "face-0002094-0".to_string(), "ü".to_string()]);
+        let hits = [Hit { row: 1, distance: 0.297_8 }, Hit { row: 0, distance: 0.5 }, Hit { row: 2, distance: f32::NAN }];
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let owned: Vec<(String, f64)> = hits.iter().map(|h| (ids.get(h.row as usize).to_string(), similarity(metric, h.distance))).collect();
+            let want = MatchResponse::ok("rid", "1,x", owned).to_json();
+            let mut got = Vec::new();
+            kim_api::write_response_json(&mut got, "rid", "1,x", kim_api::STATUS_OK, &HitsJson { hits: &hits, ids: &ids, metric }, None);
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+        }
+    }
 }
