@@ -342,3 +342,44 @@ fn index_rejects_bad_input_and_keeps_current() {
     assert!(err.contains("nonexistent"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("CURRENT")).unwrap(), before, "CURRENT untouched by failed builds");
 }
+
+/// An f32 cosine snapshot is served from its split layout (the graph walked on the upper 16
+/// bits of each value, the candidates re-ranked on all 32): through Redis, every similarity
+/// must equal the one computed from the exact f32 vectors, and recall must hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f32_index_answers_with_exact_similarities() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, storage) = (dir.path().join("data"), dir.path().join("storage"));
+    let d = |n: &str| data.join(n).to_str().unwrap().to_string();
+    worker(&["gen", "--out", data.to_str().unwrap(), "--identities", "2000", "--samples", "4", "--encoding", "f32", "--mated-probes", "100", "--nonmated-probes", "100"]);
+    worker(&["index", "--label", "faces", "--storage", storage.to_str().unwrap(), "--source", &d("base.npy"), "--ids", &d("ids.txt"), "--version", "59", "--encoding", "f32", "--threads", "2"]);
+    let redis = Redis::start(dir.path());
+    let mut m = Matcher::start("m1", dir.path(), &storage, &redis, &[]);
+    m.wait_ready();
+    let client = Client::connect(&redis.url()).await.unwrap();
+
+    let spec = kim_index::DescriptorSpec::new(59, 512, kim_index::Encoding::F32, kim_index::Metric::Cosine);
+    let store = kim_index::VectorStore::from_matrix(&spec, &kim_index::Matrix::read(&data.join("base.npy")).unwrap()).unwrap();
+    let ids: Vec<String> = std::fs::read_to_string(data.join("ids.txt")).unwrap().lines().map(str::to_string).collect();
+    let row_of: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let (mut found, mut total) = (0usize, 0usize);
+    for set in ["mated", "nonmated"] {
+        let probes = kim_index::Matrix::read(&data.join(format!("{set}.npy"))).unwrap();
+        let truth: Vec<String> = std::fs::read_to_string(data.join(format!("{set}_truth.txt"))).unwrap().lines().map(str::to_string).collect();
+        for i in 0..probes.rows {
+            let r = client.match_descriptor(req(probes.row(i).to_vec(), "faces", 10)).await.unwrap();
+            assert_eq!(r.status_code, 201, "{r:?}");
+            let q = spec.decode(probes.row(i), 59).unwrap();
+            let p = store.prepare(&q);
+            for (id, sim) in &r.result {
+                let want = kim_index::vectors::similarity(spec.metric, store.distance(&p, row_of[id.as_str()]));
+                assert_eq!(*sim, want, "{set} probe {i}, {id}: similarity from the exact f32 distance");
+            }
+            found += truth[i].split(' ').filter(|t| r.result.iter().any(|(id, _)| id == t)).count();
+            total += 10;
+        }
+    }
+    let recall = found as f64 / total as f64;
+    eprintln!("f32 recall@10 through redis: {recall:.4}");
+    assert!(recall >= 0.95, "recall {recall}");
+}
