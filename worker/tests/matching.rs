@@ -354,7 +354,7 @@ async fn f32_index_answers_with_exact_similarities() {
     worker(&["gen", "--out", data.to_str().unwrap(), "--identities", "2000", "--samples", "4", "--encoding", "f32", "--mated-probes", "100", "--nonmated-probes", "100"]);
     worker(&["index", "--label", "faces", "--storage", storage.to_str().unwrap(), "--source", &d("base.npy"), "--ids", &d("ids.txt"), "--version", "59", "--encoding", "f32", "--threads", "2"]);
     let redis = Redis::start(dir.path());
-    let mut m = Matcher::start("m1", dir.path(), &storage, &redis, &[]);
+    let m = Matcher::start("m1", dir.path(), &storage, &redis, &[]);
     m.wait_ready();
     let client = Client::connect(&redis.url()).await.unwrap();
 
