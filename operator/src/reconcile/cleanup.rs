@@ -51,13 +51,24 @@ async fn delete_children(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<
     Ok(())
 }
 
-/// One key of a Secret in `ns`; `optional` turns a missing key into None.
-async fn secret_key(ctx: &Context, ns: &str, name: &str, key: &str, optional: bool) -> Result<Option<Vec<u8>>> {
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get(name).await?;
-    match secret.data.as_ref().and_then(|d| d.get(key)) {
-        Some(b) => Ok(Some(b.0.clone())),
-        None if optional => Ok(None),
-        None => Err(Error::Other(format!("secret {name} has no key {key}"))),
+/// The keys of one Secret in `ns` (read once however many keys are used).
+struct SecretData {
+    name: String,
+    data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+}
+
+impl SecretData {
+    async fn get(ctx: &Context, ns: &str, name: &str) -> Result<SecretData> {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get(name).await?;
+        Ok(SecretData { name: name.to_string(), data: secret.data.unwrap_or_default() })
+    }
+
+    fn optional(&self, key: &str) -> Option<Vec<u8>> {
+        self.data.get(key).map(|b| b.0.clone())
+    }
+
+    fn required(&self, key: &str) -> Result<Vec<u8>> {
+        self.optional(key).ok_or_else(|| Error::Other(format!("secret {} has no key {key}", self.name)))
     }
 }
 
@@ -71,21 +82,21 @@ async fn redis_target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim
     let r = &mi.spec.redis;
     let url = match (&r.url, &r.secret_ref) {
         (Some(u), _) => u.clone(),
-        (None, Some(s)) => utf8(secret_key(ctx, ns, &s.name, &s.key, false).await?.expect("required"), "redis URL in secret")?,
+        (None, Some(s)) => utf8(SecretData::get(ctx, ns, &s.name).await?.required(&s.key)?, "redis URL in secret")?,
         (None, None) => return Err(Error::Other("no redis settings".into())),
     };
     let mut creds = kim_redis::Credentials::default();
     if let Some(a) = &r.auth {
-        creds.username = secret_key(ctx, ns, &a.secret_name, &a.username_key, true).await?.map(|b| utf8(b, "redis user name")).transpose()?;
-        creds.password = Some(utf8(secret_key(ctx, ns, &a.secret_name, &a.password_key, false).await?.expect("required"), "redis password")?);
+        let secret = SecretData::get(ctx, ns, &a.secret_name).await?;
+        creds.username = secret.optional(&a.username_key).map(|b| utf8(b, "redis user name")).transpose()?;
+        creds.password = Some(utf8(secret.required(&a.password_key)?, "redis password")?);
     }
     let (mut ca, mut client) = (None, None);
     if let Some(t) = &r.tls {
-        ca = secret_key(ctx, ns, &t.secret_name, "ca.crt", false).await?;
+        let secret = SecretData::get(ctx, ns, &t.secret_name).await?;
+        ca = Some(secret.required("ca.crt")?);
         if t.client_certificate {
-            let cert = secret_key(ctx, ns, &t.secret_name, "tls.crt", false).await?.expect("required");
-            let key = secret_key(ctx, ns, &t.secret_name, "tls.key", false).await?.expect("required");
-            client = Some((cert, key));
+            client = Some((secret.required("tls.crt")?, secret.required("tls.key")?));
         }
     }
     kim_redis::Target::from_parts(&url, creds, ca, client).map_err(|e| Error::Other(e.to_string()))
