@@ -84,10 +84,22 @@ pub struct MatchResponse {
 
 impl MatchResponse {
     pub fn ok(rid: &str, luna_request_id: &str, result: Vec<(String, f64)>) -> Self {
-        MatchResponse { rid: rid.into(), luna_request_id: luna_request_id.into(), status_code: STATUS_OK, result, error: None }
+        MatchResponse {
+            rid: rid.into(),
+            luna_request_id: luna_request_id.into(),
+            status_code: STATUS_OK,
+            result,
+            error: None,
+        }
     }
     pub fn failed(rid: &str, luna_request_id: &str, code: ErrorCode, detail: impl Into<String>) -> Self {
-        MatchResponse { rid: rid.into(), luna_request_id: luna_request_id.into(), status_code: code.status(), result: Vec::new(), error: Some(code.error(detail)) }
+        MatchResponse {
+            rid: rid.into(),
+            luna_request_id: luna_request_id.into(),
+            status_code: code.status(),
+            result: Vec::new(),
+            error: Some(code.error(detail)),
+        }
     }
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("response serialises")
@@ -108,8 +120,16 @@ struct ResponseRef<'a, R: Serialize + ?Sized> {
 /// Appends a reply to `out` without building a [`MatchResponse`]: `result` serialises as a
 /// sequence of `[id, similarity]` pairs (e.g. `&[(&str, f64)]`, or a type that serialises
 /// hits straight from an index). Byte-for-byte what `to_json` writes for the same values.
-pub fn write_response_json<R: Serialize + ?Sized>(out: &mut Vec<u8>, rid: &str, luna_request_id: &str, status_code: u16, result: &R, error: Option<&MatchError>) {
-    serde_json::to_writer(out, &ResponseRef { rid, luna_request_id, status_code, result, error }).expect("response serialises");
+pub fn write_response_json<R: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    rid: &str,
+    luna_request_id: &str,
+    status_code: u16,
+    result: &R,
+    error: Option<&MatchError>,
+) {
+    serde_json::to_writer(out, &ResponseRef { rid, luna_request_id, status_code, result, error })
+        .expect("response serialises");
 }
 
 /// One match request as carried in a stream entry.
@@ -330,7 +350,10 @@ mod tests {
     fn response_json_shape() {
         let ok = MatchResponse::ok("r", "l", vec![("a".into(), 0.5)]);
         let v: serde_json::Value = serde_json::from_str(&ok.to_json()).unwrap();
-        assert_eq!(v, serde_json::json!({"rid":"r","luna_request_id":"l","status_code":201,"result":[["a",0.5]],"error":null}));
+        assert_eq!(
+            v,
+            serde_json::json!({"rid":"r","luna_request_id":"l","status_code":201,"result":[["a",0.5]],"error":null})
+        );
         let e = MatchResponse::failed("r", "l", ErrorCode::VersionMismatch, "d");
         assert_eq!(e.status_code, 400);
         assert_eq!(e.error.as_ref().unwrap().error_code, 26305);
@@ -339,7 +362,12 @@ mod tests {
 
     #[test]
     fn borrowed_reply_json_is_byte_identical() {
-        let hits = vec![("face-1\"\\x".to_string(), 0.851_123_456_789), ("é,ü".into(), 1.0), ("0".into(), 0.0), ("n".into(), 1e-7)];
+        let hits = vec![
+            ("face-1\"\\x".to_string(), 0.851_123_456_789),
+            ("é,ü".into(), 1.0),
+            ("0".into(), 0.0),
+            ("n".into(), 1e-7),
+        ];
         let ok = MatchResponse::ok("r\n", "1763800000,abc", hits.clone());
         let borrowed: Vec<(&str, f64)> = hits.iter().map(|(i, s)| (i.as_str(), *s)).collect();
         let mut out = b"prefix".to_vec();

@@ -60,7 +60,8 @@ pub fn spec_for(m: &Matrix, metric: Metric, zero_point: Option<i32>, scale: Opti
 }
 
 pub fn build(a: &BuildArgs) -> anyhow::Result<Value> {
-    let m = Matrix::read(&a.base).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", a.base.display()))?;
+    let m =
+        Matrix::read(&a.base).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", a.base.display()))?;
     let spec = spec_for(&m, a.metric, a.zero_point, a.scale);
     let store = VectorStore::from_matrix(&spec, &m).map_err(anyhow::Error::msg)?;
     drop(m);
@@ -71,7 +72,8 @@ pub fn build(a: &BuildArgs) -> anyhow::Result<Value> {
     let graph = build_graph(&store, params, a.threads, &|_, _, _| {}).map_err(anyhow::Error::msg)?;
     let build_seconds = t.elapsed().as_secs_f64();
     let build_cpu_seconds = crate::sys::self_cpu_seconds() - cpu0;
-    let ids = Ids::from_lines(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("\n")).map_err(anyhow::Error::msg)?;
+    let ids =
+        Ids::from_lines(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("\n")).map_err(anyhow::Error::msg)?;
     let index = FlatIndex { vectors: store, graph, ids, ef_search: a.ef_search };
     let g = &index.graph;
     let degree0 = g.layer0.targets.len() as f64 / n.max(1) as f64;
@@ -96,7 +98,14 @@ pub fn build(a: &BuildArgs) -> anyhow::Result<Value> {
 }
 
 /// Writes `index` as a complete snapshot under `dir` and makes it CURRENT.
-pub fn write_snapshot(dir: &Path, label: &str, spec: DescriptorSpec, hnsw: HnswParams, build_seconds: f64, index: &FlatIndex) -> anyhow::Result<Manifest> {
+pub fn write_snapshot(
+    dir: &Path,
+    label: &str,
+    spec: DescriptorSpec,
+    hnsw: HnswParams,
+    build_seconds: f64,
+    index: &FlatIndex,
+) -> anyhow::Result<Manifest> {
     let manifest = Manifest {
         format: snapshot::FORMAT,
         id: snapshot::new_snapshot_id(),
@@ -106,7 +115,10 @@ pub fn write_snapshot(dir: &Path, label: &str, spec: DescriptorSpec, hnsw: HnswP
         hnsw,
         vectors: index.len(),
         source_digest: "kim-bench".to_string(),
-        created_at: format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()),
+        created_at: format!(
+            "{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+        ),
         build_seconds,
         files: Default::default(),
     };
@@ -149,15 +161,28 @@ pub struct SearchArgs {
 /// Reads a query file and decodes every row for the index's spec.
 pub fn read_queries(path: &Path, spec: &DescriptorSpec) -> anyhow::Result<(Matrix, Vec<Query>)> {
     let m = Matrix::read(path).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", path.display()))?;
-    ensure!(m.dims == spec.dimensions && m.encoding == spec.encoding, "queries are {}×{} but the index is {}×{}", m.dims, m.encoding, spec.dimensions, spec.encoding);
-    let qs = (0..m.rows).map(|i| spec.decode(m.row(i), spec.version).map_err(|e| anyhow::anyhow!("query {i}: {e}"))).collect::<Result<_, _>>()?;
+    ensure!(
+        m.dims == spec.dimensions && m.encoding == spec.encoding,
+        "queries are {}×{} but the index is {}×{}",
+        m.dims,
+        m.encoding,
+        spec.dimensions,
+        spec.encoding
+    );
+    let qs = (0..m.rows)
+        .map(|i| spec.decode(m.row(i), spec.version).map_err(|e| anyhow::anyhow!("query {i}: {e}")))
+        .collect::<Result<_, _>>()?;
     Ok((m, qs))
 }
 
 pub fn read_truth(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
-        .map(|l| l.split_whitespace().map(|x| x.parse::<u32>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|x| x.parse::<u32>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display())))
+                .collect()
+        })
         .collect()
 }
 
@@ -208,7 +233,9 @@ pub struct Qps {
 pub fn measure_qps(index: &FlatIndex, qs: &[Query], k: usize, ef: usize, min_seconds: f64, max_passes: usize) -> Qps {
     let start = Instant::now();
     let mut passes: Vec<(f64, f64, Vec<f64>)> = Vec::new();
-    while passes.len() < max_passes.max(1) && (passes.is_empty() || start.elapsed() < Duration::from_secs_f64(min_seconds)) {
+    while passes.len() < max_passes.max(1)
+        && (passes.is_empty() || start.elapsed() < Duration::from_secs_f64(min_seconds))
+    {
         passes.push(timed_pass(index, qs, k, ef));
     }
     let nq = qs.len() as f64;
@@ -216,7 +243,13 @@ pub fn measure_qps(index: &FlatIndex, qs: &[Query], k: usize, ef: usize, min_sec
     wall.sort_by(f64::total_cmp);
     let cpu = passes.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let best = passes.iter().min_by(|a, b| a.0.total_cmp(&b.0)).map(|p| p.2.clone()).unwrap_or_default();
-    Qps { qps: nq / wall[0], qps_median_pass: nq / wall[wall.len() / 2], cpu_qps: nq / cpu.max(1e-9), passes: passes.len(), latencies_us: best }
+    Qps {
+        qps: nq / wall[0],
+        qps_median_pass: nq / wall[wall.len() / 2],
+        cpu_qps: nq / cpu.max(1e-9),
+        passes: passes.len(),
+        latencies_us: best,
+    }
 }
 
 pub fn search(a: &SearchArgs) -> anyhow::Result<Value> {
@@ -235,10 +268,12 @@ pub fn search(a: &SearchArgs) -> anyhow::Result<Value> {
     let mut sweep = Vec::new();
     for &ef in &a.efs {
         // Untimed pass: results for recall, and warms caches for the timed passes.
-        let results: Vec<Vec<u32>> = qs.iter().map(|q| index.search(q, a.k, ef).iter().map(|h| h.row).collect()).collect();
+        let results: Vec<Vec<u32>> =
+            qs.iter().map(|q| index.search(q, a.k, ef).iter().map(|h| h.row).collect()).collect();
         let (r1, rk) = recalls(&results, &truth, a.k);
         if let Some(path) = a.results.as_deref() {
-            let lines: Vec<String> = results.iter().map(|r| r.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")).collect();
+            let lines: Vec<String> =
+                results.iter().map(|r| r.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")).collect();
             std::fs::write(path, lines.join("\n") + "\n").with_context(|| format!("writing {}", path.display()))?;
         }
         let m = measure_qps(&index, &qs, a.k, ef, a.min_seconds, a.max_passes);

@@ -8,7 +8,10 @@ mod sys;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kim-bench", about = "kim benchmarks: index build/search against exact ground truth, and the Redis matcher path")]
+#[command(
+    name = "kim-bench",
+    about = "kim benchmarks: index build/search against exact ground truth, and the Redis matcher path"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

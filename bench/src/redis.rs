@@ -75,7 +75,10 @@ struct Setup {
 fn parse_config(s: &str) -> anyhow::Result<Setup> {
     let (m, t) = s.split_once('x').with_context(|| format!("config {s:?} is not MATCHERSxTHREADS"))?;
     let setup = Setup { matchers: m.trim().parse()?, threads: t.trim().parse()? };
-    ensure!(setup.matchers >= 1 && setup.matchers <= 16 && setup.threads >= 1 && setup.threads <= 16, "config {s:?} out of range");
+    ensure!(
+        setup.matchers >= 1 && setup.matchers <= 16 && setup.threads >= 1 && setup.threads <= 16,
+        "config {s:?} out of range"
+    );
     Ok(setup)
 }
 
@@ -118,7 +121,14 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
     let storage = a.work.join("storage");
     let _ = std::fs::remove_dir_all(&storage);
     let hnsw = HnswParams { ef_search: a.ef, ..manifest.hnsw };
-    write_snapshot(&snapshot::label_dir(&storage, NAMESPACE, &a.label), &a.label, spec, hnsw, manifest.build_seconds, &index)?;
+    write_snapshot(
+        &snapshot::label_dir(&storage, NAMESPACE, &a.label),
+        &a.label,
+        spec,
+        hnsw,
+        manifest.build_seconds,
+        &index,
+    )?;
     drop(index);
 
     let logs = a.work.join("logs");
@@ -126,10 +136,25 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
     let port = free_port()?;
     let mut redis = Proc::spawn(
         "redis",
-        Command::new(&a.redis_server).args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"]),
+        Command::new(&a.redis_server).args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]),
         &logs,
     )?;
-    ensure!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "redis-server did not start (see {})", logs.display());
+    ensure!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "redis-server did not start (see {})",
+        logs.display()
+    );
     let url = format!("redis://127.0.0.1:{port}");
     let payloads: Vec<Vec<u8>> = (0..qm.rows).map(|i| qm.row(i).to_vec()).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -144,7 +169,14 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
             let http = free_port()?;
             let mut cmd = Command::new(&worker);
             cmd.args(["match", "--storage", path_str(&storage)?, "--redis", &url, "--label", &a.label])
-                .args(["--threads", &s.threads.to_string(), "--http", &format!("127.0.0.1:{http}"), "--matcher-id", &format!("bench-{n}-{i}")])
+                .args([
+                    "--threads",
+                    &s.threads.to_string(),
+                    "--http",
+                    &format!("127.0.0.1:{http}"),
+                    "--matcher-id",
+                    &format!("bench-{n}-{i}"),
+                ])
                 .env("KIM_LOG", "warn");
             matchers.push(Proc::spawn(&format!("matcher-{label}-{i}"), &mut cmd, &logs)?);
             ports.push(http);
@@ -157,7 +189,8 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
             }
         }
         let client = rt.block_on(Client::connect(&url))?;
-        let ctx = Ctx { client, label: a.label.clone(), version: spec.version, k: a.k, payloads: Arc::new(payloads.clone()) };
+        let ctx =
+            Ctx { client, label: a.label.clone(), version: spec.version, k: a.k, payloads: Arc::new(payloads.clone()) };
 
         rt.block_on(drive(&ctx, 1, a.warmup, 30.0));
         let serial = rt.block_on(drive(&ctx, 1, a.serial_requests, a.max_seconds));
@@ -231,7 +264,11 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 }
 
 fn redis_version(bin: &str) -> String {
-    Command::new(bin).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 struct Ctx {
@@ -260,7 +297,14 @@ async fn drive(ctx: &Ctx, inflight: usize, requests: usize, max_seconds: f64) ->
                     break;
                 }
                 let q = i % payloads.len();
-                let m = Match { descriptor: payloads[q].clone(), version, label: label.clone(), limit: k as u32, luna_request_id: None, timeout: Duration::from_secs(10) };
+                let m = Match {
+                    descriptor: payloads[q].clone(),
+                    version,
+                    label: label.clone(),
+                    limit: k as u32,
+                    luna_request_id: None,
+                    timeout: Duration::from_secs(10),
+                };
                 let t = Instant::now();
                 let r = client.match_descriptor(m).await;
                 let us = t.elapsed().as_secs_f64() * 1e6;

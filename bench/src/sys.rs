@@ -40,7 +40,11 @@ pub fn thread_cpu_seconds() -> f64 {
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 /// Percentile (0..=100) of sorted samples, nearest rank.

@@ -11,7 +11,7 @@ use hnsw_rs::hnsw::Hnsw;
 use kim_index::build::build_graph;
 use kim_index::flat::{exact_search, recall, Csr, Ids};
 use kim_index::synth::{generate, SynthData, SynthParams};
-use kim_index::{DescriptorSpec, Encoding, FlatIndex, Graph, HnswParams, Hit, Matrix, Metric, Query, VectorStore};
+use kim_index::{DescriptorSpec, Encoding, FlatIndex, Graph, Hit, HnswParams, Matrix, Metric, Query, VectorStore};
 
 const M: usize = 12;
 const EF_CONSTRUCTION: usize = 64;
@@ -56,12 +56,21 @@ fn flatten(hnsw: &Hnsw<f32, DistCosine>, n: usize) -> Graph {
             let row = p.get_origin_id();
             levels[row] = p.get_point_id().0;
             entry.get_or_insert(row as u32);
-            neighbours[row] = p.get_neighborhood_id().into_iter().take(layer + 1).map(|l| l.iter().map(|nb| nb.get_origin_id() as u32).collect()).collect();
+            neighbours[row] = p
+                .get_neighborhood_id()
+                .into_iter()
+                .take(layer + 1)
+                .map(|l| l.iter().map(|nb| nb.get_origin_id() as u32).collect())
+                .collect();
         }
     }
     let layer0 = Csr::from_rows(neighbours.iter().map(|l| l.first().cloned().unwrap_or_default()));
     let upper_nodes: Vec<u32> = (0..n as u32).filter(|&i| levels[i as usize] > 0).collect();
-    let upper = (1..=max_level as usize).map(|l| Csr::from_rows(upper_nodes.iter().map(|&u| neighbours[u as usize].get(l).cloned().unwrap_or_default()))).collect();
+    let upper = (1..=max_level as usize)
+        .map(|l| {
+            Csr::from_rows(upper_nodes.iter().map(|&u| neighbours[u as usize].get(l).cloned().unwrap_or_default()))
+        })
+        .collect();
     Graph { entry: entry.unwrap_or(0), max_level, levels, layer0, upper_nodes, upper }
 }
 
@@ -81,11 +90,14 @@ fn probes(data: &SynthData) -> Vec<Vec<f32>> {
 
 /// Mean recall@K of kim's search at `ef` against exact truth.
 fn kim_recall(index: &FlatIndex, probes: &[Vec<f32>], truth: &[Vec<Hit>], ef: usize) -> f64 {
-    probes.iter().zip(truth).map(|(p, t)| recall(&index.search(&Query::F32(p.clone()), K, ef), t)).sum::<f64>() / probes.len() as f64
+    probes.iter().zip(truth).map(|(p, t)| recall(&index.search(&Query::F32(p.clone()), K, ef), t)).sum::<f64>()
+        / probes.len() as f64
 }
 
 fn hnsw_rs_recall(hnsw: &Hnsw<f32, DistCosine>, probes: &[Vec<f32>], truth: &[Vec<Hit>], ef: usize) -> f64 {
-    let hits = |p: &Vec<f32>| -> Vec<Hit> { hnsw.search(p, K, ef).iter().map(|nb| Hit { row: nb.d_id as u32, distance: nb.distance }).collect() };
+    let hits = |p: &Vec<f32>| -> Vec<Hit> {
+        hnsw.search(p, K, ef).iter().map(|nb| Hit { row: nb.d_id as u32, distance: nb.distance }).collect()
+    };
     probes.iter().zip(truth).map(|(p, t)| recall(&hits(p), t)).sum::<f64>() / probes.len() as f64
 }
 
@@ -118,12 +130,18 @@ fn kim_graph_recall_is_not_below_hnsw_rs_graph() {
     for threads in [1, 2] {
         let graph = build_graph(&store, params, threads, &|_, _, _| {}).unwrap();
         let degree = graph.layer0.targets.len() as f64 / base.len() as f64;
-        assert!(graph.layer0.offsets.windows(2).all(|w| (w[1] - w[0]) as usize <= 2 * M), "layer 0 holds at most 2·M links");
+        assert!(
+            graph.layer0.offsets.windows(2).all(|w| (w[1] - w[0]) as usize <= 2 * M),
+            "layer 0 holds at most 2·M links"
+        );
         let index = flat_index(&data, graph);
         for ef in EFS {
             let (ours, theirs) = (kim_recall(&index, &probes, &truth, ef), hnsw_rs_recall(&hnsw, &probes, &truth, ef));
             eprintln!("{threads} thread(s), ef {ef}: recall@{K} kim graph {ours:.4} (mean layer-0 degree {degree:.1}), hnsw_rs graph {theirs:.4}");
-            assert!(ours >= theirs - 0.005, "{threads} thread(s), ef {ef}: kim graph recall {ours:.4} < hnsw_rs {theirs:.4}");
+            assert!(
+                ours >= theirs - 0.005,
+                "{threads} thread(s), ef {ef}: kim graph recall {ours:.4} < hnsw_rs {theirs:.4}"
+            );
         }
         assert!(kim_recall(&index, &probes, &truth, 64) >= 0.97, "ef 64 recall too low");
     }

@@ -42,7 +42,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { prefix: String::new(), stream_maxlen: 100_000, label_cache: Duration::from_secs(2), reconnect_grace: Duration::from_secs(5) }
+        Options {
+            prefix: String::new(),
+            stream_maxlen: 100_000,
+            label_cache: Duration::from_secs(2),
+            reconnect_grace: Duration::from_secs(5),
+        }
     }
 }
 
@@ -113,7 +118,15 @@ impl Client {
         let shared: Arc<Shared> = Arc::default();
         let (sub_tx, subscribed) = watch::channel(Some(1));
         let listener = tokio::spawn(listen(target, conn.clone(), channel.clone(), pubsub, shared.clone(), sub_tx));
-        Ok(Client { conn, opts, channel, shared, subscribed, live_labels: Arc::default(), listener: Arc::new(listener) })
+        Ok(Client {
+            conn,
+            opts,
+            channel,
+            shared,
+            subscribed,
+            live_labels: Arc::default(),
+            listener: Arc::new(listener),
+        })
     }
 
     /// Matches one descriptor. Protocol errors (unknown label, timeout, bad descriptor, ...)
@@ -163,12 +176,24 @@ impl Client {
             deadline: Some(kim_api::unix_ms() + m.timeout.as_millis() as u64),
         };
         let mut xadd = redis::cmd("XADD");
-        xadd.arg(kim_api::stream_key(&self.opts.prefix, &m.label)).arg("MAXLEN").arg("~").arg(self.opts.stream_maxlen).arg("*");
+        xadd.arg(kim_api::stream_key(&self.opts.prefix, &m.label))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.opts.stream_maxlen)
+            .arg("*");
         for (k, v) in req.fields() {
             xadd.arg(k).arg(v);
         }
         let (tx, mut rx) = oneshot::channel();
-        let entry = InFlight { tx, xadd: xadd.clone(), rid: rid.clone(), luna_request_id: luna_id.clone(), deadline, sent_under: None, resent: false };
+        let entry = InFlight {
+            tx,
+            xadd: xadd.clone(),
+            rid: rid.clone(),
+            luna_request_id: luna_id.clone(),
+            deadline,
+            sent_under: None,
+            resent: false,
+        };
         self.shared.pending.lock().unwrap().insert(rid.clone(), entry);
         let _forget = Forget { shared: &self.shared, rid: &rid };
         // Send once the reply subscription is live, so the reply cannot race past it.
@@ -210,7 +235,11 @@ impl Client {
     /// Labels some live matcher serves, sorted.
     pub async fn read_matching_labels(&self) -> Result<Vec<String>, ClientError> {
         let keys = self.scan(&kim_api::registry_pattern_all(&self.opts.prefix), false).await?;
-        let mut labels: Vec<String> = keys.iter().filter_map(|k| kim_api::label_of_registry_key(&self.opts.prefix, k)).map(str::to_string).collect();
+        let mut labels: Vec<String> = keys
+            .iter()
+            .filter_map(|k| kim_api::label_of_registry_key(&self.opts.prefix, k))
+            .map(str::to_string)
+            .collect();
         labels.sort();
         labels.dedup();
         Ok(labels)
@@ -250,8 +279,14 @@ impl Client {
         let mut cursor = 0u64;
         let mut found = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
             found.extend(keys);
             if next == 0 || (first_only && !found.is_empty()) {
                 return Ok(found);
@@ -295,7 +330,14 @@ const SUB_PING: Duration = Duration::from_secs(5);
 
 /// Routes replies to waiting calls; re-subscribes (with backoff) whenever the subscription
 /// ends, then deals with the requests whose replies may have been lost meanwhile.
-async fn listen(target: Arc<Target>, conn: Conn, channel: String, first: redis::aio::PubSub, shared: Arc<Shared>, subscribed: watch::Sender<Option<u64>>) {
+async fn listen(
+    target: Arc<Target>,
+    conn: Conn,
+    channel: String,
+    first: redis::aio::PubSub,
+    shared: Arc<Shared>,
+    subscribed: watch::Sender<Option<u64>>,
+) {
     let mut pubsub = Some(first);
     let mut generation = 1u64;
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
@@ -363,7 +405,8 @@ async fn resend_lost(shared: &Shared, conn: &Conn, generation: u64) {
     let mut resend = Vec::new();
     {
         let mut pending = shared.pending.lock().unwrap();
-        let lost: Vec<String> = pending.values().filter(|f| f.sent_under.is_some_and(|g| g < generation)).map(|f| f.rid.clone()).collect();
+        let lost: Vec<String> =
+            pending.values().filter(|f| f.sent_under.is_some_and(|g| g < generation)).map(|f| f.rid.clone()).collect();
         for rid in lost {
             let f = pending.get_mut(&rid).expect("present");
             if !f.resent && f.deadline > now {

@@ -28,7 +28,9 @@ fn repo() -> PathBuf {
 }
 
 fn kim_cache() -> PathBuf {
-    std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
+    std::env::var("KIM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
 }
 
 fn kim_bin() -> PathBuf {
@@ -64,7 +66,12 @@ impl Cluster {
             .env("KIM_AUDIT_POLICY", &policy)
             .output()
             .unwrap();
-        assert!(out.status.success(), "cluster up full: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cluster up full: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         c
     }
     fn cluster_dir(&self) -> PathBuf {
@@ -86,7 +93,12 @@ impl Cluster {
     }
     fn ok(&self, tool: &str, args: &[&str]) -> String {
         let out = self.run(tool, args);
-        assert!(out.status.success(), "{tool} {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
     fn kubectl(&self, args: &[&str]) -> String {
@@ -104,7 +116,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo().join("e2e/cluster.sh")).arg("down").env("KIM_CLUSTER_DIR", self.cluster_dir()).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .arg("down")
+            .env("KIM_CLUSTER_DIR", self.cluster_dir())
+            .output();
     }
 }
 
@@ -157,7 +173,17 @@ fn npy_row(path: &Path, row: usize) -> Vec<u8> {
     let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = String::from_utf8_lossy(&b[10..10 + hlen]);
     assert!(header.contains("'|u1'"), "expected u8 data: {header}");
-    let dims: usize = header.split("shape': (").nth(1).unwrap().split(',').nth(1).unwrap().trim().trim_end_matches(')').parse().unwrap();
+    let dims: usize = header
+        .split("shape': (")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
     b[10 + hlen + row * dims..10 + hlen + (row + 1) * dims].to_vec()
 }
 
@@ -188,18 +214,34 @@ async def main():
 asyncio.run(main())
 "#;
     let hex: String = descriptor.iter().map(|b| format!("{b:02x}")).collect();
-    let out = Command::new(venv).args(["-c", script, redis_url, &hex, &VERSION.to_string(), LABEL]).env("PYTHONPATH", repo().join("clients/python/src")).output().unwrap();
+    let out = Command::new(venv)
+        .args(["-c", script, redis_url, &hex, &VERSION.to_string(), LABEL])
+        .env("PYTHONPATH", repo().join("clients/python/src"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "python client: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Matches `probe` in a loop until `stop` (bounded by count and time); returns (ok, failed, errors).
-async fn match_loop(url: String, probe: Vec<u8>, expected: String, stop: Arc<AtomicBool>) -> (usize, usize, Vec<String>) {
+async fn match_loop(
+    url: String,
+    probe: Vec<u8>,
+    expected: String,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize, Vec<String>) {
     let client = kim_client::Client::connect(&url).await.unwrap();
     let t = Instant::now();
     let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
     while !stop.load(Ordering::SeqCst) && ok + failed < 100_000 && t.elapsed() < Duration::from_secs(240) {
-        let m = kim_client::Match { descriptor: probe.clone(), version: VERSION, label: LABEL.into(), limit: 1, luna_request_id: None, timeout: Duration::from_secs(5) };
+        let m = kim_client::Match {
+            descriptor: probe.clone(),
+            version: VERSION,
+            label: LABEL.into(),
+            limit: 1,
+            luna_request_id: None,
+            timeout: Duration::from_secs(5),
+        };
         match client.match_descriptor(m).await {
             Ok(r) if r.error.is_none() && r.result.first().is_some_and(|(id, _)| *id == expected) => ok += 1,
             Ok(r) => {
@@ -222,7 +264,10 @@ type Access = (String, String, String);
 /// What the chart's ClusterRole/Roles grant, from `helm template`.
 fn granted(c: &Cluster, redis_url: &str) -> std::collections::BTreeSet<Access> {
     let chart = repo().join("charts/kim");
-    let yaml = c.ok("helm", &["template", "kim", chart.to_str().unwrap(), "-n", NS, "--set", &format!("redis.url={redis_url}")]);
+    let yaml = c.ok(
+        "helm",
+        &["template", "kim", chart.to_str().unwrap(), "-n", NS, "--set", &format!("redis.url={redis_url}")],
+    );
     let mut out = std::collections::BTreeSet::new();
     for doc in yaml.split("\n---") {
         let v: serde_json::Value = serde_yaml::from_str(doc).unwrap_or_default();
@@ -230,7 +275,9 @@ fn granted(c: &Cluster, redis_url: &str) -> std::collections::BTreeSet<Access> {
             continue;
         }
         for rule in v["rules"].as_array().unwrap() {
-            let strs = |k: &str| rule[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
+            let strs = |k: &str| {
+                rule[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>()
+            };
             for g in strs("apiGroups") {
                 for r in strs("resources") {
                     for verb in strs("verbs") {
@@ -270,12 +317,18 @@ fn used(c: &Cluster) -> std::collections::BTreeSet<Access> {
 fn may_be_unused(a: &Access) -> Option<&'static str> {
     let (g, r, v) = (a.0.as_str(), a.1.as_str(), a.2.as_str());
     match (g, r, v) {
-        (_, _, "create") if matches!(r, "jobs" | "deployments" | "statefulsets" | "services" | "persistentvolumeclaims") => {
+        (_, _, "create")
+            if matches!(r, "jobs" | "deployments" | "statefulsets" | "services" | "persistentvolumeclaims") =>
+        {
             Some("server-side apply that creates an object is audited as patch but authorized for create too")
         }
         ("apps", "statefulsets", _) | ("", "services", _) => Some("online path (spec.online), not in the samples"),
-        ("", "persistentvolumeclaims", "get" | "patch") => Some("Indexer with storage.size; the samples use existingClaim"),
-        ("kim.dev", _, "update") if r.ends_with("/finalizers") => Some("only with the OwnerReferencesPermissionEnforcement admission plugin"),
+        ("", "persistentvolumeclaims", "get" | "patch") => {
+            Some("Indexer with storage.size; the samples use existingClaim")
+        }
+        ("kim.dev", _, "update") if r.ends_with("/finalizers") => {
+            Some("only with the OwnerReferencesPermissionEnforcement admission plugin")
+        }
         ("events.k8s.io", "events", "patch") => Some("only when the same event repeats (event series)"),
         ("coordination.k8s.io", "leases", "create") => Some("only the first replica ever creates the Lease"),
         _ => None,
@@ -293,7 +346,11 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     let _ = tracing_subscriber::fmt().with_env_filter("kim_e2e=info").with_test_writer().try_init();
     let bins = profile_dir();
     for b in ["kim-worker", "kim-operator"] {
-        assert!(bins.join(b).exists(), "{} missing: build it first (cargo build --release -p kim-worker -p kim-operator)", bins.join(b).display());
+        assert!(
+            bins.join(b).exists(),
+            "{} missing: build it first (cargo build --release -p kim-worker -p kim-operator)",
+            bins.join(b).display()
+        );
     }
     let c = Cluster::up(tempfile::tempdir().unwrap());
     log(t0, "cluster up (full)");
@@ -303,8 +360,14 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
 
     // Every pod goes to the harness node: the kwok node takes no new pods.
     c.kubectl(&["cordon", "kim-node-0"]);
-    let images = vec![Image { name: "kim-worker".into(), binary: bins.join("kim-worker") }, Image { name: "kim-operator".into(), binary: bins.join("kim-operator") }];
-    let harness = Harness::start(client.clone(), Config { node: NODE.into(), root: root.clone(), images, server, ca_data }).await.unwrap();
+    let images = vec![
+        Image { name: "kim-worker".into(), binary: bins.join("kim-worker") },
+        Image { name: "kim-operator".into(), binary: bins.join("kim-operator") },
+    ];
+    let harness =
+        Harness::start(client.clone(), Config { node: NODE.into(), root: root.clone(), images, server, ca_data })
+            .await
+            .unwrap();
     c.kubectl(&["wait", "--for=condition=Ready", &format!("node/{NODE}"), "--timeout=30s"]);
     log(t0, "harness node Ready");
 
@@ -312,10 +375,32 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     let chart = repo().join("charts/kim");
     c.ok(
         "helm",
-        &["install", "kim", chart.to_str().unwrap(), "-n", NS, "--create-namespace", "--set", &format!("redis.url={}", redis.url()), "--set", "replicaCount=2", "--wait", "--timeout=120s"],
+        &[
+            "install",
+            "kim",
+            chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            &format!("redis.url={}", redis.url()),
+            "--set",
+            "replicaCount=2",
+            "--wait",
+            "--timeout=120s",
+        ],
     );
     log(t0, "helm install --wait done");
-    let holder = eventually(60, "operator leader", || Some(field(&c, "lease", "kim-operator", "{.spec.holderIdentity}")).filter(|h| h.starts_with("kim-operator-")), || logs(&root, "operator")).await;
+    let holder = eventually(
+        60,
+        "operator leader",
+        || {
+            Some(field(&c, "lease", "kim-operator", "{.spec.holderIdentity}"))
+                .filter(|h| h.starts_with("kim-operator-"))
+        },
+        || logs(&root, "operator"),
+    )
+    .await;
     log(t0, &format!("leader: {holder}"));
 
     c.kubectl(&["apply", "-n", NS, "-f", repo().join("deploy/samples").to_str().unwrap()]);
@@ -328,7 +413,14 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
             let v = field(&c, "mi", LABEL, "{.status.currentSnapshot.vectors}");
             (phase == "Ready").then_some(v)
         },
-        || format!("{}\n{}\n{}", c.kubectl(&["get", "mi,jobs,pods,pvc", "-n", NS, "-o", "wide"]), field(&c, "mi", LABEL, "{.status}"), logs(&root, "")),
+        || {
+            format!(
+                "{}\n{}\n{}",
+                c.kubectl(&["get", "mi,jobs,pods,pvc", "-n", NS, "-o", "wide"]),
+                field(&c, "mi", LABEL, "{.status}"),
+                logs(&root, "")
+            )
+        },
     )
     .await;
     assert_eq!(vectors, "2000");
@@ -394,12 +486,20 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
         .collect();
     assert_eq!(kubeconfigs.len(), 2, "operator pods' kubeconfigs: {kubeconfigs:?}");
     for kc in &kubeconfigs {
-        let who = Command::new(kim_bin().join("kubectl")).arg("--kubeconfig").arg(kc).args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).output().unwrap();
+        let who = Command::new(kim_bin().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&who.stdout), sa, "{}", String::from_utf8_lossy(&who.stderr));
     }
     assert_eq!(c.run("kubectl", &["auth", "can-i", "list", "secrets", "-n", NS, "--as", &sa]).stdout, b"no\n");
     let op_logs = logs(&root, "_kim-operator-");
-    assert!(!op_logs.to_lowercase().contains("forbidden"), "the chart's RBAC refused the operator something:\n{op_logs}");
+    assert!(
+        !op_logs.to_lowercase().contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{op_logs}"
+    );
 
     // Deleting the CR runs the cleanup Job and removes its children; uninstall leaves nothing.
     c.kubectl(&["delete", "mi", LABEL, "-n", NS, "--wait=false"]);
@@ -407,17 +507,39 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
         120,
         "MatchingIndex deleted",
         || c.run("kubectl", &["get", "mi", LABEL, "-n", NS]).status.code().filter(|&code| code != 0),
-        || format!("{}\n{}\n{}", c.kubectl(&["get", "mi,jobs,pods", "-n", NS, "-o", "wide"]), field(&c, "mi", LABEL, "{.status}"), logs(&root, "")),
+        || {
+            format!(
+                "{}\n{}\n{}",
+                c.kubectl(&["get", "mi,jobs,pods", "-n", NS, "-o", "wide"]),
+                field(&c, "mi", LABEL, "{.status}"),
+                logs(&root, "")
+            )
+        },
     )
     .await;
     log(t0, "MatchingIndex deleted (finalizer done)");
-    c.kubectl(&["delete", "-n", NS, "-f", repo().join("deploy/samples").to_str().unwrap(), "--ignore-not-found", "--timeout=60s"]);
+    c.kubectl(&[
+        "delete",
+        "-n",
+        NS,
+        "-f",
+        repo().join("deploy/samples").to_str().unwrap(),
+        "--ignore-not-found",
+        "--timeout=60s",
+    ]);
     c.ok("helm", &["uninstall", "kim", "-n", NS, "--wait", "--timeout=60s"]);
     let left = eventually(
         90,
         "no children left",
         || {
-            let s = String::from_utf8_lossy(&c.run("kubectl", &["get", "jobs,deployments,replicasets,statefulsets,pvc,pods,mi,indexers", "-n", NS, "-o", "name"]).stdout).into_owned();
+            let s = String::from_utf8_lossy(
+                &c.run(
+                    "kubectl",
+                    &["get", "jobs,deployments,replicasets,statefulsets,pvc,pods,mi,indexers", "-n", NS, "-o", "name"],
+                )
+                .stdout,
+            )
+            .into_owned();
             s.trim().is_empty().then_some(s)
         },
         || c.kubectl(&["get", "all,pvc", "-n", NS]),
@@ -435,10 +557,15 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     let (grants, uses) = (granted(&c, &redis.url()), used(&c));
     let missing: Vec<&Access> = uses.iter().filter(|u| !grants.contains(*u)).collect();
     assert!(missing.is_empty(), "the operator used access the chart does not grant: {missing:?}");
-    let unexplained: Vec<&Access> = grants.iter().filter(|g| !uses.contains(*g) && may_be_unused(g).is_none()).collect();
+    let unexplained: Vec<&Access> =
+        grants.iter().filter(|g| !uses.contains(*g) && may_be_unused(g).is_none()).collect();
     assert!(unexplained.is_empty(), "the chart grants access the run never used: {unexplained:?}\nused: {uses:?}");
-    let idle: Vec<String> = grants.iter().filter(|g| !uses.contains(*g)).map(|g| format!("{}/{} {}", g.0, g.1, g.2)).collect();
-    log(t0, &format!("RBAC: {} grants, {} used by the operator, unused but explained: {idle:?}", grants.len(), uses.len()));
+    let idle: Vec<String> =
+        grants.iter().filter(|g| !uses.contains(*g)).map(|g| format!("{}/{} {}", g.0, g.1, g.2)).collect();
+    log(
+        t0,
+        &format!("RBAC: {} grants, {} used by the operator, unused but explained: {idle:?}", grants.len(), uses.len()),
+    );
     harness.shutdown(Duration::from_secs(15)).await;
     drop(redis);
 }

@@ -23,8 +23,12 @@ fn stores() -> &'static Vec<VectorStore> {
             for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
                 let spec = DescriptorSpec::new(VERSION, DIMS, enc, metric);
                 let storage = match enc {
-                    Encoding::U8 | Encoding::I8 => Storage::Bytes((0..ROWS * DIMS).map(|i| (i * 37 % 256) as u8).collect()),
-                    Encoding::F16 | Encoding::F32 => Storage::F32((0..ROWS * DIMS).map(|i| (i as f32 * 0.37).sin()).collect()),
+                    Encoding::U8 | Encoding::I8 => {
+                        Storage::Bytes((0..ROWS * DIMS).map(|i| (i * 37 % 256) as u8).collect())
+                    }
+                    Encoding::F16 | Encoding::F32 => {
+                        Storage::F32((0..ROWS * DIMS).map(|i| (i as f32 * 0.37).sin()).collect())
+                    }
                 };
                 out.push(VectorStore::new(spec, storage));
             }

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 fn dir() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let base =
+            if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         let d = base.join(format!("kim-fuzz-snapshot-{}", std::process::id()));
         std::fs::create_dir_all(d.join("snapshots/s1")).unwrap();
         d
@@ -36,7 +37,9 @@ fn take<'a>(b: &mut &'a [u8], width: usize) -> Option<&'a [u8]> {
 
 fuzz_target!(|data: &[u8]| {
     let mut b = data;
-    let (Some(manifest), Some(ids), Some(vectors)) = (take(&mut b, 2), take(&mut b, 4), take(&mut b, 4)) else { return };
+    let (Some(manifest), Some(ids), Some(vectors)) = (take(&mut b, 2), take(&mut b, 4), take(&mut b, 4)) else {
+        return;
+    };
     let graph = b;
     let sdir = dir().join("snapshots/s1");
     let mut manifest = manifest.to_vec();
@@ -45,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
         m.insert("files".into(), json!({"ids.txt": sum(ids), "vectors.bin": sum(vectors), "graph.bin": sum(graph)}));
         manifest = serde_json::to_vec(&m).unwrap();
     }
-    for (name, bytes) in [("manifest.json", &manifest[..]), ("ids.txt", ids), ("vectors.bin", vectors), ("graph.bin", graph)] {
+    for (name, bytes) in
+        [("manifest.json", &manifest[..]), ("ids.txt", ids), ("vectors.bin", vectors), ("graph.bin", graph)]
+    {
         std::fs::write(sdir.join(name), bytes).unwrap();
     }
     if let Ok((m, index)) = load(dir(), "s1") {

@@ -43,7 +43,11 @@ impl Space for CosineU8<'_> {
 /// quarter of the bytes per distance; searches still run on the f32 rows.
 fn quantise_for_build(store: &VectorStore, rows: &[f32]) -> VectorStore {
     let d = store.spec.dimensions;
-    let max = rows.chunks_exact(d).enumerate().map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i)).fold(0f32, f32::max);
+    let max = rows
+        .chunks_exact(d)
+        .enumerate()
+        .map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i))
+        .fold(0f32, f32::max);
     let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
     let mut codes = crate::vectors::huge_capacity(rows.len());
     for (i, r) in rows.chunks_exact(d).enumerate() {
@@ -73,7 +77,12 @@ fn cosine_u8<'a>(store: &'a VectorStore, rows: &'a [u8], k: &Kernels) -> CosineU
 }
 
 /// Builds the graph over all rows of `store` with `threads` worker threads.
-pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, progress: Progress<'_>) -> Result<Graph, String> {
+pub fn build_graph(
+    store: &VectorStore,
+    params: HnswParams,
+    threads: usize,
+    progress: Progress<'_>,
+) -> Result<Graph, String> {
     if params.m < 2 || params.m > 128 {
         return Err(format!("hnsw m must be in 2..=128, got {}", params.m));
     }
@@ -85,7 +94,9 @@ pub fn build_graph(store: &VectorStore, params: HnswParams, threads: usize, prog
     let k = kernels::active();
     let spec = &store.spec;
     pool.install(|| match &store.storage {
-        Storage::Bytes(rows) if spec.metric == Metric::Cosine && spec.encoding == Encoding::U8 && spec.zero_point == 128 => {
+        Storage::Bytes(rows)
+            if spec.metric == Metric::Cosine && spec.encoding == Encoding::U8 && spec.zero_point == 128 =>
+        {
             Ok(hnsw::build(&cosine_u8(store, rows, k), n, params, progress))
         }
         Storage::F32(rows) if spec.metric == Metric::Cosine => {

@@ -118,7 +118,9 @@ impl DescriptorSpec {
             Encoding::I8 | Encoding::F16 | Encoding::F32 if self.zero_point != 0 => {
                 Err(format!("zero point applies to u8 only, got {} for {}", self.zero_point, self.encoding))
             }
-            _ if !(self.scale.is_finite() && self.scale > 0.0) => Err(format!("scale must be a positive number, got {}", self.scale)),
+            _ if !(self.scale.is_finite() && self.scale > 0.0) => {
+                Err(format!("scale must be a positive number, got {}", self.scale))
+            }
             _ => Ok(()),
         }
     }
@@ -135,7 +137,12 @@ impl DescriptorSpec {
         }
         let payload = self.strip_sdk_header(bytes)?;
         if payload.len() != self.payload_len() {
-            return Err(DecodeError::Length { got: bytes.len(), want: self.payload_len(), encoding: self.encoding, dimensions: self.dimensions });
+            return Err(DecodeError::Length {
+                got: bytes.len(),
+                want: self.payload_len(),
+                encoding: self.encoding,
+                dimensions: self.dimensions,
+            });
         }
         Ok(Query::from_payload(self, payload))
     }
@@ -173,10 +180,12 @@ impl Query {
     fn from_payload(spec: &DescriptorSpec, payload: &[u8]) -> Query {
         match spec.encoding {
             Encoding::U8 | Encoding::I8 => Query::Bytes(payload.to_vec()),
-            Encoding::F16 => Query::F32(
-                payload.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            ),
-            Encoding::F32 => Query::F32(payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            Encoding::F16 => {
+                Query::F32(payload.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+            }
+            Encoding::F32 => {
+                Query::F32(payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
         }
     }
 }

@@ -68,7 +68,11 @@ impl Graph {
     pub fn validate(&self) -> Result<(), String> {
         let n = self.levels.len();
         if n == 0 {
-            return if self.layer0.targets.is_empty() && self.upper_nodes.is_empty() { Ok(()) } else { Err("empty graph with edges".into()) };
+            return if self.layer0.targets.is_empty() && self.upper_nodes.is_empty() {
+                Ok(())
+            } else {
+                Err("empty graph with edges".into())
+            };
         }
         if self.entry as usize >= n || self.levels[self.entry as usize] != self.max_level {
             return Err("entry point is not a top-layer node".into());
@@ -268,7 +272,12 @@ impl FlatIndex {
                     let i = i as usize;
                     1.0 - dot(&f[i * d..(i + 1) * d], qf) * qinv * v.inv_norm(i)
                 };
-                self.search_with(dist, |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)), k, ef)
+                self.search_with(
+                    dist,
+                    |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)),
+                    k,
+                    ef,
+                )
             }
             (Storage::Split { hi, lo }, Query::F32(qf), Metric::Cosine, _) => {
                 // Walk on the upper halves (bfloat16: half the bytes of each row), then
@@ -293,7 +302,12 @@ impl FlatIndex {
                     Storage::F32(f) => (f.as_ptr() as *const u8, 4),
                     Storage::Split { hi, .. } => (hi.as_ptr() as *const u8, 2),
                 };
-                self.search_with(|i| v.distance(&p, i as usize), |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)), k, ef)
+                self.search_with(
+                    |i| v.distance(&p, i as usize),
+                    |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)),
+                    k,
+                    ef,
+                )
             }
         }
     }
@@ -322,7 +336,15 @@ impl FlatIndex {
     /// Layer-0 beam search from `start`, returning the `k` best of the `ef` found, closest
     /// first. The unvisited neighbours of a node are collected first and their rows prefetched,
     /// so their loads overlap instead of stalling one distance at a time.
-    fn beam(&self, s: &mut Scratch, dist: &impl Fn(u32) -> f32, pre: &impl Fn(u32), start: Cand, ef: usize, k: usize) -> Vec<Hit> {
+    fn beam(
+        &self,
+        s: &mut Scratch,
+        dist: &impl Fn(u32) -> f32,
+        pre: &impl Fn(u32),
+        start: Cand,
+        ef: usize,
+        k: usize,
+    ) -> Vec<Hit> {
         let Scratch { visited, frontier, found, fresh } = s;
         visited.reset(self.len());
         visited.insert(start.1);
@@ -416,7 +438,13 @@ mod tests {
 
     #[test]
     fn validate_catches_bad_graphs() {
-        let good = Graph { entry: 0, max_level: 0, levels: vec![0, 0], layer0: Csr::from_rows([vec![1], vec![0]]), ..Default::default() };
+        let good = Graph {
+            entry: 0,
+            max_level: 0,
+            levels: vec![0, 0],
+            layer0: Csr::from_rows([vec![1], vec![0]]),
+            ..Default::default()
+        };
         assert!(good.validate().is_ok());
         let mut bad = good.clone();
         bad.layer0.targets[0] = 7;

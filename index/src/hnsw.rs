@@ -116,7 +116,11 @@ impl<S: Space> Builder<'_, S> {
     }
 
     fn cap(&self, level: u8) -> usize {
-        if level == 0 { 2 * self.m } else { self.m }
+        if level == 0 {
+            2 * self.m
+        } else {
+            self.m
+        }
     }
 
     fn insert(&self, q: u32) {
@@ -291,13 +295,20 @@ impl<S: Space> Builder<'_, S> {
 
     fn into_graph(self) -> Graph {
         let (entry, max_level) = self.entry.into_inner().expect("entry lock");
-        let ids = |l: Mutex<Vec<Cand>>| -> Vec<u32> { l.into_inner().expect("link lock").into_iter().map(|c| c.1).collect() };
+        let ids =
+            |l: Mutex<Vec<Cand>>| -> Vec<u32> { l.into_inner().expect("link lock").into_iter().map(|c| c.1).collect() };
         let layer0 = Csr::from_rows(self.layer0.into_iter().map(ids));
         let upper_nodes: Vec<u32> = (0..self.levels.len() as u32).filter(|&i| self.levels[i as usize] > 0).collect();
         let mut upper_links: Vec<Vec<Vec<u32>>> =
             self.upper.into_iter().map(|ls| ls.into_iter().map(ids).collect()).collect();
         let upper = (1..=max_level as usize)
-            .map(|l| Csr::from_rows(upper_nodes.iter().map(|&u| upper_links[u as usize].get_mut(l - 1).map(std::mem::take).unwrap_or_default())))
+            .map(|l| {
+                Csr::from_rows(
+                    upper_nodes
+                        .iter()
+                        .map(|&u| upper_links[u as usize].get_mut(l - 1).map(std::mem::take).unwrap_or_default()),
+                )
+            })
             .collect();
         Graph { entry, max_level, levels: self.levels, layer0, upper_nodes, upper }
     }
@@ -312,7 +323,16 @@ mod tests {
 
     #[test]
     fn one_thread_builds_are_deterministic_and_respect_link_caps() {
-        let data = generate(SynthParams { identities: 300, samples: 3, dimensions: 40, intrinsic: 12, mated_probes: 1, nonmated_probes: 1, encoding: Encoding::U8, seed: 3 });
+        let data = generate(SynthParams {
+            identities: 300,
+            samples: 3,
+            dimensions: 40,
+            intrinsic: 12,
+            mated_probes: 1,
+            nonmated_probes: 1,
+            encoding: Encoding::U8,
+            seed: 3,
+        });
         let spec = DescriptorSpec::new(1, 40, Encoding::U8, Metric::Cosine);
         let store = VectorStore::from_matrix(&spec, &data.base).unwrap();
         let params = HnswParams { m: 6, ef_construction: 40, ef_search: 20 };
@@ -356,7 +376,12 @@ mod tests {
         let params = HnswParams { m: 8, ef_construction: 64, ef_search: 64 };
         let graph = build_graph(&store, params, 1, &|_, _, _| {}).unwrap();
         let n = store.len();
-        let index = FlatIndex { vectors: store, graph, ids: Ids::from_vec(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>()), ef_search: 64 };
+        let index = FlatIndex {
+            vectors: store,
+            graph,
+            ids: Ids::from_vec(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>()),
+            ef_search: 64,
+        };
         let mut total = 0.0;
         for _ in 0..100 {
             let q = Query::F32(around(0.3));

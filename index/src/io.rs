@@ -30,7 +30,9 @@ impl Matrix {
     pub fn to_f32(&self) -> Vec<f32> {
         match self.encoding {
             Encoding::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Encoding::F16 => self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Encoding::F16 => {
+                self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
             e => panic!("to_f32 on {e} matrix"),
         }
     }
@@ -60,7 +62,8 @@ impl Matrix {
             Encoding::F16 => "<f2",
             Encoding::F32 => "<f4",
         };
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}", self.rows, self.dims);
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}", self.rows, self.dims);
         let total = NPY_MAGIC.len() + 2 + 2 + header.len() + 1;
         header.push_str(&" ".repeat((64 - total % 64) % 64));
         header.push('\n');

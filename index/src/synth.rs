@@ -24,7 +24,16 @@ pub struct SynthParams {
 
 impl Default for SynthParams {
     fn default() -> Self {
-        SynthParams { identities: 10_000, samples: 5, dimensions: 512, intrinsic: 48, mated_probes: 200, nonmated_probes: 200, encoding: Encoding::U8, seed: 42 }
+        SynthParams {
+            identities: 10_000,
+            samples: 5,
+            dimensions: 512,
+            intrinsic: 48,
+            mated_probes: 200,
+            nonmated_probes: 200,
+            encoding: Encoding::U8,
+            seed: 42,
+        }
     }
 }
 
@@ -107,7 +116,8 @@ pub fn generate(p: SynthParams) -> SynthData {
             ids.push(format!("face-{i:07}-{s}"));
         }
     }
-    let mated_identity: Vec<usize> = (0..p.mated_probes).map(|_| g.rng.below(p.identities.max(1) as u64) as usize).collect();
+    let mated_identity: Vec<usize> =
+        (0..p.mated_probes).map(|_| g.rng.below(p.identities.max(1) as u64) as usize).collect();
     let mated: Vec<Vec<f32>> = mated_identity.iter().map(|&i| g.sample(&centres[i].clone())).collect();
     let nonmated: Vec<Vec<f32>> = (0..p.nonmated_probes)
         .map(|_| {
@@ -130,7 +140,16 @@ mod tests {
 
     #[test]
     fn deterministic_and_clustered() {
-        let p = SynthParams { identities: 50, samples: 3, dimensions: 64, intrinsic: 16, mated_probes: 5, nonmated_probes: 5, encoding: Encoding::F32, seed: 9 };
+        let p = SynthParams {
+            identities: 50,
+            samples: 3,
+            dimensions: 64,
+            intrinsic: 16,
+            mated_probes: 5,
+            nonmated_probes: 5,
+            encoding: Encoding::F32,
+            seed: 9,
+        };
         let a = generate(p);
         let b = generate(p);
         assert_eq!(a.base, b.base);

@@ -99,7 +99,9 @@ impl VectorStore {
         match &self.storage {
             Storage::Bytes(b) => b.clone(),
             Storage::F32(f) => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Storage::Split { hi, lo } => hi.iter().zip(lo).flat_map(|(&h, &l)| kernels::join_f32(h, l).to_le_bytes()).collect(),
+            Storage::Split { hi, lo } => {
+                hi.iter().zip(lo).flat_map(|(&h, &l)| kernels::join_f32(h, l).to_le_bytes()).collect()
+            }
         }
     }
 
@@ -136,7 +138,11 @@ impl VectorStore {
             Query::Bytes(b) => RowRef::Bytes(b),
             Query::F32(f) => RowRef::F32(f),
         };
-        let inv = if self.spec.metric == Metric::Cosine { inv_norm(raw_dot(kernels::active(), &self.spec, row, row)) } else { 1.0 };
+        let inv = if self.spec.metric == Metric::Cosine {
+            inv_norm(raw_dot(kernels::active(), &self.spec, row, row))
+        } else {
+            1.0
+        };
         Prepared { row, inv_norm: inv, kernels: kernels::active() }
     }
 
@@ -146,7 +152,9 @@ impl VectorStore {
     pub fn distance(&self, q: &Prepared<'_>, i: usize) -> f32 {
         let row = self.row_ref(i);
         match self.spec.metric {
-            Metric::Cosine => 1.0 - (raw_dot(q.kernels, &self.spec, q.row, row) as f32) * q.inv_norm * self.inv_norms[i],
+            Metric::Cosine => {
+                1.0 - (raw_dot(q.kernels, &self.spec, q.row, row) as f32) * q.inv_norm * self.inv_norms[i]
+            }
             Metric::Dot => 1.0 - (raw_dot(q.kernels, &self.spec, q.row, row) * self.real_scale2()) as f32,
             Metric::L2 => (raw_l2(q.kernels, &self.spec, q.row, row) * self.real_scale2()) as f32,
         }
@@ -240,7 +248,11 @@ impl Prepared<'_> {
 }
 
 fn inv_norm(self_dot: f64) -> f32 {
-    if self_dot > 0.0 { (1.0 / self_dot.sqrt()) as f32 } else { 0.0 }
+    if self_dot > 0.0 {
+        (1.0 / self_dot.sqrt()) as f32
+    } else {
+        0.0
+    }
 }
 
 /// Σ a·b in the spec's signed units (integer-exact for u8/i8).
@@ -250,7 +262,9 @@ pub fn raw_dot(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>)
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.dot_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.dot_u8)(a, b, spec.zero_point) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.dot_f32)(a, b) as f64,
-        (RowRef::F32(q), RowRef::Split(h, l)) | (RowRef::Split(h, l), RowRef::F32(q)) => (k.dot_split_f32)(h, l, q) as f64,
+        (RowRef::F32(q), RowRef::Split(h, l)) | (RowRef::Split(h, l), RowRef::F32(q)) => {
+            (k.dot_split_f32)(h, l, q) as f64
+        }
         (a @ RowRef::Split(..), RowRef::Split(h, l)) => (k.dot_split_f32)(h, l, &a.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
@@ -263,7 +277,8 @@ pub fn raw_l2(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>) 
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.l2_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.l2_u8)(a, b) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.l2_f32)(a, b) as f64,
-        (a @ (RowRef::F32(_) | RowRef::Split(..)), b @ RowRef::Split(..)) | (a @ RowRef::Split(..), b @ RowRef::F32(_)) => (k.l2_f32)(&a.to_f32(), &b.to_f32()) as f64,
+        (a @ (RowRef::F32(_) | RowRef::Split(..)), b @ RowRef::Split(..))
+        | (a @ RowRef::Split(..), b @ RowRef::F32(_)) => (k.l2_f32)(&a.to_f32(), &b.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
 }

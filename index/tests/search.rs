@@ -13,7 +13,8 @@ fn build(encoding: Encoding, metric: Metric, identities: usize) -> (FlatIndex, k
     let spec = DescriptorSpec::new(59, 512, encoding, metric);
     let store = VectorStore::from_matrix(&spec, &data.base).unwrap();
     let graph = build_graph(&store, HnswParams::default(), 2, &|_, _, _| {}).unwrap();
-    let index = FlatIndex { vectors: store, graph, ids: Ids::from_vec(&data.ids), ef_search: HnswParams::default().ef_search };
+    let index =
+        FlatIndex { vectors: store, graph, ids: Ids::from_vec(&data.ids), ef_search: HnswParams::default().ef_search };
     (index, data)
 }
 

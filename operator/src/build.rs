@@ -111,22 +111,35 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     let (src_root, _) = source_mount(mi, &storage_claim(ix));
     let mut a: Vec<String> = vec![
         "index".into(),
-        "--label".into(), mi.label(),
-        "--namespace".into(), mi.namespace().unwrap_or_default(),
-        "--storage".into(), STORAGE_MOUNT.into(),
-        "--source".into(), match &s.source.path {
+        "--label".into(),
+        mi.label(),
+        "--namespace".into(),
+        mi.namespace().unwrap_or_default(),
+        "--storage".into(),
+        STORAGE_MOUNT.into(),
+        "--source".into(),
+        match &s.source.path {
             Some(p) => format!("{src_root}/{p}"),
             None => crate::online::agents_source(mi),
         },
-        "--version".into(), s.descriptor.version.to_string(),
-        "--dimensions".into(), s.descriptor.dimensions.to_string(),
-        "--encoding".into(), enc(s.descriptor.encoding).into(),
-        "--metric".into(), metric(s.descriptor.metric).into(),
-        "--m".into(), s.hnsw.m.to_string(),
-        "--ef-construction".into(), s.hnsw.ef_construction.to_string(),
-        "--ef-search".into(), s.hnsw.ef_search.to_string(),
-        "--keep".into(), ix.spec.snapshots_to_keep.to_string(),
-        "--termination-message-path".into(), "/dev/termination-log".into(),
+        "--version".into(),
+        s.descriptor.version.to_string(),
+        "--dimensions".into(),
+        s.descriptor.dimensions.to_string(),
+        "--encoding".into(),
+        enc(s.descriptor.encoding).into(),
+        "--metric".into(),
+        metric(s.descriptor.metric).into(),
+        "--m".into(),
+        s.hnsw.m.to_string(),
+        "--ef-construction".into(),
+        s.hnsw.ef_construction.to_string(),
+        "--ef-search".into(),
+        s.hnsw.ef_search.to_string(),
+        "--keep".into(),
+        ix.spec.snapshots_to_keep.to_string(),
+        "--termination-message-path".into(),
+        "/dev/termination-log".into(),
     ];
     if let Some(ids) = &s.source.ids_path {
         a.extend(["--ids".into(), format!("{src_root}/{ids}")]);
@@ -216,10 +229,14 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
 pub fn match_args(mi: &MatchingIndex) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "match".into(),
-        "--storage".into(), STORAGE_MOUNT.into(),
-        "--namespace".into(), mi.namespace().unwrap_or_default(),
-        "--label".into(), mi.label(),
-        "--http".into(), format!("0.0.0.0:{MATCHER_PORT}"),
+        "--storage".into(),
+        STORAGE_MOUNT.into(),
+        "--namespace".into(),
+        mi.namespace().unwrap_or_default(),
+        "--label".into(),
+        mi.label(),
+        "--http".into(),
+        format!("0.0.0.0:{MATCHER_PORT}"),
     ];
     if let Some(p) = &mi.spec.redis.key_prefix {
         a.extend(["--prefix".into(), p.clone()]);
@@ -265,8 +282,14 @@ fn with_redis_secrets(mi: &MatchingIndex, mut pod: Value) -> Value {
     let c = &mut pod["containers"][0];
     c["env"].as_array_mut().expect("env list").extend(redis_secret_env(mi));
     if let Some(t) = &mi.spec.redis.tls {
-        c["volumeMounts"].as_array_mut().expect("mount list").push(json!({"name": "redis-tls", "mountPath": REDIS_TLS_MOUNT, "readOnly": true}));
-        pod["volumes"].as_array_mut().expect("volume list").push(json!({"name": "redis-tls", "secret": {"secretName": t.secret_name, "defaultMode": 0o440}}));
+        c["volumeMounts"]
+            .as_array_mut()
+            .expect("mount list")
+            .push(json!({"name": "redis-tls", "mountPath": REDIS_TLS_MOUNT, "readOnly": true}));
+        pod["volumes"]
+            .as_array_mut()
+            .expect("volume list")
+            .push(json!({"name": "redis-tls", "secret": {"secretName": t.secret_name, "defaultMode": 0o440}}));
     }
     pod
 }
@@ -274,26 +297,31 @@ fn with_redis_secrets(mi: &MatchingIndex, mut pod: Value) -> Value {
 /// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
 pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
     let lbl = labels(mi, "matcher");
-    let selector: BTreeMap<&str, String> = BTreeMap::from([(LABEL_MI, mi.name_any()), (LABEL_COMPONENT, "matcher".into())]);
-    let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5, "failureThreshold": 3});
+    let selector: BTreeMap<&str, String> =
+        BTreeMap::from([(LABEL_MI, mi.name_any()), (LABEL_COMPONENT, "matcher".into())]);
+    let probe =
+        |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5, "failureThreshold": 3});
     let pod_spec = merge(
-        with_redis_secrets(mi, json!({
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
-            "terminationGracePeriodSeconds": 30,
-            "containers": [{
-                "name": "matcher", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
-                "args": match_args(mi),
-                "env": [redis_env(mi), {"name": "KIM_LOG_FORMAT", "value": "json"},
-                        {"name": "KIM_MATCHER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-                "ports": [{"name": "http", "containerPort": MATCHER_PORT}],
-                "readinessProbe": probe("/readyz"),
-                "livenessProbe": merge(probe("/healthz"), json!({"initialDelaySeconds": 10})),
-                "resources": mi.spec.matcher.resources,
-                "volumeMounts": [{"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": true}],
-                "securityContext": container_security(),
-            }],
-            "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": storage_claim(ix), "readOnly": true}}],
-        })),
+        with_redis_secrets(
+            mi,
+            json!({
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532},
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "matcher", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
+                    "args": match_args(mi),
+                    "env": [redis_env(mi), {"name": "KIM_LOG_FORMAT", "value": "json"},
+                            {"name": "KIM_MATCHER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "ports": [{"name": "http", "containerPort": MATCHER_PORT}],
+                    "readinessProbe": probe("/readyz"),
+                    "livenessProbe": merge(probe("/healthz"), json!({"initialDelaySeconds": 10})),
+                    "resources": mi.spec.matcher.resources,
+                    "volumeMounts": [{"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": true}],
+                    "securityContext": container_security(),
+                }],
+                "volumes": [{"name": "storage", "persistentVolumeClaim": {"claimName": storage_claim(ix), "readOnly": true}}],
+            }),
+        ),
         scheduling(ix),
     );
     let v = json!({
@@ -356,7 +384,8 @@ mod tests {
     }
 
     pub fn ix() -> Indexer {
-        let spec: IndexerSpec = serde_json::from_value(json!({"storage": {"size": "5Gi"}, "maxConcurrentBuilds": 2})).unwrap();
+        let spec: IndexerSpec =
+            serde_json::from_value(json!({"storage": {"size": "5Gi"}, "maxConcurrentBuilds": 2})).unwrap();
         let mut i = Indexer::new("pool", spec);
         i.metadata.namespace = Some("team".into());
         i
@@ -435,7 +464,12 @@ mod tests {
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
         let env = c.env.as_ref().unwrap();
         assert_eq!(env[0].value.as_deref(), Some("redis://redis:6379"));
-        m.spec.redis = RedisSpec { url: None, secret_ref: Some(SecretKeyRef { name: "r".into(), key: "url".into() }), key_prefix: Some("p:".into()), ..Default::default() };
+        m.spec.redis = RedisSpec {
+            url: None,
+            secret_ref: Some(SecretKeyRef { name: "r".into(), key: "url".into() }),
+            key_prefix: Some("p:".into()),
+            ..Default::default()
+        };
         let dep = matcher_deployment(&m, &ix(), &d());
         let c = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
         assert_eq!(c.env.unwrap()[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "r");
@@ -445,7 +479,12 @@ mod tests {
     #[test]
     fn matcher_redis_secrets() {
         let plain = matcher_deployment(&mi("faces"), &ix(), &d()).spec.unwrap().template.spec.unwrap();
-        assert!(plain.containers[0].env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("KIM_REDIS_") || e.name == "KIM_REDIS_URL"));
+        assert!(plain.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| !e.name.starts_with("KIM_REDIS_") || e.name == "KIM_REDIS_URL"));
         assert_eq!(plain.volumes.as_ref().unwrap().len(), 1);
 
         let mut m = mi("faces");
@@ -454,11 +493,18 @@ mod tests {
         m.spec.redis.tls = Some(RedisTls { secret_name: "redis-tls".into(), client_certificate: true });
         let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
         let c = &pod.containers[0];
-        let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
+        let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> =
+            c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
         let from_secret = |name: &str| env[name].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().clone();
-        assert_eq!((from_secret("KIM_REDIS_USERNAME").name.as_str(), from_secret("KIM_REDIS_USERNAME").key.as_str()), ("redis-auth", "username"));
+        assert_eq!(
+            (from_secret("KIM_REDIS_USERNAME").name.as_str(), from_secret("KIM_REDIS_USERNAME").key.as_str()),
+            ("redis-auth", "username")
+        );
         assert_eq!(from_secret("KIM_REDIS_USERNAME").optional, Some(true));
-        assert_eq!((from_secret("KIM_REDIS_PASSWORD").name.as_str(), from_secret("KIM_REDIS_PASSWORD").key.as_str()), ("redis-auth", "password"));
+        assert_eq!(
+            (from_secret("KIM_REDIS_PASSWORD").name.as_str(), from_secret("KIM_REDIS_PASSWORD").key.as_str()),
+            ("redis-auth", "password")
+        );
         assert!(env["KIM_REDIS_PASSWORD"].value.is_none(), "password never inline");
         assert_eq!(env["KIM_REDIS_CA"].value.as_deref(), Some("/etc/kim/redis-tls/ca.crt"));
         assert_eq!(env["KIM_REDIS_CERT"].value.as_deref(), Some("/etc/kim/redis-tls/tls.crt"));
@@ -484,7 +530,12 @@ mod tests {
         // Without a client certificate only the CA is mounted and named.
         m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
         let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
-        assert!(pod.containers[0].env.as_ref().unwrap().iter().all(|e| e.name != "KIM_REDIS_CERT" && e.name != "KIM_REDIS_KEY"));
+        assert!(pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|e| e.name != "KIM_REDIS_CERT" && e.name != "KIM_REDIS_KEY"));
     }
 
     #[test]

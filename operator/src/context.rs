@@ -25,7 +25,14 @@ impl Context {
     }
 
     /// Records an Event on `obj`; failures to record are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },

@@ -29,7 +29,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("kim_operator");
         let reconciles = Family::<Kind, Counter>::default();
         let errors = Family::<Kind, Counter>::default();
-        let duration = Family::<Kind, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
+        let duration =
+            Family::<Kind, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14)));
         let builds = Family::<BuildOutcome, Counter>::default();
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by kind", errors.clone());

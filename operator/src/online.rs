@@ -6,7 +6,9 @@ use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::build::{container_security, labels, merge, metric, owner_ref, scheduling, worker_image, Defaults, LABEL_COMPONENT, LABEL_MI};
+use crate::build::{
+    container_security, labels, merge, metric, owner_ref, scheduling, worker_image, Defaults, LABEL_COMPONENT, LABEL_MI,
+};
 use crate::crd::{Indexer, MatchingIndex, OnlineSpec};
 
 pub const GRPC_PORT: i32 = 8081;
@@ -29,14 +31,20 @@ fn selector(mi: &MatchingIndex, component: &str) -> Value {
 /// `agents://` source naming every agent pod through the headless Service.
 pub fn agents_source(mi: &MatchingIndex) -> String {
     let (name, ns) = (agent_name(mi), mi.namespace().unwrap_or_default());
-    let addrs: Vec<String> = (0..online(mi).agents.max(1)).map(|i| format!("{name}-{i}.{name}.{ns}.svc:{GRPC_PORT}")).collect();
+    let addrs: Vec<String> =
+        (0..online(mi).agents.max(1)).map(|i| format!("{name}-{i}.{name}.{ns}.svc:{GRPC_PORT}")).collect();
     format!("agents://{}", addrs.join(","))
 }
 
 /// Server flags: TLS only, and client certificates required when a client Secret is named.
 fn tls_server_args(mi: &MatchingIndex) -> Vec<String> {
     let Some(t) = online(mi).tls else { return Vec::new() };
-    let mut a = vec!["--tls-cert".to_string(), format!("{TLS_SERVER}/tls.crt"), "--tls-key".into(), format!("{TLS_SERVER}/tls.key")];
+    let mut a = vec![
+        "--tls-cert".to_string(),
+        format!("{TLS_SERVER}/tls.crt"),
+        "--tls-key".into(),
+        format!("{TLS_SERVER}/tls.key"),
+    ];
     if t.client_secret_name.is_some() {
         a.extend(["--tls-client-ca".into(), format!("{TLS_SERVER}/ca.crt")]);
     }
@@ -47,10 +55,18 @@ fn tls_server_args(mi: &MatchingIndex) -> Vec<String> {
 /// certificate if any, and the name agents' certificates carry.
 pub fn tls_client_args(mi: &MatchingIndex) -> Vec<String> {
     let Some(t) = online(mi).tls else { return Vec::new() };
-    let name = t.agent_server_name.clone().unwrap_or_else(|| format!("{}.{}.svc", agent_name(mi), mi.namespace().unwrap_or_default()));
+    let name = t
+        .agent_server_name
+        .clone()
+        .unwrap_or_else(|| format!("{}.{}.svc", agent_name(mi), mi.namespace().unwrap_or_default()));
     let mut a = vec!["--tls-ca".to_string(), format!("{TLS_SERVER}/ca.crt"), "--tls-server-name".into(), name];
     if t.client_secret_name.is_some() {
-        a.extend(["--tls-client-cert".into(), format!("{TLS_CLIENT}/tls.crt"), "--tls-client-key".into(), format!("{TLS_CLIENT}/tls.key")]);
+        a.extend([
+            "--tls-client-cert".into(),
+            format!("{TLS_CLIENT}/tls.crt"),
+            "--tls-client-key".into(),
+            format!("{TLS_CLIENT}/tls.key"),
+        ]);
     }
     a
 }
@@ -65,7 +81,10 @@ pub fn tls_volumes(mi: &MatchingIndex) -> (Vec<Value>, Vec<Value>) {
     secrets
         .into_iter()
         .map(|(vol, secret, path)| {
-            (json!({"name": vol, "secret": {"secretName": secret, "defaultMode": 0o440}}), json!({"name": vol, "mountPath": path, "readOnly": true}))
+            (
+                json!({"name": vol, "secret": {"secretName": secret, "defaultMode": 0o440}}),
+                json!({"name": vol, "mountPath": path, "readOnly": true}),
+            )
         })
         .unzip()
 }
@@ -85,9 +104,23 @@ fn ports() -> Value {
 pub fn agent_args(mi: &MatchingIndex) -> Vec<String> {
     let s = &mi.spec;
     [
-        "agent", "--data", "/data", "--listen", &format!("0.0.0.0:{GRPC_PORT}"), "--http", &format!("0.0.0.0:{HTTP_PORT}"),
-        "--dimensions", &s.descriptor.dimensions.to_string(), "--metric", metric(s.descriptor.metric),
-        "--m", &s.hnsw.m.to_string(), "--ef-construction", &s.hnsw.ef_construction.to_string(), "--ef-search", &s.hnsw.ef_search.to_string(),
+        "agent",
+        "--data",
+        "/data",
+        "--listen",
+        &format!("0.0.0.0:{GRPC_PORT}"),
+        "--http",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+        "--dimensions",
+        &s.descriptor.dimensions.to_string(),
+        "--metric",
+        metric(s.descriptor.metric),
+        "--m",
+        &s.hnsw.m.to_string(),
+        "--ef-construction",
+        &s.hnsw.ef_construction.to_string(),
+        "--ef-search",
+        &s.hnsw.ef_search.to_string(),
     ]
     .iter()
     .map(|x| x.to_string())
@@ -99,10 +132,20 @@ pub fn agent_args(mi: &MatchingIndex) -> Vec<String> {
 pub fn gateway_args(mi: &MatchingIndex) -> Vec<String> {
     let o = online(mi);
     let dns = format!("{}.{}.svc:{GRPC_PORT}", agent_name(mi), mi.namespace().unwrap_or_default());
-    let mut a: Vec<String> = ["filter", "--listen", &format!("0.0.0.0:{GRPC_PORT}"), "--http", &format!("0.0.0.0:{HTTP_PORT}"), "--agents-dns", &dns, "--replicas", &o.replicas.to_string()]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+    let mut a: Vec<String> = [
+        "filter",
+        "--listen",
+        &format!("0.0.0.0:{GRPC_PORT}"),
+        "--http",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+        "--agents-dns",
+        &dns,
+        "--replicas",
+        &o.replicas.to_string(),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
     if let Some(v) = &o.vectorizer {
         a.extend(["--vectorizer".into(), v.clone()]);
     }

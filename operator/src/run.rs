@@ -60,8 +60,11 @@ type Failures = Mutex<HashMap<String, u32>>;
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let identity = cfg.identity.clone().unwrap_or_else(|| format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "kim-operator".into()), std::process::id()));
-    let defaults = Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
+    let identity = cfg.identity.clone().unwrap_or_else(|| {
+        format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "kim-operator".into()), std::process::id())
+    });
+    let defaults =
+        Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
     let ctx = Context::new(client.clone(), defaults, &identity);
     let leading = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(cfg.http).await?;
@@ -86,7 +89,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     match ns {
         Some(n) => Api::namespaced(client.clone(), n),
@@ -108,7 +114,9 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
             },
             {
                 let failures = failures.clone();
-                move |obj: Arc<MatchingIndex>, err: &Error, ctx: Arc<Context>| error_policy("MatchingIndex", obj.as_ref(), err, &ctx, &failures)
+                move |obj: Arc<MatchingIndex>, err: &Error, ctx: Arc<Context>| {
+                    error_policy("MatchingIndex", obj.as_ref(), err, &ctx, &failures)
+                }
             },
             ctx.clone(),
         )
@@ -130,12 +138,23 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
                 let failures = failures.clone();
                 move |obj, ctx| {
                     let failures = failures.clone();
-                    async move { timed("Indexer", &obj.name_any(), &ctx, &failures, reconcile::indexer::reconcile(obj.clone(), ctx.clone())).await }
+                    async move {
+                        timed(
+                            "Indexer",
+                            &obj.name_any(),
+                            &ctx,
+                            &failures,
+                            reconcile::indexer::reconcile(obj.clone(), ctx.clone()),
+                        )
+                        .await
+                    }
                 }
             },
             {
                 let failures = failures.clone();
-                move |obj: Arc<Indexer>, err: &Error, ctx: Arc<Context>| error_policy("Indexer", obj.as_ref(), err, &ctx, &failures)
+                move |obj: Arc<Indexer>, err: &Error, ctx: Arc<Context>| {
+                    error_policy("Indexer", obj.as_ref(), err, &ctx, &failures)
+                }
             },
             ctx,
         )
@@ -164,7 +183,13 @@ async fn reconcile_mi(obj: Arc<MatchingIndex>, ctx: Arc<Context>, failures: Arc<
     timed("MatchingIndex", &name, &ctx, &failures, flat).await
 }
 
-async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(kind: &str, name: &str, ctx: &Context, failures: &Failures, f: F) -> Result<Action, Error> {
+async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(
+    kind: &str,
+    name: &str,
+    ctx: &Context,
+    failures: &Failures,
+    f: F,
+) -> Result<Action, Error> {
     let k = Kind { kind: kind.into() };
     let t = Instant::now();
     let r = f.await;
@@ -176,7 +201,13 @@ async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(kind: &st
     r
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(kind: &str, obj: &K, err: &Error, ctx: &Context, failures: &Failures) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    kind: &str,
+    obj: &K,
+    err: &Error,
+    ctx: &Context,
+    failures: &Failures,
+) -> Action {
     let key = format!("{kind}/{}", obj.meta().name.clone().unwrap_or_default());
     if let Error::Waiting(why) = err {
         tracing::info!(object = %key, "{why}");
@@ -202,7 +233,13 @@ async fn serve_http(listener: tokio::net::TcpListener, ctx: Arc<Context>, leadin
             "/leader",
             get(move || {
                 let l = leading.load(Ordering::SeqCst);
-                async move { if l { "leader" } else { "standby" } }
+                async move {
+                    if l {
+                        "leader"
+                    } else {
+                        "standby"
+                    }
+                }
             }),
         )
         .route(

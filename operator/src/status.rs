@@ -12,7 +12,14 @@ pub fn now_string() -> String {
 }
 
 /// Sets condition `type_`, keeping its transition time when the status did not change.
-pub fn set(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: impl Into<String>, generation: Option<i64>) {
+pub fn set(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
     let status = if status { "True" } else { "False" }.to_string();
     let message = message.into();
     match conds.iter_mut().find(|c| c.type_ == type_) {
@@ -25,7 +32,14 @@ pub fn set(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, 
             c.message = message;
             c.observed_generation = generation;
         }
-        None => conds.push(Condition { type_: type_.into(), status, reason: reason.into(), message, observed_generation: generation, last_transition_time: now() }),
+        None => conds.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now(),
+        }),
     }
 }
 

@@ -18,7 +18,10 @@ fn duration(field: &str, v: &str) -> Result<Duration, InvalidSpec> {
 }
 
 fn valid_label(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty()
+        && s.len() <= 253
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Relative path inside a claim, without `..`.
@@ -45,7 +48,9 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
     let s = &mi.spec;
     let label = mi.label();
     if !valid_label(&label) {
-        return Err(InvalidSpec(format!("label {label:?} must be 1-253 characters of [A-Za-z0-9._-] not starting with '.'")));
+        return Err(InvalidSpec(format!(
+            "label {label:?} must be 1-253 characters of [A-Za-z0-9._-] not starting with '.'"
+        )));
     }
     match (&s.source.path, s.source.agents.unwrap_or(false)) {
         (Some(p), false) => claim_path("source.path", p)?,
@@ -68,21 +73,32 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
     if let Some(u) = &s.redis.url {
         let shown = kim_redis::redact(u);
         if !["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"].iter().any(|p| u.starts_with(p)) {
-            return Err(InvalidSpec(format!("redis.url must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://, got {shown:?}")));
+            return Err(InvalidSpec(format!(
+                "redis.url must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://, got {shown:?}"
+            )));
         }
         if s.redis.tls.is_some() && !u.starts_with("rediss") {
             return Err(InvalidSpec(format!("redis.tls needs a rediss:// or rediss+sentinel:// URL, got {shown:?}")));
         }
     }
     if s.hnsw.ef_construction < s.hnsw.m {
-        return Err(InvalidSpec(format!("hnsw.efConstruction ({}) must be at least hnsw.m ({})", s.hnsw.ef_construction, s.hnsw.m)));
+        return Err(InvalidSpec(format!(
+            "hnsw.efConstruction ({}) must be at least hnsw.m ({})",
+            s.hnsw.ef_construction, s.hnsw.m
+        )));
     }
-    if !(1..=65_536).contains(&s.descriptor.dimensions) || s.descriptor.version < 0 || s.descriptor.version > u32::MAX as i64 {
+    if !(1..=65_536).contains(&s.descriptor.dimensions)
+        || s.descriptor.version < 0
+        || s.descriptor.version > u32::MAX as i64
+    {
         return Err(InvalidSpec("descriptor.dimensions must be 1..65536 and descriptor.version 0..2^32-1".into()));
     }
     if let Some(o) = &s.online {
         if o.agents < 1 || o.replicas < 1 || o.replicas > o.agents || o.gateway_replicas < 0 {
-            return Err(InvalidSpec(format!("online needs agents ≥ 1 and 1 ≤ replicas ≤ agents, got agents {} replicas {}", o.agents, o.replicas)));
+            return Err(InvalidSpec(format!(
+                "online needs agents ≥ 1 and 1 ≤ replicas ≤ agents, got agents {} replicas {}",
+                o.agents, o.replicas
+            )));
         }
     }
     s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()

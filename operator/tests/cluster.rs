@@ -34,14 +34,27 @@ impl Cluster {
         let tools = Command::new("bash").arg(repo().join("e2e/tools.sh")).output().unwrap();
         assert!(tools.status.success(), "e2e/tools.sh: {}", String::from_utf8_lossy(&tools.stderr));
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("bash").arg(repo().join("e2e/cluster.sh")).args(["up", "core"]).env("KIM_CLUSTER_DIR", dir.path()).output().unwrap();
-        assert!(out.status.success(), "cluster up: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .args(["up", "core"])
+            .env("KIM_CLUSTER_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let kubeconfig = dir.path().join("kubeconfig");
         Cluster { dir, kubeconfig }
     }
 
     fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        let bin = std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim")).join("bin/kubectl");
+        let bin = std::env::var("KIM_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
+            .join("bin/kubectl");
         Command::new(bin).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().unwrap()
     }
 
@@ -55,7 +68,14 @@ impl Cluster {
     async fn crds_established(&self) {
         self.kubectl_ok(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
         eventually(30, "CRDs established", || async {
-            let out = self.kubectl(&["wait", "--for", "condition=Established", "crd/matchingindexes.kim.dev", "crd/indexers.kim.dev", "--timeout=5s"]);
+            let out = self.kubectl(&[
+                "wait",
+                "--for",
+                "condition=Established",
+                "crd/matchingindexes.kim.dev",
+                "crd/indexers.kim.dev",
+                "--timeout=5s",
+            ]);
             out.status.success().then_some(())
         })
         .await;
@@ -93,7 +113,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo().join("e2e/cluster.sh")).arg("down").env("KIM_CLUSTER_DIR", self.dir.path()).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .arg("down")
+            .env("KIM_CLUSTER_DIR", self.dir.path())
+            .output();
     }
 }
 
@@ -194,12 +218,17 @@ async fn finish_job(client: &Client, ns: &str, job: &str, ok: bool, message: &st
         json!({"status": {"startTime": now, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
             "conditions": [cond("FailureTarget", "BackoffLimitExceeded"), cond("Failed", "BackoffLimitExceeded")]}})
     };
-    jobs.patch_status(job, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap_or_else(|e| panic!("finishing job {job}: {e}"));
+    jobs.patch_status(job, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("finishing job {job}: {e}"));
 }
 
 async fn build_jobs(client: &Client, ns: &str, mi: &str) -> Vec<Job> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    jobs.list(&ListParams::default().labels(&format!("kim.dev/matching-index={mi},kim.dev/component=build"))).await.unwrap().items
+    jobs.list(&ListParams::default().labels(&format!("kim.dev/matching-index={mi},kim.dev/component=build")))
+        .await
+        .unwrap()
+        .items
 }
 
 async fn mi_status(client: &Client, ns: &str, name: &str) -> Option<kim_operator::crd::MatchingIndexStatus> {
@@ -246,24 +275,32 @@ async fn build_lifecycle_scaling_failure_restart_and_deletion() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("maxConcurrentBuilds must be 1..64"));
 
-    let out = apply_yaml(&c, &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "faces", 16, 1, &redis_url, "data/base.npy")));
+    let out =
+        apply_yaml(&c, &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "faces", 16, 1, &redis_url, "data/base.npy")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The Indexer's claim and the first build Job appear, with the spec we expect.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     eventually(20, "storage claim", || async { pvcs.get_opt("pool-storage").await.unwrap() }).await;
-    let job = eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
+    let job =
+        eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
     let pod = job.spec.clone().unwrap().template.spec.unwrap();
     let args = pod.containers[0].args.clone().unwrap();
     assert!(args.windows(2).any(|w| w == ["--source", "/storage/data/base.npy"]), "{args:?}");
     assert_eq!(pod.volumes.unwrap()[0].persistent_volume_claim.as_ref().unwrap().claim_name, "pool-storage");
-    let st = eventually(20, "Building phase", || async { mi_status(&client, ns, "faces").await.filter(|s| s.phase == Some(Phase::Building)) }).await;
+    let st = eventually(20, "Building phase", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.phase == Some(Phase::Building))
+    })
+    .await;
     assert_eq!(st.current_build.unwrap().job.as_deref(), Some(job.name_any().as_str()));
 
     // The Job succeeds: status carries the snapshot, the matcher Deployment appears.
     let msg = r#"{"snapshot":"20261122t000000000z-abc123","label":"faces","namespace":"team","vectors":50000,"buildSeconds":12.5,"createdAt":"2026-11-22T00:00:00Z"}"#;
     finish_job(&client, ns, &job.name_any(), true, msg).await;
-    let st = eventually(20, "snapshot in status", || async { mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.is_some()) }).await;
+    let st = eventually(20, "snapshot in status", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.is_some())
+    })
+    .await;
     let snap = st.current_snapshot.unwrap();
     assert_eq!((snap.id.as_str(), snap.vectors), ("20261122t000000000z-abc123", 50000));
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -274,15 +311,24 @@ async fn build_lifecycle_scaling_failure_restart_and_deletion() {
 
     // Scaling changes the Deployment, not the index.
     assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 16, 3, &redis_url, "data/base.npy")).status.success());
-    eventually(20, "3 replicas", || async { deps.get_opt("faces-matcher").await.unwrap().filter(|d| d.spec.as_ref().unwrap().replicas == Some(3)) }).await;
+    eventually(20, "3 replicas", || async {
+        deps.get_opt("faces-matcher").await.unwrap().filter(|d| d.spec.as_ref().unwrap().replicas == Some(3))
+    })
+    .await;
     assert_eq!(build_jobs(&client, ns, "faces").await.len(), 1);
 
     // New HNSW parameters start a new build; it fails with the worker's message.
     assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 24, 3, &redis_url, "data/base.npy")).status.success());
-    let second = eventually(20, "second build job", || async { build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any()) }).await;
-    finish_job(&client, ns, &second.name_any(), false, r#"{"error":"source has 128 dimensions, index expects 512"}"#).await;
+    let second = eventually(20, "second build job", || async {
+        build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any())
+    })
+    .await;
+    finish_job(&client, ns, &second.name_any(), false, r#"{"error":"source has 128 dimensions, index expects 512"}"#)
+        .await;
     let st = eventually(20, "BuildFailed", || async {
-        mi_status(&client, ns, "faces").await.filter(|s| s.conditions.iter().any(|c| c.type_ == "BuildFailed" && c.status == "True"))
+        mi_status(&client, ns, "faces")
+            .await
+            .filter(|s| s.conditions.iter().any(|c| c.type_ == "BuildFailed" && c.status == "True"))
     })
     .await;
     let failed = st.conditions.iter().find(|c| c.type_ == "BuildFailed").unwrap();
@@ -292,28 +338,52 @@ async fn build_lifecycle_scaling_failure_restart_and_deletion() {
     // The manual trigger annotation starts another build of the same spec.
     c.kubectl_ok(&["annotate", "mi", "faces", "-n", ns, "kim.dev/rebuild=retry-1"]);
     let third = eventually(20, "third build job", || async {
-        build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any() && j.name_any() != second.name_any())
+        build_jobs(&client, ns, "faces")
+            .await
+            .into_iter()
+            .find(|j| j.name_any() != job.name_any() && j.name_any() != second.name_any())
     })
     .await;
-    finish_job(&client, ns, &third.name_any(), true, r#"{"snapshot":"20261122t000000000z-def456","vectors":50001}"#).await;
+    finish_job(&client, ns, &third.name_any(), true, r#"{"snapshot":"20261122t000000000z-def456","vectors":50001}"#)
+        .await;
     eventually(20, "rebuilt snapshot", || async {
-        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-def456") && s.phase != Some(Phase::Degraded))
+        mi_status(&client, ns, "faces").await.filter(|s| {
+            s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-def456")
+                && s.phase != Some(Phase::Degraded)
+        })
     })
     .await;
 
     // An invalid spec the schema cannot see becomes a condition; the operator keeps running.
     assert!(apply_yaml(&c, &mi_yaml(ns, "broken", 16, 1, &redis_url, "../../etc/passwd")).status.success());
-    let st = eventually(20, "SpecValid=False", || async { mi_status(&client, ns, "broken").await.filter(|s| s.phase == Some(Phase::Failed)) }).await;
+    let st = eventually(20, "SpecValid=False", || async {
+        mi_status(&client, ns, "broken").await.filter(|s| s.phase == Some(Phase::Failed))
+    })
+    .await;
     assert!(st.conditions.iter().any(|c| c.type_ == "SpecValid" && c.status == "False" && c.message.contains("'..'")));
     assert!(build_jobs(&client, ns, "broken").await.is_empty());
 
     // Restarting the operator creates no duplicate Jobs.
-    let before: Vec<String> = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();
+    let before: Vec<String> = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
     op.stop("TERM");
     let op2 = c.operator("op-2");
     eventually(20, "op-2 leading", || async { op2.role().filter(|r| r == "leader") }).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<String> = Api::<Job>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.iter().map(|j| j.name_any()).collect();
+    let after: Vec<String> = Api::<Job>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
     assert_eq!(before, after);
 
     // Deleting the MatchingIndex removes children, Redis keys and (via a cleanup Job) files.
@@ -325,7 +395,8 @@ async fn build_lifecycle_scaling_failure_restart_and_deletion() {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     eventually(30, "cleanup job", || async { jobs.get_opt("faces-cleanup").await.unwrap() }).await;
     finish_job(&client, ns, "faces-cleanup", true, r#"{"removed":"/storage/team/faces"}"#).await;
-    eventually(30, "MatchingIndex gone", || async { mis.get_opt("faces").await.unwrap().is_none().then_some(()) }).await;
+    eventually(30, "MatchingIndex gone", || async { mis.get_opt("faces").await.unwrap().is_none().then_some(()) })
+        .await;
     assert!(deps.get_opt("faces-matcher").await.unwrap().is_none());
     assert!(build_jobs(&client, ns, "faces").await.is_empty());
     assert!(jobs.get_opt("faces-cleanup").await.unwrap().is_none());
@@ -380,7 +451,10 @@ async fn concurrency_limit_queues_builds() {
     built.sort();
     assert_eq!(built, vec!["a", "b", "c"]);
     for n in ["a", "b", "c"] {
-        eventually(20, "snapshot", || async { mi_status(&client, ns, n).await.filter(|s| s.current_snapshot.is_some()) }).await;
+        eventually(20, "snapshot", || async {
+            mi_status(&client, ns, n).await.filter(|s| s.current_snapshot.is_some())
+        })
+        .await;
     }
 }
 
@@ -396,9 +470,17 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     let b = c.operator("op-b");
     eventually(20, "op-b up", || async { b.role() }).await;
     assert_eq!(b.role().as_deref(), Some("standby"));
-    assert!(apply_yaml(&c, &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "one", 16, 1, "redis://127.0.0.1:1", "data/base.npy"))).status.success());
+    assert!(apply_yaml(
+        &c,
+        &(indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "one", 16, 1, "redis://127.0.0.1:1", "data/base.npy"))
+    )
+    .status
+    .success());
     eventually(20, "job of one", || async { build_jobs(&client, ns, "one").await.into_iter().next() }).await;
-    assert!(!b.get("/metrics").unwrap().contains("kim_operator_reconciles_total{kind=\"MatchingIndex\"}"), "standby reconciled");
+    assert!(
+        !b.get("/metrics").unwrap().contains("kim_operator_reconciles_total{kind=\"MatchingIndex\"}"),
+        "standby reconciled"
+    );
     a.stop("KILL");
     eventually(30, "op-b leading", || async { b.role().filter(|r| r == "leader") }).await;
     assert!(apply_yaml(&c, &mi_yaml(ns, "two", 16, 1, "redis://127.0.0.1:1", "data/base.npy")).status.success());
@@ -451,7 +533,8 @@ async fn online_section_creates_agents_and_gateway() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(mis.get_opt("texts").await.unwrap().is_some(), "finalizer holds while Redis is unreachable");
     c.kubectl_ok(&["annotate", "mi", "texts", "-n", ns, "kim.dev/skip-cleanup=true"]);
-    eventually(30, "MatchingIndex released", || async { mis.get_opt("texts").await.unwrap().is_none().then_some(()) }).await;
+    eventually(30, "MatchingIndex released", || async { mis.get_opt("texts").await.unwrap().is_none().then_some(()) })
+        .await;
 }
 
 /// kube-apiserver stopped (SIGTERM) while a build runs and started again with the same
@@ -469,7 +552,8 @@ async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
     let mut op = c.operator("op");
     let yaml = indexer_yaml(ns, 2) + "---\n" + &mi_yaml(ns, "faces", 16, 1, "redis://127.0.0.1:1", "data/base.npy");
     assert!(apply_yaml(&c, &yaml).status.success());
-    let job = eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
+    let job =
+        eventually(20, "first build job", || async { build_jobs(&client, ns, "faces").await.into_iter().next() }).await;
     eventually(20, "op leading", || async { op.role().filter(|r| r == "leader") }).await;
 
     // Stop the API server the way an upgrade or a crash-looping control plane does.
@@ -485,10 +569,17 @@ async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
     std::thread::sleep(Duration::from_secs(5));
     let cmd = std::fs::read_to_string(run.join("kube-apiserver.cmd")).unwrap();
     let log = std::fs::OpenOptions::new().append(true).open(c.dir.path().join("logs/kube-apiserver.log")).unwrap();
-    let child = Command::new("setsid").args(["bash", "-c", &format!("exec {}", cmd.trim())]).stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+    let child = Command::new("setsid")
+        .args(["bash", "-c", &format!("exec {}", cmd.trim())])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     std::fs::write(run.join("kube-apiserver.pid"), child.id().to_string()).unwrap();
     let restarted = Instant::now();
-    eventually(60, "kube-apiserver back", || async { c.kubectl(&["get", "ns", ns]).status.success().then_some(()) }).await;
+    eventually(60, "kube-apiserver back", || async { c.kubectl(&["get", "ns", ns]).status.success().then_some(()) })
+        .await;
     eprintln!("kube-apiserver down {:?}, back after {:?}", t.elapsed() - restarted.elapsed(), restarted.elapsed());
 
     // The operator gave up its expired lease with a clear error and no panic; restart it as
@@ -508,12 +599,17 @@ async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
     // Reconcile resumes: the build finishing after the restart lands in status...
     finish_job(&client, ns, &job.name_any(), true, r#"{"snapshot":"20261122t000000000z-aaa111","vectors":10}"#).await;
     eventually(30, "snapshot in status after the restart", || async {
-        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-aaa111"))
+        mi_status(&client, ns, "faces")
+            .await
+            .filter(|s| s.current_snapshot.as_ref().is_some_and(|x| x.id == "20261122t000000000z-aaa111"))
     })
     .await;
     // ...and a spec change made after the restart starts exactly one new build.
     assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 24, 1, "redis://127.0.0.1:1", "data/base.npy")).status.success());
-    let second = eventually(30, "second build job", || async { build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any()) }).await;
+    let second = eventually(30, "second build job", || async {
+        build_jobs(&client, ns, "faces").await.into_iter().find(|j| j.name_any() != job.name_any())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let names: Vec<String> = build_jobs(&client, ns, "faces").await.iter().map(|j| j.name_any()).collect();
     assert_eq!(names.len(), 2, "one Job per build: {names:?}");

@@ -21,7 +21,10 @@ fn fixtures() -> (MatchingIndex, Indexer) {
     .unwrap();
     let mut mi = MatchingIndex::new("faces", spec);
     mi.metadata.namespace = Some("team-a".into());
-    let mut ix = Indexer::new("pool", serde_json::from_value::<IndexerSpec>(json!({"storage": {"size": "1Gi"}, "snapshotsToKeep": 5})).unwrap());
+    let mut ix = Indexer::new(
+        "pool",
+        serde_json::from_value::<IndexerSpec>(json!({"storage": {"size": "1Gi"}, "snapshotsToKeep": 5})).unwrap(),
+    );
     ix.metadata.namespace = Some("team-a".into());
     (mi, ix)
 }
@@ -40,14 +43,18 @@ fn index_args_parse_with_the_worker() {
     assert_eq!(a.source.to_str(), Some("/source/in/base.npy"));
     assert_eq!(a.ids.unwrap().to_str(), Some("/source/in/ids.txt"));
     assert_eq!((a.m, a.ef_construction, a.ef_search, a.keep), (24, 300, 128, 5));
-    assert_eq!(a.descriptor.spec(), kim_index::DescriptorSpec::new(59, 512, kim_index::Encoding::U8, kim_index::Metric::Cosine));
+    assert_eq!(
+        a.descriptor.spec(),
+        kim_index::DescriptorSpec::new(59, 512, kim_index::Encoding::U8, kim_index::Metric::Cosine)
+    );
     assert_eq!(a.termination_message_path.unwrap().to_str(), Some("/dev/termination-log"));
 }
 
 #[test]
 fn match_and_clean_args_parse_with_the_worker() {
     let (mi, ix) = fixtures();
-    let dep = build::matcher_deployment(&mi, &ix, &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() });
+    let dep =
+        build::matcher_deployment(&mi, &ix, &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() });
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     // The Redis URL comes from the environment in the pod.
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
@@ -63,7 +70,9 @@ fn match_and_clean_args_parse_with_the_worker() {
 #[test]
 fn checked_in_crds_match_the_types() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for (file, crd) in [("indexers.kim.dev.yaml", Indexer::crd()), ("matchingindexes.kim.dev.yaml", MatchingIndex::crd())] {
+    for (file, crd) in
+        [("indexers.kim.dev.yaml", Indexer::crd()), ("matchingindexes.kim.dev.yaml", MatchingIndex::crd())]
+    {
         let want = serde_yaml::to_string(&crd).unwrap();
         let have = std::fs::read_to_string(root.join(file)).unwrap();
         assert!(have == want, "crds/{file} is stale: run `cargo run --release --bin crdgen -- crds`");
@@ -73,17 +82,29 @@ fn checked_in_crds_match_the_types() {
 #[test]
 fn online_args_parse_with_the_worker() {
     let (mut mi, ix) = fixtures();
-    mi.spec.online = Some(serde_json::from_value(json!({"agents": 3, "replicas": 2, "vectorizer": "vec:8081", "egressFilters": ["eg:1"]})).unwrap());
+    mi.spec.online = Some(
+        serde_json::from_value(
+            json!({"agents": 3, "replicas": 2, "vectorizer": "vec:8081", "egressFilters": ["eg:1"]}),
+        )
+        .unwrap(),
+    );
     let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
     assert_eq!((a.dimensions, a.m, a.listen.port()), (512, 24, 8081));
     let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
     assert_eq!(f.agents_dns.as_deref(), Some("faces-agent.team-a.svc:8081"));
-    assert_eq!((f.replicas, f.vectorizer.as_deref(), f.egress_filter.clone()), (2, Some("vec:8081"), vec!["eg:1".to_string()]));
+    assert_eq!(
+        (f.replicas, f.vectorizer.as_deref(), f.egress_filter.clone()),
+        (2, Some("vec:8081"), vec!["eg:1".to_string()])
+    );
     // An agents:// source names every agent pod.
     mi.spec.source = serde_json::from_value(json!({"agents": true})).unwrap();
     let Command::Index(i) = parse(&build::index_args(&mi, &ix)).command else { panic!("not index") };
     assert_eq!(i.source.to_str(), Some("agents://faces-agent-0.faces-agent.team-a.svc:8081,faces-agent-1.faces-agent.team-a.svc:8081,faces-agent-2.faces-agent.team-a.svc:8081"));
-    let sts = kim_operator::online::agent_statefulset(&mi, &ix, &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() });
+    let sts = kim_operator::online::agent_statefulset(
+        &mi,
+        &ix,
+        &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() },
+    );
     let spec = sts.spec.unwrap();
     assert_eq!((spec.replicas, spec.service_name.as_deref()), (Some(3), Some("faces-agent")));
     assert_eq!(spec.volume_claim_templates.unwrap()[0].metadata.name.as_deref(), Some("data"));
@@ -93,10 +114,19 @@ fn online_args_parse_with_the_worker() {
 fn online_tls_mounts_the_secrets_and_its_flags_parse() {
     let (mut mi, ix) = fixtures();
     let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
-    mi.spec.online = Some(serde_json::from_value(json!({"agents": 2, "tls": {"serverSecretName": "kim-tls", "clientSecretName": "kim-client"}})).unwrap());
+    mi.spec.online = Some(
+        serde_json::from_value(
+            json!({"agents": 2, "tls": {"serverSecretName": "kim-tls", "clientSecretName": "kim-client"}}),
+        )
+        .unwrap(),
+    );
     let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
     assert_eq!(a.tls.tls_cert.unwrap().to_str(), Some("/etc/kim/tls/server/tls.crt"));
-    assert_eq!(a.tls.tls_client_ca.unwrap().to_str(), Some("/etc/kim/tls/server/ca.crt"), "a client Secret means mutual TLS");
+    assert_eq!(
+        a.tls.tls_client_ca.unwrap().to_str(),
+        Some("/etc/kim/tls/server/ca.crt"),
+        "a client Secret means mutual TLS"
+    );
     let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
     assert_eq!(f.tls.tls_key.unwrap().to_str(), Some("/etc/kim/tls/server/tls.key"));
     assert_eq!(f.backend_tls.tls_ca.unwrap().to_str(), Some("/etc/kim/tls/server/ca.crt"));
@@ -108,7 +138,8 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
     assert_eq!(i.agents_tls.tls_client_key.unwrap().to_str(), Some("/etc/kim/tls/client/tls.key"));
     let job = build::build_job(&mi, &ix, "0123456789abcdef", 600, &d);
     let pod = job.spec.unwrap().template.spec.unwrap();
-    let secrets: Vec<String> = pod.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+    let secrets: Vec<String> =
+        pod.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
     assert_eq!(secrets, ["kim-tls", "kim-client"]);
     let mounts = pod.containers[0].volume_mounts.clone().unwrap();
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/kim/tls/client" && m.read_only == Some(true)), "{mounts:?}");
@@ -116,15 +147,23 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
         ("agents", kim_operator::online::agent_statefulset(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
         ("gateway", kim_operator::online::gateway_deployment(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
     ] {
-        let secrets: Vec<String> = spec.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
+        let secrets: Vec<String> =
+            spec.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
         assert_eq!(secrets, ["kim-tls", "kim-client"], "{name}");
-        let paths: Vec<String> = spec.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
+        let paths: Vec<String> =
+            spec.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
         assert!(paths.contains(&"/etc/kim/tls/server".to_string()), "{name}: {paths:?}");
     }
     // TLS without a client Secret: servers do not ask for client certificates.
-    mi.spec.online = Some(serde_json::from_value(json!({"tls": {"serverSecretName": "kim-tls", "agentServerName": "agents.example"}})).unwrap());
+    mi.spec.online = Some(
+        serde_json::from_value(json!({"tls": {"serverSecretName": "kim-tls", "agentServerName": "agents.example"}}))
+            .unwrap(),
+    );
     let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
     assert!(a.tls.tls_client_ca.is_none());
     let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
-    assert_eq!((f.backend_tls.tls_server_name.as_deref(), f.backend_tls.tls_client_cert), (Some("agents.example"), None));
+    assert_eq!(
+        (f.backend_tls.tls_server_name.as_deref(), f.backend_tls.tls_client_cert),
+        (Some("agents.example"), None)
+    );
 }

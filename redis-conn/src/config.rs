@@ -32,8 +32,15 @@ impl RedisArgs {
     /// A URL with TLS settings from the environment (for library users without clap).
     pub fn from_env(url: &str) -> RedisArgs {
         let path = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let require_tls = std::env::var("KIM_REDIS_REQUIRE_TLS").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
-        RedisArgs { url: url.to_string(), ca: path("KIM_REDIS_CA"), cert: path("KIM_REDIS_CERT"), key: path("KIM_REDIS_KEY"), require_tls }
+        let require_tls =
+            std::env::var("KIM_REDIS_REQUIRE_TLS").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
+        RedisArgs {
+            url: url.to_string(),
+            ca: path("KIM_REDIS_CA"),
+            cert: path("KIM_REDIS_CERT"),
+            key: path("KIM_REDIS_KEY"),
+            require_tls,
+        }
     }
 }
 
@@ -47,7 +54,10 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).field("password", &self.password.as_ref().map(|_| "***")).finish()
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -57,10 +67,16 @@ impl Credentials {
             let direct = env(&format!("{prefix}_{what}")).filter(|v| !v.is_empty());
             let file = env(&format!("{prefix}_{what}_FILE")).filter(|v| !v.is_empty());
             match (direct, file) {
-                (Some(_), Some(_)) => Err(Error::Config(format!("set only one of {prefix}_{what} and {prefix}_{what}_FILE"))),
+                (Some(_), Some(_)) => {
+                    Err(Error::Config(format!("set only one of {prefix}_{what} and {prefix}_{what}_FILE")))
+                }
                 (Some(v), None) => Ok(Some(v)),
                 (None, Some(path)) => {
-                    let text = std::fs::read_to_string(&path).map_err(|source| Error::File { what: "credentials file", path: path.clone(), source })?;
+                    let text = std::fs::read_to_string(&path).map_err(|source| Error::File {
+                        what: "credentials file",
+                        path: path.clone(),
+                        source,
+                    })?;
                     let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
                     Ok(Some(text.to_string()))
                 }
@@ -123,7 +139,11 @@ impl Target {
         let tls = match scheme {
             "redis" | "redis+sentinel" => false,
             "rediss" | "rediss+sentinel" => true,
-            other => return Err(bad(format!("unknown scheme {other:?}; use redis://, rediss://, redis+sentinel:// or rediss+sentinel://"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown scheme {other:?}; use redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+                )))
+            }
         };
         if args.require_tls && !tls {
             return Err(Error::PlaintextRefused(shown));
@@ -143,8 +163,16 @@ impl Target {
 
     /// For callers holding the secrets in memory (the operator reads Kubernetes Secrets):
     /// credentials override the URL's, PEM bytes stand in for the TLS files.
-    pub fn from_parts(url: &str, creds: Credentials, ca: Option<Vec<u8>>, client: Option<(Vec<u8>, Vec<u8>)>) -> Result<Target, Error> {
-        let mut t = Target::with_env(&RedisArgs { url: url.into(), ca: None, cert: None, key: None, require_tls: false }, |_| None)?;
+    pub fn from_parts(
+        url: &str,
+        creds: Credentials,
+        ca: Option<Vec<u8>>,
+        client: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Target, Error> {
+        let mut t = Target::with_env(
+            &RedisArgs { url: url.into(), ca: None, cert: None, key: None, require_tls: false },
+            |_| None,
+        )?;
         t.creds = creds.or(t.creds);
         if ca.is_some() || client.is_some() {
             if !t.tls {
@@ -165,8 +193,18 @@ impl Target {
     }
 
     /// A client for one host, with this target's TLS material and the given credentials.
-    pub(crate) fn client_for(&self, host: &str, port: u16, db: i64, creds: &Credentials) -> redis::RedisResult<redis::Client> {
-        let addr = if self.tls { ConnectionAddr::TcpTls { host: host.into(), port, insecure: false, tls_params: None } } else { ConnectionAddr::Tcp(host.into(), port) };
+    pub(crate) fn client_for(
+        &self,
+        host: &str,
+        port: u16,
+        db: i64,
+        creds: &Credentials,
+    ) -> redis::RedisResult<redis::Client> {
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls { host: host.into(), port, insecure: false, tls_params: None }
+        } else {
+            ConnectionAddr::Tcp(host.into(), port)
+        };
         let mut info = ConnectionInfo { addr, redis: Default::default() };
         info.redis.db = db;
         info.redis.username = creds.username.clone();
@@ -206,13 +244,17 @@ fn parse_sentinel(rest: &str) -> Result<(Addr, Credentials), String> {
     let creds = match userinfo {
         None => Credentials::default(),
         Some(u) => match u.split_once(':') {
-            Some((user, pass)) => Credentials { username: Some(percent_decode(user)?).filter(|u| !u.is_empty()), password: Some(percent_decode(pass)?) },
+            Some((user, pass)) => Credentials {
+                username: Some(percent_decode(user)?).filter(|u| !u.is_empty()),
+                password: Some(percent_decode(pass)?),
+            },
             None => Credentials { username: None, password: Some(percent_decode(u)?) },
         },
     };
     let (hosts, path) = rest.split_once('/').ok_or("expected host:port,.../<master name>[/db]")?;
     let mut parts = path.split('/');
-    let master = parts.next().filter(|m| !m.is_empty()).ok_or("the master name is missing after the hosts")?.to_string();
+    let master =
+        parts.next().filter(|m| !m.is_empty()).ok_or("the master name is missing after the hosts")?.to_string();
     let db = match parts.next().filter(|d| !d.is_empty()) {
         Some(d) => d.parse::<i64>().map_err(|_| format!("database {d:?} is not a number"))?,
         None => 0,
@@ -240,7 +282,10 @@ fn percent_decode(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad %-escape in the userinfo")?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad %-escape in the userinfo")?;
             out.push(hex);
             i += 3;
         } else {
@@ -256,11 +301,17 @@ fn load_certs(args: &RedisArgs, tls: bool) -> Result<Option<TlsCertificates>, Er
         return Ok(None);
     }
     if !tls {
-        return Err(Error::Config("--redis-ca, --redis-cert and --redis-key (KIM_REDIS_CA/_CERT/_KEY) need a rediss:// URL".into()));
+        return Err(Error::Config(
+            "--redis-ca, --redis-cert and --redis-key (KIM_REDIS_CA/_CERT/_KEY) need a rediss:// URL".into(),
+        ));
     }
-    let read = |what: &'static str, p: &PathBuf| std::fs::read(p).map_err(|source| Error::File { what, path: p.display().to_string(), source });
+    let read = |what: &'static str, p: &PathBuf| {
+        std::fs::read(p).map_err(|source| Error::File { what, path: p.display().to_string(), source })
+    };
     let client_tls = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => Some(ClientTlsConfig { client_cert: read("client certificate", c)?, client_key: read("client key", k)? }),
+        (Some(c), Some(k)) => {
+            Some(ClientTlsConfig { client_cert: read("client certificate", c)?, client_key: read("client key", k)? })
+        }
         (None, None) => None,
         _ => return Err(Error::Config("--redis-cert and --redis-key go together".into())),
     };
@@ -290,9 +341,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pw");
         std::fs::write(&f, "from-file\n").unwrap();
-        let t = target("redis://h:1/2", &[("KIM_REDIS_USERNAME", "kim"), ("KIM_REDIS_PASSWORD_FILE", f.to_str().unwrap())]).unwrap();
+        let t =
+            target("redis://h:1/2", &[("KIM_REDIS_USERNAME", "kim"), ("KIM_REDIS_PASSWORD_FILE", f.to_str().unwrap())])
+                .unwrap();
         let info = t.direct().unwrap();
-        assert_eq!((info.redis.username.as_deref(), info.redis.password.as_deref(), info.redis.db), (Some("kim"), Some("from-file"), 2));
+        assert_eq!(
+            (info.redis.username.as_deref(), info.redis.password.as_deref(), info.redis.db),
+            (Some("kim"), Some("from-file"), 2)
+        );
         let e = target("redis://h:1", &[("KIM_REDIS_PASSWORD", "a"), ("KIM_REDIS_PASSWORD_FILE", "/x")]).unwrap_err();
         assert!(e.to_string().contains("only one of"), "{e}");
         let e = target("redis://h:1", &[("KIM_REDIS_PASSWORD_FILE", "/nonexistent/pw")]).unwrap_err();
@@ -309,7 +365,13 @@ mod tests {
         assert_eq!(t.creds.password.as_deref(), Some("p@ss"));
         assert!(!t.is_tls() && t.is_sentinel());
         assert!(target("rediss+sentinel://a:1/m", &[]).unwrap().is_tls());
-        for bad in ["redis+sentinel://a:1", "redis+sentinel://a:1/", "redis+sentinel://a:x/m", "redis+sentinel://a:1/m/zero", "redis+sentinel://,a:1/m"] {
+        for bad in [
+            "redis+sentinel://a:1",
+            "redis+sentinel://a:1/",
+            "redis+sentinel://a:x/m",
+            "redis+sentinel://a:1/m/zero",
+            "redis+sentinel://,a:1/m",
+        ] {
             assert!(matches!(target(bad, &[]), Err(Error::Url { .. })), "{bad}");
         }
     }

@@ -20,18 +20,29 @@ pub fn retryable(e: &RedisError) -> bool {
     if matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig) {
         return false;
     }
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.is_unrecoverable_error() || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError)
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError)
 }
 
 impl Target {
     /// Opens one multiplexed connection (resolving the master first for Sentinel targets).
     pub async fn connect(&self, response_timeout: Duration) -> RedisResult<MultiplexedConnection> {
-        let cfg = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
+        let cfg =
+            AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(response_timeout);
         match &self.addr {
-            Addr::Direct(_) => self.build(self.direct().expect("direct"))?.get_multiplexed_async_connection_with_config(&cfg).await,
+            Addr::Direct(_) => {
+                self.build(self.direct().expect("direct"))?.get_multiplexed_async_connection_with_config(&cfg).await
+            }
             Addr::Sentinel { sentinels, master, db } => {
                 let addr = sentinel::resolve(self, sentinels, master).await?;
-                let mut c = self.client_for(&addr.0, addr.1, *db, &self.creds)?.get_multiplexed_async_connection_with_config(&cfg).await?;
+                let mut c = self
+                    .client_for(&addr.0, addr.1, *db, &self.creds)?
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?;
                 sentinel::ensure_master(&mut c, &addr).await?;
                 Ok(c)
             }
@@ -52,7 +63,9 @@ impl Target {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
             Ok(r) => r,
-            Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "pub/sub connect timed out"))),
+            Err(_) => {
+                Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "pub/sub connect timed out")))
+            }
         }
     }
 }
@@ -128,7 +141,12 @@ impl redis::aio::ConnectionLike for Conn {
         })
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let (n, mut c) = self.current().await?;
             let r = c.req_packed_commands(cmd, offset, count).await;
@@ -163,7 +181,11 @@ pub async fn connect_checked(target: Arc<Target>, response_timeout: Duration, wa
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
-                let hint = if !target.is_tls() && (e.is_connection_dropped() || e.kind() == ErrorKind::ParseError || e.is_io_error() && !e.is_connection_refusal()) {
+                let hint = if !target.is_tls()
+                    && (e.is_connection_dropped()
+                        || e.kind() == ErrorKind::ParseError
+                        || e.is_io_error() && !e.is_connection_refusal())
+                {
                     " (the server closed a plaintext connection: if it only accepts TLS, use rediss:// with --redis-ca)"
                 } else {
                     ""

@@ -17,18 +17,34 @@ pub(crate) async fn resolve(t: &Target, sentinels: &[(String, u16)], master: &st
     for (host, port) in sentinels {
         let ask = async {
             let client = t.client_for(host, *port, 0, &t.sentinel_creds)?;
-            let cfg = AsyncConnectionConfig::new().set_connection_timeout(ASK_TIMEOUT).set_response_timeout(ASK_TIMEOUT);
+            let cfg =
+                AsyncConnectionConfig::new().set_connection_timeout(ASK_TIMEOUT).set_response_timeout(ASK_TIMEOUT);
             let mut c = client.get_multiplexed_async_connection_with_config(&cfg).await?;
-            redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query_async::<Option<(String, u16)>>(&mut c).await
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query_async::<Option<(String, u16)>>(&mut c)
+                .await
         };
         match tokio::time::timeout(ASK_TIMEOUT * 2, ask).await {
             Ok(Ok(Some(addr))) => return Ok(addr),
-            Ok(Ok(None)) => last = Some(RedisError::from((ErrorKind::ResponseError, "sentinel does not know the master", format!("{master} at sentinel {host}:{port}")))),
+            Ok(Ok(None)) => {
+                last = Some(RedisError::from((
+                    ErrorKind::ResponseError,
+                    "sentinel does not know the master",
+                    format!("{master} at sentinel {host}:{port}"),
+                )))
+            }
             Ok(Err(e)) => {
                 tracing::debug!(sentinel = %format!("{host}:{port}"), error = %e, "sentinel unavailable");
                 last = Some(e);
             }
-            Err(_) => last = Some(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("sentinel {host}:{port} did not answer")))),
+            Err(_) => {
+                last = Some(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("sentinel {host}:{port} did not answer"),
+                )))
+            }
         }
     }
     Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no sentinels configured"))))
@@ -40,6 +56,10 @@ pub(crate) async fn ensure_master(c: &mut MultiplexedConnection, addr: &(String,
     match role.first() {
         Some(redis::Value::BulkString(r)) if r == b"master" => Ok(()),
         Some(redis::Value::SimpleString(r)) if r == "master" => Ok(()),
-        _ => Err(RedisError::from((ErrorKind::ReadOnly, "sentinel named a node that is not a master (fail-over in progress)", format!("{}:{}", addr.0, addr.1)))),
+        _ => Err(RedisError::from((
+            ErrorKind::ReadOnly,
+            "sentinel named a node that is not a master (fail-over in progress)",
+            format!("{}:{}", addr.0, addr.1),
+        ))),
     }
 }

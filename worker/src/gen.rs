@@ -27,7 +27,10 @@ pub fn run(a: &GenArgs) -> anyhow::Result<()> {
         encoding: a.encoding,
         seed: a.seed,
     };
-    anyhow::ensure!(a.identities > 0 && a.samples > 0 && a.dimensions > 0, "identities, samples and dimensions must be positive");
+    anyhow::ensure!(
+        a.identities > 0 && a.samples > 0 && a.dimensions > 0,
+        "identities, samples and dimensions must be positive"
+    );
     fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let d = generate(p);
     tracing::info!(vectors = d.base.rows, dims = a.dimensions, encoding = %a.encoding, secs = start.elapsed().as_secs_f64(), "generated");
@@ -36,7 +39,10 @@ pub fn run(a: &GenArgs) -> anyhow::Result<()> {
     d.nonmated.write_npy(&a.out.join("nonmated.npy"))?;
     fs::write(a.out.join("ids.txt"), d.ids.join("\n") + "\n")?;
     let identity = |i: usize| format!("face-{i:07}");
-    fs::write(a.out.join("mated_identity.txt"), d.mated_identity.iter().map(|&i| identity(i) + "\n").collect::<String>())?;
+    fs::write(
+        a.out.join("mated_identity.txt"),
+        d.mated_identity.iter().map(|&i| identity(i) + "\n").collect::<String>(),
+    )?;
     let scale = if matches!(a.encoding, Encoding::U8 | Encoding::I8) { 1.0 / quant_scale(a.dimensions) } else { 1.0 };
     if a.truth_k > 0 {
         let mut spec = DescriptorSpec::new(0, a.dimensions, a.encoding, a.metric);

@@ -36,7 +36,11 @@ pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
 
 fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     let start = Instant::now();
-    anyhow::ensure!(valid_name(&a.label), "label {:?} must be 1-253 characters of [A-Za-z0-9._-] and not start with '.'", a.label);
+    anyhow::ensure!(
+        valid_name(&a.label),
+        "label {:?} must be 1-253 characters of [A-Za-z0-9._-] and not start with '.'",
+        a.label
+    );
     anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
     let spec = a.descriptor.spec();
     spec.validate().map_err(anyhow::Error::msg).context("descriptor settings")?;
@@ -45,8 +49,14 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
     // `agents://HOST:PORT,...`: the online agents' objects, ids = object ids.
     let (source_bytes, matrix, agent_ids) = match crate::online::source::agents(&a.source) {
-        Some(agents) => crate::online::source::read(&agents, &a.agents_tls.dialer()?).map(|(b, m, ids)| (b, m, Some(ids)))?,
-        None => (std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?, Matrix::read(&a.source).map_err(anyhow::Error::msg)?, None),
+        Some(agents) => {
+            crate::online::source::read(&agents, &a.agents_tls.dialer()?).map(|(b, m, ids)| (b, m, Some(ids)))?
+        }
+        None => (
+            std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?,
+            Matrix::read(&a.source).map_err(anyhow::Error::msg)?,
+            None,
+        ),
     };
     let ids = match (&a.ids, agent_ids) {
         (_, Some(ids)) => ids,
@@ -57,7 +67,9 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     digest_input.extend(ids.join("\n").bytes());
     let source_digest = format!("xxh3:{}", snapshot::hash_hex(&digest_input));
     drop(digest_input);
-    let vectors = VectorStore::from_matrix(&spec, &matrix).map_err(anyhow::Error::msg).with_context(|| format!("source {}", a.source.display()))?;
+    let vectors = VectorStore::from_matrix(&spec, &matrix)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("source {}", a.source.display()))?;
     drop(matrix);
     tracing::info!(vectors = vectors.len(), dims = spec.dimensions, encoding = %spec.encoding, metric = %spec.metric, m = params.m, ef_construction = params.ef_construction, threads, "building graph");
     let last_log = std::sync::Mutex::new(Instant::now());
@@ -87,7 +99,8 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         build_seconds: start.elapsed().as_secs_f64(),
         files: Default::default(),
     };
-    let written = snapshot::write(&dir, manifest, &index).with_context(|| format!("writing snapshot under {}", dir.display()))?;
+    let written =
+        snapshot::write(&dir, manifest, &index).with_context(|| format!("writing snapshot under {}", dir.display()))?;
     // Read it back before it goes live: CURRENT never names a snapshot that fails to load.
     snapshot::load(&dir, &written.id).context("verifying the written snapshot")?;
     snapshot::publish(&dir, &written.id)?;
@@ -111,7 +124,10 @@ pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
 
 /// Labels and namespaces become directory names and Redis key parts.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    !s.is_empty()
+        && s.len() <= 253
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Labels with a CURRENT file under `<root>/<namespace>`.

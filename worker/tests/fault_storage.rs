@@ -17,7 +17,14 @@ fn current(f: &Fixture) -> String {
 }
 
 fn ask(descriptor: Vec<u8>) -> Match {
-    Match { descriptor, version: 59, label: "faces".into(), limit: 1, luna_request_id: None, timeout: Duration::from_secs(10) }
+    Match {
+        descriptor,
+        version: 59,
+        label: "faces".into(),
+        limit: 1,
+        luna_request_id: None,
+        timeout: Duration::from_secs(10),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +45,15 @@ async fn full_storage_fails_the_build_and_the_previous_snapshot_keeps_serving() 
     let out = Command::new("bash")
         .args(["-c", script, "bash"])
         .arg(worker_bin())
-        .args(["index", "--label", "faces", "--storage", f.storage.to_str().unwrap(), "--source", f.data.join("base.npy").to_str().unwrap()])
+        .args([
+            "index",
+            "--label",
+            "faces",
+            "--storage",
+            f.storage.to_str().unwrap(),
+            "--source",
+            f.data.join("base.npy").to_str().unwrap(),
+        ])
         .args(["--ids", f.data.join("ids.txt").to_str().unwrap(), "--version", "59", "--threads", "2"])
         .env("KIM_LOG", "warn")
         .output()
@@ -53,8 +68,12 @@ async fn full_storage_fails_the_build_and_the_previous_snapshot_keeps_serving() 
 
     assert_eq!(current(&f), before, "CURRENT still names the previous snapshot");
     let snaps = f.storage.join("default/faces/snapshots");
-    let names: Vec<String> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(names.iter().all(|n| n == &before || n.starts_with(".tmp-")), "only the live snapshot and the half-written temp dir: {names:?}");
+    let names: Vec<String> =
+        std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(
+        names.iter().all(|n| n == &before || n.starts_with(".tmp-")),
+        "only the live snapshot and the half-written temp dir: {names:?}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await; // two reload intervals
     for i in [7usize, 100, 1199] {
         let r = client.match_descriptor(ask(base.row(i).to_vec())).await.unwrap();
@@ -67,6 +86,7 @@ async fn full_storage_fails_the_build_and_the_previous_snapshot_keeps_serving() 
     let after = summary["snapshot"].as_str().unwrap().to_string();
     assert_ne!(after, before);
     assert_eq!(current(&f), after);
-    let names: Vec<String> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
 }

@@ -12,7 +12,14 @@ use kim_client::{Client, Match};
 use redis::Commands;
 
 fn req(descriptor: Vec<u8>, label: &str, limit: u32) -> Match {
-    Match { descriptor, version: 59, label: label.into(), limit, luna_request_id: None, timeout: Duration::from_secs(10) }
+    Match {
+        descriptor,
+        version: 59,
+        label: label.into(),
+        limit,
+        luna_request_id: None,
+        timeout: Duration::from_secs(10),
+    }
 }
 
 fn code(r: &MatchResponse) -> Option<u32> {
@@ -112,21 +119,60 @@ async fn protocol_scenarios_on_20k() {
 
     // Malformed entry with a response channel: 26301.
     let v = b"59".as_slice();
-    let r = raw_request(&redis, &[("descriptor", &bare), ("version", v), ("label", b"faces"), ("limit", b"abc"), ("response_channel", b"t1"), ("rid", b"r1")], Some("t1")).unwrap();
+    let r = raw_request(
+        &redis,
+        &[
+            ("descriptor", &bare),
+            ("version", v),
+            ("label", b"faces"),
+            ("limit", b"abc"),
+            ("response_channel", b"t1"),
+            ("rid", b"r1"),
+        ],
+        Some("t1"),
+    )
+    .unwrap();
     assert_eq!((r.status_code, code(&r), r.rid.as_str()), (400, Some(26301), "r1"));
     assert!(r.error.unwrap().detail.contains("limit"));
     // Label field that contradicts the stream: 26301.
-    let r = raw_request(&redis, &[("descriptor", &bare), ("version", v), ("label", b"other"), ("limit", b"1"), ("response_channel", b"t2"), ("rid", b"r2")], Some("t2")).unwrap();
+    let r = raw_request(
+        &redis,
+        &[
+            ("descriptor", &bare),
+            ("version", v),
+            ("label", b"other"),
+            ("limit", b"1"),
+            ("response_channel", b"t2"),
+            ("rid", b"r2"),
+        ],
+        Some("t2"),
+    )
+    .unwrap();
     assert_eq!(code(&r), Some(26301));
     // Expired deadline: 26309 without a search.
     let past = (kim_api::unix_ms() - 1000).to_string();
-    let r = raw_request(&redis, &[("descriptor", &bare), ("version", v), ("label", b"faces"), ("limit", b"1"), ("response_channel", b"t3"), ("rid", b"r3"), ("deadline", past.as_bytes())], Some("t3")).unwrap();
+    let r = raw_request(
+        &redis,
+        &[
+            ("descriptor", &bare),
+            ("version", v),
+            ("label", b"faces"),
+            ("limit", b"1"),
+            ("response_channel", b"t3"),
+            ("rid", b"r3"),
+            ("deadline", past.as_bytes()),
+        ],
+        Some("t3"),
+    )
+    .unwrap();
     assert_eq!((r.status_code, code(&r)), (504, Some(26309)));
     assert!(r.result.is_empty());
     // Malformed entry with no channel: acknowledged and dropped, matcher keeps serving.
     raw_request(&redis, &[("descriptor", &bare), ("garbage", b"1")], None);
     // Nothing is pending until the matcher has read the entry, so wait for its log line too.
-    wait_until(Duration::from_secs(5), "malformed entry to be logged and acked", || m.proc.log_text().contains("no response channel") && pending(&redis) == 0);
+    wait_until(Duration::from_secs(5), "malformed entry to be logged and acked", || {
+        m.proc.log_text().contains("no response channel") && pending(&redis) == 0
+    });
     let r = client.match_descriptor(req(bare.clone(), "faces", 5)).await.unwrap();
     assert_eq!(r.result, a.result);
 
@@ -178,10 +224,21 @@ async fn killed_matcher_requests_are_answered_by_another() {
     }
     // Redis hands the first entries to the parked read of the stopped matcher.
     let owned_by_a = || -> i64 {
-        let v: Vec<(String, i64)> = redis::cmd("XPENDING").arg("faces").arg("kim-matchers").query::<redis::Value>(&mut redis.conn()).ok().and_then(|v| match v {
-            redis::Value::Array(items) => items.get(3).and_then(|c| redis::from_redis_value::<Vec<(String, String)>>(c).ok()),
-            _ => None,
-        }).unwrap_or_default().into_iter().map(|(c, n)| (c, n.parse().unwrap_or(0))).collect();
+        let v: Vec<(String, i64)> = redis::cmd("XPENDING")
+            .arg("faces")
+            .arg("kim-matchers")
+            .query::<redis::Value>(&mut redis.conn())
+            .ok()
+            .and_then(|v| match v {
+                redis::Value::Array(items) => {
+                    items.get(3).and_then(|c| redis::from_redis_value::<Vec<(String, String)>>(c).ok())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(c, n)| (c, n.parse().unwrap_or(0)))
+            .collect();
         v.iter().filter(|(c, _)| c == "a").map(|(_, n)| *n).sum()
     };
     wait_until(Duration::from_secs(10), "entries pending on the stopped matcher", || owned_by_a() >= 1);
@@ -218,7 +275,9 @@ async fn snapshot_swaps_under_load_and_corrupt_ones_are_rejected() {
             let mut answered = 0;
             let mut failed = Vec::new();
             while started.elapsed() < Duration::from_secs(20) && answered < 20_000 {
-                let batch: Vec<_> = (0..8).map(|k| c.match_descriptor(req(rows[(answered + k) % rows.len()].clone(), "faces", 5))).collect();
+                let batch: Vec<_> = (0..8)
+                    .map(|k| c.match_descriptor(req(rows[(answered + k) % rows.len()].clone(), "faces", 5)))
+                    .collect();
                 for r in futures::future::join_all(batch).await {
                     let r = r.unwrap();
                     if r.status_code != 201 {
@@ -256,7 +315,9 @@ async fn snapshot_swaps_under_load_and_corrupt_ones_are_rejected() {
     bytes[1234] ^= 0xff;
     std::fs::write(&vb, bytes).unwrap();
     std::fs::write(dir.join("CURRENT"), format!("{bad}\n")).unwrap();
-    wait_until(Duration::from_secs(10), "rejection of the corrupt snapshot", || m.metric("kim_matcher_snapshots_rejected_total{label=\"faces\"}") == 1.0);
+    wait_until(Duration::from_secs(10), "rejection of the corrupt snapshot", || {
+        m.metric("kim_matcher_snapshots_rejected_total{label=\"faces\"}") == 1.0
+    });
     assert!(m.proc.log_text().contains("error_code=26308"));
     assert_eq!(client.label_info("faces").await.unwrap()[0].snapshot, now);
     let r = client.match_descriptor(req(probes.row(0).to_vec(), "faces", 5)).await.unwrap();
@@ -288,7 +349,9 @@ async fn two_matchers_share_one_label() {
     let probes = f.matrix("mated.npy");
     let mut answers = HashMap::new();
     for round in 0..25 {
-        let batch: Vec<_> = (0..16).map(|k| client.match_descriptor(req(probes.row((round * 16 + k) % probes.rows).to_vec(), "faces", 3))).collect();
+        let batch: Vec<_> = (0..16)
+            .map(|k| client.match_descriptor(req(probes.row((round * 16 + k) % probes.rows).to_vec(), "faces", 3)))
+            .collect();
         for r in futures::future::join_all(batch).await {
             let r = r.unwrap();
             assert_eq!(r.status_code, 201);
@@ -326,7 +389,19 @@ fn index_rejects_bad_input_and_keeps_current() {
         (vec!["--m", "1"], "m must be"),
     ];
     for (extra, want) in cases {
-        let mut args = vec!["index", "--label", "faces", "--storage", st, "--source", &base, "--version", "59", "--termination-message-path", tm.to_str().unwrap()];
+        let mut args = vec![
+            "index",
+            "--label",
+            "faces",
+            "--storage",
+            st,
+            "--source",
+            &base,
+            "--version",
+            "59",
+            "--termination-message-path",
+            tm.to_str().unwrap(),
+        ];
         if !extra.contains(&"--ids") {
             args.extend(["--ids", &ids]);
         }
@@ -338,7 +413,17 @@ fn index_rejects_bad_input_and_keeps_current() {
     }
     let err = worker_fails(&["index", "--label", "../x", "--storage", st, "--source", &base, "--version", "59"]);
     assert!(err.contains("label"), "{err}");
-    let err = worker_fails(&["index", "--label", "faces", "--storage", st, "--source", "/nonexistent.npy", "--version", "59"]);
+    let err = worker_fails(&[
+        "index",
+        "--label",
+        "faces",
+        "--storage",
+        st,
+        "--source",
+        "/nonexistent.npy",
+        "--version",
+        "59",
+    ]);
     assert!(err.contains("nonexistent"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("CURRENT")).unwrap(), before, "CURRENT untouched by failed builds");
 }
@@ -351,21 +436,56 @@ async fn f32_index_answers_with_exact_similarities() {
     let dir = tempfile::tempdir().unwrap();
     let (data, storage) = (dir.path().join("data"), dir.path().join("storage"));
     let d = |n: &str| data.join(n).to_str().unwrap().to_string();
-    worker(&["gen", "--out", data.to_str().unwrap(), "--identities", "2000", "--samples", "4", "--encoding", "f32", "--mated-probes", "100", "--nonmated-probes", "100"]);
-    worker(&["index", "--label", "faces", "--storage", storage.to_str().unwrap(), "--source", &d("base.npy"), "--ids", &d("ids.txt"), "--version", "59", "--encoding", "f32", "--threads", "2"]);
+    worker(&[
+        "gen",
+        "--out",
+        data.to_str().unwrap(),
+        "--identities",
+        "2000",
+        "--samples",
+        "4",
+        "--encoding",
+        "f32",
+        "--mated-probes",
+        "100",
+        "--nonmated-probes",
+        "100",
+    ]);
+    worker(&[
+        "index",
+        "--label",
+        "faces",
+        "--storage",
+        storage.to_str().unwrap(),
+        "--source",
+        &d("base.npy"),
+        "--ids",
+        &d("ids.txt"),
+        "--version",
+        "59",
+        "--encoding",
+        "f32",
+        "--threads",
+        "2",
+    ]);
     let redis = Redis::start(dir.path());
     let m = Matcher::start("m1", dir.path(), &storage, &redis, &[]);
     m.wait_ready();
     let client = Client::connect(&redis.url()).await.unwrap();
 
     let spec = kim_index::DescriptorSpec::new(59, 512, kim_index::Encoding::F32, kim_index::Metric::Cosine);
-    let store = kim_index::VectorStore::from_matrix(&spec, &kim_index::Matrix::read(&data.join("base.npy")).unwrap()).unwrap();
+    let store =
+        kim_index::VectorStore::from_matrix(&spec, &kim_index::Matrix::read(&data.join("base.npy")).unwrap()).unwrap();
     let ids: Vec<String> = std::fs::read_to_string(data.join("ids.txt")).unwrap().lines().map(str::to_string).collect();
     let row_of: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let (mut found, mut total) = (0usize, 0usize);
     for set in ["mated", "nonmated"] {
         let probes = kim_index::Matrix::read(&data.join(format!("{set}.npy"))).unwrap();
-        let truth: Vec<String> = std::fs::read_to_string(data.join(format!("{set}_truth.txt"))).unwrap().lines().map(str::to_string).collect();
+        let truth: Vec<String> = std::fs::read_to_string(data.join(format!("{set}_truth.txt")))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
         for i in 0..probes.rows {
             let r = client.match_descriptor(req(probes.row(i).to_vec(), "faces", 10)).await.unwrap();
             assert_eq!(r.status_code, 201, "{r:?}");

@@ -10,8 +10,8 @@ use std::time::Instant;
 use kim_proto::agent::v1::agent_client::AgentClient;
 use kim_proto::payload::v1::{control, flush, insert, object, remove, update, upsert, Empty};
 use kim_proto::vald::v1::{
-    flush_client::FlushClient, index_client::IndexClient, insert_client::InsertClient, object_client::ObjectClient, remove_client::RemoveClient,
-    update_client::UpdateClient, upsert_client::UpsertClient,
+    flush_client::FlushClient, index_client::IndexClient, insert_client::InsertClient, object_client::ObjectClient,
+    remove_client::RemoveClient, update_client::UpdateClient, upsert_client::UpsertClient,
 };
 use online_support::*;
 use tonic::Code;
@@ -58,24 +58,40 @@ async fn vald_agent_semantics() {
     let hits = search(&ch, vector(2, DIMS), 3).await;
     assert_eq!((hits[0].id.as_str(), hits[0].distance), ("x", 0.0));
 
-    let upd = |id: &str, seed| update::Request { vector: Some(object::Vector { id: id.into(), vector: vector(seed, DIMS), timestamp: 0 }), config: None };
+    let upd = |id: &str, seed| update::Request {
+        vector: Some(object::Vector { id: id.into(), vector: vector(seed, DIMS), timestamp: 0 }),
+        config: None,
+    };
     assert_eq!(UpdateClient::new(ch.clone()).update(upd("missing", 3)).await.unwrap_err().code(), Code::NotFound);
     UpdateClient::new(ch.clone()).update(upd("x", 3)).await.unwrap();
     assert_eq!(search(&ch, vector(3, DIMS), 1).await[0].id, "x");
-    let ups = |id: &str, seed| upsert::Request { vector: Some(object::Vector { id: id.into(), vector: vector(seed, DIMS), timestamp: 0 }), config: None };
+    let ups = |id: &str, seed| upsert::Request {
+        vector: Some(object::Vector { id: id.into(), vector: vector(seed, DIMS), timestamp: 0 }),
+        config: None,
+    };
     UpsertClient::new(ch.clone()).upsert(ups("y", 4)).await.unwrap();
     UpsertClient::new(ch.clone()).upsert(ups("y", 5)).await.unwrap();
     assert_eq!(get(&ch, "y").await.unwrap(), vector(5, DIMS));
 
     // Multi: per-item failures reported, the rest applied.
-    let multi = insert::MultiRequest { requests: vec![insert_req("m1", vector(10, DIMS)), insert_req("x", vector(11, DIMS)), insert_req("m2", vector(12, DIMS))] };
+    let multi = insert::MultiRequest {
+        requests: vec![
+            insert_req("m1", vector(10, DIMS)),
+            insert_req("x", vector(11, DIMS)),
+            insert_req("m2", vector(12, DIMS)),
+        ],
+    };
     let err = InsertClient::new(ch.clone()).multi_insert(multi).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains("1 of 3 items failed") && err.message().contains("#1 \"x\""), "{}", err.message());
     assert!(get(&ch, "m1").await.is_some() && get(&ch, "m2").await.is_some());
 
     // Stream: in-band status for the bad message, the others succeed.
-    let reqs = vec![insert_req("s1", vector(20, DIMS)), insert_req("s1", vector(21, DIMS)), insert_req("s2", vector(22, DIMS))];
+    let reqs = vec![
+        insert_req("s1", vector(20, DIMS)),
+        insert_req("s1", vector(21, DIMS)),
+        insert_req("s2", vector(22, DIMS)),
+    ];
     let mut out = InsertClient::new(ch.clone()).stream_insert(futures::stream::iter(reqs)).await.unwrap().into_inner();
     let mut codes = Vec::new();
     while let Some(m) = out.message().await.unwrap() {
@@ -89,7 +105,10 @@ async fn vald_agent_semantics() {
     // Remove, Exists, IndexInfo, CreateIndex, list, Flush.
     RemoveClient::new(ch.clone()).remove(id_req("m2")).await.unwrap();
     assert_eq!(RemoveClient::new(ch.clone()).remove(id_req("m2")).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(ObjectClient::new(ch.clone()).exists(object::Id { id: "m2".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        ObjectClient::new(ch.clone()).exists(object::Id { id: "m2".into() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
     assert!(ObjectClient::new(ch.clone()).exists(object::Id { id: "m1".into() }).await.is_ok());
     let c = count(&ch).await;
     assert_eq!((c.stored, c.uncommitted), (0, 5), "{c:?}");
@@ -126,7 +145,9 @@ async fn sigkill_loses_no_acknowledged_write() {
     }
     // Half of them in a saved snapshot, the rest only in the WAL.
     AgentClient::new(ch.clone()).create_and_save_index(control::CreateIndexRequest { pool_size: 0 }).await.unwrap();
-    let multi = insert::MultiRequest { requests: (200..400u64).map(|i| insert_req(&format!("u{i}"), vector(i, DIMS))).collect() };
+    let multi = insert::MultiRequest {
+        requests: (200..400u64).map(|i| insert_req(&format!("u{i}"), vector(i, DIMS))).collect(),
+    };
     InsertClient::new(ch.clone()).multi_insert(multi).await.unwrap();
     (200..400u64).for_each(|i| drop(want.insert(format!("u{i}"), vector(i, DIMS))));
     let reqs: Vec<_> = (400..600u64).map(|i| insert_req(&format!("u{i}"), vector(i, DIMS))).collect();
@@ -142,7 +163,10 @@ async fn sigkill_loses_no_acknowledged_write() {
         RemoveClient::new(ch.clone()).remove(id_req(&format!("u{i}"))).await.unwrap();
         want.remove(&format!("u{i}"));
     }
-    let upd = update::Request { vector: Some(object::Vector { id: "u1".into(), vector: vector(9999, DIMS), timestamp: 0 }), config: None };
+    let upd = update::Request {
+        vector: Some(object::Vector { id: "u1".into(), vector: vector(9999, DIMS), timestamp: 0 }),
+        config: None,
+    };
     UpdateClient::new(ch.clone()).update(upd).await.unwrap();
     want.insert("u1".into(), vector(9999, DIMS));
 
@@ -174,7 +198,11 @@ async fn truncated_wal_tail_is_discarded() {
     }
     agent.kill9();
     let data = dir.path().join("a1-data");
-    let mut wals: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+    let mut wals: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     wals.sort();
     let newest = wals.iter().rev().find(|p| std::fs::metadata(p).unwrap().len() > 0).unwrap().clone();
     let len = std::fs::metadata(&newest).unwrap().len();

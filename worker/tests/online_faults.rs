@@ -34,7 +34,14 @@ fn status(gw: &Server) -> serde_json::Value {
 }
 
 fn reachable(st: &serde_json::Value, addr: &str) -> bool {
-    st["agents"].as_array().unwrap().iter().find(|a| a["address"] == addr).unwrap_or_else(|| panic!("{addr} not in {st}"))["reachable"].as_bool().unwrap()
+    st["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["address"] == addr)
+        .unwrap_or_else(|| panic!("{addr} not in {st}"))["reachable"]
+        .as_bool()
+        .unwrap()
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -54,18 +61,35 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_agent_degrades_searches_and_shows_in_status() {
     let dir = tempfile::tempdir().unwrap();
-    let agents: Vec<Server> = (1..=3).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
+    let agents: Vec<Server> =
+        (1..=3).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
     let vec = Server::start("vectorizer", dir.path(), &["vectorize", "--dimensions", &DIMS.to_string()]);
     let list = agents.iter().map(|a| a.addr()).collect::<Vec<_>>().join(",");
     let gw = Server::start(
         "gateway",
         dir.path(),
-        &["filter", "--agents", &list, "--replicas", "2", "--vectorizer", &vec.addr(), "--probe-interval", "200ms", "--probe-timeout", "100ms"],
+        &[
+            "filter",
+            "--agents",
+            &list,
+            "--replicas",
+            "2",
+            "--vectorizer",
+            &vec.addr(),
+            "--probe-interval",
+            "200ms",
+            "--probe-timeout",
+            "100ms",
+        ],
     );
     let ch = gw.channel().await;
     let n = 45;
     for i in 0..n {
-        let req = insert::ObjectRequest { object: Some(object::Blob { id: format!("r{i}"), object: text(i) }), config: None, vectorizer: None };
+        let req = insert::ObjectRequest {
+            object: Some(object::Blob { id: format!("r{i}"), object: text(i) }),
+            config: None,
+            vectorizer: None,
+        };
         FilterClient::new(ch.clone()).insert_object(req).await.unwrap();
     }
     let st = status(&gw);
@@ -76,12 +100,16 @@ async fn partitioned_agent_degrades_searches_and_shows_in_status() {
     // Before the probe notices: the search still answers within its deadline, from the rest.
     let deadline = Duration::from_millis(1500);
     let t = Instant::now();
-    let r = search_text(&ch, 3, deadline).await.unwrap_or_else(|e| panic!("search with a stopped agent: {e:?}\n{}", gw.log()));
+    let r = search_text(&ch, 3, deadline)
+        .await
+        .unwrap_or_else(|e| panic!("search with a stopped agent: {e:?}\n{}", gw.log()));
     let first = t.elapsed();
     assert!(first < deadline, "answered in {first:?}");
     assert_eq!(r.results[0].id, "r3");
 
-    let noticed = wait_for("the gateway marks the stopped agent unreachable", Duration::from_secs(5), || !reachable(&status(&gw), &stopped));
+    let noticed = wait_for("the gateway marks the stopped agent unreachable", Duration::from_secs(5), || {
+        !reachable(&status(&gw), &stopped)
+    });
     let st = status(&gw);
     assert_eq!(st["unreachable"], 1, "{st}");
     assert!(agents[1..].iter().all(|a| reachable(&st, &a.addr())), "{st}");
@@ -98,10 +126,14 @@ async fn partitioned_agent_degrades_searches_and_shows_in_status() {
     }
     let per_search = t.elapsed() / n as u32;
     assert!(per_search < Duration::from_millis(400), "{per_search:?} per search while partitioned");
-    eprintln!("first search with a stopped agent {first:?}, unreachable after {noticed:?}, then {per_search:?} per search");
+    eprintln!(
+        "first search with a stopped agent {first:?}, unreachable after {noticed:?}, then {per_search:?} per search"
+    );
 
     agents[0].proc.signal("CONT");
-    wait_for("the agent is reachable again after SIGCONT", Duration::from_secs(5), || reachable(&status(&gw), &stopped));
+    wait_for("the agent is reachable again after SIGCONT", Duration::from_secs(5), || {
+        reachable(&status(&gw), &stopped)
+    });
     assert_eq!(status(&gw)["unreachable"], 0);
 }
 
@@ -136,7 +168,11 @@ async fn crash_under_writes_with_torn_wal_tail_keeps_acknowledged_writes() {
     let acked = acked.lock().unwrap().clone();
 
     let data = dir.path().join("a1-data");
-    let mut wals: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+    let mut wals: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     wals.sort();
     let newest = wals.last().expect("a WAL segment").clone();
     let mut torn = 400u32.to_le_bytes().to_vec();
@@ -153,7 +189,8 @@ async fn crash_under_writes_with_torn_wal_tail_keeps_acknowledged_writes() {
     }
     assert!(agent.log().contains("discarding torn WAL tail"), "{}", agent.log());
     let (_, metrics) = http_get(agent.http, "/metrics").unwrap();
-    let discarded: u64 = metrics.lines().find_map(|l| l.strip_prefix("kim_agent_wal_discarded_bytes ")).unwrap().parse().unwrap();
+    let discarded: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("kim_agent_wal_discarded_bytes ")).unwrap().parse().unwrap();
     assert!(discarded >= torn.len() as u64, "{discarded} < {}", torn.len());
     eprintln!("{} acknowledged writes recovered, {discarded} torn bytes discarded", acked.len());
     insert(&ch, "after", vector(1, DIMS)).await.unwrap();

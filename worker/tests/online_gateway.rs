@@ -20,23 +20,36 @@ fn text(i: usize) -> Vec<u8> {
 }
 
 async fn search_object(gw: &Channel, object: Vec<u8>, num: u32) -> Result<search::Response, tonic::Status> {
-    let req = search::ObjectRequest { object, config: Some(search::Config { num, request_id: "rq-1".into(), ..Default::default() }), vectorizer: None };
+    let req = search::ObjectRequest {
+        object,
+        config: Some(search::Config { num, request_id: "rq-1".into(), ..Default::default() }),
+        vectorizer: None,
+    };
     FilterClient::new(gw.clone()).search_object(req).await.map(|r| r.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_writes_survive_one_dead_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let mut agents: Vec<Server> = (1..=3).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
+    let mut agents: Vec<Server> =
+        (1..=3).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
     let vec = Server::start("vectorizer", dir.path(), &["vectorize", "--dimensions", &DIMS.to_string()]);
     let list = agents.iter().map(|a| a.addr()).collect::<Vec<_>>().join(",");
-    let gw = Server::start("gateway", dir.path(), &["filter", "--agents", &list, "--replicas", "2", "--vectorizer", &vec.addr()]);
+    let gw = Server::start(
+        "gateway",
+        dir.path(),
+        &["filter", "--agents", &list, "--replicas", "2", "--vectorizer", &vec.addr()],
+    );
     let ch = gw.channel().await;
 
     let n = 60;
     let t = Instant::now();
     for i in 0..n {
-        let req = insert::ObjectRequest { object: Some(object::Blob { id: format!("id{i}"), object: text(i) }), config: None, vectorizer: None };
+        let req = insert::ObjectRequest {
+            object: Some(object::Blob { id: format!("id{i}"), object: text(i) }),
+            config: None,
+            vectorizer: None,
+        };
         let loc = FilterClient::new(ch.clone()).insert_object(req).await.unwrap().into_inner();
         assert_eq!(loc.ips.len(), 2, "{loc:?}");
     }
@@ -57,7 +70,11 @@ async fn replicated_writes_survive_one_dead_agent() {
     for i in 0..n {
         assert_eq!(per_agent.iter().filter(|h| h.contains(&i)).count(), 2, "id{i}");
     }
-    assert!(per_agent.iter().all(|h| h.len() > n / 3), "placement is balanced: {:?}", per_agent.iter().map(|h| h.len()).collect::<Vec<_>>());
+    assert!(
+        per_agent.iter().all(|h| h.len() > n / 3),
+        "placement is balanced: {:?}",
+        per_agent.iter().map(|h| h.len()).collect::<Vec<_>>()
+    );
 
     // Merged results: the object itself first at distance ~0, no id twice.
     let r = search_object(&ch, text(5), 20).await.unwrap();
@@ -79,7 +96,11 @@ async fn replicated_writes_survive_one_dead_agent() {
     eprintln!("{n} searches with one agent down in {:?}", t.elapsed());
 
     // A write whose owners include the dead agent still lands on the live owner.
-    let req = insert::ObjectRequest { object: Some(object::Blob { id: "late".into(), object: b"written while an agent is down".to_vec() }), config: None, vectorizer: None };
+    let req = insert::ObjectRequest {
+        object: Some(object::Blob { id: "late".into(), object: b"written while an agent is down".to_vec() }),
+        config: None,
+        vectorizer: None,
+    };
     FilterClient::new(ch.clone()).insert_object(req).await.unwrap();
     assert_eq!(search_object(&ch, b"written while an agent is down".to_vec(), 1).await.unwrap().results[0].id, "late");
 
@@ -102,7 +123,13 @@ async fn replicated_writes_survive_one_dead_agent() {
 
     // A request that names an unreachable egress filter fails as UNAVAILABLE.
     let port = common::free_port();
-    let cfg = search::Config { num: 1, egress_filters: Some(filter::Config { targets: vec![filter::Target { host: "127.0.0.1".into(), port: port as u32 }] }), ..Default::default() };
+    let cfg = search::Config {
+        num: 1,
+        egress_filters: Some(filter::Config {
+            targets: vec![filter::Target { host: "127.0.0.1".into(), port: port as u32 }],
+        }),
+        ..Default::default()
+    };
     let req = search::ObjectRequest { object: text(1), config: Some(cfg), vectorizer: None };
     assert_eq!(FilterClient::new(ch.clone()).search_object(req).await.unwrap_err().code(), tonic::Code::Unavailable);
 
@@ -117,10 +144,30 @@ async fn agents_from_dns() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Server::agent("agent", dir.path(), DIMS, "cosine", &[]);
     let vec = Server::start("vectorizer", dir.path(), &["vectorize", "--dimensions", &DIMS.to_string()]);
-    let gw = Server::start("gateway", dir.path(), &["filter", "--agents-dns", &agent.addr(), "--replicas", "2", "--vectorizer", &vec.addr(), "--dns-refresh", "100ms"]);
+    let gw = Server::start(
+        "gateway",
+        dir.path(),
+        &[
+            "filter",
+            "--agents-dns",
+            &agent.addr(),
+            "--replicas",
+            "2",
+            "--vectorizer",
+            &vec.addr(),
+            "--dns-refresh",
+            "100ms",
+        ],
+    );
     let ch = gw.channel().await;
-    let req = insert::ObjectRequest { object: Some(object::Blob { id: "d1".into(), object: b"hello dns".to_vec() }), config: None, vectorizer: None };
-    common::wait_until(std::time::Duration::from_secs(5), "gateway to resolve agents", || gw.log().contains("agent set changed"));
+    let req = insert::ObjectRequest {
+        object: Some(object::Blob { id: "d1".into(), object: b"hello dns".to_vec() }),
+        config: None,
+        vectorizer: None,
+    };
+    common::wait_until(std::time::Duration::from_secs(5), "gateway to resolve agents", || {
+        gw.log().contains("agent set changed")
+    });
     let loc = FilterClient::new(ch.clone()).insert_object(req).await.unwrap().into_inner();
     assert_eq!(loc.ips.len(), 1, "one agent, so one replica");
     assert_eq!(search_object(&ch, b"hello dns".to_vec(), 1).await.unwrap().results[0].id, "d1");

@@ -32,14 +32,32 @@ async fn agents_source_builds_a_snapshot_the_matcher_serves() {
         insert(&c2, &format!("o{i}"), vector(i, DIMS)).await.unwrap();
     }
     // A replica that diverged: the newer timestamp wins.
-    let newer = upsert::Request { vector: Some(object::Vector { id: "o250".into(), vector: vector(77_777, DIMS), timestamp: i64::MAX / 2 }), config: None };
+    let newer = upsert::Request {
+        vector: Some(object::Vector { id: "o250".into(), vector: vector(77_777, DIMS), timestamp: i64::MAX / 2 }),
+        config: None,
+    };
     UpsertClient::new(c2.clone()).upsert(newer).await.unwrap();
 
     let storage = dir.path().join("storage");
     let source = format!("agents://{},{}", a1.addr(), a2.addr());
     let out = worker(&[
-        "index", "--label", "online", "--storage", storage.to_str().unwrap(), "--source", &source, "--version", "1", "--dimensions", &DIMS.to_string(),
-        "--encoding", "f32", "--metric", "cosine", "--threads", "2",
+        "index",
+        "--label",
+        "online",
+        "--storage",
+        storage.to_str().unwrap(),
+        "--source",
+        &source,
+        "--version",
+        "1",
+        "--dimensions",
+        &DIMS.to_string(),
+        "--encoding",
+        "f32",
+        "--metric",
+        "cosine",
+        "--threads",
+        "2",
     ]);
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["vectors"], 400, "replicas merged by id: {summary}");
@@ -48,7 +66,14 @@ async fn agents_source_builds_a_snapshot_the_matcher_serves() {
     let m = Matcher::start("m1", dir.path(), &storage, &redis, &[]);
     m.wait_ready();
     let client = Client::connect(&redis.url()).await.unwrap();
-    let ask = |v: Vec<f32>| Match { descriptor: f32_bytes(&v), version: 1, label: "online".into(), limit: 3, luna_request_id: None, timeout: Duration::from_secs(10) };
+    let ask = |v: Vec<f32>| Match {
+        descriptor: f32_bytes(&v),
+        version: 1,
+        label: "online".into(),
+        limit: 3,
+        luna_request_id: None,
+        timeout: Duration::from_secs(10),
+    };
     for i in (0..400u64).step_by(13).filter(|&i| i != 250) {
         let r = client.match_descriptor(ask(vector(i, DIMS))).await.unwrap();
         assert_eq!(r.status_code, 201, "{r:?}");
@@ -60,6 +85,20 @@ async fn agents_source_builds_a_snapshot_the_matcher_serves() {
 
     // An unreachable agent fails the build instead of producing a partial snapshot.
     let dead = format!("agents://{},127.0.0.1:{}", a1.addr(), free_port());
-    let err = worker_fails(&["index", "--label", "online2", "--storage", storage.to_str().unwrap(), "--source", &dead, "--version", "1", "--dimensions", &DIMS.to_string(), "--encoding", "f32"]);
+    let err = worker_fails(&[
+        "index",
+        "--label",
+        "online2",
+        "--storage",
+        storage.to_str().unwrap(),
+        "--source",
+        &dead,
+        "--version",
+        "1",
+        "--dimensions",
+        &DIMS.to_string(),
+        "--encoding",
+        "f32",
+    ]);
     assert!(err.contains("agent 127.0.0.1:"), "{err}");
 }

@@ -43,10 +43,25 @@ async fn redis_killed_and_restarted_under_load() {
         workers.push(tokio::spawn(async move {
             let mut i = w;
             while !stop.load(Ordering::SeqCst) && sent.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS {
-                let req = Match { descriptor: rows[i % rows.len()].clone(), version: 59, label: "faces".into(), limit: 3, luna_request_id: None, timeout: TIMEOUT };
+                let req = Match {
+                    descriptor: rows[i % rows.len()].clone(),
+                    version: 59,
+                    label: "faces".into(),
+                    limit: 3,
+                    luna_request_id: None,
+                    timeout: TIMEOUT,
+                };
                 let started = Instant::now();
-                let r = client.match_descriptor(req).await.unwrap_or_else(|e| panic!("call failed instead of answering: {e}"));
-                let o = Outcome { started, elapsed: started.elapsed(), status: r.status_code, error_code: r.error.as_ref().map(|e| e.error_code) };
+                let r = client
+                    .match_descriptor(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("call failed instead of answering: {e}"));
+                let o = Outcome {
+                    started,
+                    elapsed: started.elapsed(),
+                    status: r.status_code,
+                    error_code: r.error.as_ref().map(|e| e.error_code),
+                };
                 outcomes.lock().unwrap().push(o);
                 i += 8;
             }
@@ -64,11 +79,26 @@ async fn redis_killed_and_restarted_under_load() {
                     break;
                 }
                 let (client, outcomes) = (client.clone(), outcomes.clone());
-                let req = Match { descriptor: rows[i % rows.len()].clone(), version: 59, label: "faces".into(), limit: 3, luna_request_id: None, timeout: TIMEOUT };
+                let req = Match {
+                    descriptor: rows[i % rows.len()].clone(),
+                    version: 59,
+                    label: "faces".into(),
+                    limit: 3,
+                    luna_request_id: None,
+                    timeout: TIMEOUT,
+                };
                 calls.push(tokio::spawn(async move {
                     let started = Instant::now();
-                    let r = client.match_descriptor(req).await.unwrap_or_else(|e| panic!("call failed instead of answering: {e}"));
-                    outcomes.lock().unwrap().push(Outcome { started, elapsed: started.elapsed(), status: r.status_code, error_code: r.error.as_ref().map(|e| e.error_code) });
+                    let r = client
+                        .match_descriptor(req)
+                        .await
+                        .unwrap_or_else(|e| panic!("call failed instead of answering: {e}"));
+                    outcomes.lock().unwrap().push(Outcome {
+                        started,
+                        elapsed: started.elapsed(),
+                        status: r.status_code,
+                        error_code: r.error.as_ref().map(|e| e.error_code),
+                    });
                 }));
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -98,7 +128,11 @@ async fn redis_killed_and_restarted_under_load() {
     let ok = outcomes.iter().filter(|o| o.status == 201).count();
     let timeouts = outcomes.iter().filter(|o| o.error_code == Some(26309)).count();
     let slowest = outcomes.iter().map(|o| o.elapsed).max().unwrap();
-    let first_ok_after = outcomes.iter().filter(|o| o.status == 201 && o.started >= restarted_at).map(|o| o.started + o.elapsed - restarted_at).min();
+    let first_ok_after = outcomes
+        .iter()
+        .filter(|o| o.status == 201 && o.started >= restarted_at)
+        .map(|o| o.started + o.elapsed - restarted_at)
+        .min();
     let last_ok_before_kill = outcomes.iter().filter(|o| o.status == 201 && o.started < killed_at).count();
     let during_outage = outcomes.iter().filter(|o| o.started >= killed_at && o.started < restarted_at).count();
     eprintln!(
@@ -107,8 +141,17 @@ async fn redis_killed_and_restarted_under_load() {
     assert!(before_kill > 0 && last_ok_before_kill > 0, "load ran before the kill");
     assert!(during_outage > 0, "calls were made while Redis was down");
     for o in outcomes.iter() {
-        assert!(o.status == 201 || o.error_code == Some(26309), "answer neither a match nor a timeout: status {} code {:?}", o.status, o.error_code);
-        assert!(o.elapsed <= TIMEOUT + Duration::from_secs(1), "a call took {:?} with a {TIMEOUT:?} timeout", o.elapsed);
+        assert!(
+            o.status == 201 || o.error_code == Some(26309),
+            "answer neither a match nor a timeout: status {} code {:?}",
+            o.status,
+            o.error_code
+        );
+        assert!(
+            o.elapsed <= TIMEOUT + Duration::from_secs(1),
+            "a call took {:?} with a {TIMEOUT:?} timeout",
+            o.elapsed
+        );
     }
     let recovered = first_ok_after.expect("matches resumed after the restart");
     assert!(recovered < Duration::from_secs(4), "recovery took {recovered:?}");
@@ -117,7 +160,14 @@ async fn redis_killed_and_restarted_under_load() {
 
     // After the storm: the same client and matcher serve every request.
     for i in 0..20 {
-        let req = Match { descriptor: probes.row(i).to_vec(), version: 59, label: "faces".into(), limit: 3, luna_request_id: None, timeout: TIMEOUT };
+        let req = Match {
+            descriptor: probes.row(i).to_vec(),
+            version: 59,
+            label: "faces".into(),
+            limit: 3,
+            luna_request_id: None,
+            timeout: TIMEOUT,
+        };
         let r = client.match_descriptor(req).await.unwrap();
         assert_eq!(r.status_code, 201, "{r:?}");
     }

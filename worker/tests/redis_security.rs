@@ -16,12 +16,25 @@ use redis_support::*;
 
 fn probe(f: &Fixture, i: usize) -> Match {
     let probes = f.matrix("mated.npy");
-    Match { descriptor: probes.row(i % probes.rows).to_vec(), version: 59, label: "faces".into(), limit: 3, luna_request_id: None, timeout: Duration::from_secs(10) }
+    Match {
+        descriptor: probes.row(i % probes.rows).to_vec(),
+        version: 59,
+        label: "faces".into(),
+        limit: 3,
+        luna_request_id: None,
+        timeout: Duration::from_secs(10),
+    }
 }
 
 /// A target built the way the binaries build theirs, from flags and a private environment.
 fn target(url: &str, ca: Option<String>, cert: Option<(String, String)>, env: &[(&str, String)]) -> Target {
-    let args = RedisArgs { url: url.into(), ca: ca.map(Into::into), cert: cert.as_ref().map(|c| c.0.clone().into()), key: cert.map(|c| c.1.into()), require_tls: false };
+    let args = RedisArgs {
+        url: url.into(),
+        ca: ca.map(Into::into),
+        cert: cert.as_ref().map(|c| c.0.clone().into()),
+        key: cert.map(|c| c.1.into()),
+        require_tls: false,
+    };
     let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     Target::with_env(&args, |k| env.get(k).cloned()).unwrap()
 }
@@ -45,7 +58,9 @@ async fn tls_only_redis_with_acl_user() {
 
     let m = start_matcher("m1", f.path(), &f.storage, &url, &env, &[]);
     m.wait_ready();
-    let client = Client::connect_target(target(&url, Some(certs.path("ca.crt")), None, &creds), Options::default()).await.unwrap();
+    let client = Client::connect_target(target(&url, Some(certs.path("ca.crt")), None, &creds), Options::default())
+        .await
+        .unwrap();
     for i in 0..20 {
         let r = client.match_descriptor(probe(&f, i)).await.unwrap();
         assert_eq!(r.status_code, 201, "{r:?}");
@@ -76,7 +91,10 @@ async fn tls_only_redis_with_acl_user() {
     let out = matcher_refuses("nocreds", f.path(), &f.storage, &url, &[("KIM_REDIS_CA", certs.path("ca.crt"))], &[]);
     assert!(out.contains("NOAUTH") || out.to_lowercase().contains("auth"), "{out}");
     // The client refuses the same way.
-    let e = Client::connect_target(target(&plain, None, None, &creds), Options::default()).await.err().expect("plaintext client refused");
+    let e = Client::connect_target(target(&plain, None, None, &creds), Options::default())
+        .await
+        .err()
+        .expect("plaintext client refused");
     assert!(e.to_string().contains("rediss://"), "{e}");
 }
 
@@ -92,19 +110,33 @@ async fn mutual_tls() {
     // Without a client certificate the server ends the handshake.
     let out = matcher_refuses("nocert", f.path(), &f.storage, &url, &env, &[]);
     assert!(out.contains("Redis at rediss://127.0.0.1"), "{out}");
-    let no_cert = Client::connect_target(target(&url, Some(certs.path("ca.crt")), None, &creds), Options::default()).await;
+    let no_cert =
+        Client::connect_target(target(&url, Some(certs.path("ca.crt")), None, &creds), Options::default()).await;
     assert!(no_cert.is_err(), "client without certificate accepted");
 
-    let m = start_matcher("m1", f.path(), &f.storage, &url, &env, &["--redis-cert", &certs.path("client.crt"), "--redis-key", &certs.path("client.key")]);
+    let m = start_matcher(
+        "m1",
+        f.path(),
+        &f.storage,
+        &url,
+        &env,
+        &["--redis-cert", &certs.path("client.crt"), "--redis-key", &certs.path("client.key")],
+    );
     m.wait_ready();
-    let t = target(&url, Some(certs.path("ca.crt")), Some((certs.path("client.crt"), certs.path("client.key"))), &creds);
+    let t =
+        target(&url, Some(certs.path("ca.crt")), Some((certs.path("client.crt"), certs.path("client.key"))), &creds);
     let client = Client::connect_target(t, Options::default()).await.unwrap();
     for i in 0..10 {
         let r = client.match_descriptor(probe(&f, i)).await.unwrap();
         assert_eq!(r.status_code, 201, "{r:?}");
     }
     // The connection really is TLS with a client certificate: Redis lists it as such.
-    let t = Arc::new(target(&url, Some(certs.path("ca.crt")), Some((certs.path("client.crt"), certs.path("client.key"))), &creds));
+    let t = Arc::new(target(
+        &url,
+        Some(certs.path("ca.crt")),
+        Some((certs.path("client.crt"), certs.path("client.key"))),
+        &creds,
+    ));
     let mut c = kim_redis::connect_checked(t, Duration::from_secs(5), Duration::ZERO).await.unwrap();
     let who: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut c).await.unwrap();
     assert_eq!(who, USER);

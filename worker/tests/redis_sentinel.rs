@@ -13,7 +13,14 @@ use redis_support::*;
 
 fn probe(f: &Fixture, i: usize, timeout: Duration) -> Match {
     let probes = f.matrix("mated.npy");
-    Match { descriptor: probes.row(i % probes.rows).to_vec(), version: 59, label: "faces".into(), limit: 3, luna_request_id: None, timeout }
+    Match {
+        descriptor: probes.row(i % probes.rows).to_vec(),
+        version: 59,
+        label: "faces".into(),
+        limit: 3,
+        luna_request_id: None,
+        timeout,
+    }
 }
 
 fn replica_in_sync(port: u16) -> bool {
@@ -29,7 +36,11 @@ async fn sentinel_resolution_and_failover() {
     wait_until(Duration::from_secs(20), "replica in sync", || replica_in_sync(replica.port));
     let (sentinel, _sentinel_proc) = start_sentinel(f.path(), master.port);
     wait_until(Duration::from_secs(20), "sentinel to see the replica", || {
-        let v: redis::Value = redis::cmd("SENTINEL").arg("replicas").arg("kimmaster").query(&mut plain_conn(sentinel)).unwrap_or(redis::Value::Nil);
+        let v: redis::Value = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("kimmaster")
+            .query(&mut plain_conn(sentinel))
+            .unwrap_or(redis::Value::Nil);
         matches!(v, redis::Value::Array(ref a) if !a.is_empty())
     });
     // The first sentinel in the URL is down: resolution falls through to the next one.
@@ -47,7 +58,8 @@ async fn sentinel_resolution_and_failover() {
 
     // Fail over while requests are in flight.
     let load = {
-        let (client, rows) = (client.clone(), (0..200).map(|i| probe(&f, i, Duration::from_secs(5))).collect::<Vec<_>>());
+        let (client, rows) =
+            (client.clone(), (0..200).map(|i| probe(&f, i, Duration::from_secs(5))).collect::<Vec<_>>());
         tokio::spawn(async move {
             let mut codes = Vec::new();
             for req in rows {
@@ -62,7 +74,9 @@ async fn sentinel_resolution_and_failover() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let failover_at = Instant::now();
     let _: String = redis::cmd("SENTINEL").arg("failover").arg("kimmaster").query(&mut plain_conn(sentinel)).unwrap();
-    wait_until(Duration::from_secs(30), "sentinel to promote the replica", || sentinel_master(sentinel) == Some(replica.port));
+    wait_until(Duration::from_secs(30), "sentinel to promote the replica", || {
+        sentinel_master(sentinel) == Some(replica.port)
+    });
     let promoted_in = failover_at.elapsed();
     // Sentinel demotes the old master a few seconds later (REPLICAOF + CLIENT KILL); until
     // then it still takes writes, so wait for the fail-over to be complete.
@@ -88,7 +102,14 @@ async fn sentinel_resolution_and_failover() {
         assert_eq!(r.status_code, 201, "{r:?}");
         first_ok.get_or_insert(t.elapsed());
     }
-    assert!(xlen(replica.port) >= before + 20, "requests reach the promoted master: xlen {before} -> {} (old master {}), roles {} {}", xlen(replica.port), xlen(master.port), role(replica.port), role(master.port));
+    assert!(
+        xlen(replica.port) >= before + 20,
+        "requests reach the promoted master: xlen {before} -> {} (old master {}), roles {} {}",
+        xlen(replica.port),
+        xlen(master.port),
+        role(replica.port),
+        role(master.port)
+    );
     eprintln!("sentinel fail-over: promoted after {promoted_in:?}, old master demoted after {demoted_in:?}; first call after it took {:?}; {matched}/{} calls during it matched, the rest timed out", first_ok.unwrap(), codes.len());
     let log = m.proc.log_text();
     assert!(log.contains("reconnected to Redis"), "matcher reconnected:\n{log}");

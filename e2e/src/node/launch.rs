@@ -52,10 +52,14 @@ pub fn image_name(image: &str) -> &str {
 pub fn program(images: &[Image], image: &str, command: &[String]) -> Result<(PathBuf, Vec<String>), Error> {
     let by_name = |n: &str| images.iter().find(|i| i.name == n).map(|i| i.binary.clone());
     match command.split_first() {
-        None => by_name(image_name(image)).map(|b| (b, Vec::new())).ok_or_else(|| Error::Unsupported(format!("no local binary for image {image:?}"))),
+        None => by_name(image_name(image))
+            .map(|b| (b, Vec::new()))
+            .ok_or_else(|| Error::Unsupported(format!("no local binary for image {image:?}"))),
         Some((first, rest)) => {
             let base = Path::new(first).file_name().and_then(|f| f.to_str()).unwrap_or(first);
-            by_name(base).map(|b| (b, rest.to_vec())).ok_or_else(|| Error::Unsupported(format!("command {first:?} of image {image:?} is not a known binary")))
+            by_name(base).map(|b| (b, rest.to_vec())).ok_or_else(|| {
+                Error::Unsupported(format!("command {first:?} of image {image:?} is not a known binary"))
+            })
         }
     }
 }

@@ -232,7 +232,9 @@ async fn provision(client: Client, node: String, root: PathBuf) {
         let Ok(pvc) = ev else { continue };
         let Some(pv) = volumes::volume_for(&pvc, &node, &root) else { continue };
         match pvs.create(&PostParams::default(), &pv).await {
-            Ok(_) => tracing::info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()), volume = %pv.name_any(), "provisioned"),
+            Ok(_) => {
+                tracing::info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()), volume = %pv.name_any(), "provisioned")
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => tracing::warn!(error = %e, "provisioning a volume failed"),
         }
@@ -282,7 +284,9 @@ async fn serve_pods(sh: Arc<Shared>, node: String, pods: Pods) {
                     let api = Api::<Pod>::namespaced(sh.client.clone(), &pod.namespace().unwrap_or_default());
                     let name = pod.name_any();
                     tokio::spawn(async move {
-                        let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+                        let _ = api
+                            .delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+                            .await;
                     });
                 }
                 None => {}

@@ -53,7 +53,13 @@ pub async fn run(sh: Arc<Shared>, pod: Pod, mut stop: watch::Receiver<Stop>) {
     let uid = pod.uid().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(sh.client.clone(), &ns);
     let pod_dir = sh.root.join("pods").join(format!("{ns}_{name}_{}", &uid[..8.min(uid.len())]));
-    let mut view = PodView { phase: "Pending", start_time: status::now(), containers: Vec::new(), ready_since: status::now(), message: None };
+    let mut view = PodView {
+        phase: "Pending",
+        start_time: status::now(),
+        containers: Vec::new(),
+        ready_since: status::now(),
+        message: None,
+    };
     let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
     view.containers = containers
         .iter()
@@ -113,7 +119,13 @@ pub async fn run(sh: Arc<Shared>, pod: Pod, mut stop: watch::Receiver<Stop>) {
         }
     }
     let how = *stop.borrow();
-    let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).map(|s| Duration::from_secs(s.max(0) as u64)).unwrap_or(MAX_GRACE).min(MAX_GRACE);
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map(|s| Duration::from_secs(s.max(0) as u64))
+        .unwrap_or(MAX_GRACE)
+        .min(MAX_GRACE);
     let grace = if how == Stop::Shutdown { Duration::ZERO } else { grace };
     for r in &mut runs {
         if let Some(child) = r.child.take() {
@@ -140,7 +152,11 @@ async fn finish(pods: &Api<Pod>, pod: &Pod, how: Stop) {
     if how != Stop::Delete {
         return;
     }
-    let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..DeleteParams::default() };
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+        ..DeleteParams::default()
+    };
     if let Err(e) = pods.delete(&pod.name_any(), &dp).await {
         if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
             tracing::warn!(pod = %pod.name_any(), error = %e, "final delete failed");
@@ -184,7 +200,13 @@ fn step(sh: &Shared, r: &mut Run, c: &mut status::Container, ns: &str, pod: &str
                 r.child = None;
                 let message = termination_message(r, code);
                 let reason = if code == 0 { "Completed" } else { "Error" };
-                c.state = State::Terminated { exit_code: code, reason: reason.into(), message, started_at: r.started_at.clone(), finished_at: status::now() };
+                c.state = State::Terminated {
+                    exit_code: code,
+                    reason: reason.into(),
+                    message,
+                    started_at: r.started_at.clone(),
+                    finished_at: status::now(),
+                };
                 c.ready = false;
                 tracing::info!(pod = %format!("{ns}/{pod}"), container = %c.name, code, "container exited");
                 if r.restart && (code != 0 || !r.on_failure_only) {
@@ -223,7 +245,13 @@ fn step(sh: &Shared, r: &mut Run, c: &mut status::Container, ns: &str, pod: &str
             r.child = Some(child);
         }
         Err(e) => {
-            c.state = State::Terminated { exit_code: 128, reason: "StartError".into(), message: e.to_string(), started_at: status::now(), finished_at: status::now() };
+            c.state = State::Terminated {
+                exit_code: 128,
+                reason: "StartError".into(),
+                message: e.to_string(),
+                started_at: status::now(),
+                finished_at: status::now(),
+            };
             if r.restart {
                 r.next_start = Some(Instant::now() + r.backoff);
             }
@@ -255,7 +283,9 @@ fn ready(p: &Readiness) -> bool {
         Readiness::Started => true,
         Readiness::Tcp(port) => std::net::TcpStream::connect_timeout(&addr(*port), Duration::from_millis(200)).is_ok(),
         Readiness::Http { port, path } => {
-            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr(*port), Duration::from_millis(200)) else { return false };
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr(*port), Duration::from_millis(200)) else {
+                return false;
+            };
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
                 return false;
@@ -282,19 +312,34 @@ async fn prepare(sh: &Shared, pod: &Pod, pod_dir: &Path) -> Result<Vec<Run>, Err
         let mut mounts: Vec<Mount> = Vec::new();
         let mut kubeconfig = None;
         for m in c.volume_mounts.iter().flatten() {
-            let v = vols.get(&m.name).ok_or_else(|| Error::Invalid(format!("container {} mounts unknown volume {}", c.name, m.name)))?;
+            let v = vols
+                .get(&m.name)
+                .ok_or_else(|| Error::Invalid(format!("container {} mounts unknown volume {}", c.name, m.name)))?;
             let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 Some(sub) => v.path.join(sub),
                 None => v.path.clone(),
             };
             kubeconfig = kubeconfig.or(v.kubeconfig.clone());
-            mounts.push(Mount { container: m.mount_path.clone(), host, read_only: m.read_only.unwrap_or(false) || v.read_only });
+            mounts.push(Mount {
+                container: m.mount_path.clone(),
+                host,
+                read_only: m.read_only.unwrap_or(false) || v.read_only,
+            });
         }
         let termination_log = dir.join("termination-log");
         let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
         mounts.push(Mount { container: tpath, host: termination_log.clone(), read_only: false });
-        let ports: BTreeMap<i32, u16> = c.ports.iter().flatten().map(|p| Ok((p.container_port, free_port()?))).collect::<Result<_, std::io::Error>>()?;
-        let mut env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()), ("HOSTNAME".to_string(), pod.name_any()), ("HOME".to_string(), dir.display().to_string())];
+        let ports: BTreeMap<i32, u16> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| Ok((p.container_port, free_port()?)))
+            .collect::<Result<_, std::io::Error>>()?;
+        let mut env = vec![
+            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+            ("HOSTNAME".to_string(), pod.name_any()),
+            ("HOME".to_string(), dir.display().to_string()),
+        ];
         if let Some(kc) = &kubeconfig {
             env.push(("KUBECONFIG".into(), kc.display().to_string()));
         }
@@ -302,8 +347,13 @@ async fn prepare(sh: &Shared, pod: &Pod, pod_dir: &Path) -> Result<Vec<Run>, Err
             let v = launch::expand(&v, &env);
             env.push((k, v));
         }
-        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k, launch::rewrite(&v, &mounts, &ports))).collect();
-        let (program, mut args) = launch::program(&sh.images, c.image.as_deref().unwrap_or_default(), c.command.as_deref().unwrap_or_default())?;
+        let env: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k, launch::rewrite(&v, &mounts, &ports))).collect();
+        let (program, mut args) = launch::program(
+            &sh.images,
+            c.image.as_deref().unwrap_or_default(),
+            c.command.as_deref().unwrap_or_default(),
+        )?;
         args.extend(c.args.iter().flatten().cloned());
         let args = args.iter().map(|a| launch::rewrite(&launch::expand(a, &env), &mounts, &ports)).collect();
         let probe = readiness(c.readiness_probe.as_ref(), c, &ports);
@@ -311,7 +361,12 @@ async fn prepare(sh: &Shared, pod: &Pod, pod_dir: &Path) -> Result<Vec<Run>, Err
             launch: Launch { program, args, env, mounts },
             restart: policy != "Never",
             on_failure_only: policy == "OnFailure",
-            log: sh.root.join("logs").join(format!("{}_{}_{}.log", pod.namespace().unwrap_or_default(), pod.name_any(), c.name)),
+            log: sh.root.join("logs").join(format!(
+                "{}_{}_{}.log",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any(),
+                c.name
+            )),
             workdir: dir,
             termination_log,
             fallback_to_logs: c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"),
@@ -336,7 +391,9 @@ fn readiness(p: Option<&Probe>, c: &Container, ports: &BTreeMap<i32, u16>) -> Re
     let host = |port: &IntOrString| -> Option<u16> {
         let n = match port {
             IntOrString::Int(n) => *n,
-            IntOrString::String(name) => c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name.as_str()))?.container_port,
+            IntOrString::String(name) => {
+                c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name.as_str()))?.container_port
+            }
         };
         ports.get(&n).copied().or_else(|| u16::try_from(n).ok())
     };
@@ -380,7 +437,10 @@ async fn container_env(sh: &Shared, pod: &Pod, c: &Container) -> Result<Vec<(Str
                     let d = volumes::config_map(&sh.client, &ns, &r.name, r.optional.unwrap_or(false)).await?;
                     key(&d, &r.key, &r.name, r.optional)?
                 } else {
-                    return Err(Error::Unsupported(format!("env {} uses a valueFrom the harness does not resolve", e.name)));
+                    return Err(Error::Unsupported(format!(
+                        "env {} uses a valueFrom the harness does not resolve",
+                        e.name
+                    )));
                 }
             }
         };
@@ -431,8 +491,10 @@ mod tests {
 
     #[test]
     fn probes_use_mapped_ports() {
-        let c: Container = serde_json::from_value(json!({"name": "m", "ports": [{"name": "http", "containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}}})).unwrap();
+        let c: Container =
+            serde_json::from_value(json!({"name": "m", "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}}}))
+            .unwrap();
         let ports = BTreeMap::from([(8080, 30001u16)]);
         match readiness(c.readiness_probe.as_ref(), &c, &ports) {
             Readiness::Http { port, path } => assert_eq!((port, path.as_str()), (30001, "/readyz")),
@@ -443,4 +505,3 @@ mod tests {
         assert!(matches!(readiness(None, &bare, &BTreeMap::new()), Readiness::Started));
     }
 }
-

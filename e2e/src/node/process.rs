@@ -19,7 +19,11 @@ use super::launch::Launch;
 pub fn spawn(l: &Launch, workdir: &Path, log: &Path, enforce_read_only: bool) -> io::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
     let read_only: Vec<CString> = if enforce_read_only {
-        l.mounts.iter().filter(|m| m.read_only && m.host.exists()).map(|m| CString::new(m.host.as_os_str().as_bytes())).collect::<Result<_, _>>()?
+        l.mounts
+            .iter()
+            .filter(|m| m.read_only && m.host.exists())
+            .map(|m| CString::new(m.host.as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
@@ -54,7 +58,13 @@ fn read_only_view(paths: &[CString]) -> io::Result<()> {
     unsafe {
         ok(libc::unshare(libc::CLONE_NEWNS))?;
         let root = c"/";
-        ok(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+        ok(libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
         for p in paths {
             ok(libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
             let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
@@ -70,8 +80,14 @@ pub fn can_enforce_read_only(scratch: &Path) -> bool {
     if std::fs::create_dir_all(&dir).is_err() {
         return false;
     }
-    let l = Launch { program: "/bin/sh".into(), args: vec!["-c".into(), "if touch ro-check/x 2>/dev/null; then exit 1; fi".into()], env: Vec::new(), mounts: vec![super::launch::Mount { container: "/x".into(), host: dir.clone(), read_only: true }] };
-    let ok = spawn(&l, scratch, &scratch.join("ro-check.log"), true).and_then(|mut c| c.wait()).is_ok_and(|s| s.success());
+    let l = Launch {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "if touch ro-check/x 2>/dev/null; then exit 1; fi".into()],
+        env: Vec::new(),
+        mounts: vec![super::launch::Mount { container: "/x".into(), host: dir.clone(), read_only: true }],
+    };
+    let ok =
+        spawn(&l, scratch, &scratch.join("ro-check.log"), true).and_then(|mut c| c.wait()).is_ok_and(|s| s.success());
     let _ = std::fs::remove_dir_all(&dir);
     ok
 }

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
+};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -84,7 +86,9 @@ async fn volume(sh: &Shared, pod: &Pod, ns: &str, v: &Volume, dir: &Path) -> Res
                 for item in d.items.iter().flatten() {
                     let value = match &item.field_ref {
                         Some(f) => super::pod::field(pod, &f.field_path)?,
-                        None => return Err(Error::Unsupported(format!("downwardAPI item {} without fieldRef", item.path))),
+                        None => {
+                            return Err(Error::Unsupported(format!("downwardAPI item {} without fieldRef", item.path)))
+                        }
                     };
                     write_file(&dir.join(&item.path), value.as_bytes())?;
                 }
@@ -115,7 +119,12 @@ fn write_items(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: Option<&[Key
     Ok(())
 }
 
-pub async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+pub async fn config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     match Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await? {
         Some(cm) => Ok(cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect()),
         None if optional => Ok(BTreeMap::new()),
@@ -126,7 +135,8 @@ pub async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -
 pub async fn secret(client: &Client, ns: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, Error> {
     match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await? {
         Some(s) => {
-            let mut d: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+            let mut d: BTreeMap<String, Vec<u8>> =
+                s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
             d.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
             Ok(d)
         }
@@ -146,15 +156,27 @@ async fn token(client: &Client, pod: &Pod, audience: Option<String>, expiration:
     }))?;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let got: TokenRequest = sas.create_subresource("token", &sa, &PostParams::default(), &req).await?;
-    got.status.and_then(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| Error::Invalid(format!("TokenRequest for {ns}/{sa} returned no token")))
+    got.status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Invalid(format!("TokenRequest for {ns}/{sa} returned no token")))
 }
 
 /// The directory behind a claim: the hostPath of its bound PersistentVolume.
 async fn claim_dir(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, Error> {
-    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).get_opt(claim).await?.ok_or_else(|| Error::Invalid(format!("claim {ns}/{claim} not found")))?;
-    let pv_name = pvc.spec.and_then(|s| s.volume_name).filter(|n| !n.is_empty()).ok_or_else(|| Error::Invalid(format!("claim {ns}/{claim} is not bound yet")))?;
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(claim)
+        .await?
+        .ok_or_else(|| Error::Invalid(format!("claim {ns}/{claim} not found")))?;
+    let pv_name = pvc
+        .spec
+        .and_then(|s| s.volume_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::Invalid(format!("claim {ns}/{claim} is not bound yet")))?;
     let pv = Api::<PersistentVolume>::all(client.clone()).get(&pv_name).await?;
-    let path = pv.spec.and_then(|s| s.host_path).map(|h| h.path).ok_or_else(|| Error::Unsupported(format!("volume {pv_name} of claim {ns}/{claim} is not a hostPath volume")))?;
+    let path = pv.spec.and_then(|s| s.host_path).map(|h| h.path).ok_or_else(|| {
+        Error::Unsupported(format!("volume {pv_name} of claim {ns}/{claim} is not a hostPath volume"))
+    })?;
     std::fs::create_dir_all(&path)?;
     Ok(PathBuf::from(path))
 }
@@ -169,7 +191,13 @@ pub fn volume_for(pvc: &PersistentVolumeClaim, node: &str, root: &Path) -> Optio
     }
     let uid = pvc.uid()?;
     let ns = pvc.namespace()?;
-    let size = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")).map(|q| q.0.clone()).unwrap_or_else(|| "1Gi".into());
+    let size = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "1Gi".into());
     let dir = root.join(&ns).join(format!("{}-{}", pvc.name_any(), &uid[..8.min(uid.len())]));
     let v = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",

@@ -135,7 +135,8 @@ unsafe fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         for (k, lane) in acc.iter_mut().enumerate() {
-            let d = _mm256_sub_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8 * k)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * k)));
+            let d =
+                _mm256_sub_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8 * k)), _mm256_loadu_ps(b.as_ptr().add(i + 8 * k)));
             *lane = _mm256_fmadd_ps(d, d, *lane);
         }
         i += 32;
@@ -177,6 +178,10 @@ unsafe fn dot_halves<const LOW: bool>(h: &[u16], l: &[u16], b: &[f32]) -> f32 {
         i += 8;
     }
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let tail = if LOW { scalar::dot_split_f32(&h[i..n], &l[i..n], &b[i..n]) } else { scalar::dot_bf16_f32(&h[i..n], &b[i..n]) };
+    let tail = if LOW {
+        scalar::dot_split_f32(&h[i..n], &l[i..n], &b[i..n])
+    } else {
+        scalar::dot_bf16_f32(&h[i..n], &b[i..n])
+    };
     hsum_f32(s) + tail
 }

@@ -46,12 +46,17 @@ unsafe fn dot_u8_i8(a: &[u8], b: &[u8]) -> i64 {
     let mut i = 0;
     while i + 128 <= n {
         acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(pa.add(i) as _), _mm512_loadu_si512(pb.add(i) as _));
-        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(pa.add(i + 64) as _), _mm512_loadu_si512(pb.add(i + 64) as _));
+        acc1 =
+            _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(pa.add(i + 64) as _), _mm512_loadu_si512(pb.add(i + 64) as _));
         i += 128;
     }
     while i < n {
         let m = if n - i >= 64 { u64::MAX } else { tail_mask(n - i) };
-        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_maskz_loadu_epi8(m, pa.add(i) as _), _mm512_maskz_loadu_epi8(m, pb.add(i) as _));
+        acc0 = _mm512_dpbusd_epi32(
+            acc0,
+            _mm512_maskz_loadu_epi8(m, pa.add(i) as _),
+            _mm512_maskz_loadu_epi8(m, pb.add(i) as _),
+        );
         i += 64;
     }
     hsum_i32(_mm512_add_epi32(acc0, acc1))
@@ -201,13 +206,15 @@ unsafe fn dot_halves<const LOW: bool>(h: &[u16], l: &[u16], b: &[f32]) -> f32 {
     while i + 64 <= n {
         for (k, lane) in acc.iter_mut().enumerate() {
             let j = i + 16 * k;
-            *lane = _mm512_fmadd_ps(load_halves::<LOW>(ph.add(j), pl.add(j), u16::MAX), _mm512_loadu_ps(pb.add(j)), *lane);
+            *lane =
+                _mm512_fmadd_ps(load_halves::<LOW>(ph.add(j), pl.add(j), u16::MAX), _mm512_loadu_ps(pb.add(j)), *lane);
         }
         i += 64;
     }
     while i < n {
         let m = if n - i >= 16 { u16::MAX } else { tail_mask16(n - i) };
-        acc[0] = _mm512_fmadd_ps(load_halves::<LOW>(ph.add(i), pl.add(i), m), _mm512_maskz_loadu_ps(m, pb.add(i)), acc[0]);
+        acc[0] =
+            _mm512_fmadd_ps(load_halves::<LOW>(ph.add(i), pl.add(i), m), _mm512_maskz_loadu_ps(m, pb.add(i)), acc[0]);
         i += 16;
     }
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))

@@ -38,7 +38,11 @@ unsafe fn dot_u8_i8(a: &[u8], b: &[i8]) -> i64 {
     let mut i = 0;
     while i + 64 <= n {
         acc0 = _mm256_dpbusd_avx_epi32(acc0, _mm256_loadu_si256(pa.add(i) as _), _mm256_loadu_si256(pb.add(i) as _));
-        acc1 = _mm256_dpbusd_avx_epi32(acc1, _mm256_loadu_si256(pa.add(i + 32) as _), _mm256_loadu_si256(pb.add(i + 32) as _));
+        acc1 = _mm256_dpbusd_avx_epi32(
+            acc1,
+            _mm256_loadu_si256(pa.add(i + 32) as _),
+            _mm256_loadu_si256(pb.add(i + 32) as _),
+        );
         i += 64;
     }
     hsum_i32(_mm256_add_epi32(acc0, acc1)) + scalar::dot_u8_i8(&a[i..n], &b[i..n])

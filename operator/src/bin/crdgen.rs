@@ -1,8 +1,8 @@
 //! Writes the CRDs generated from the Rust types: `crdgen > crds/kim.dev.yaml`, or
 //! `crdgen DIR` to write one file per kind.
 
-use kube::CustomResourceExt;
 use kim_operator::crd::{Indexer, MatchingIndex};
+use kube::CustomResourceExt;
 
 fn main() -> anyhow::Result<()> {
     let docs = [("indexers.kim.dev.yaml", Indexer::crd()), ("matchingindexes.kim.dev.yaml", MatchingIndex::crd())];

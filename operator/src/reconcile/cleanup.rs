@@ -30,7 +30,14 @@ pub async fn cleanup(mi: &MatchingIndex, ctx: &Context) -> Result<Action> {
         clean_redis(mi, ctx, &ns).await?;
         clean_files(mi, ctx, &ns).await?;
     }
-    ctx.event(mi, false, "CleanedUp", "Delete", format!("removed children{} of label {}", if skip { "" } else { ", Redis keys and files" }, mi.label())).await;
+    ctx.event(
+        mi,
+        false,
+        "CleanedUp",
+        "Delete",
+        format!("removed children{} of label {}", if skip { "" } else { ", Redis keys and files" }, mi.label()),
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -41,7 +48,8 @@ async fn delete_children(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<
     Api::<Deployment>::namespaced(c.clone(), ns).delete_collection(&dp, &sel).await?;
     Api::<StatefulSet>::namespaced(c.clone(), ns).delete_collection(&dp, &sel).await?;
     let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
-    let not_cleanup = ListParams::default().labels(&format!("{LABEL_MI}={},{}!=cleanup", mi.name_any(), build::LABEL_COMPONENT));
+    let not_cleanup =
+        ListParams::default().labels(&format!("{LABEL_MI}={},{}!=cleanup", mi.name_any(), build::LABEL_COMPONENT));
     jobs.delete_collection(&dp, &not_cleanup).await?;
     // Services have no deletecollection in every API version: delete one by one.
     let svcs: Api<Service> = Api::namespaced(c, ns);
@@ -114,7 +122,14 @@ async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
         let mut keys: Vec<String> = vec![kim_api::stream_key(&prefix, &label)];
         let mut cursor = 0u64;
         loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
             keys.extend(found);
             if next == 0 {
                 break;
@@ -137,7 +152,18 @@ async fn clean_redis(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
 /// Runs the cleanup Job to completion, then deletes it.
 async fn clean_files(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> {
     let Some(ix) = Api::<Indexer>::namespaced(ctx.client.clone(), ns).get_opt(&mi.spec.indexer_ref.name).await? else {
-        ctx.event(mi, true, "CleanupSkipped", "Delete", format!("Indexer {} is gone; index files of label {} were not removed", mi.spec.indexer_ref.name, mi.label())).await;
+        ctx.event(
+            mi,
+            true,
+            "CleanupSkipped",
+            "Delete",
+            format!(
+                "Indexer {} is gone; index files of label {} were not removed",
+                mi.spec.indexer_ref.name,
+                mi.label()
+            ),
+        )
+        .await;
         return Ok(());
     };
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -154,7 +180,14 @@ async fn clean_files(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<()> 
             Ok(())
         }
         JobState::Failed(why) => {
-            ctx.event(mi, true, "CleanupFailed", "Delete", format!("cleanup Job {name} failed ({why}); files of label {} may remain", mi.label())).await;
+            ctx.event(
+                mi,
+                true,
+                "CleanupFailed",
+                "Delete",
+                format!("cleanup Job {name} failed ({why}); files of label {} may remain", mi.label()),
+            )
+            .await;
             jobs_api.delete(&name, &DeleteParams::background()).await?;
             Ok(())
         }

@@ -32,7 +32,14 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
                 let name = pvc.name_any();
                 if api.get_opt(&name).await?.is_none() {
-                    ctx.event(ix.as_ref(), false, "ClaimCreated", "Provision", format!("creating storage claim {name}")).await;
+                    ctx.event(
+                        ix.as_ref(),
+                        false,
+                        "ClaimCreated",
+                        "Provision",
+                        format!("creating storage claim {name}"),
+                    )
+                    .await;
                 }
                 apply(&api, &name, &pvc).await?;
             }
@@ -42,7 +49,14 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
     }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let sel = format!("{}={},{}=build", build::LABEL_INDEXER, ix.name_any(), build::LABEL_COMPONENT);
-    st.active = jobs_api.list(&ListParams::default().labels(&sel)).await?.items.iter().filter(|j| jobs::is_running(j)).map(|j| j.name_any()).collect();
+    st.active = jobs_api
+        .list(&ListParams::default().labels(&sel))
+        .await?
+        .items
+        .iter()
+        .filter(|j| jobs::is_running(j))
+        .map(|j| j.name_any())
+        .collect();
     let mis: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
     st.queued = mis
         .list(&ListParams::default())

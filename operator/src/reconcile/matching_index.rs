@@ -92,7 +92,14 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         let desired = mi.spec.matcher.replicas;
         let ready = applied.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
         if old.matchers.as_ref().map(|m| m.desired) != Some(desired) {
-            ctx.event(mi.as_ref(), false, "MatchersScaled", "Scale", format!("matcher Deployment {name} wants {desired} replicas")).await;
+            ctx.event(
+                mi.as_ref(),
+                false,
+                "MatchersScaled",
+                "Scale",
+                format!("matcher Deployment {name} wants {desired} replicas"),
+            )
+            .await;
         }
         st.matchers = Some(MatchersStatus { desired, ready, summary: format!("{ready}/{desired}") });
     }
@@ -124,7 +131,17 @@ async fn apply_online(mi: &MatchingIndex, ix: &Indexer, ctx: &Context) -> Result
     apply(&dep, &gw.name_any(), &gw).await?;
     if created {
         let o = mi.spec.online.clone().unwrap_or_default();
-        ctx.event(mi, false, "OnlineCreated", "Provision", format!("created {} agents (replicas {}) and {} gateway replicas", o.agents, o.replicas, o.gateway_replicas)).await;
+        ctx.event(
+            mi,
+            false,
+            "OnlineCreated",
+            "Provision",
+            format!(
+                "created {} agents (replicas {}) and {} gateway replicas",
+                o.agents, o.replicas, o.gateway_replicas
+            ),
+        )
+        .await;
     }
     Ok(())
 }
@@ -160,7 +177,13 @@ async fn build_step(
     match jobs::state(&job) {
         JobState::Running => {
             let started = job.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
-            let b = BuildStatus { job: Some(name), started, queued: false, build_hash: hash.into(), progress: Some("running".into()) };
+            let b = BuildStatus {
+                job: Some(name),
+                started,
+                queued: false,
+                build_hash: hash.into(),
+                progress: Some("running".into()),
+            };
             st.current_build = Some(b.clone());
             Ok(Build::Running(b))
         }
@@ -176,7 +199,14 @@ async fn build_step(
             };
             if old.current_snapshot.as_ref() != Some(&snap) {
                 ctx.metrics.build("succeeded");
-                ctx.event(mi, false, "BuildSucceeded", "Build", format!("Job {name} built snapshot {} with {} vectors", snap.id, snap.vectors)).await;
+                ctx.event(
+                    mi,
+                    false,
+                    "BuildSucceeded",
+                    "Build",
+                    format!("Job {name} built snapshot {} with {} vectors", snap.id, snap.vectors),
+                )
+                .await;
             }
             st.current_snapshot = Some(snap);
             st.current_build = None;
@@ -184,16 +214,24 @@ async fn build_step(
         }
         JobState::Failed(why) => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let worker = jobs::termination_message(&pods, &name).await.and_then(|m| m["error"].as_str().map(str::to_string));
+            let worker =
+                jobs::termination_message(&pods, &name).await.and_then(|m| m["error"].as_str().map(str::to_string));
             let message = match worker {
                 Some(w) => format!("build Job {name} failed: {w}"),
                 None => format!("build Job {name} failed: {why}"),
             };
-            if !status::get(&old.conditions, "BuildFailed").is_some_and(|c| c.status == "True" && c.message == message) {
+            if !status::get(&old.conditions, "BuildFailed").is_some_and(|c| c.status == "True" && c.message == message)
+            {
                 ctx.metrics.build("failed");
                 ctx.event(mi, true, "BuildFailed", "Build", message.clone()).await;
             }
-            st.current_build = Some(BuildStatus { job: Some(name.clone()), started: None, queued: false, build_hash: hash.into(), progress: Some("failed".into()) });
+            st.current_build = Some(BuildStatus {
+                job: Some(name.clone()),
+                started: None,
+                queued: false,
+                build_hash: hash.into(),
+                progress: Some("failed".into()),
+            });
             Ok(Build::Failed { job: name, hash: hash.into(), message })
         }
     }
@@ -215,24 +253,53 @@ async fn admit(
 ) -> Result<Build> {
     let _slot = ctx.admission.lock().await;
     let selector = format!("{}={},{}=build", build::LABEL_INDEXER, ix.name_any(), build::LABEL_COMPONENT);
-    let running = job_api.list(&ListParams::default().labels(&selector)).await?.items.iter().filter(|j| jobs::is_running(j)).count();
+    let running = job_api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter(|j| jobs::is_running(j))
+        .count();
     let max = ix.spec.max_concurrent_builds;
     if running >= max as usize {
         let was_queued = old.current_build.as_ref().is_some_and(|b| b.queued && b.build_hash == hash);
         if !was_queued {
             ctx.metrics.build("queued");
-            ctx.event(mi, false, "BuildQueued", "Build", format!("waiting for a build slot of Indexer {}: {running}/{max} running", ix.name_any())).await;
+            ctx.event(
+                mi,
+                false,
+                "BuildQueued",
+                "Build",
+                format!("waiting for a build slot of Indexer {}: {running}/{max} running", ix.name_any()),
+            )
+            .await;
         }
         let progress = format!("queued: {running}/{max} builds of Indexer {} running", ix.name_any());
-        st.current_build = Some(BuildStatus { job: None, started: None, queued: true, build_hash: hash.into(), progress: Some(progress) });
+        st.current_build = Some(BuildStatus {
+            job: None,
+            started: None,
+            queued: true,
+            build_hash: hash.into(),
+            progress: Some(progress),
+        });
         return Ok(Build::Queued { running, max });
     }
     let job = build::build_job(mi, ix, hash, deadline_secs, &ctx.defaults);
     apply(job_api, name, &job).await?;
     ctx.metrics.build("started");
-    let why = if mi.status.as_ref().and_then(|s| s.current_snapshot.as_ref()).is_some() { "spec, trigger or interval changed" } else { "first build" };
+    let why = if mi.status.as_ref().and_then(|s| s.current_snapshot.as_ref()).is_some() {
+        "spec, trigger or interval changed"
+    } else {
+        "first build"
+    };
     ctx.event(mi, false, "BuildStarted", "Build", format!("started build Job {name} ({why})")).await;
-    let b = BuildStatus { job: Some(name.into()), started: Some(status::now_string()), queued: false, build_hash: hash.into(), progress: Some("running".into()) };
+    let b = BuildStatus {
+        job: Some(name.into()),
+        started: Some(status::now_string()),
+        queued: false,
+        build_hash: hash.into(),
+        progress: Some("running".into()),
+    };
     st.current_build = Some(b.clone());
     Ok(Build::Running(b))
 }
@@ -245,19 +312,43 @@ fn summarize(st: &mut MatchingIndexStatus, outcome: &Build, gen: Option<i64>) ->
         Build::UpToDate => {
             status::set(&mut st.conditions, "Building", false, "UpToDate", "snapshot matches the spec", gen);
             status::set(&mut st.conditions, "BuildFailed", false, "UpToDate", "", gen);
-            (Duration::from_secs(if ready < desired { 10 } else { 300 }), if ready >= desired { Phase::Ready } else { Phase::Pending })
+            (
+                Duration::from_secs(if ready < desired { 10 } else { 300 }),
+                if ready >= desired { Phase::Ready } else { Phase::Pending },
+            )
         }
         Build::Queued { running, max } => {
-            status::set(&mut st.conditions, "Building", false, "Queued", format!("waiting for a build slot ({running}/{max} running)"), gen);
+            status::set(
+                &mut st.conditions,
+                "Building",
+                false,
+                "Queued",
+                format!("waiting for a build slot ({running}/{max} running)"),
+                gen,
+            );
             (Duration::from_secs(5), if has_snapshot { Phase::Ready } else { Phase::Pending })
         }
         Build::Running(b) => {
-            status::set(&mut st.conditions, "Building", true, "JobRunning", format!("build Job {} running", b.job.clone().unwrap_or_default()), gen);
+            status::set(
+                &mut st.conditions,
+                "Building",
+                true,
+                "JobRunning",
+                format!("build Job {} running", b.job.clone().unwrap_or_default()),
+                gen,
+            );
             status::set(&mut st.conditions, "BuildFailed", false, "Building", "", gen);
             (Duration::from_secs(10), if has_snapshot { Phase::Ready } else { Phase::Building })
         }
         Build::Failed { job, hash, message } => {
-            status::set(&mut st.conditions, "Building", false, "JobFailed", format!("build {hash} (Job {job}) failed"), gen);
+            status::set(
+                &mut st.conditions,
+                "Building",
+                false,
+                "JobFailed",
+                format!("build {hash} (Job {job}) failed"),
+                gen,
+            );
             status::set(&mut st.conditions, "BuildFailed", true, "JobFailed", message.clone(), gen);
             (Duration::from_secs(300), if has_snapshot { Phase::Degraded } else { Phase::Failed })
         }

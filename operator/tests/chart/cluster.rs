@@ -21,7 +21,14 @@ fn dry_run(c: &Cluster, yaml: &str, ns: Option<&str>) -> usize {
 }
 
 fn wait_crds(c: &Cluster) {
-    c.kubectl(&["wait", "--for", "condition=Established", "crd/matchingindexes.kim.dev", "crd/indexers.kim.dev", "--timeout=30s"]);
+    c.kubectl(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "crd/matchingindexes.kim.dev",
+        "crd/indexers.kim.dev",
+        "--timeout=30s",
+    ]);
 }
 
 #[test]
@@ -30,7 +37,10 @@ fn chart_base_and_samples_pass_server_side_dry_run() {
     c.kubectl(&["create", "namespace", "kim-system"]);
     c.kubectl(&["create", "namespace", "team"]);
 
-    for set in [vec!["--set", "redis.deploy=true"], vec!["--set", "watchNamespace=team", "--set", "replicaCount=2", "--set", "redis.url=redis://r:6379"]] {
+    for set in [
+        vec!["--set", "redis.deploy=true"],
+        vec!["--set", "watchNamespace=team", "--set", "replicaCount=2", "--set", "redis.url=redis://r:6379"],
+    ] {
         let mut args = vec!["--include-crds"];
         args.extend_from_slice(&set);
         let yaml = render(&args);
@@ -40,16 +50,25 @@ fn chart_base_and_samples_pass_server_side_dry_run() {
     assert_eq!(dry_run(&c, &base, None), docs(&base).len());
 
     // A real install: CRDs from crds/, then the templates; NOTES tell what to do next.
-    let out = c.ok("helm", &["install", "kim", "charts/kim", "-n", "kim-system", "--set", "redis.url=redis://127.0.0.1:6379"], None);
+    let out = c.ok(
+        "helm",
+        &["install", "kim", "charts/kim", "-n", "kim-system", "--set", "redis.url=redis://127.0.0.1:6379"],
+        None,
+    );
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kubectl -n kim-system apply -f deploy/samples/"), "NOTES: {out}");
     assert!(out.contains("redis: {secretRef: {name: kim-redis, key: url}}"), "NOTES: {out}");
     wait_crds(&c);
-    let samples = std::fs::read_dir(crate::support::repo().join("deploy/samples")).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml")).count();
+    let samples = std::fs::read_dir(crate::support::repo().join("deploy/samples"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+        .count();
     let out = c.ok("kubectl", &["apply", "--dry-run=server", "-n", "kim-system", "-f", "deploy/samples/"], None);
     assert_eq!(out.lines().filter(|l| l.ends_with("(server dry run)")).count(), samples, "{out}");
     // The schema still guards the samples' CRs: a broken copy is refused by the API server.
-    let bad = std::fs::read_to_string(crate::support::repo().join("deploy/samples/03-matchingindex.yaml")).unwrap().replace("efSearch: 64", "efSearch: 0");
+    let bad = std::fs::read_to_string(crate::support::repo().join("deploy/samples/03-matchingindex.yaml"))
+        .unwrap()
+        .replace("efSearch: 64", "efSearch: 0");
     let out = c.run("kubectl", &["apply", "--dry-run=server", "-n", "kim-system", "-f", "-"], Some(&bad));
     assert!(!out.status.success() && text(&out).contains("hnsw.efSearch must be 1..4096"), "{}", text(&out));
 
@@ -82,7 +101,8 @@ fn redis_server() -> (Proc, u16) {
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().map_err(|e| e.to_string())?;
+    let out =
+        Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -110,7 +130,11 @@ fn operator(kubeconfig: &Path, log: &Path, watch: Option<&str>) -> Proc {
 }
 
 fn can_i(c: &Cluster, verb: &str, what: &str, ns: &str) -> bool {
-    let out = c.run("kubectl", &["auth", "can-i", verb, what, "-n", ns, "--as", "system:serviceaccount:kim-system:kim-operator"], None);
+    let out = c.run(
+        "kubectl",
+        &["auth", "can-i", verb, what, "-n", ns, "--as", "system:serviceaccount:kim-system:kim-operator"],
+        None,
+    );
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
@@ -129,7 +153,17 @@ fn complete_job(c: &Cluster, ns: &str, job: &str, message: &Value) {
     let now = "2026-01-01T00:00:00Z";
     let st = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "w", "image": "kim-worker:test", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": 0, "message": message.to_string(), "startedAt": now, "finishedAt": now}}}]}});
-    c.kubectl(&["patch", "pod", &format!("{job}-p"), "-n", ns, "--subresource=status", "--type=merge", "-p", &st.to_string()]);
+    c.kubectl(&[
+        "patch",
+        "pod",
+        &format!("{job}-p"),
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &st.to_string(),
+    ]);
     let cond = |t: &str| json!({"type": t, "status": "True", "reason": "CompletionsReached", "message": "done", "lastProbeTime": now, "lastTransitionTime": now});
     let st = json!({"status": {"startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0, "terminating": 0,
         "conditions": [cond("SuccessCriteriaMet"), cond("Complete")]}});
@@ -137,7 +171,12 @@ fn complete_job(c: &Cluster, ns: &str, job: &str, message: &Value) {
 }
 
 fn forbidden(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).map(str::to_string).collect()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .map(str::to_string)
+        .collect()
 }
 
 fn events(c: &Cluster, ns: &str) -> Vec<String> {
@@ -158,10 +197,18 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
 
     // What the ServiceAccount may and may not do.
     for (verb, what, ns, want) in [
-        ("create", "jobs.batch", "anywhere", true), ("deletecollection", "deployments.apps", "x", true), ("patch", "matchingindexes.kim.dev/status", "x", true),
-        ("get", "secrets", "x", true), ("list", "secrets", "x", false), ("delete", "pods", "x", false), ("create", "pods", "x", false),
-        ("update", "leases/kim-operator", "kim-system", true), ("update", "leases/other", "kim-system", false), ("create", "leases", "x", false),
-        ("delete", "matchingindexes.kim.dev", "x", false), ("create", "events.events.k8s.io", "x", true),
+        ("create", "jobs.batch", "anywhere", true),
+        ("deletecollection", "deployments.apps", "x", true),
+        ("patch", "matchingindexes.kim.dev/status", "x", true),
+        ("get", "secrets", "x", true),
+        ("list", "secrets", "x", false),
+        ("delete", "pods", "x", false),
+        ("create", "pods", "x", false),
+        ("update", "leases/kim-operator", "kim-system", true),
+        ("update", "leases/other", "kim-system", false),
+        ("create", "leases", "x", false),
+        ("delete", "matchingindexes.kim.dev", "x", false),
+        ("create", "events.events.k8s.io", "x", true),
     ] {
         assert_eq!(can_i(&c, verb, what, ns), want, "can-i {verb} {what} -n {ns}");
     }
@@ -180,7 +227,12 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
         let ix = c.get(&["indexer", "kim-sample", "-n", "kim-system"])?;
         (ix["status"]["storageClaim"] == "kim-sample").then_some(())
     });
-    complete_job(&c, "kim-system", &job, &json!({"snapshot": "s-1", "label": "faces", "namespace": "kim-system", "vectors": 2000, "buildSeconds": 0.5, "createdAt": "2026-01-01T00:00:00Z"}));
+    complete_job(
+        &c,
+        "kim-system",
+        &job,
+        &json!({"snapshot": "s-1", "label": "faces", "namespace": "kim-system", "vectors": 2000, "buildSeconds": 0.5, "createdAt": "2026-01-01T00:00:00Z"}),
+    );
     eventually(60, "snapshot in status and matcher Deployment", || {
         let mi = c.get(&["matchingindex", "faces", "-n", "kim-system"])?;
         let d = c.get(&["deployment", "faces-matcher", "-n", "kim-system"])?;
@@ -200,7 +252,9 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     eventually(60, "cleanup Job", || c.get(&["job", "faces-cleanup", "-n", "kim-system"]));
     assert_eq!(redis_cli(port, &["EXISTS", &stream, &reg]).unwrap(), "0", "Redis keys of the label removed");
     complete_job(&c, "kim-system", "faces-cleanup", &json!({}));
-    eventually(60, "MatchingIndex released", || c.get(&["matchingindex", "faces", "-n", "kim-system"]).is_none().then_some(()));
+    eventually(60, "MatchingIndex released", || {
+        c.get(&["matchingindex", "faces", "-n", "kim-system"]).is_none().then_some(())
+    });
     assert!(c.get(&["deployment", "faces-matcher", "-n", "kim-system"]).is_none(), "matcher Deployment deleted");
     let jobs = c.get(&["jobs", "-n", "kim-system", "-l", "kim.dev/matching-index=faces"]).unwrap();
     assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "build and cleanup Jobs deleted");
@@ -214,9 +268,23 @@ fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
     for ns in ["kim-system", "team", "other"] {
         c.kubectl(&["create", "namespace", ns]);
     }
-    c.ok("helm", &["install", "kim", "charts/kim", "-n", "kim-system", "--set", "watchNamespace=team", "--set", "redis.url=redis://127.0.0.1:1"], None);
+    c.ok(
+        "helm",
+        &[
+            "install",
+            "kim",
+            "charts/kim",
+            "-n",
+            "kim-system",
+            "--set",
+            "watchNamespace=team",
+            "--set",
+            "redis.url=redis://127.0.0.1:1",
+        ],
+        None,
+    );
     wait_crds(&c);
-    assert!(can_i(&c, "create", "jobs.batch", "team", ));
+    assert!(can_i(&c, "create", "jobs.batch", "team",));
     assert!(!can_i(&c, "list", "jobs.batch", "other"), "nothing outside the watched namespace");
     assert!(!can_i(&c, "list", "matchingindexes.kim.dev", "kim-system"));
     assert!(c.get(&["clusterrole", "kim-operator"]).is_none());
@@ -238,7 +306,9 @@ fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
     // Redis is unreachable here: skip-cleanup releases the object after deleting its children.
     c.kubectl(&["annotate", "matchingindex", "faces", "-n", "team", "kim.dev/skip-cleanup=true"]);
     c.kubectl(&["delete", "matchingindex", "faces", "-n", "team", "--wait=false"]);
-    eventually(60, "MatchingIndex released", || c.get(&["matchingindex", "faces", "-n", "team"]).is_none().then_some(()));
+    eventually(60, "MatchingIndex released", || {
+        c.get(&["matchingindex", "faces", "-n", "team"]).is_none().then_some(())
+    });
     assert_eq!(build_job(&c, "team"), None);
     let denied = forbidden(&log);
     assert!(denied.is_empty(), "denied under the namespaced RBAC:\n{}", denied.join("\n"));

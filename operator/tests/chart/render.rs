@@ -29,7 +29,17 @@ fn operator(d: &[Value]) -> &Value {
 }
 
 fn env(dep: &Value) -> Vec<(String, Value)> {
-    dep["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_string(), e.get("value").or(e.get("valueFrom")).cloned().unwrap_or(Value::Null))).collect()
+    dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e.get("value").or(e.get("valueFrom")).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
 }
 
 fn env_value(dep: &Value, name: &str) -> Option<Value> {
@@ -54,7 +64,11 @@ fn operator_deployment_is_hardened_and_wired() {
     assert!(pod["securityContext"]["runAsUser"].as_i64().unwrap() > 0);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "resources: {}", c["resources"]);
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(),
+        "resources: {}",
+        c["resources"]
+    );
     assert_eq!(env_value(dep, "KIM_WORKER_IMAGE").unwrap(), "kim-worker:0.1.0");
     assert_eq!(env_value(dep, "KIM_IMAGE_PULL_POLICY").unwrap(), "IfNotPresent");
     assert_eq!(env_value(dep, "KIM_LEASE_NAME").unwrap(), "kim-operator");
@@ -67,7 +81,18 @@ fn operator_deployment_is_hardened_and_wired() {
     let mut argv = vec!["kim-operator".to_string()];
     argv.extend(c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()));
     <kim_operator::run::Config as clap::Parser>::try_parse_from(&argv).unwrap();
-    let known: BTreeSet<&str> = ["KIM_WORKER_IMAGE", "KIM_IMAGE_PULL_POLICY", "KIM_WATCH_NAMESPACE", "KIM_HTTP", "KIM_LOG_FORMAT", "KIM_LOG", "KIM_LEASE_NAME", "POD_NAMESPACE", "POD_NAME"].into();
+    let known: BTreeSet<&str> = [
+        "KIM_WORKER_IMAGE",
+        "KIM_IMAGE_PULL_POLICY",
+        "KIM_WATCH_NAMESPACE",
+        "KIM_HTTP",
+        "KIM_LOG_FORMAT",
+        "KIM_LOG",
+        "KIM_LEASE_NAME",
+        "POD_NAMESPACE",
+        "POD_NAME",
+    ]
+    .into();
     for (name, _) in env(dep) {
         assert!(known.contains(name.as_str()), "env {name} is not read by kim-operator");
     }
@@ -86,18 +111,40 @@ fn operator_deployment_is_hardened_and_wired() {
         assert_eq!(&labels[k], v, "selector {k}");
     }
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
-    assert!(!d.iter().any(|x| x["kind"] == "ServiceMonitor" || x["kind"] == "Secret"), "optional objects off by default: {:?}", kinds(&d));
+    assert!(
+        !d.iter().any(|x| x["kind"] == "ServiceMonitor" || x["kind"] == "Secret"),
+        "optional objects off by default: {:?}",
+        kinds(&d)
+    );
     assert!(pod["affinity"].is_null(), "one replica: no anti-affinity");
 }
 
 #[test]
 fn values_change_what_is_rendered() {
-    let d = docs(&render(&["--set", "replicaCount=2", "--set", "image.repository=reg.example/kim-operator", "--set", "image.tag=dev",
-        "--set", "workerImage.repository=reg.example/kim-worker", "--set", "workerImage.tag=dev", "--set", "workerImage.pullPolicy=Never",
-        "--set", "leaderElection.leaseName=kim-lock", "--set", "leaderElection.leaseDuration=7s", "--set", "logFormat=text"]));
+    let d = docs(&render(&[
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "image.repository=reg.example/kim-operator",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "workerImage.repository=reg.example/kim-worker",
+        "--set",
+        "workerImage.tag=dev",
+        "--set",
+        "workerImage.pullPolicy=Never",
+        "--set",
+        "leaderElection.leaseName=kim-lock",
+        "--set",
+        "leaderElection.leaseDuration=7s",
+        "--set",
+        "logFormat=text",
+    ]));
     let dep = operator(&d);
     assert_eq!(dep["spec"]["replicas"], 2);
-    let spread = &dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    let spread = &dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
     assert_eq!(spread["topologyKey"], "kubernetes.io/hostname", "two replicas prefer two nodes");
     assert_eq!(&spread["labelSelector"]["matchLabels"], &dep["spec"]["selector"]["matchLabels"]);
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["image"], "reg.example/kim-operator:dev");
@@ -112,11 +159,22 @@ fn values_change_what_is_rendered() {
     // External Redis: a Secret with the URL; demo Redis: Deployment + Service + Secret pointing there.
     let d = docs(&render(&["--set", "redis.url=rediss://user:pw@redis.example:6380/0"]));
     assert_eq!(find(&d, "Secret", "kim-redis")["stringData"]["url"], "rediss://user:pw@redis.example:6380/0");
-    assert!(find(&d, "Secret", "kim-redis")["stringData"].get("password").is_none(), "no password key unless one is given");
+    assert!(
+        find(&d, "Secret", "kim-redis")["stringData"].get("password").is_none(),
+        "no password key unless one is given"
+    );
     // ACL credentials sit beside the URL under the keys spec.redis.auth defaults to.
-    let d = docs(&render(&["--set", "redis.url=rediss://redis.example:6380", "--set", "redis.username=kim", "--set", "redis.password=s3cret"]));
+    let d = docs(&render(&[
+        "--set",
+        "redis.url=rediss://redis.example:6380",
+        "--set",
+        "redis.username=kim",
+        "--set",
+        "redis.password=s3cret",
+    ]));
     let data = &find(&d, "Secret", "kim-redis")["stringData"];
-    let auth: kim_operator::crd::RedisAuth = serde_json::from_value(serde_json::json!({"secretName": "kim-redis"})).unwrap();
+    let auth: kim_operator::crd::RedisAuth =
+        serde_json::from_value(serde_json::json!({"secretName": "kim-redis"})).unwrap();
     assert_eq!((data[&auth.username_key].as_str(), data[&auth.password_key].as_str()), (Some("kim"), Some("s3cret")));
     let d = docs(&render(&["--set", "redis.deploy=true"]));
     assert_eq!(find(&d, "Secret", "kim-redis")["stringData"]["url"], "redis://kim-redis.kim-system.svc:6379");
@@ -127,10 +185,18 @@ fn values_change_what_is_rendered() {
     let d = docs(&render(&["--set", "redis.existingSecret=mine"]));
     assert!(!d.iter().any(|x| x["kind"] == "Secret"), "existing Secret: the chart writes none");
 
-    let d = docs(&render(&["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=prom"]));
+    let d = docs(&render(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=prom",
+    ]));
     let sm = find(&d, "ServiceMonitor", "kim-operator");
     assert_eq!(sm["metadata"]["labels"]["release"], "prom");
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], find(&d, "Service", "kim-operator-metrics")["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        find(&d, "Service", "kim-operator-metrics")["spec"]["ports"][0]["name"]
+    );
 
     // A release name without "kim" gets it appended.
     let out = ok("helm", &["template", "search", "charts/kim", "--namespace", "x"]);
@@ -152,9 +218,27 @@ fn bad_values_fail_with_a_clear_message() {
         assert!(!out.status.success(), "{set} rendered");
         assert!(text(&out).contains(msg), "{set}: {}", text(&out));
     }
-    let out = run("helm", &["template", "kim", "charts/kim", "--set", "redis.url=redis://a:1", "--set", "redis.existingSecret=s"], &[], None);
+    let out = run(
+        "helm",
+        &["template", "kim", "charts/kim", "--set", "redis.url=redis://a:1", "--set", "redis.existingSecret=s"],
+        &[],
+        None,
+    );
     assert!(text(&out).contains("set at most one of redis.url and redis.existingSecret"), "{}", text(&out));
-    let out = run("helm", &["template", "kim", "charts/kim", "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], &[], None);
+    let out = run(
+        "helm",
+        &[
+            "template",
+            "kim",
+            "charts/kim",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.service.enabled=false",
+        ],
+        &[],
+        None,
+    );
     assert!(text(&out).contains("metrics.serviceMonitor.enabled needs metrics.service.enabled"), "{}", text(&out));
 }
 
@@ -180,17 +264,32 @@ fn rbac_is_least_privilege_and_namespaced_mode_uses_roles() {
     }
     // What the operator calls (operator/src) and nothing broader.
     for (g, res, verb) in [
-        ("kim.dev", "matchingindexes", "watch"), ("kim.dev", "matchingindexes", "patch"), ("kim.dev", "indexers/status", "patch"),
-        ("batch", "jobs", "create"), ("batch", "jobs", "deletecollection"), ("apps", "deployments", "patch"),
-        ("apps", "statefulsets", "get"), ("", "services", "delete"), ("", "persistentvolumeclaims", "create"),
-        ("", "pods", "list"), ("", "secrets", "get"), ("events.k8s.io", "events", "create"),
+        ("kim.dev", "matchingindexes", "watch"),
+        ("kim.dev", "matchingindexes", "patch"),
+        ("kim.dev", "indexers/status", "patch"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "deletecollection"),
+        ("apps", "deployments", "patch"),
+        ("apps", "statefulsets", "get"),
+        ("", "services", "delete"),
+        ("", "persistentvolumeclaims", "create"),
+        ("", "pods", "list"),
+        ("", "secrets", "get"),
+        ("events.k8s.io", "events", "create"),
     ] {
         assert!(grants(&cr, g, res, verb), "ClusterRole lacks {verb} {g}/{res}");
     }
     for (g, res, verb) in [
-        ("", "secrets", "list"), ("", "secrets", "watch"), ("", "pods", "delete"), ("", "pods", "create"), ("kim.dev", "indexers", "delete"),
-        ("kim.dev", "matchingindexes", "create"), ("coordination.k8s.io", "leases", "create"), ("", "persistentvolumeclaims", "delete"),
-        ("", "namespaces", "get"), ("", "nodes", "list"),
+        ("", "secrets", "list"),
+        ("", "secrets", "watch"),
+        ("", "pods", "delete"),
+        ("", "pods", "create"),
+        ("kim.dev", "indexers", "delete"),
+        ("kim.dev", "matchingindexes", "create"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("", "persistentvolumeclaims", "delete"),
+        ("", "namespaces", "get"),
+        ("", "nodes", "list"),
     ] {
         assert!(!grants(&cr, g, res, verb), "ClusterRole grants {verb} {g}/{res}, which the operator never does");
     }
@@ -218,9 +317,17 @@ fn rbac_is_least_privilege_and_namespaced_mode_uses_roles() {
 
 /// The Kubernetes resources operator/src builds an `Api` for, and their RBAC resource names.
 const API_TYPES: &[(&str, &str)] = &[
-    ("MatchingIndex", "matchingindexes"), ("Indexer", "indexers"), ("Job", "jobs"), ("Deployment", "deployments"),
-    ("StatefulSet", "statefulsets"), ("Service", "services"), ("PersistentVolumeClaim", "persistentvolumeclaims"),
-    ("Pod", "pods"), ("Secret", "secrets"), ("Lease", "leases"), ("K", ""),
+    ("MatchingIndex", "matchingindexes"),
+    ("Indexer", "indexers"),
+    ("Job", "jobs"),
+    ("Deployment", "deployments"),
+    ("StatefulSet", "statefulsets"),
+    ("Service", "services"),
+    ("PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("Pod", "pods"),
+    ("Secret", "secrets"),
+    ("Lease", "leases"),
+    ("K", ""),
 ];
 
 #[test]
@@ -249,9 +356,20 @@ fn every_api_the_operator_uses_has_a_commented_rule() {
     let mut all = rules(find(&d, "ClusterRole", "kim-operator"));
     all.extend(rules(find(&d, "Role", "kim-operator-leader-election")));
     for t in &used {
-        let res = API_TYPES.iter().find(|(k, _)| k == t).unwrap_or_else(|| panic!("operator/src uses Api<{t}>: add its RBAC rule to charts/kim/templates/rbac.yaml and to API_TYPES")).1;
+        let res = API_TYPES
+            .iter()
+            .find(|(k, _)| k == t)
+            .unwrap_or_else(|| {
+                panic!(
+                    "operator/src uses Api<{t}>: add its RBAC rule to charts/kim/templates/rbac.yaml and to API_TYPES"
+                )
+            })
+            .1;
         if !res.is_empty() {
-            assert!(all.iter().any(|r| r["resources"].as_array().unwrap().iter().any(|x| x == res)), "no rule for {res}");
+            assert!(
+                all.iter().any(|r| r["resources"].as_array().unwrap().iter().any(|x| x == res)),
+                "no rule for {res}"
+            );
         }
     }
     // Each rule in the template carries a comment saying why (the line above it is a comment).
@@ -268,7 +386,11 @@ fn every_api_the_operator_uses_has_a_commented_rule() {
 }
 
 fn yaml_files(dir: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(repo().join(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.ends_with(".yaml")).collect();
+    let mut v: Vec<String> = std::fs::read_dir(repo().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
     v.sort();
     v
 }
@@ -345,8 +467,11 @@ fn samples_are_consistent_with_each_other() {
     assert_eq!(ix["spec"]["storage"]["existingClaim"], claim["metadata"]["name"]);
     assert_eq!(mi["spec"]["indexerRef"]["name"], ix["metadata"]["name"]);
     // The generator's arguments parse with the worker and match the MatchingIndex's descriptor.
-    let args: Vec<String> = pod["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
-    let cli = <kim_worker::cli::Cli as clap::Parser>::try_parse_from(std::iter::once("kim-worker".to_string()).chain(args)).unwrap();
+    let args: Vec<String> =
+        pod["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let cli =
+        <kim_worker::cli::Cli as clap::Parser>::try_parse_from(std::iter::once("kim-worker".to_string()).chain(args))
+            .unwrap();
     let kim_worker::cli::Command::Gen(g) = cli.command else { panic!("not gen") };
     let mount = pod["containers"][0]["volumeMounts"][0]["mountPath"].as_str().unwrap();
     let dir = g.out.strip_prefix(mount).unwrap().to_str().unwrap().to_string();
@@ -366,9 +491,15 @@ fn samples_are_consistent_with_each_other() {
 fn kind_script_parses_and_refuses_bad_use() {
     let script = repo().join("e2e/kind.sh");
     // Absolute paths: a child's PATH also decides where Command looks for the program.
-    let which = |t: &str| String::from_utf8(Command::new("bash").args(["-c", &format!("command -v {t}")]).output().unwrap().stdout).unwrap().trim().to_string();
+    let which = |t: &str| {
+        String::from_utf8(Command::new("bash").args(["-c", &format!("command -v {t}")]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     let bash_bin = which("bash");
-    let bash = |args: &[&str], path: &str| Command::new(&bash_bin).arg(&script).args(args).env("PATH", path).output().unwrap();
+    let bash =
+        |args: &[&str], path: &str| Command::new(&bash_bin).arg(&script).args(args).env("PATH", path).output().unwrap();
     let out = Command::new("bash").arg("-n").arg(&script).output().unwrap();
     assert!(out.status.success(), "bash -n e2e/kind.sh: {}", text(&out));
     let out = bash(&["sideways"], "/usr/bin:/bin");

@@ -14,7 +14,9 @@ pub fn repo() -> PathBuf {
 }
 
 fn cache() -> PathBuf {
-    std::env::var("KIM_CACHE").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
+    std::env::var("KIM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -38,10 +40,16 @@ pub fn text(out: &Output) -> String {
 pub fn run(tool: &str, args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> Output {
     tools();
     let mut cmd = Command::new(bin(tool));
-    cmd.args(args).current_dir(repo()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .current_dir(repo())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // helm keeps its own config, cache and data under $KIM_CACHE, not in the user's home.
     let helm = cache().join("helm-test");
-    cmd.env("HELM_CONFIG_HOME", helm.join("config")).env("HELM_CACHE_HOME", helm.join("cache")).env("HELM_DATA_HOME", helm.join("data"));
+    cmd.env("HELM_CONFIG_HOME", helm.join("config"))
+        .env("HELM_CACHE_HOME", helm.join("cache"))
+        .env("HELM_DATA_HOME", helm.join("data"));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -73,11 +81,15 @@ pub fn render(extra: &[&str]) -> String {
 
 /// The one document of `kind` named `name`.
 pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name} in {:?}", kinds(docs)))
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", kinds(docs)))
 }
 
 pub fn kinds(docs: &[Value]) -> Vec<String> {
-    docs.iter().map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?"))).collect()
+    docs.iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?")))
+        .collect()
 }
 
 /// Polls `f` every 200 ms until it returns Some, at most `secs` seconds.
@@ -106,7 +118,12 @@ impl Cluster {
     pub fn up() -> Cluster {
         tools();
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("bash").arg(repo().join("e2e/cluster.sh")).args(["up", "core"]).env("KIM_CLUSTER_DIR", dir.path()).output().unwrap();
+        let out = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .args(["up", "core"])
+            .env("KIM_CLUSTER_DIR", dir.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "cluster up: {}", text(&out));
         let kubeconfig = dir.path().join("kubeconfig");
         Cluster { dir, kubeconfig }
@@ -143,7 +160,18 @@ impl Cluster {
         let p = path.to_str().unwrap();
         let ca = self.dir.path().join("pki/ca.crt");
         for args in [
-            vec!["config", "--kubeconfig", p, "set-cluster", "kim", "--server", &server, "--embed-certs", "--certificate-authority", ca.to_str().unwrap()],
+            vec![
+                "config",
+                "--kubeconfig",
+                p,
+                "set-cluster",
+                "kim",
+                "--server",
+                &server,
+                "--embed-certs",
+                "--certificate-authority",
+                ca.to_str().unwrap(),
+            ],
             vec!["config", "--kubeconfig", p, "set-credentials", sa, "--token", token.trim()],
             vec!["config", "--kubeconfig", p, "set-context", "kim", "--cluster", "kim", "--user", sa],
             vec!["config", "--kubeconfig", p, "use-context", "kim"],
@@ -156,6 +184,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo().join("e2e/cluster.sh")).arg("down").env("KIM_CLUSTER_DIR", self.dir.path()).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("e2e/cluster.sh"))
+            .arg("down")
+            .env("KIM_CLUSTER_DIR", self.dir.path())
+            .output();
     }
 }

@@ -97,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
             let results: Vec<(Duration, kim_api::MatchResponse)> = stream::iter(descriptors)
                 .map(|d| {
                     let c = client.clone();
-                    let m = Match { descriptor: d, version, label: label.clone(), limit, luna_request_id: None, timeout };
+                    let m =
+                        Match { descriptor: d, version, label: label.clone(), limit, luna_request_id: None, timeout };
                     async move {
                         let t = Instant::now();
                         c.match_descriptor(m).await.map(|r| (t.elapsed(), r))

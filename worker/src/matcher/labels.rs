@@ -59,7 +59,9 @@ async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, rejected: &Mutex<std::collec
             }
         };
         let existing = m.served(label);
-        if existing.as_ref().is_some_and(|s| s.current.load().manifest.id == id) || rejected.lock().unwrap().get(label) == Some(&id) {
+        if existing.as_ref().is_some_and(|s| s.current.load().manifest.id == id)
+            || rejected.lock().unwrap().get(label) == Some(&id)
+        {
             continue;
         }
         match load(dir, id.clone(), label.clone()).await {

@@ -1,6 +1,5 @@
 //! Prometheus metrics of a matcher.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

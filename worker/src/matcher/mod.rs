@@ -61,7 +61,11 @@ impl Matcher {
 pub fn run(args: MatchArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("search-{i}")).build_global().ok();
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(serve_until_signal(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve_until_signal(args))
 }
 
 fn default_id() -> String {
@@ -77,10 +81,20 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     // Startup fails fast on TLS, authentication or plaintext-vs-TLS mistakes; later failures
     // are retried forever with backoff by every task.
     let conn = kim_redis::connect_checked(target.clone(), Duration::from_secs(10), Duration::from_secs(30)).await?;
-    let reader = kim_redis::connect_checked(target, args.block + Duration::from_secs(10), Duration::from_secs(30)).await?;
-    let m = Arc::new(Matcher { id, labels: Default::default(), metrics: Metrics::new(), ready: AtomicBool::new(false), reading: AtomicBool::new(false), shutdown: stop_rx, args });
+    let reader =
+        kim_redis::connect_checked(target, args.block + Duration::from_secs(10), Duration::from_secs(30)).await?;
+    let m = Arc::new(Matcher {
+        id,
+        labels: Default::default(),
+        metrics: Metrics::new(),
+        ready: AtomicBool::new(false),
+        reading: AtomicBool::new(false),
+        shutdown: stop_rx,
+        args,
+    });
     tracing::info!(matcher = %m.id, storage = %m.args.storage.display(), namespace = %m.args.namespace, "matcher starting");
-    let listener = tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
+    let listener =
+        tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
     tokio::spawn(http::serve(m.clone(), listener));
     tokio::spawn(signals(stop_tx));
 

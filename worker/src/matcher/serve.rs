@@ -8,8 +8,8 @@ use kim_api::{ErrorCode, MatchError, MatchRequest, MatchResponse, GROUP};
 use kim_index::flat::Ids;
 use kim_index::vectors::similarity;
 use kim_index::{DecodeError, Hit, Metric};
-use rayon::prelude::*;
 use kim_redis::{Backoff, Conn};
+use rayon::prelude::*;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions};
 use redis::Value;
 
@@ -118,7 +118,8 @@ fn parse_read_reply(v: Value) -> redis::RedisResult<Vec<(String, Vec<(String, Ve
 /// Creates the label's consumer group (and stream) if missing.
 pub async fn ensure_group(conn: &mut Conn, prefix: &str, label: &str) -> redis::RedisResult<()> {
     let key = kim_api::stream_key(prefix, label);
-    match redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(GROUP).arg("0").arg("MKSTREAM").query_async::<()>(conn).await {
+    match redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(GROUP).arg("0").arg("MKSTREAM").query_async::<()>(conn).await
+    {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
@@ -145,7 +146,10 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
         let keys: Vec<String> = labels.iter().map(|l| kim_api::stream_key(&m.args.prefix, l)).collect();
         // While recovering, each read starts after the last pending entry seen, so an entry
         // that cannot be answered is left to the claimer instead of being re-read forever.
-        let ids: Vec<String> = keys.iter().map(|k| if recovering { after.get(k).cloned().unwrap_or_else(|| "0".into()) } else { ">".into() }).collect();
+        let ids: Vec<String> = keys
+            .iter()
+            .map(|k| if recovering { after.get(k).cloned().unwrap_or_else(|| "0".into()) } else { ">".into() })
+            .collect();
         let mut opts = StreamReadOptions::default().group(GROUP, &m.id).count(m.args.batch);
         if !recovering {
             opts = opts.block(m.args.block.as_millis() as usize);
@@ -240,7 +244,11 @@ pub async fn claim_loop(m: Arc<Matcher>, mut conn: Conn) {
                     }
                 };
                 if !reply.claimed.is_empty() {
-                    tracing::info!(label, entries = reply.claimed.len(), "claimed entries abandoned by another consumer");
+                    tracing::info!(
+                        label,
+                        entries = reply.claimed.len(),
+                        "claimed entries abandoned by another consumer"
+                    );
                     let label: Arc<str> = label.as_str().into();
                     let entries = reply.claimed.into_iter().map(|s| Entry::from_stream_id(&label, s)).collect();
                     if !answer(&m, &mut conn, entries).await {
@@ -288,9 +296,17 @@ fn triage(m: &Matcher, labels: &mut BatchLabels, e: &Entry, now_ms: u64) -> Work
             return Work::Reply(rej.response_channel, resp);
         }
     };
-    let fail = |code: ErrorCode, detail: String| Work::Reply(Some(req.response_channel.clone()), MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail));
+    let fail = |code: ErrorCode, detail: String| {
+        Work::Reply(
+            Some(req.response_channel.clone()),
+            MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail),
+        )
+    };
     if req.label != *e.label {
-        return fail(ErrorCode::ValidationFailed, format!("label field {:?} differs from stream label {:?}", req.label, e.label));
+        return fail(
+            ErrorCode::ValidationFailed,
+            format!("label field {:?} differs from stream label {:?}", req.label, e.label),
+        );
     }
     if req.deadline.is_some_and(|d| d <= now_ms) {
         return fail(ErrorCode::Timeout, "deadline passed before the search started".into());
@@ -331,27 +347,52 @@ struct Reply {
 impl Reply {
     fn from_response(entry: usize, channel: Option<String>, resp: MatchResponse) -> Reply {
         let json = resp.to_json().into_bytes();
-        Reply { entry, channel, json, status_code: resp.status_code, rid: resp.rid, luna_request_id: resp.luna_request_id, hits: resp.result.len(), error: resp.error }
+        Reply {
+            entry,
+            channel,
+            json,
+            status_code: resp.status_code,
+            rid: resp.rid,
+            luna_request_id: resp.luna_request_id,
+            hits: resp.result.len(),
+            error: resp.error,
+        }
     }
 }
 
 /// Decodes and searches one request and writes its reply; never panics.
 fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
     let spec = loaded.index.vectors.spec;
-    let failed = |code: ErrorCode, detail: String| Reply::from_response(entry, Some(req.response_channel.clone()), MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail));
+    let failed = |code: ErrorCode, detail: String| {
+        Reply::from_response(
+            entry,
+            Some(req.response_channel.clone()),
+            MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail),
+        )
+    };
     let q = match spec.decode(&req.descriptor, req.version) {
         Ok(q) => q,
         Err(e @ DecodeError::VersionMismatch { .. }) => return failed(ErrorCode::VersionMismatch, e.to_string()),
         Err(e) => return failed(ErrorCode::DecodeFailed, e.to_string()),
     };
-    let searched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
+    let searched =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
     let Ok(hits) = searched else {
         return failed(ErrorCode::SearchFailed, "internal error during search".to_string());
     };
     let mut json = Vec::with_capacity(128 + 40 * hits.len());
     let result = HitsJson { hits: &hits, ids: &loaded.index.ids, metric: spec.metric };
     kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, &result, None);
-    Reply { entry, channel: Some(req.response_channel), json, status_code: kim_api::STATUS_OK, rid: req.rid, luna_request_id: req.luna_request_id, hits: hits.len(), error: None }
+    Reply {
+        entry,
+        channel: Some(req.response_channel),
+        json,
+        status_code: kim_api::STATUS_OK,
+        rid: req.rid,
+        luna_request_id: req.luna_request_id,
+        hits: hits.len(),
+        error: None,
+    }
 }
 
 /// Searches on the rayon pool (the search threads) and hands the replies back; `None` when
@@ -419,8 +460,12 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
         m.metrics.latency(waited);
         *counts.entry((&e.label, r.status_code)).or_default() += 1;
         match &r.error {
-            None => tracing::debug!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, hits = r.hits, "matched"),
-            Some(err) => tracing::info!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, error_code = err.error_code, detail = %err.detail, "request failed"),
+            None => {
+                tracing::debug!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, hits = r.hits, "matched")
+            }
+            Some(err) => {
+                tracing::info!(rid = %r.rid, luna_request_id = %r.luna_request_id, label = %e.label, error_code = err.error_code, detail = %err.detail, "request failed")
+            }
         }
     }
     for ((label, status), n) in counts {
@@ -443,29 +488,64 @@ mod tests {
     /// turned into bytes the same way.
     fn via_crate(v: &Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
         let r = StreamReadReply::from_redis_value(v).unwrap();
-        r.keys.into_iter().map(|k| (k.key, k.ids.into_iter().map(|s| (s.id, s.map.into_iter().map(|(k, v)| (k.into_bytes(), value_bytes(v))).collect())).collect())).collect()
+        r.keys
+            .into_iter()
+            .map(|k| {
+                (
+                    k.key,
+                    k.ids
+                        .into_iter()
+                        .map(|s| (s.id, s.map.into_iter().map(|(k, v)| (k.into_bytes(), value_bytes(v))).collect()))
+                        .collect(),
+                )
+            })
+            .collect()
     }
 
     fn ours(v: Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
-        parse_read_reply(v).unwrap().into_iter().map(|(k, ids)| (k, ids.into_iter().map(|(id, f)| (id, f.into_iter().collect())).collect())).collect()
+        parse_read_reply(v)
+            .unwrap()
+            .into_iter()
+            .map(|(k, ids)| (k, ids.into_iter().map(|(id, f)| (id, f.into_iter().collect())).collect()))
+            .collect()
     }
 
     #[test]
     fn read_reply_parses_as_the_redis_crate_does() {
-        let entry = |id: &str, fields: &[(&[u8], &[u8])]| Value::Array(vec![bulk(id.as_bytes()), Value::Array(fields.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect())]);
+        let entry = |id: &str, fields: &[(&[u8], &[u8])]| {
+            Value::Array(vec![
+                bulk(id.as_bytes()),
+                Value::Array(fields.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect()),
+            ])
+        };
         let resp2 = Value::Array(vec![
-            Value::Array(vec![bulk(b"faces"), Value::Array(vec![entry("1-0", &[(b"descriptor", &[0, 255, 7]), (b"rid", b"r1")]), entry("1-1", &[(b"rid", b"a"), (b"rid", b"b")])])]),
-            Value::Array(vec![bulk(b"p:cars"), Value::Array(vec![Value::Array(vec![bulk(b"2-0"), Value::Nil]), entry("2-1", &[])])]),
+            Value::Array(vec![
+                bulk(b"faces"),
+                Value::Array(vec![
+                    entry("1-0", &[(b"descriptor", &[0, 255, 7]), (b"rid", b"r1")]),
+                    entry("1-1", &[(b"rid", b"a"), (b"rid", b"b")]),
+                ]),
+            ]),
+            Value::Array(vec![
+                bulk(b"p:cars"),
+                Value::Array(vec![Value::Array(vec![bulk(b"2-0"), Value::Nil]), entry("2-1", &[])]),
+            ]),
             Value::Array(vec![bulk(b"empty"), Value::Array(vec![])]),
         ]);
         assert_eq!(ours(resp2.clone()), via_crate(&resp2));
         assert_eq!(ours(resp2.clone())[0].1[1].1[&b"rid".to_vec()], b"b", "a repeated field: the last one counts");
-        let resp3 = Value::Map(vec![(bulk(b"faces"), Value::Array(vec![entry("1-0", &[(b"limit", b"3")])])), (bulk(b"cars"), Value::Array(vec![]))]);
+        let resp3 = Value::Map(vec![
+            (bulk(b"faces"), Value::Array(vec![entry("1-0", &[(b"limit", b"3")])])),
+            (bulk(b"cars"), Value::Array(vec![])),
+        ]);
         assert_eq!(ours(resp3.clone()), via_crate(&resp3));
         assert_eq!(ours(Value::Nil), via_crate(&Value::Nil));
         // A field name that is not UTF-8 fails the crate's whole reply (and so every later
         // read of the stream); here it is one more field the request parser ignores.
-        let odd = Value::Array(vec![Value::Array(vec![bulk(b"faces"), Value::Array(vec![entry("3-0", &[(b"\xff", b"x"), (b"rid", b"r")])])])]);
+        let odd = Value::Array(vec![Value::Array(vec![
+            bulk(b"faces"),
+            Value::Array(vec![entry("3-0", &[(b"\xff", b"x"), (b"rid", b"r")])]),
+        ])]);
         assert!(StreamReadReply::from_redis_value(&odd).is_err());
         assert_eq!(ours(odd)[0].1[0].1.len(), 2);
         assert!(parse_read_reply(Value::Int(3)).is_err());
@@ -474,7 +554,15 @@ mod tests {
 
     #[test]
     fn entry_fields_last_wins_and_bytes_are_kept() {
-        let e = Entry { label: "l".into(), id: "5-1".into(), fields: vec![(b"rid".to_vec(), b"a".to_vec()), (b"x\xff".to_vec(), vec![1]), (b"rid".to_vec(), b"b".to_vec())] };
+        let e = Entry {
+            label: "l".into(),
+            id: "5-1".into(),
+            fields: vec![
+                (b"rid".to_vec(), b"a".to_vec()),
+                (b"x\xff".to_vec(), vec![1]),
+                (b"rid".to_vec(), b"b".to_vec()),
+            ],
+        };
         assert_eq!(e.field("rid"), Some(&b"b"[..]));
         assert_eq!(e.field("limit"), None);
         assert_eq!(e.added_ms(), Some(5));
@@ -483,12 +571,21 @@ mod tests {
     #[test]
     fn hits_serialise_like_the_owned_result() {
         let ids = Ids::from_vec(&["a\"b".to_string(), "face-0002094-0".to_string(), "ü".to_string()]);
-        let hits = [Hit { row: 1, distance: 0.297_8 }, Hit { row: 0, distance: 0.5 }, Hit { row: 2, distance: f32::NAN }];
+        let hits =
+            [Hit { row: 1, distance: 0.297_8 }, Hit { row: 0, distance: 0.5 }, Hit { row: 2, distance: f32::NAN }];
         for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
-            let owned: Vec<(String, f64)> = hits.iter().map(|h| (ids.get(h.row as usize).to_string(), similarity(metric, h.distance))).collect();
+            let owned: Vec<(String, f64)> =
+                hits.iter().map(|h| (ids.get(h.row as usize).to_string(), similarity(metric, h.distance))).collect();
             let want = MatchResponse::ok("rid", "1,x", owned).to_json();
             let mut got = Vec::new();
-            kim_api::write_response_json(&mut got, "rid", "1,x", kim_api::STATUS_OK, &HitsJson { hits: &hits, ids: &ids, metric }, None);
+            kim_api::write_response_json(
+                &mut got,
+                "rid",
+                "1,x",
+                kim_api::STATUS_OK,
+                &HitsJson { hits: &hits, ids: &ids, metric },
+                None,
+            );
             assert_eq!(String::from_utf8(got).unwrap(), want);
         }
     }

@@ -69,7 +69,13 @@ pub struct FilterArgs {
     #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
     /// Agents as HOST:PORT,HOST:PORT,...
-    #[arg(long, env = "KIM_AGENTS", value_delimiter = ',', required_unless_present = "agents_dns", conflicts_with = "agents_dns")]
+    #[arg(
+        long,
+        env = "KIM_AGENTS",
+        value_delimiter = ',',
+        required_unless_present = "agents_dns",
+        conflicts_with = "agents_dns"
+    )]
     pub agents: Vec<String>,
     /// A DNS name (HOST:PORT) whose addresses are the agents, re-resolved periodically
     /// (a headless Service).

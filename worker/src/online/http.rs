@@ -28,7 +28,12 @@ pub async fn serve_with(listener: tokio::net::TcpListener, ready: Arc<AtomicBool
                 }
             }),
         )
-        .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics()) }));
+        .route(
+            "/metrics",
+            get(move || async move {
+                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics())
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "http server stopped");
     }

@@ -35,7 +35,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix(prefix);
         let requests = Family::<RpcCode, Counter>::default();
         let latency = Family::<Rpc, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register("grpc_requests", "Requests (stream messages count one each) by RPC and gRPC code", requests.clone());
+        registry.register(
+            "grpc_requests",
+            "Requests (stream messages count one each) by RPC and gRPC code",
+            requests.clone(),
+        );
         registry.register("grpc_latency_seconds", "Handling time by RPC", latency.clone());
         Metrics { registry, requests, latency }
     }

@@ -63,13 +63,19 @@ where
 /// listed succeeded and stay applied.
 pub fn multi_error(total: usize, failures: &[(usize, String, Status)]) -> Status {
     let code = failures.first().map_or(tonic::Code::Internal, |f| f.2.code());
-    let list: Vec<String> = failures.iter().map(|(i, id, s)| format!("#{i} {id:?}: {:?} {}", s.code(), s.message())).collect();
+    let list: Vec<String> =
+        failures.iter().map(|(i, id, s)| format!("#{i} {id:?}: {:?} {}", s.code(), s.message())).collect();
     let message = format!("{} of {total} items failed: {}", failures.len(), list.join("; "));
     let details = failures
         .iter()
         .map(|(i, id, s)| prost_types::Any {
             type_url: "type.googleapis.com/google.rpc.Status".into(),
-            value: rpc::Status { code: s.code() as i32, message: format!("#{i} {id}: {}", s.message()), details: Vec::new() }.encode_to_vec(),
+            value: rpc::Status {
+                code: s.code() as i32,
+                message: format!("#{i} {id}: {}", s.message()),
+                details: Vec::new(),
+            }
+            .encode_to_vec(),
         })
         .collect();
     let body = rpc::Status { code: code as i32, message: message.clone(), details }.encode_to_vec();

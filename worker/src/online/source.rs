@@ -43,9 +43,18 @@ pub fn read(addrs: &[String], dialer: &Dialer) -> Result<(Vec<u8>, Matrix, Vec<S
         for addr in addrs {
             let fail = |message: String| SourceError::Agent { agent: addr.clone(), message };
             let read = async {
-                let channel = dialer.agent_endpoint(addr).map_err(|e| fail(e.to_string()))?.connect().await.map_err(|e| fail(connect_error(&e)))?;
+                let channel = dialer
+                    .agent_endpoint(addr)
+                    .map_err(|e| fail(e.to_string()))?
+                    .connect()
+                    .await
+                    .map_err(|e| fail(connect_error(&e)))?;
                 let mut c = ObjectClient::new(channel).max_decoding_message_size(64 << 20);
-                let mut stream = c.stream_list_object(object::list::Request {}).await.map_err(|s| fail(s.message().to_string()))?.into_inner();
+                let mut stream = c
+                    .stream_list_object(object::list::Request {})
+                    .await
+                    .map_err(|s| fail(s.message().to_string()))?
+                    .into_inner();
                 let mut n = 0usize;
                 while let Some(item) = stream.next().await {
                     match item.map_err(|s| fail(s.message().to_string()))?.payload {
@@ -63,7 +72,9 @@ pub fn read(addrs: &[String], dialer: &Dialer) -> Result<(Vec<u8>, Matrix, Vec<S
                 tracing::info!(agent = %addr, objects = n, "read agent");
                 Ok(())
             };
-            tokio::time::timeout(PER_AGENT, read).await.map_err(|_| fail(format!("listing took longer than {PER_AGENT:?}")))??;
+            tokio::time::timeout(PER_AGENT, read)
+                .await
+                .map_err(|_| fail(format!("listing took longer than {PER_AGENT:?}")))??;
         }
         Ok::<_, SourceError>(merged)
     })?;

@@ -127,7 +127,8 @@ impl Dialer {
 
 fn endpoint(addr: &str, tls: &Option<ClientTlsConfig>) -> Result<Endpoint, TlsError> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let ep = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| TlsError::Config(format!("bad address {addr:?}: {e}")))?;
+    let ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| TlsError::Config(format!("bad address {addr:?}: {e}")))?;
     match tls {
         Some(c) => ep.tls_config(c.clone()).map_err(|e| TlsError::Config(format!("TLS settings for {addr}: {e}"))),
         None => Ok(ep),

@@ -25,14 +25,20 @@ impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
-        let child = cmd.stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let child = cmd
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Proc { child, log, name: name.into() }
     }
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap().success();
+        let ok =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap().success();
         assert!(ok, "kill -{sig} {}", self.name);
     }
     /// Waits for exit, up to `limit`.
@@ -65,11 +71,22 @@ impl Redis {
         let port = free_port();
         let proc = Proc::spawn(
             "redis",
-            Command::new("redis-server").args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+            Command::new("redis-server").args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
             dir,
         );
         let r = Redis { port, proc };
-        wait_until(Duration::from_secs(10), "redis-server to accept connections", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_until(Duration::from_secs(10), "redis-server to accept connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         r
     }
     pub fn url(&self) -> String {
@@ -115,10 +132,18 @@ impl Matcher {
     pub fn start(name: &str, dir: &Path, storage: &Path, redis: &Redis, extra: &[&str]) -> Matcher {
         let http = free_port();
         let mut cmd = Command::new(worker_bin());
-        cmd.args(["match", "--storage", storage.to_str().unwrap(), "--redis", &redis.url(), "--http", &format!("127.0.0.1:{http}")])
-            .args(["--claim-idle", "1s", "--claim-interval", "200ms", "--reload-interval", "200ms", "--matcher-id", name])
-            .args(extra)
-            .env("KIM_LOG", "info,hnsw_rs=warn");
+        cmd.args([
+            "match",
+            "--storage",
+            storage.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .args(["--claim-idle", "1s", "--claim-interval", "200ms", "--reload-interval", "200ms", "--matcher-id", name])
+        .args(extra)
+        .env("KIM_LOG", "info,hnsw_rs=warn");
         let m = Matcher { proc: Proc::spawn(name, &mut cmd, dir), http };
         m
     }
@@ -170,7 +195,19 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let storage = dir.path().join("storage");
-        worker(&["gen", "--out", data.to_str().unwrap(), "--identities", &identities.to_string(), "--samples", "4", "--mated-probes", "100", "--nonmated-probes", "100"]);
+        worker(&[
+            "gen",
+            "--out",
+            data.to_str().unwrap(),
+            "--identities",
+            &identities.to_string(),
+            "--samples",
+            "4",
+            "--mated-probes",
+            "100",
+            "--nonmated-probes",
+            "100",
+        ]);
         let f = Fixture { dir, data, storage };
         f.index("faces", "base.npy");
         f
@@ -181,8 +218,19 @@ impl Fixture {
     /// Builds (or rebuilds) an index for `label` from a file in the data dir; returns the summary.
     pub fn index(&self, label: &str, source: &str) -> serde_json::Value {
         let out = worker(&[
-            "index", "--label", label, "--storage", self.storage.to_str().unwrap(), "--source", self.data.join(source).to_str().unwrap(),
-            "--ids", self.data.join("ids.txt").to_str().unwrap(), "--version", "59", "--threads", "2",
+            "index",
+            "--label",
+            label,
+            "--storage",
+            self.storage.to_str().unwrap(),
+            "--source",
+            self.data.join(source).to_str().unwrap(),
+            "--ids",
+            self.data.join("ids.txt").to_str().unwrap(),
+            "--version",
+            "59",
+            "--threads",
+            "2",
         ]);
         serde_json::from_str(out.trim()).unwrap()
     }

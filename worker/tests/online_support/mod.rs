@@ -25,7 +25,9 @@ pub struct Server {
 impl Server {
     fn spawn(name: &str, dir: &Path, port: u16, http: u16, args: Vec<String>) -> Server {
         let mut cmd = Command::new(worker_bin());
-        cmd.args(&args).args(["--listen", &format!("127.0.0.1:{port}"), "--http", &format!("127.0.0.1:{http}")]).env("KIM_LOG", "info,kim_worker=debug,hnsw_rs=warn");
+        cmd.args(&args)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http", &format!("127.0.0.1:{http}")])
+            .env("KIM_LOG", "info,kim_worker=debug,hnsw_rs=warn");
         let proc = Proc::spawn(name, &mut cmd, dir);
         let mut s = Server { proc, port, http, args, dir: dir.to_path_buf(), name: name.to_string() };
         s.wait_listening();
@@ -39,7 +41,19 @@ impl Server {
     /// An agent with its data under `dir/<name>-data`.
     pub fn agent(name: &str, dir: &Path, dims: usize, metric: &str, extra: &[&str]) -> Server {
         let data = dir.join(format!("{name}-data"));
-        let mut args: Vec<String> = ["agent", "--data", data.to_str().unwrap(), "--dimensions", &dims.to_string(), "--metric", metric, "--name", name].map(String::from).to_vec();
+        let mut args: Vec<String> = [
+            "agent",
+            "--data",
+            data.to_str().unwrap(),
+            "--dimensions",
+            &dims.to_string(),
+            "--metric",
+            metric,
+            "--name",
+            name,
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         Server::spawn(name, dir, free_port(), free_port(), args)
     }

@@ -22,16 +22,57 @@ impl Certs {
         let dir = dir.join("certs");
         std::fs::create_dir_all(&dir).unwrap();
         let ossl = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl on PATH (scripts/deps.sh installs it)");
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl on PATH (scripts/deps.sh installs it)");
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        ossl(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kim-test-ca"]].concat());
+        ossl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kim-test-ca"],
+            ]
+            .concat(),
+        );
         std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
         for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-            ossl(&[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN=kim-test-{name}")]].concat());
-            ossl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2", "-extfile", ext]);
+            ossl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &format!("{name}.key"),
+                        "-out",
+                        &format!("{name}.csr"),
+                        "-subj",
+                        &format!("/CN=kim-test-{name}"),
+                    ],
+                ]
+                .concat(),
+            );
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ]);
         }
         Certs { dir }
     }
@@ -45,7 +86,9 @@ impl Certs {
 pub enum Mode {
     Plain,
     /// TLS only (`--port 0`), ACL user `kim` with [`PASSWORD`], default user disabled.
-    TlsAcl { mutual: bool },
+    TlsAcl {
+        mutual: bool,
+    },
 }
 
 /// A redis-server that can be killed and restarted on the same port.
@@ -60,15 +103,28 @@ pub struct Server {
 impl Server {
     pub fn start(dir: &Path, mode: Mode, certs: Option<&Certs>, extra: &[&str]) -> Server {
         let port = free_port();
-        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> =
+            ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir.to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         match mode {
             Mode::Plain => args.extend(["--port".into(), port.to_string()]),
             Mode::TlsAcl { mutual } => {
                 let c = certs.expect("certificates for a TLS server");
                 args.extend(["--port".into(), "0".into(), "--tls-port".into(), port.to_string()]);
-                args.extend(["--tls-cert-file".into(), c.path("server.crt"), "--tls-key-file".into(), c.path("server.key"), "--tls-ca-cert-file".into(), c.path("ca.crt")]);
+                args.extend([
+                    "--tls-cert-file".into(),
+                    c.path("server.crt"),
+                    "--tls-key-file".into(),
+                    c.path("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    c.path("ca.crt"),
+                ]);
                 args.extend(["--tls-auth-clients".into(), if mutual { "yes" } else { "no" }.into()]);
-                args.extend(["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"].iter().map(|s| s.to_string()));
+                args.extend(
+                    ["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"].iter().map(|s| s.to_string()),
+                );
                 args.extend(["--user", "default", "off"].iter().map(|s| s.to_string()));
             }
         }
@@ -82,7 +138,9 @@ impl Server {
         let name = format!("redis-{}-{}", self.port, self.restarts);
         self.proc = Some(Proc::spawn(&name, Command::new("redis-server").args(&self.args), &self.dir));
         let port = self.port;
-        wait_until(Duration::from_secs(10), "redis-server to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        wait_until(Duration::from_secs(10), "redis-server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     /// SIGKILL: no shutdown, no goodbye to clients.
@@ -104,7 +162,14 @@ impl Server {
 }
 
 /// A matcher started with `url` and extra environment (TLS files, credentials).
-pub fn start_matcher(name: &str, dir: &Path, storage: &Path, url: &str, env: &[(&str, String)], extra: &[&str]) -> Matcher {
+pub fn start_matcher(
+    name: &str,
+    dir: &Path,
+    storage: &Path,
+    url: &str,
+    env: &[(&str, String)],
+    extra: &[&str],
+) -> Matcher {
     let http = free_port();
     let mut cmd = Command::new(worker_bin());
     cmd.args(["match", "--storage", storage.to_str().unwrap(), "--redis", url, "--http", &format!("127.0.0.1:{http}")])
@@ -118,9 +183,19 @@ pub fn start_matcher(name: &str, dir: &Path, storage: &Path, url: &str, env: &[(
 }
 
 /// Runs `kim-worker match` expecting it to exit non-zero within 40 s; returns its output.
-pub fn matcher_refuses(name: &str, dir: &Path, storage: &Path, url: &str, env: &[(&str, String)], extra: &[&str]) -> String {
+pub fn matcher_refuses(
+    name: &str,
+    dir: &Path,
+    storage: &Path,
+    url: &str,
+    env: &[(&str, String)],
+    extra: &[&str],
+) -> String {
     let mut m = start_matcher(name, dir, storage, url, env, extra);
-    let status = m.proc.wait_exit(Duration::from_secs(40)).unwrap_or_else(|| panic!("matcher kept running against {url}; log:\n{}", m.proc.log_text()));
+    let status = m
+        .proc
+        .wait_exit(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("matcher kept running against {url}; log:\n{}", m.proc.log_text()));
     assert!(!status.success(), "matcher exited 0 against {url}");
     m.proc.log_text()
 }
@@ -138,7 +213,9 @@ pub fn start_sentinel(dir: &Path, master_port: u16) -> (u16, Proc) {
     )
     .unwrap();
     let proc = Proc::spawn(&format!("sentinel-{port}"), Command::new("redis-server").arg(&conf).arg("--sentinel"), dir);
-    wait_until(Duration::from_secs(10), "sentinel to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_until(Duration::from_secs(10), "sentinel to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     (port, proc)
 }
 
@@ -148,6 +225,7 @@ pub fn plain_conn(port: u16) -> redis::Connection {
 
 /// The master port a sentinel reports.
 pub fn sentinel_master(sentinel: u16) -> Option<u16> {
-    let r: Option<(String, u16)> = redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kimmaster").query(&mut plain_conn(sentinel)).ok()?;
+    let r: Option<(String, u16)> =
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kimmaster").query(&mut plain_conn(sentinel)).ok()?;
     r.map(|(_, p)| p)
 }

@@ -125,7 +125,11 @@ impl Engine {
         let saved_lsn = saved.as_ref().map_or(0, |s| s.lsn);
         if let Some(seg) = saved {
             for r in 0..seg.rows() {
-                let obj = Obj { vector: Arc::from(seg.index.vectors.row_f32(r)), timestamp: seg.timestamps[r], lsn: seg.lsns[r] };
+                let obj = Obj {
+                    vector: Arc::from(seg.index.vectors.row_f32(r)),
+                    timestamp: seg.timestamps[r],
+                    lsn: seg.lsns[r],
+                };
                 store.objects.insert(seg.index.ids.get(r).to_string(), obj);
             }
             store.lsn = seg.lsn;
@@ -159,7 +163,10 @@ impl Engine {
             discarded_bytes: replay.discarded_bytes,
         });
         let e = engine.clone();
-        std::thread::Builder::new().name("kim-wal".into()).spawn(move || e.writer(wal, rx)).map_err(|err| EngineError::Io { path: PathBuf::from("kim-wal thread"), err })?;
+        std::thread::Builder::new()
+            .name("kim-wal".into())
+            .spawn(move || e.writer(wal, rx))
+            .map_err(|err| EngineError::Io { path: PathBuf::from("kim-wal thread"), err })?;
         Ok(engine)
     }
 
@@ -219,7 +226,8 @@ impl Engine {
     fn build(&self, rows: Vec<(String, Obj)>, lsn: u64) -> Result<Segment, EngineError> {
         let spec = self.state.read().unwrap().spec;
         let seg = Segment::new(spec, rows, Default::default(), lsn);
-        let graph = build_graph(&seg.index.vectors, self.cfg.hnsw, self.cfg.build_threads, &|_, _, _| {}).map_err(EngineError::Build)?;
+        let graph = build_graph(&seg.index.vectors, self.cfg.hnsw, self.cfg.build_threads, &|_, _, _| {})
+            .map_err(EngineError::Build)?;
         Ok(Segment { index: FlatIndex { graph, ef_search: self.cfg.hnsw.ef_search, ..seg.index }, ..seg })
     }
 
@@ -259,7 +267,10 @@ impl Engine {
                     Cmd::Checkpoint(reply) => {
                         self.commit(&mut wal, std::mem::take(&mut group));
                         let st = self.state.read().unwrap();
-                        let r = wal.rotate(st.lsn + 1).map(|_| (st.live_rows(), st.lsn)).map_err(|e| WriteError::Durability(e.to_string()));
+                        let r = wal
+                            .rotate(st.lsn + 1)
+                            .map(|_| (st.live_rows(), st.lsn))
+                            .map_err(|e| WriteError::Durability(e.to_string()));
                         let _ = reply.send(r);
                     }
                 }
@@ -291,7 +302,12 @@ impl Engine {
                         (Mode::Update | Mode::Remove, false, false) => Err(WriteError::NotFound(w.id.clone())),
                         (Mode::Remove, false, true) => Ok(None),
                         (Mode::Remove, true, _) => Ok(Some(Record::Remove { lsn: lsn + 1, id: w.id.clone() })),
-                        _ => Ok(Some(Record::Put { lsn: lsn + 1, id: w.id.clone(), timestamp: w.timestamp, vector: w.vector.clone() })),
+                        _ => Ok(Some(Record::Put {
+                            lsn: lsn + 1,
+                            id: w.id.clone(),
+                            timestamp: w.timestamp,
+                            vector: w.vector.clone(),
+                        })),
                     };
                     res.push(r.map(|rec| {
                         if let Some(rec) = rec {

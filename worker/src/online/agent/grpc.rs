@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use kim_proto::agent::v1::agent_server::Agent;
 use kim_proto::payload::v1::{self as pb, object, search};
-use kim_proto::vald::v1::{flush_server, index_server, insert_server, object_server, remove_server, search_server, update_server, upsert_server};
+use kim_proto::vald::v1::{
+    flush_server, index_server, insert_server, object_server, remove_server, search_server, update_server,
+    upsert_server,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::engine::{Engine, Mode, Write, WriteError};
@@ -58,7 +61,11 @@ impl AgentService {
         }
         let dims = self.engine.cfg.dimensions;
         if v.vector.len() != dims {
-            return Err(Status::invalid_argument(format!("vector {} has {} dimensions, the agent holds {dims}", v.id, v.vector.len())));
+            return Err(Status::invalid_argument(format!(
+                "vector {} has {} dimensions, the agent holds {dims}",
+                v.id,
+                v.vector.len()
+            )));
         }
         if v.vector.iter().any(|x| !x.is_finite()) {
             return Err(Status::invalid_argument(format!("vector {} has a non-finite value", v.id)));
@@ -68,7 +75,10 @@ impl AgentService {
     }
 
     fn remove_write(r: pb::remove::Request) -> Result<Write, Status> {
-        let id = r.id.map(|i| i.id).filter(|i| !i.is_empty()).ok_or_else(|| Status::invalid_argument("object id is empty"))?;
+        let id =
+            r.id.map(|i| i.id)
+                .filter(|i| !i.is_empty())
+                .ok_or_else(|| Status::invalid_argument("object id is empty"))?;
         let skip = r.config.is_some_and(|c| c.skip_strict_exist_check);
         Ok(Write { mode: Mode::Remove, id, vector: Vec::new(), timestamp: 0, skip_exist_check: skip })
     }
@@ -108,7 +118,12 @@ impl AgentService {
         }
     }
 
-    fn stream_writes<Req: Send + 'static>(&self, rpc: &'static str, input: Streaming<Req>, to: fn(&AgentService, Req) -> Result<Write, Status>) -> Out<object::StreamLocation> {
+    fn stream_writes<Req: Send + 'static>(
+        &self,
+        rpc: &'static str,
+        input: Streaming<Req>,
+        to: fn(&AgentService, Req) -> Result<Write, Status>,
+    ) -> Out<object::StreamLocation> {
         let me = self.clone();
         per_message(input, 1, move |req| {
             let me = me.clone();
@@ -125,15 +140,25 @@ impl AgentService {
         })
     }
 
-    async fn search(&self, vector: Vec<f32>, cfg: Option<search::Config>, exact: bool) -> Result<search::Response, Status> {
+    async fn search(
+        &self,
+        vector: Vec<f32>,
+        cfg: Option<search::Config>,
+        exact: bool,
+    ) -> Result<search::Response, Status> {
         let cfg = cfg.unwrap_or_default();
         let dims = self.engine.cfg.dimensions;
         if vector.len() != dims {
-            return Err(Status::invalid_argument(format!("query has {} dimensions, the agent holds {dims}", vector.len())));
+            return Err(Status::invalid_argument(format!(
+                "query has {} dimensions, the agent holds {dims}",
+                vector.len()
+            )));
         }
         let k = if cfg.num == 0 { DEFAULT_NUM } else { cfg.num as usize };
         let engine = self.engine.clone();
-        let found = tokio::task::spawn_blocking(move || engine.state.read().unwrap().search(&vector, k, exact)).await.map_err(|e| Status::internal(e.to_string()))?;
+        let found = tokio::task::spawn_blocking(move || engine.state.read().unwrap().search(&vector, k, exact))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let results = found
             .into_iter()
             .filter(|f| cfg.radius <= 0.0 || f.distance <= cfg.radius)
@@ -156,7 +181,11 @@ impl AgentService {
 
     fn vector_of(&self, id: &str) -> Option<object::Vector> {
         let st = self.engine.state.read().unwrap();
-        st.objects.get(id).map(|o| object::Vector { id: id.to_string(), vector: o.vector.to_vec(), timestamp: o.timestamp })
+        st.objects.get(id).map(|o| object::Vector {
+            id: id.to_string(),
+            vector: o.vector.to_vec(),
+            timestamp: o.timestamp,
+        })
     }
 }
 
@@ -181,10 +210,18 @@ impl insert_server::Insert for AgentService {
         self.done("Insert", t, r)
     }
     type StreamInsertStream = Out<object::StreamLocation>;
-    async fn stream_insert(&self, req: Request<Streaming<pb::insert::Request>>) -> Result<Response<Self::StreamInsertStream>, Status> {
-        Ok(Response::new(self.stream_writes("StreamInsert", req.into_inner(), |s, r| s.to_write(Mode::Insert, insert_parts(r)))))
+    async fn stream_insert(
+        &self,
+        req: Request<Streaming<pb::insert::Request>>,
+    ) -> Result<Response<Self::StreamInsertStream>, Status> {
+        Ok(Response::new(
+            self.stream_writes("StreamInsert", req.into_inner(), |s, r| s.to_write(Mode::Insert, insert_parts(r))),
+        ))
     }
-    async fn multi_insert(&self, req: Request<pb::insert::MultiRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_insert(
+        &self,
+        req: Request<pb::insert::MultiRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let ws = req.into_inner().requests.into_iter().map(|r| self.to_write(Mode::Insert, insert_parts(r))).collect();
         let r = self.write_many(ws).await;
@@ -200,10 +237,18 @@ impl update_server::Update for AgentService {
         self.done("Update", t, r)
     }
     type StreamUpdateStream = Out<object::StreamLocation>;
-    async fn stream_update(&self, req: Request<Streaming<pb::update::Request>>) -> Result<Response<Self::StreamUpdateStream>, Status> {
-        Ok(Response::new(self.stream_writes("StreamUpdate", req.into_inner(), |s, r| s.to_write(Mode::Update, update_parts(r)))))
+    async fn stream_update(
+        &self,
+        req: Request<Streaming<pb::update::Request>>,
+    ) -> Result<Response<Self::StreamUpdateStream>, Status> {
+        Ok(Response::new(
+            self.stream_writes("StreamUpdate", req.into_inner(), |s, r| s.to_write(Mode::Update, update_parts(r))),
+        ))
     }
-    async fn multi_update(&self, req: Request<pb::update::MultiRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_update(
+        &self,
+        req: Request<pb::update::MultiRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let ws = req.into_inner().requests.into_iter().map(|r| self.to_write(Mode::Update, update_parts(r))).collect();
         let r = self.write_many(ws).await;
@@ -219,10 +264,18 @@ impl upsert_server::Upsert for AgentService {
         self.done("Upsert", t, r)
     }
     type StreamUpsertStream = Out<object::StreamLocation>;
-    async fn stream_upsert(&self, req: Request<Streaming<pb::upsert::Request>>) -> Result<Response<Self::StreamUpsertStream>, Status> {
-        Ok(Response::new(self.stream_writes("StreamUpsert", req.into_inner(), |s, r| s.to_write(Mode::Upsert, upsert_parts(r)))))
+    async fn stream_upsert(
+        &self,
+        req: Request<Streaming<pb::upsert::Request>>,
+    ) -> Result<Response<Self::StreamUpsertStream>, Status> {
+        Ok(Response::new(
+            self.stream_writes("StreamUpsert", req.into_inner(), |s, r| s.to_write(Mode::Upsert, upsert_parts(r))),
+        ))
     }
-    async fn multi_upsert(&self, req: Request<pb::upsert::MultiRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_upsert(
+        &self,
+        req: Request<pb::upsert::MultiRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let ws = req.into_inner().requests.into_iter().map(|r| self.to_write(Mode::Upsert, upsert_parts(r))).collect();
         let r = self.write_many(ws).await;
@@ -238,10 +291,16 @@ impl remove_server::Remove for AgentService {
         self.done("Remove", t, r)
     }
     type StreamRemoveStream = Out<object::StreamLocation>;
-    async fn stream_remove(&self, req: Request<Streaming<pb::remove::Request>>) -> Result<Response<Self::StreamRemoveStream>, Status> {
+    async fn stream_remove(
+        &self,
+        req: Request<Streaming<pb::remove::Request>>,
+    ) -> Result<Response<Self::StreamRemoveStream>, Status> {
         Ok(Response::new(self.stream_writes("StreamRemove", req.into_inner(), |_, r| Self::remove_write(r))))
     }
-    async fn multi_remove(&self, req: Request<pb::remove::MultiRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_remove(
+        &self,
+        req: Request<pb::remove::MultiRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let ws = req.into_inner().requests.into_iter().map(Self::remove_write).collect();
         let r = self.write_many(ws).await;
@@ -267,7 +326,10 @@ impl search_server::Search for AgentService {
         self.done("SearchByID", t, r)
     }
     type StreamSearchStream = Out<search::StreamResponse>;
-    async fn stream_search(&self, req: Request<Streaming<search::Request>>) -> Result<Response<Self::StreamSearchStream>, Status> {
+    async fn stream_search(
+        &self,
+        req: Request<Streaming<search::Request>>,
+    ) -> Result<Response<Self::StreamSearchStream>, Status> {
         let me = self.clone();
         Ok(Response::new(per_message(req.into_inner(), 4, move |r: search::Request| {
             let me = me.clone();
@@ -296,7 +358,8 @@ impl search_server::Search for AgentService {
                 Err(s) => failures.push((i, rid, s)),
             }
         }
-        let r = if failures.is_empty() { Ok(search::Responses { responses }) } else { Err(multi_error(total, &failures)) };
+        let r =
+            if failures.is_empty() { Ok(search::Responses { responses }) } else { Err(multi_error(total, &failures)) };
         self.done("MultiSearch", t, r)
     }
     async fn linear_search(&self, req: Request<search::Request>) -> Result<Response<search::Response>, Status> {
@@ -323,13 +386,22 @@ impl object_server::Object for AgentService {
         self.done("GetObject", t, r)
     }
     type StreamListObjectStream = Out<object::list::Response>;
-    async fn stream_list_object(&self, _req: Request<object::list::Request>) -> Result<Response<Self::StreamListObjectStream>, Status> {
+    async fn stream_list_object(
+        &self,
+        _req: Request<object::list::Request>,
+    ) -> Result<Response<Self::StreamListObjectStream>, Status> {
         let t = Instant::now();
         // Vectors are shared (Arc), so the listing is a cheap, consistent point-in-time copy.
         let rows: Vec<(String, super::store::Obj)> = self.engine.state.read().unwrap().live_rows();
         self.metrics.observe("StreamListObject", tonic::Code::Ok, t);
         let items = rows.into_iter().map(|(id, o)| {
-            Ok(object::list::Response { payload: Some(object::list::response::Payload::Vector(object::Vector { id, vector: o.vector.to_vec(), timestamp: o.timestamp })) })
+            Ok(object::list::Response {
+                payload: Some(object::list::response::Payload::Vector(object::Vector {
+                    id,
+                    vector: o.vector.to_vec(),
+                    timestamp: o.timestamp,
+                })),
+            })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
@@ -355,9 +427,13 @@ impl flush_server::Flush for AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn create_index(&self, _req: Request<pb::control::CreateIndexRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn create_index(
+        &self,
+        _req: Request<pb::control::CreateIndexRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
-        let r = self.engine.create_index(false).await.map(|_| pb::Empty {}).map_err(|e| Status::internal(e.to_string()));
+        let r =
+            self.engine.create_index(false).await.map(|_| pb::Empty {}).map_err(|e| Status::internal(e.to_string()));
         self.done("CreateIndex", t, r)
     }
     async fn save_index(&self, _req: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
@@ -365,7 +441,10 @@ impl Agent for AgentService {
         let r = self.engine.save().await.map(|_| pb::Empty {}).map_err(|e| Status::internal(e.to_string()));
         self.done("SaveIndex", t, r)
     }
-    async fn create_and_save_index(&self, _req: Request<pb::control::CreateIndexRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn create_and_save_index(
+        &self,
+        _req: Request<pb::control::CreateIndexRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let t = Instant::now();
         let r = self.engine.create_index(true).await.map(|_| pb::Empty {}).map_err(|e| Status::internal(e.to_string()));
         self.done("CreateAndSaveIndex", t, r)

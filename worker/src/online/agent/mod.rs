@@ -15,8 +15,8 @@ use anyhow::Context;
 use kim_index::HnswParams;
 use kim_proto::agent::v1::agent_server::AgentServer;
 use kim_proto::vald::v1::{
-    flush_server::FlushServer, index_server::IndexServer, insert_server::InsertServer, object_server::ObjectServer, remove_server::RemoveServer,
-    search_server::SearchServer, update_server::UpdateServer, upsert_server::UpsertServer,
+    flush_server::FlushServer, index_server::IndexServer, insert_server::InsertServer, object_server::ObjectServer,
+    remove_server::RemoveServer, search_server::SearchServer, update_server::UpdateServer, upsert_server::UpsertServer,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -32,7 +32,11 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: AgentArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.dimensions > 0 && a.dimensions <= kim_index::descriptor::MAX_DIMENSIONS, "--dimensions must be in 1..={}", kim_index::descriptor::MAX_DIMENSIONS);
+    anyhow::ensure!(
+        a.dimensions > 0 && a.dimensions <= kim_index::descriptor::MAX_DIMENSIONS,
+        "--dimensions must be in 1..={}",
+        kim_index::descriptor::MAX_DIMENSIONS
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::net::TcpListener::bind(a.http).await.with_context(|| format!("binding {}", a.http))?;
     let cfg = Config {
@@ -46,7 +50,11 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
     // /healthz answers during recovery; /readyz and /metrics follow once it is done.
     let served: Arc<OnceLock<Arc<Metrics>>> = Arc::default();
     let m = served.clone();
-    tokio::spawn(super::http::serve(http, ready.clone(), Arc::new(move || m.get().map(|m| m.encode()).unwrap_or_default())));
+    tokio::spawn(super::http::serve(
+        http,
+        ready.clone(),
+        Arc::new(move || m.get().map(|m| m.encode()).unwrap_or_default()),
+    ));
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening the agent's data")?;
     let mut metrics = Metrics::new("kim_agent");
     metrics.register_collector(Box::new(EngineCollector(engine.clone())));
@@ -55,7 +63,11 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().maintain(a.index_interval, a.max_index_age));
 
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-    let name = a.name.clone().or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())).unwrap_or_else(|| a.listen.to_string());
+    let name = a
+        .name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| a.listen.to_string());
     let ip = a.advertise_ip.clone().unwrap_or_else(|| a.listen.ip().to_string());
     let svc = grpc::AgentService { engine: engine.clone(), metrics, name: name.into(), ip: ip.into() };
     ready.store(true, Ordering::SeqCst);
@@ -100,7 +112,11 @@ impl Collector for EngineCollector {
             ("objects", "Live objects", objects as i64),
             ("uncommitted", "Objects written since the last index build", uncommitted as i64),
             ("tail_rows", "Rows searched by brute force (dead ones included)", tail as i64),
-            ("last_build_milliseconds", "Duration of the last index build", s.last_build_millis.load(Ordering::Relaxed) as i64),
+            (
+                "last_build_milliseconds",
+                "Duration of the last index build",
+                s.last_build_millis.load(Ordering::Relaxed) as i64,
+            ),
             ("wal_discarded_bytes", "Torn WAL tail bytes cut off at startup", e.discarded_bytes as i64),
         ];
         for (name, help, v) in gauges {
@@ -108,11 +124,20 @@ impl Collector for EngineCollector {
         }
         let counters: [(&str, &str, u64); 3] = [
             ("wal_fsyncs", "WAL group commits (one fsync each)", s.fsyncs.load(Ordering::Relaxed)),
-            ("wal_fsync_microseconds", "Time spent writing and fsyncing the WAL", s.fsync_micros.load(Ordering::Relaxed)),
+            (
+                "wal_fsync_microseconds",
+                "Time spent writing and fsyncing the WAL",
+                s.fsync_micros.load(Ordering::Relaxed),
+            ),
             ("index_builds", "Index segments built", s.builds.load(Ordering::Relaxed)),
         ];
         for (name, help, v) in counters {
-            ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, ConstCounter::new(v).metric_type())?)?;
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(v).metric_type(),
+            )?)?;
         }
         Ok(())
     }

@@ -123,7 +123,10 @@ fn decode(b: &[u8], spec: DescriptorSpec) -> Result<Segment, String> {
     let dims = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
     let metric = take(1)?[0];
     if dims != spec.dimensions || metric != metric_code(spec.metric) {
-        return Err(format!("snapshot has {dims} dimensions and metric code {metric}; the agent runs {} / {}", spec.dimensions, spec.metric));
+        return Err(format!(
+            "snapshot has {dims} dimensions and metric code {metric}; the agent runs {} / {}",
+            spec.dimensions, spec.metric
+        ));
     }
     let n = u64_(take(8)?) as usize;
     let mut meta = Vec::with_capacity(n.min(1 << 20));
@@ -134,13 +137,20 @@ fn decode(b: &[u8], spec: DescriptorSpec) -> Result<Segment, String> {
         let ts = u64_(take(8)?) as i64;
         meta.push((id, row_lsn, ts));
     }
-    let floats: Vec<f32> = take(n.checked_mul(dims * 4).ok_or("overflow")?)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let floats: Vec<f32> = take(n.checked_mul(dims * 4).ok_or("overflow")?)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let graph = decode_graph(&body[at..])?;
     if graph.len() != n {
         return Err(format!("graph has {} nodes for {n} rows", graph.len()));
     }
     graph.validate()?;
-    let rows = meta.into_iter().zip(floats.chunks_exact(dims.max(1))).map(|((id, lsn, timestamp), v)| (id, Obj { vector: Arc::from(v), timestamp, lsn })).collect();
+    let rows = meta
+        .into_iter()
+        .zip(floats.chunks_exact(dims.max(1)))
+        .map(|((id, lsn, timestamp), v)| (id, Obj { vector: Arc::from(v), timestamp, lsn }))
+        .collect();
     Ok(Segment::new(spec, rows, graph, lsn))
 }
 
@@ -153,15 +163,28 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let spec = DescriptorSpec::new(0, 2, Encoding::F32, Metric::L2);
-        let rows: Vec<(String, Obj)> = (0..20).map(|i| (format!("id{i}"), Obj { vector: Arc::from(vec![i as f32, 1.0]), timestamp: i, lsn: i as u64 + 1 })).collect();
+        let rows: Vec<(String, Obj)> = (0..20)
+            .map(|i| {
+                (format!("id{i}"), Obj { vector: Arc::from(vec![i as f32, 1.0]), timestamp: i, lsn: i as u64 + 1 })
+            })
+            .collect();
         let tmp = Segment::new(spec, rows.clone(), Default::default(), 20);
-        let graph = kim_index::build::build_graph(&tmp.index.vectors, kim_index::HnswParams { m: 4, ef_construction: 8, ef_search: 8 }, 1, &|_, _, _| {}).unwrap();
+        let graph = kim_index::build::build_graph(
+            &tmp.index.vectors,
+            kim_index::HnswParams { m: 4, ef_construction: 8, ef_search: 8 },
+            1,
+            &|_, _, _| {},
+        )
+        .unwrap();
         let seg = Segment::new(spec, rows, graph, 20);
         save(dir.path(), &Segment::empty(spec)).unwrap();
         let path = save(dir.path(), &seg).unwrap();
         assert_eq!(list(dir.path()).unwrap().len(), 1, "older snapshot removed");
         let back = load_latest(dir.path(), spec).unwrap().unwrap();
-        assert_eq!((back.lsn, back.lsns.clone(), back.timestamps.clone()), (seg.lsn, seg.lsns.clone(), seg.timestamps.clone()));
+        assert_eq!(
+            (back.lsn, back.lsns.clone(), back.timestamps.clone()),
+            (seg.lsn, seg.lsns.clone(), seg.timestamps.clone())
+        );
         assert_eq!(back.index.graph, seg.index.graph);
         assert_eq!(back.index.vectors.raw_bytes(), seg.index.vectors.raw_bytes());
         assert!(load_latest(dir.path(), DescriptorSpec::new(0, 3, Encoding::F32, Metric::L2)).is_err());

@@ -39,8 +39,18 @@ impl Segment {
     pub fn new(spec: DescriptorSpec, rows: Vec<(String, Obj)>, graph: Graph, lsn: u64) -> Segment {
         let flat: Vec<f32> = rows.iter().flat_map(|(_, o)| o.vector.iter().copied()).collect();
         let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
-        let index = FlatIndex { vectors: VectorStore::new(spec, Storage::F32(flat)), graph, ids: Ids::from_vec(&ids), ef_search: 0 };
-        Segment { index, lsns: rows.iter().map(|(_, o)| o.lsn).collect(), timestamps: rows.iter().map(|(_, o)| o.timestamp).collect(), lsn }
+        let index = FlatIndex {
+            vectors: VectorStore::new(spec, Storage::F32(flat)),
+            graph,
+            ids: Ids::from_vec(&ids),
+            ef_search: 0,
+        };
+        Segment {
+            index,
+            lsns: rows.iter().map(|(_, o)| o.lsn).collect(),
+            timestamps: rows.iter().map(|(_, o)| o.timestamp).collect(),
+            lsn,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -77,7 +87,15 @@ pub struct Store {
 impl Store {
     pub fn new(dimensions: usize, metric: Metric, ef_search: usize) -> Store {
         let spec = DescriptorSpec::new(0, dimensions, Encoding::F32, metric);
-        Store { spec, objects: HashMap::new(), segment: Arc::new(Segment::empty(spec)), tail: Vec::new(), segment_dead: 0, lsn: 0, ef_search }
+        Store {
+            spec,
+            objects: HashMap::new(),
+            segment: Arc::new(Segment::empty(spec)),
+            tail: Vec::new(),
+            segment_dead: 0,
+            lsn: 0,
+            ef_search,
+        }
     }
 
     /// Objects written since the segment was built (Vald's "uncommitted").
@@ -148,7 +166,11 @@ impl Store {
 
     fn inv_norm(&self, v: &[f32]) -> f32 {
         let d = (kim_index::kernels::active().dot_f32)(v, v);
-        if d > 0.0 { 1.0 / d.sqrt() } else { 0.0 }
+        if d > 0.0 {
+            1.0 / d.sqrt()
+        } else {
+            0.0
+        }
     }
 
     /// The k nearest live objects, closest first. `exact` scans the segment too (Vald's
@@ -177,7 +199,11 @@ impl Store {
         // Over-fetch by the dead share; widen until k live rows are found or all rows were seen.
         let mut fetch = (k * seg.rows()).div_ceil(live).max(k) + self.segment_dead.min(64);
         loop {
-            let hits = if exact || fetch >= seg.rows() || seg.index.graph.len() != seg.rows() { seg.index.exact(&query, fetch.min(seg.rows())) } else { seg.index.search(&query, fetch, self.ef_search.max(fetch)) };
+            let hits = if exact || fetch >= seg.rows() || seg.index.graph.len() != seg.rows() {
+                seg.index.exact(&query, fetch.min(seg.rows()))
+            } else {
+                seg.index.search(&query, fetch, self.ef_search.max(fetch))
+            };
             let seen = hits.len();
             let found: Vec<Found> = hits
                 .into_iter()
@@ -249,7 +275,13 @@ mod tests {
         let rows = s.live_rows();
         let seg = Segment::new(s.spec, rows, Graph::default(), s.lsn);
         let store = &seg.index.vectors;
-        let graph = kim_index::build::build_graph(store, kim_index::HnswParams { m: 8, ef_construction: 32, ef_search: 32 }, 1, &|_, _, _| {}).unwrap();
+        let graph = kim_index::build::build_graph(
+            store,
+            kim_index::HnswParams { m: 8, ef_construction: 32, ef_search: 32 },
+            1,
+            &|_, _, _| {},
+        )
+        .unwrap();
         let seg = Segment { index: FlatIndex { graph, ..seg.index }, ..seg };
         s.install(seg);
     }

@@ -30,10 +30,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 /// One logged change. `lsn` orders all changes of an agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    Put { lsn: u64, id: String, timestamp: i64, vector: Vec<f32> },
-    Remove { lsn: u64, id: String },
+    Put {
+        lsn: u64,
+        id: String,
+        timestamp: i64,
+        vector: Vec<f32>,
+    },
+    Remove {
+        lsn: u64,
+        id: String,
+    },
     /// Flush: every object removed.
-    Clear { lsn: u64 },
+    Clear {
+        lsn: u64,
+    },
 }
 
 impl Record {
@@ -69,7 +79,11 @@ impl Record {
                 let id = r.string()?;
                 let timestamp = r.u64()? as i64;
                 let n = r.u32()? as usize;
-                let vector = r.take(n.checked_mul(4).ok_or("vector length overflows")?)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let vector = r
+                    .take(n.checked_mul(4).ok_or("vector length overflows")?)?
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 Record::Put { lsn, id, timestamp, vector }
             }
             2 => Record::Remove { lsn, id: r.string()? },
@@ -135,7 +149,9 @@ pub fn parse(b: &[u8]) -> (Vec<Record>, usize, Option<String>) {
         if len > MAX_BODY {
             return (out, at, Some(format!("frame length {len} is implausible")));
         }
-        let Some(body) = b.get(at + HEADER..at + HEADER + len) else { return (out, at, Some("torn frame body".into())) };
+        let Some(body) = b.get(at + HEADER..at + HEADER + len) else {
+            return (out, at, Some("torn frame body".into()));
+        };
         if xxh3_64(body) != sum {
             return (out, at, Some("checksum mismatch".into()));
         }
@@ -158,7 +174,9 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let e = e.map_err(io_err(dir))?;
         let name = e.file_name();
-        let Some(lsn) = name.to_str().and_then(|n| n.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()) else { continue };
+        let Some(lsn) = name.to_str().and_then(|n| n.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()) else {
+            continue;
+        };
         v.push((lsn, e.path()));
     }
     v.sort();
@@ -215,7 +233,11 @@ impl Wal {
     /// Writes framed bytes and fsyncs. On failure the segment is cut back to its previous
     /// length, so a half-written batch never precedes later records.
     pub fn append(&mut self, framed: &[u8]) -> Result<(), WalError> {
-        let r = self.file.seek(SeekFrom::Start(self.len)).and_then(|_| self.file.write_all(framed)).and_then(|_| self.file.sync_data());
+        let r = self
+            .file
+            .seek(SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(framed))
+            .and_then(|_| self.file.sync_data());
         if let Err(e) = r {
             let _ = self.file.set_len(self.len);
             return Err(io_err(&self.path)(e));

@@ -35,19 +35,40 @@ struct ObjectWrite {
 impl From<insert::ObjectRequest> for ObjectWrite {
     fn from(r: insert::ObjectRequest) -> Self {
         let c = r.config.unwrap_or_default();
-        ObjectWrite { kind: Kind::Insert, blob: r.object, vectorizer: r.vectorizer, filters: c.filters, skip_exist_check: c.skip_strict_exist_check, timestamp: c.timestamp }
+        ObjectWrite {
+            kind: Kind::Insert,
+            blob: r.object,
+            vectorizer: r.vectorizer,
+            filters: c.filters,
+            skip_exist_check: c.skip_strict_exist_check,
+            timestamp: c.timestamp,
+        }
     }
 }
 impl From<update::ObjectRequest> for ObjectWrite {
     fn from(r: update::ObjectRequest) -> Self {
         let c = r.config.unwrap_or_default();
-        ObjectWrite { kind: Kind::Update, blob: r.object, vectorizer: r.vectorizer, filters: c.filters, skip_exist_check: c.skip_strict_exist_check, timestamp: c.timestamp }
+        ObjectWrite {
+            kind: Kind::Update,
+            blob: r.object,
+            vectorizer: r.vectorizer,
+            filters: c.filters,
+            skip_exist_check: c.skip_strict_exist_check,
+            timestamp: c.timestamp,
+        }
     }
 }
 impl From<upsert::ObjectRequest> for ObjectWrite {
     fn from(r: upsert::ObjectRequest) -> Self {
         let c = r.config.unwrap_or_default();
-        ObjectWrite { kind: Kind::Upsert, blob: r.object, vectorizer: r.vectorizer, filters: c.filters, skip_exist_check: c.skip_strict_exist_check, timestamp: c.timestamp }
+        ObjectWrite {
+            kind: Kind::Upsert,
+            blob: r.object,
+            vectorizer: r.vectorizer,
+            filters: c.filters,
+            skip_exist_check: c.skip_strict_exist_check,
+            timestamp: c.timestamp,
+        }
     }
 }
 
@@ -63,7 +84,9 @@ impl Gateway {
         let rid = cfg.request_id.clone();
         let work = async {
             let v = self.vectorize(r.vectorizer.as_ref(), &rid, r.object).await?;
-            let v = self.ingress(cfg.ingress_filters.as_ref(), object::Vector { id: rid.clone(), vector: v, timestamp: 0 }).await?;
+            let v = self
+                .ingress(cfg.ingress_filters.as_ref(), object::Vector { id: rid.clone(), vector: v, timestamp: 0 })
+                .await?;
             let results = self.search_agents(v.vector, &cfg, budget.saturating_sub(start.elapsed())).await?;
             let results = self.egress(cfg.egress_filters.as_ref(), results).await?;
             Ok(search::Response { request_id: rid.clone(), results })
@@ -89,8 +112,12 @@ impl Gateway {
         let v = self.ingress(w.filters.as_ref(), object::Vector { id: id.clone(), vector, timestamp }).await?;
         let owners = self.agents.owners(&id, self.replicas);
         match (w.kind, w.skip_exist_check) {
-            (Kind::Insert, false) if self.exists(&owners, &id).await? => return Err(Status::already_exists(format!("object {id} already exists"))),
-            (Kind::Update, false) if !self.exists(&owners, &id).await? => return Err(Status::not_found(format!("object {id} not found"))),
+            (Kind::Insert, false) if self.exists(&owners, &id).await? => {
+                return Err(Status::already_exists(format!("object {id} already exists")))
+            }
+            (Kind::Update, false) if !self.exists(&owners, &id).await? => {
+                return Err(Status::not_found(format!("object {id} not found")))
+            }
             _ => {}
         }
         self.put(object::Vector { id, vector: v.vector, timestamp }, timestamp).await
@@ -110,7 +137,11 @@ impl Gateway {
 
     /// Stream writes are applied one after another, in order, so a stream that writes the
     /// same id twice sees its own first write.
-    fn stream_writes<R: Into<ObjectWrite> + Send + 'static>(self: &Arc<Self>, rpc: &'static str, input: Streaming<R>) -> Out<object::StreamLocation> {
+    fn stream_writes<R: Into<ObjectWrite> + Send + 'static>(
+        self: &Arc<Self>,
+        rpc: &'static str,
+        input: Streaming<R>,
+    ) -> Out<object::StreamLocation> {
         let me = self.clone();
         per_message(input, 1, move |req: R| {
             let me = me.clone();
@@ -126,10 +157,15 @@ impl Gateway {
 
     /// Items run concurrently, except that the n-th item for an id waits for the earlier
     /// ones (round n), so repeated ids behave as if written in order.
-    async fn multi_writes<R: Into<ObjectWrite>>(&self, rpc: &'static str, reqs: Vec<R>) -> Result<object::Locations, Status> {
+    async fn multi_writes<R: Into<ObjectWrite>>(
+        &self,
+        rpc: &'static str,
+        reqs: Vec<R>,
+    ) -> Result<object::Locations, Status> {
         let total = reqs.len();
         let items: Vec<ObjectWrite> = reqs.into_iter().map(Into::into).collect();
-        let ids: Vec<String> = items.iter().map(|w| w.blob.as_ref().map(|b| b.id.clone()).unwrap_or_default()).collect();
+        let ids: Vec<String> =
+            items.iter().map(|w| w.blob.as_ref().map(|b| b.id.clone()).unwrap_or_default()).collect();
         let mut rounds: Vec<Vec<(usize, ObjectWrite)>> = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, w) in items.into_iter().enumerate() {
@@ -142,7 +178,12 @@ impl Gateway {
         }
         let mut results: Vec<Option<Result<object::Location, Status>>> = (0..total).map(|_| None).collect();
         for round in rounds {
-            let done: Vec<_> = futures::stream::iter(round.into_iter().map(|(i, w)| async move { (i, self.write_logged(rpc, w).await) })).buffer_unordered(self.stream_concurrency).collect().await;
+            let done: Vec<_> = futures::stream::iter(
+                round.into_iter().map(|(i, w)| async move { (i, self.write_logged(rpc, w).await) }),
+            )
+            .buffer_unordered(self.stream_concurrency)
+            .collect()
+            .await;
             for (i, r) in done {
                 results[i] = Some(r);
             }
@@ -181,13 +222,20 @@ impl Filter for FilterService {
         self.done("SearchObject", t, r)
     }
 
-    async fn multi_search_object(&self, req: Request<search::MultiObjectRequest>) -> Result<Response<search::Responses>, Status> {
+    async fn multi_search_object(
+        &self,
+        req: Request<search::MultiObjectRequest>,
+    ) -> Result<Response<search::Responses>, Status> {
         let t = Instant::now();
         let reqs = req.into_inner().requests;
         let total = reqs.len();
-        let rids: Vec<String> = reqs.iter().map(|r| r.config.as_ref().map(|c| c.request_id.clone()).unwrap_or_default()).collect();
+        let rids: Vec<String> =
+            reqs.iter().map(|r| r.config.as_ref().map(|c| c.request_id.clone()).unwrap_or_default()).collect();
         let gw = &self.0;
-        let results: Vec<_> = futures::stream::iter(reqs.into_iter().map(|r| gw.search_object(r))).buffered(gw.stream_concurrency).collect().await;
+        let results: Vec<_> = futures::stream::iter(reqs.into_iter().map(|r| gw.search_object(r)))
+            .buffered(gw.stream_concurrency)
+            .collect()
+            .await;
         let mut responses = Vec::with_capacity(total);
         let mut failures = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
@@ -196,12 +244,16 @@ impl Filter for FilterService {
                 Err(s) => failures.push((i, rids[i].clone(), s)),
             }
         }
-        let r = if failures.is_empty() { Ok(search::Responses { responses }) } else { Err(multi_error(total, &failures)) };
+        let r =
+            if failures.is_empty() { Ok(search::Responses { responses }) } else { Err(multi_error(total, &failures)) };
         self.done("MultiSearchObject", t, r)
     }
 
     type StreamSearchObjectStream = Out<search::StreamResponse>;
-    async fn stream_search_object(&self, req: Request<Streaming<search::ObjectRequest>>) -> Result<Response<Self::StreamSearchObjectStream>, Status> {
+    async fn stream_search_object(
+        &self,
+        req: Request<Streaming<search::ObjectRequest>>,
+    ) -> Result<Response<Self::StreamSearchObjectStream>, Status> {
         let gw = self.0.clone();
         let concurrency = gw.stream_concurrency;
         Ok(Response::new(per_message(req.into_inner(), concurrency, move |r: search::ObjectRequest| {
@@ -223,10 +275,16 @@ impl Filter for FilterService {
         self.0.write_logged("InsertObject", req.into_inner().into()).await.map(Response::new)
     }
     type StreamInsertObjectStream = Out<object::StreamLocation>;
-    async fn stream_insert_object(&self, req: Request<Streaming<insert::ObjectRequest>>) -> Result<Response<Self::StreamInsertObjectStream>, Status> {
+    async fn stream_insert_object(
+        &self,
+        req: Request<Streaming<insert::ObjectRequest>>,
+    ) -> Result<Response<Self::StreamInsertObjectStream>, Status> {
         Ok(Response::new(self.0.stream_writes("StreamInsertObject", req.into_inner())))
     }
-    async fn multi_insert_object(&self, req: Request<insert::MultiObjectRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_insert_object(
+        &self,
+        req: Request<insert::MultiObjectRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let r = self.0.multi_writes("MultiInsertObject.item", req.into_inner().requests).await;
         self.done("MultiInsertObject", t, r)
@@ -236,10 +294,16 @@ impl Filter for FilterService {
         self.0.write_logged("UpdateObject", req.into_inner().into()).await.map(Response::new)
     }
     type StreamUpdateObjectStream = Out<object::StreamLocation>;
-    async fn stream_update_object(&self, req: Request<Streaming<update::ObjectRequest>>) -> Result<Response<Self::StreamUpdateObjectStream>, Status> {
+    async fn stream_update_object(
+        &self,
+        req: Request<Streaming<update::ObjectRequest>>,
+    ) -> Result<Response<Self::StreamUpdateObjectStream>, Status> {
         Ok(Response::new(self.0.stream_writes("StreamUpdateObject", req.into_inner())))
     }
-    async fn multi_update_object(&self, req: Request<update::MultiObjectRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_update_object(
+        &self,
+        req: Request<update::MultiObjectRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let r = self.0.multi_writes("MultiUpdateObject.item", req.into_inner().requests).await;
         self.done("MultiUpdateObject", t, r)
@@ -249,10 +313,16 @@ impl Filter for FilterService {
         self.0.write_logged("UpsertObject", req.into_inner().into()).await.map(Response::new)
     }
     type StreamUpsertObjectStream = Out<object::StreamLocation>;
-    async fn stream_upsert_object(&self, req: Request<Streaming<upsert::ObjectRequest>>) -> Result<Response<Self::StreamUpsertObjectStream>, Status> {
+    async fn stream_upsert_object(
+        &self,
+        req: Request<Streaming<upsert::ObjectRequest>>,
+    ) -> Result<Response<Self::StreamUpsertObjectStream>, Status> {
         Ok(Response::new(self.0.stream_writes("StreamUpsertObject", req.into_inner())))
     }
-    async fn multi_upsert_object(&self, req: Request<upsert::MultiObjectRequest>) -> Result<Response<object::Locations>, Status> {
+    async fn multi_upsert_object(
+        &self,
+        req: Request<upsert::MultiObjectRequest>,
+    ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
         let r = self.0.multi_writes("MultiUpsertObject.item", req.into_inner().requests).await;
         self.done("MultiUpsertObject", t, r)

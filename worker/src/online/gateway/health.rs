@@ -73,7 +73,14 @@ impl Health {
         let m = self.agents.lock().unwrap();
         current
             .iter()
-            .map(|a| m.get(a).cloned().unwrap_or(AgentStatus { address: a.clone(), reachable: true, since: unix_now(), error: None }))
+            .map(|a| {
+                m.get(a).cloned().unwrap_or(AgentStatus {
+                    address: a.clone(),
+                    reachable: true,
+                    since: unix_now(),
+                    error: None,
+                })
+            })
             .collect()
     }
 
@@ -121,8 +128,18 @@ impl Collector for HealthCollector {
         let report = self.health.report(&self.agents.all());
         let down = report.iter().filter(|a| !a.reachable).count() as i64;
         let g = ConstGauge::new(down);
-        g.encode(enc.encode_descriptor("agents_unreachable", "Agents the last call or probe could not reach", None, g.metric_type())?)?;
-        let mut family = enc.encode_descriptor("agent_up", "1 if the agent answered the last call or probe, else 0", None, prometheus_client::metrics::MetricType::Gauge)?;
+        g.encode(enc.encode_descriptor(
+            "agents_unreachable",
+            "Agents the last call or probe could not reach",
+            None,
+            g.metric_type(),
+        )?)?;
+        let mut family = enc.encode_descriptor(
+            "agent_up",
+            "1 if the agent answered the last call or probe, else 0",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
         for a in &report {
             let labels = [("agent", a.address.as_str())];
             ConstGauge::new(i64::from(a.reachable)).encode(family.encode_family(&labels)?)?;

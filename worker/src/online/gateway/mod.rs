@@ -81,10 +81,18 @@ impl Gateway {
     async fn vectorize(&self, target: Option<&filter::Target>, id: &str, object: Vec<u8>) -> Result<Vec<f32>, Status> {
         let addr = match target.filter(|t| t.port != 0) {
             Some(t) => target_addr(t)?,
-            None => self.vectorizer.clone().ok_or_else(|| Status::invalid_argument("no vectorizer: the request names none (Filter.Target with a port) and the gateway has no default"))?,
+            None => self.vectorizer.clone().ok_or_else(|| {
+                Status::invalid_argument(
+                    "no vectorizer: the request names none (Filter.Target with a port) and the gateway has no default",
+                )
+            })?,
         };
         let mut c = IngressClient::new(self.pool.channel(&addr)?);
-        let v = c.gen_vector(with_timeout(object::Blob { id: id.to_string(), object }, self.call_timeout)).await.map_err(|s| backend_error("vectorizer", &addr, s))?.into_inner();
+        let v = c
+            .gen_vector(with_timeout(object::Blob { id: id.to_string(), object }, self.call_timeout))
+            .await
+            .map_err(|s| backend_error("vectorizer", &addr, s))?
+            .into_inner();
         if v.vector.is_empty() {
             return Err(Status::internal(format!("vectorizer {addr} returned an empty vector")));
         }
@@ -95,7 +103,11 @@ impl Gateway {
     async fn ingress(&self, extra: Option<&filter::Config>, mut v: object::Vector) -> Result<object::Vector, Status> {
         for addr in self.ingress.iter().cloned().chain(addrs(extra)?) {
             let mut c = IngressClient::new(self.pool.channel(&addr)?);
-            v = c.filter_vector(with_timeout(v, self.call_timeout)).await.map_err(|s| backend_error("ingress filter", &addr, s))?.into_inner();
+            v = c
+                .filter_vector(with_timeout(v, self.call_timeout))
+                .await
+                .map_err(|s| backend_error("ingress filter", &addr, s))?
+                .into_inner();
         }
         Ok(v)
     }
@@ -117,7 +129,10 @@ impl Gateway {
         if answers.iter().any(|a| matches!(a, Ok(true))) {
             return Ok(true);
         }
-        answers.into_iter().find(|a| a.is_ok()).unwrap_or_else(|| Err(Status::unavailable(format!("no owner of {id} answered"))))
+        answers
+            .into_iter()
+            .find(|a| a.is_ok())
+            .unwrap_or_else(|| Err(Status::unavailable(format!("no owner of {id} answered"))))
     }
 
     /// Writes the vector to every owner; succeeds when at least one acknowledged (the
@@ -128,7 +143,10 @@ impl Gateway {
             return Err(Status::unavailable("no agents"));
         }
         let calls = owners.iter().map(|addr| {
-            let req = upsert::Request { vector: Some(v.clone()), config: Some(upsert::Config { timestamp, ..Default::default() }) };
+            let req = upsert::Request {
+                vector: Some(v.clone()),
+                config: Some(upsert::Config { timestamp, ..Default::default() }),
+            };
             async move {
                 let mut c = UpsertClient::new(self.pool.agent(addr).map_err(|s| (addr, s))?);
                 let r = c.upsert(with_timeout(req, self.call_timeout)).await;
@@ -153,7 +171,9 @@ impl Gateway {
         }
         match first_err {
             // The agent's own verdict on a bad vector (e.g. wrong dimensions) is the caller's.
-            Some((addr, s)) if names.is_empty() => Err(if s.code() == Code::InvalidArgument { s } else { backend_error("agent", &addr, s) }),
+            Some((addr, s)) if names.is_empty() => {
+                Err(if s.code() == Code::InvalidArgument { s } else { backend_error("agent", &addr, s) })
+            }
             _ => Ok(object::Location { name: names.join(","), uuid: v.id, ips }),
         }
     }
@@ -162,7 +182,12 @@ impl Gateway {
     /// Agents get 90 % of `budget`, so one that stops answering costs its results, not the
     /// search; agents last seen unreachable get only the probe timeout, so a partitioned one
     /// costs little per search and one that came back is answered from at once.
-    async fn search_agents(&self, vector: Vec<f32>, cfg: &search::Config, budget: Duration) -> Result<Vec<object::Distance>, Status> {
+    async fn search_agents(
+        &self,
+        vector: Vec<f32>,
+        cfg: &search::Config,
+        budget: Duration,
+    ) -> Result<Vec<object::Distance>, Status> {
         let agents = self.agents.all();
         if agents.is_empty() {
             return Err(Status::unavailable("no agents"));
@@ -202,14 +227,19 @@ impl Gateway {
         for f in &failures {
             tracing::warn!(request_id = %cfg.request_id, error = %f.message(), "agent search failed; answering from the others");
         }
-        let mut merged: Vec<object::Distance> = best.into_iter().map(|(id, distance)| object::Distance { id, distance }).collect();
+        let mut merged: Vec<object::Distance> =
+            best.into_iter().map(|(id, distance)| object::Distance { id, distance }).collect();
         sort(&mut merged);
         merged.truncate(num as usize);
         Ok(merged)
     }
 
     /// The egress FilterDistance chain, run on all results concurrently.
-    async fn egress(&self, extra: Option<&filter::Config>, results: Vec<object::Distance>) -> Result<Vec<object::Distance>, Status> {
+    async fn egress(
+        &self,
+        extra: Option<&filter::Config>,
+        results: Vec<object::Distance>,
+    ) -> Result<Vec<object::Distance>, Status> {
         let chain: Vec<String> = self.egress.iter().cloned().chain(addrs(extra)?).collect();
         if chain.is_empty() {
             return Ok(results);
@@ -218,7 +248,11 @@ impl Gateway {
         let filtered = join_all(results.into_iter().map(|mut d| async move {
             for addr in chain {
                 let mut c = EgressClient::new(self.pool.channel(addr)?);
-                d = c.filter_distance(with_timeout(d, self.call_timeout)).await.map_err(|s| backend_error("egress filter", addr, s))?.into_inner();
+                d = c
+                    .filter_distance(with_timeout(d, self.call_timeout))
+                    .await
+                    .map_err(|s| backend_error("egress filter", addr, s))?
+                    .into_inner();
             }
             Ok::<_, Status>(d)
         }))
@@ -239,7 +273,8 @@ pub fn run(a: FilterArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: FilterArgs) -> anyhow::Result<()> {
-    let agents = Arc::new(Agents::fixed(a.agents.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()));
+    let agents =
+        Arc::new(Agents::fixed(a.agents.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()));
     if let Some(name) = a.agents_dns.clone() {
         tokio::spawn(agents.clone().follow_dns(name, a.dns_refresh));
     }
