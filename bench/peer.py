@@ -36,7 +36,10 @@ def simd_info(engine: str) -> dict:
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy ≥ 2
 
-        info["numpy_cpu_features"] = sorted(k for k, v in feats.items() if v and k.startswith("AVX512"))[:4] or sorted(k for k, v in feats.items() if v)[-4:]
+        info["numpy_cpu_features"] = (
+            sorted(k for k, v in feats.items() if v and k.startswith("AVX512"))[:4]
+            or sorted(k for k, v in feats.items() if v)[-4:]
+        )
     except Exception:  # pragma: no cover - older numpy
         pass
     try:
@@ -112,8 +115,15 @@ def build(a) -> dict:
         secs, cpu = time.perf_counter() - t, time.process_time() - cpu
         idx.save(a.index)
     return {
-        "engine": a.engine, "vectors": n, "dimensions": d, "build_seconds": secs, "build_threads": a.threads, "build_cpu_seconds": cpu,
-        "m": a.m, "ef_construction": a.ef_construction, "index_bytes": os.path.getsize(a.index),
+        "engine": a.engine,
+        "vectors": n,
+        "dimensions": d,
+        "build_seconds": secs,
+        "build_threads": a.threads,
+        "build_cpu_seconds": cpu,
+        "m": a.m,
+        "ef_construction": a.ef_construction,
+        "index_bytes": os.path.getsize(a.index),
     }
 
 
@@ -209,15 +219,30 @@ def search(a) -> dict:
             times.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
         times.sort()
-        sweep.append({
-            "ef": ef, "recall1": r1, "recall10": rk, "qps": len(q) / times[0],
-            "qps_median_pass": len(q) / times[len(times) // 2], "cpu_qps": len(q) / max(min(cpu), 1e-9), "passes": len(times),
-        })
+        sweep.append(
+            {
+                "ef": ef,
+                "recall1": r1,
+                "recall10": rk,
+                "qps": len(q) / times[0],
+                "qps_median_pass": len(q) / times[len(times) // 2],
+                "cpu_qps": len(q) / max(min(cpu), 1e-9),
+                "passes": len(times),
+            }
+        )
     return {
-        "engine": a.engine, "vectors": n, "queries": len(q), "k": a.k, "load_seconds": load,
+        "engine": a.engine,
+        "vectors": n,
+        "queries": len(q),
+        "k": a.k,
+        "load_seconds": load,
         "bytes_per_vector": os.path.getsize(a.index) / max(1, n),
-        "rss_delta_bytes": rss1 - rss0, "rss_bytes_per_vector": (rss1 - rss0) / max(1, n),
-        "search_threads": 1, "hardware": s.hardware(), "simd": simd_info(a.engine), "sweep": sweep,
+        "rss_delta_bytes": rss1 - rss0,
+        "rss_bytes_per_vector": (rss1 - rss0) / max(1, n),
+        "search_threads": 1,
+        "hardware": s.hardware(),
+        "simd": simd_info(a.engine),
+        "sweep": sweep,
     }
 
 
@@ -238,7 +263,11 @@ def main() -> None:
     s.add_argument("--queries", required=True)
     s.add_argument("--truth", required=True)
     s.add_argument("--k", type=int, default=10)
-    s.add_argument("--efs", type=lambda v: [int(x) for x in v.split(",")], default=[10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512])
+    s.add_argument(
+        "--efs",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512],
+    )
     s.add_argument("--min-seconds", type=float, default=1.0)
     s.add_argument("--max-passes", type=int, default=50)
     a = p.parse_args()

@@ -53,9 +53,9 @@ def run_json(cmd: list, timeout: float, env: dict | None = None) -> dict:
     """Runs a benchmark step; its last stdout line is a JSON object."""
     cmd = [str(c) for c in cmd]
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}")
+        raise RuntimeError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from None
     if p.returncode != 0:
         raise RuntimeError(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -65,7 +65,9 @@ def run_json(cmd: list, timeout: float, env: dict | None = None) -> dict:
 # Data and ground truth
 
 
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, zero_point: float = 0.0, chunk: int = 20000) -> np.ndarray:
+def exact_topk(
+    base: np.ndarray, queries: np.ndarray, k: int, zero_point: float = 0.0, chunk: int = 20000
+) -> np.ndarray:
     """Exact cosine top-k rows per query (float64; ties broken by lower row, as kim does)."""
     q = queries.astype(np.float64) - zero_point
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-300)
@@ -76,7 +78,11 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, zero_point: float 
         b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
         sim = q @ b.T
         kk = min(k, sim.shape[1])
-        idx = np.argpartition(-sim, kk - 1, axis=1)[:, :kk] if sim.shape[1] > kk else np.tile(np.arange(sim.shape[1]), (len(q), 1))
+        idx = (
+            np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+            if sim.shape[1] > kk
+            else np.tile(np.arange(sim.shape[1]), (len(q), 1))
+        )
         best_s = np.concatenate([best_s, np.take_along_axis(sim, idx, axis=1)], axis=1)
         best_i = np.concatenate([best_i, idx + s], axis=1)
         order = np.lexsort((best_i, -best_s), axis=1)[:, :k]
@@ -97,7 +103,13 @@ class Dataset:
         self.u8 = u8
 
     def meta(self) -> dict:
-        return {"name": self.name, "title": self.title, "vectors": self.n, "dimensions": self.dims, "dir": str(self.dir)}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "vectors": self.n,
+            "dimensions": self.dims,
+            "dir": str(self.dir),
+        }
 
 
 def prepare_face(n: int, nq: int, k: int, data_dir: Path, seed: int = 42) -> Dataset:
@@ -107,8 +119,29 @@ def prepare_face(n: int, nq: int, k: int, data_dir: Path, seed: int = 42) -> Dat
         out = d / enc
         if not (out / "meta.json").exists():
             log(f"generating {identities * 5} face-like {enc} vectors into {out}")
-            run_json([BIN / "kim-worker", "gen", "--out", out, "--identities", identities, "--samples", 5, "--encoding", enc,
-                      "--mated-probes", nq // 2, "--nonmated-probes", nq - nq // 2, "--truth-k", 0, "--seed", seed], timeout=3600)
+            run_json(
+                [
+                    BIN / "kim-worker",
+                    "gen",
+                    "--out",
+                    out,
+                    "--identities",
+                    identities,
+                    "--samples",
+                    5,
+                    "--encoding",
+                    enc,
+                    "--mated-probes",
+                    nq // 2,
+                    "--nonmated-probes",
+                    nq - nq // 2,
+                    "--truth-k",
+                    0,
+                    "--seed",
+                    seed,
+                ],
+                timeout=3600,
+            )
         if not (out / "queries.npy").exists():
             np.save(out / "queries.npy", np.concatenate([np.load(out / "mated.npy"), np.load(out / "nonmated.npy")]))
         truth = out / f"truth{k}.txt"
@@ -116,14 +149,26 @@ def prepare_face(n: int, nq: int, k: int, data_dir: Path, seed: int = 42) -> Dat
             log(f"exact ground truth for {enc} (cosine, float64)")
             meta = json.loads((out / "meta.json").read_text())
             zp = float(meta.get("zeroPoint", 0)) if enc == "u8" else 0.0
-            write_truth(truth, exact_topk(np.load(out / "base.npy", mmap_mode="r"), np.load(out / "queries.npy"), k, zp))
+            write_truth(
+                truth, exact_topk(np.load(out / "base.npy", mmap_mode="r"), np.load(out / "queries.npy"), k, zp)
+            )
     meta = json.loads((d / "u8" / "meta.json").read_text())
     n_real = identities * 5
     name = f"face-{n_real // 1000}k" if n_real < 1_000_000 else f"face-{n_real / 1e6:g}M"
     return Dataset(
-        name, f"face-like 512-d (kim-worker gen, seed {seed})", n_real, 512, d,
+        name,
+        f"face-like 512-d (kim-worker gen, seed {seed})",
+        n_real,
+        512,
+        d,
         (d / "f32" / "base.npy", d / "f32" / "queries.npy", d / "f32" / f"truth{k}.txt"),
-        (d / "u8" / "base.npy", d / "u8" / "queries.npy", d / "u8" / f"truth{k}.txt", int(meta["zeroPoint"]), float(meta["scale"])),
+        (
+            d / "u8" / "base.npy",
+            d / "u8" / "queries.npy",
+            d / "u8" / f"truth{k}.txt",
+            int(meta["zeroPoint"]),
+            float(meta["scale"]),
+        ),
     )
 
 
@@ -131,7 +176,11 @@ def prepare_minilm(nq: int, k: int, limit: int, data_dir: Path) -> Dataset:
     d = data_dir / f"minilm-kjv-{limit or 'all'}-q{nq}-s7"
     if not (d / "meta.json").exists():
         log(f"embedding the KJV verses with MiniLM (numpy; once, cached in {d}; ~10-20 min on 2 cores)")
-        run_json([sys.executable, ROOT / "bench" / "minilm.py", "--out", d, "--queries", nq, "--limit", limit], timeout=6 * 3600, env=peer_env())
+        run_json(
+            [sys.executable, ROOT / "bench" / "minilm.py", "--out", d, "--queries", nq, "--limit", limit],
+            timeout=6 * 3600,
+            env=peer_env(),
+        )
     base = np.load(d / "base.npy")
     queries = np.load(d / "queries.npy")
     if not (d / f"truth{k}.txt").exists():
@@ -144,10 +193,17 @@ def prepare_minilm(nq: int, k: int, limit: int, data_dir: Path) -> Dataset:
         quant = lambda x: np.clip(np.rint(x * scale) + 128, 0, 255).astype(np.uint8)  # noqa: E731
         np.save(d / "u8" / "base.npy", quant(base))
         np.save(d / "u8" / "queries.npy", quant(queries))
-        write_truth(d / "u8" / f"truth{k}.txt", exact_topk(np.load(d / "u8" / "base.npy"), np.load(d / "u8" / "queries.npy"), k, 128.0))
+        write_truth(
+            d / "u8" / f"truth{k}.txt",
+            exact_topk(np.load(d / "u8" / "base.npy"), np.load(d / "u8" / "queries.npy"), k, 128.0),
+        )
     meta = json.loads((d / "meta.json").read_text())
     return Dataset(
-        "minilm-kjv", f"all-MiniLM-L6-v2 384-d, {meta['base']} KJV verses", int(meta["base"]), int(meta["dimensions"]), d,
+        "minilm-kjv",
+        f"all-MiniLM-L6-v2 384-d, {meta['base']} KJV verses",
+        int(meta["base"]),
+        int(meta["dimensions"]),
+        d,
         (d / "base.npy", d / "queries.npy", d / f"truth{k}.txt"),
         (d / "u8" / "base.npy", d / "u8" / "queries.npy", d / "u8" / f"truth{k}.txt", 128, 1.0 / scale),
     )
@@ -166,10 +222,50 @@ def run_kim(ds: Dataset, enc: str, b: int, a, work: Path) -> dict:
         base, queries, truth, zp, scale = ds.u8
         extra, alt = ["--zero-point", zp, "--scale", scale], ["--truth-alt", ds.f32_truth]
     kb = BIN / "kim-bench"
-    built = run_json([kb, "build", "--base", base, "--storage", storage, "--label", "bench", "--m", a.m,
-                      "--ef-construction", a.ef_construction, "--threads", a.threads, *extra], timeout=a.step_timeout)
-    searched = run_json([kb, "search", "--storage", storage, "--label", "bench", "--queries", queries, "--truth", truth, *alt,
-                         "--k", a.k, "--efs", a.efs, "--min-seconds", a.min_seconds, "--max-passes", a.max_passes], timeout=a.step_timeout)
+    built = run_json(
+        [
+            kb,
+            "build",
+            "--base",
+            base,
+            "--storage",
+            storage,
+            "--label",
+            "bench",
+            "--m",
+            a.m,
+            "--ef-construction",
+            a.ef_construction,
+            "--threads",
+            a.threads,
+            *extra,
+        ],
+        timeout=a.step_timeout,
+    )
+    searched = run_json(
+        [
+            kb,
+            "search",
+            "--storage",
+            storage,
+            "--label",
+            "bench",
+            "--queries",
+            queries,
+            "--truth",
+            truth,
+            *alt,
+            "--k",
+            a.k,
+            "--efs",
+            a.efs,
+            "--min-seconds",
+            a.min_seconds,
+            "--max-passes",
+            a.max_passes,
+        ],
+        timeout=a.step_timeout,
+    )
     return {**built, **searched, "storage": str(storage), "queries_file": str(queries), "truth_file": str(truth)}
 
 
@@ -178,10 +274,52 @@ def run_peer(ds: Dataset, engine: str, b: int, a, work: Path) -> dict:
     peer = [sys.executable, ROOT / "bench" / "peer.py"]
     env = peer_env()
     try:
-        built = run_json([*peer, "build", "--engine", engine, "--base", ds.f32_base, "--index", idx, "--m", a.m,
-                          "--ef-construction", a.ef_construction, "--threads", a.threads, "--seed", 100 + b], timeout=a.step_timeout, env=env)
-        searched = run_json([*peer, "search", "--engine", engine, "--index", idx, "--queries", ds.f32_queries, "--truth", ds.f32_truth,
-                             "--k", a.k, "--efs", a.efs, "--min-seconds", a.min_seconds, "--max-passes", a.max_passes], timeout=a.step_timeout, env=env)
+        built = run_json(
+            [
+                *peer,
+                "build",
+                "--engine",
+                engine,
+                "--base",
+                ds.f32_base,
+                "--index",
+                idx,
+                "--m",
+                a.m,
+                "--ef-construction",
+                a.ef_construction,
+                "--threads",
+                a.threads,
+                "--seed",
+                100 + b,
+            ],
+            timeout=a.step_timeout,
+            env=env,
+        )
+        searched = run_json(
+            [
+                *peer,
+                "search",
+                "--engine",
+                engine,
+                "--index",
+                idx,
+                "--queries",
+                ds.f32_queries,
+                "--truth",
+                ds.f32_truth,
+                "--k",
+                a.k,
+                "--efs",
+                a.efs,
+                "--min-seconds",
+                a.min_seconds,
+                "--max-passes",
+                a.max_passes,
+            ],
+            timeout=a.step_timeout,
+            env=env,
+        )
     finally:
         idx.unlink(missing_ok=True)
     return {**built, **searched}
@@ -225,7 +363,11 @@ def qps_at(sweep: list[dict], target: float, key: str = "recall10", qkey: str = 
             r0, r1 = prev[key], p[key]
             f = (target - r0) / (r1 - r0) if r1 > r0 else 1.0
             q0, q1 = prev[qkey], p[qkey]
-            return {"qps": math.exp(math.log(q0) + f * (math.log(q1) - math.log(q0))), "ef": [prev["ef"], p["ef"]], "lower_bound": False}
+            return {
+                "qps": math.exp(math.log(q0) + f * (math.log(q1) - math.log(q0))),
+                "ef": [prev["ef"], p["ef"]],
+                "lower_bound": False,
+            }
         prev = p
     return None
 
@@ -254,22 +396,32 @@ def ratio(a: dict | None, b: dict | None) -> str:
 def table(res: dict) -> str:
     L = []
     m = res["meta"]
-    L.append(f"kim benchmark — {m['started']} — {m['cpu']} ({m['cores']} cores), load average {m['loadavg_start']} → {m.get('loadavg_end', '?')}")
-    L.append(f"M={res['params']['m']} efConstruction={res['params']['ef_construction']} k={res['params']['k']}, build threads {res['params']['threads']}, "
-             f"search threads 1, {res['params']['builds']} build(s) per engine (medians)")
+    L.append(
+        f"kim benchmark — {m['started']} — {m['cpu']} ({m['cores']} cores), load average {m['loadavg_start']} → {m.get('loadavg_end', '?')}"
+    )
+    L.append(
+        f"M={res['params']['m']} efConstruction={res['params']['ef_construction']} k={res['params']['k']}, build threads {res['params']['threads']}, "
+        f"search threads 1, {res['params']['builds']} build(s) per engine (medians)"
+    )
     L.append("CAVEAT: the machine may be shared; absolute numbers are noisy, compare rows of one run.")
     for ds in res["datasets"]:
         L.append("")
-        L.append(f"== {ds['name']}: {ds['title']} — {ds['vectors']} vectors × {ds['dimensions']}, {ds['queries']} queries")
-        hdr = (f"{'engine':<12} {'build s':>8} {'cpu s':>7} {'B/vec':>7} {'RSS B/v':>8} {'load s':>7} {'QPS@.90':>9} {'QPS@.95':>9} {'QPS@.99':>11}"
-               f" {'cpuQPS@.95':>11}")
+        L.append(
+            f"== {ds['name']}: {ds['title']} — {ds['vectors']} vectors × {ds['dimensions']}, {ds['queries']} queries"
+        )
+        hdr = (
+            f"{'engine':<12} {'build s':>8} {'cpu s':>7} {'B/vec':>7} {'RSS B/v':>8} {'load s':>7} {'QPS@.90':>9} {'QPS@.95':>9} {'QPS@.99':>11}"
+            f" {'cpuQPS@.95':>11}"
+        )
         L.append(hdr)
         L.append("-" * len(hdr))
         for e, g in ds["engines"].items():
             at = g["at_recall"]
-            L.append(f"{e:<12} {fmt(g['build_seconds'], '.1f'):>8} {fmt(g['build_cpu_seconds'], '.1f'):>7} {fmt(g['bytes_per_vector']):>7} "
-                     f"{fmt(g['rss_bytes_per_vector']):>8} {fmt(g['load_seconds'], '.3f'):>7} {fmt_qps(at['0.90']):>9} {fmt_qps(at['0.95']):>9} {fmt_qps(at['0.99']):>11}"
-                     f" {fmt_qps(g['at_recall_cpu']['0.95']):>11}")
+            L.append(
+                f"{e:<12} {fmt(g['build_seconds'], '.1f'):>8} {fmt(g['build_cpu_seconds'], '.1f'):>7} {fmt(g['bytes_per_vector']):>7} "
+                f"{fmt(g['rss_bytes_per_vector']):>8} {fmt(g['load_seconds'], '.3f'):>7} {fmt_qps(at['0.90']):>9} {fmt_qps(at['0.95']):>9} {fmt_qps(at['0.99']):>11}"
+                f" {fmt_qps(g['at_recall_cpu']['0.95']):>11}"
+            )
         L.append("")
         L.append("sweep (recall@1 / recall@10 / QPS, one search thread):")
         engines = list(ds["engines"])
@@ -284,35 +436,56 @@ def table(res: dict) -> str:
         peers = [e for e in engines if not e.startswith("kim")]
         if kims and peers:
             L.append("")
-            L.append("kim's QPS ratio to each peer at equal recall@10 0.90 / 0.95 / 0.99, by wall clock and by search-thread CPU time")
+            L.append(
+                "kim's QPS ratio to each peer at equal recall@10 0.90 / 0.95 / 0.99, by wall clock and by search-thread CPU time"
+            )
             L.append("(* = a lower bound was involved):")
             for k in kims:
                 for p in peers:
-                    cells = [ratio(ds["engines"][k]["at_recall"][t], ds["engines"][p]["at_recall"][t]) for t in ("0.90", "0.95", "0.99")]
-                    cpu = [ratio(ds["engines"][k]["at_recall_cpu"][t], ds["engines"][p]["at_recall_cpu"][t]) for t in ("0.90", "0.95", "0.99")]
-                    L.append(f"  {k:<8} ÷ {p:<11} wall " + " ".join(f"{c:>7}" for c in cells) + "   cpu " + " ".join(f"{c:>7}" for c in cpu))
+                    cells = [
+                        ratio(ds["engines"][k]["at_recall"][t], ds["engines"][p]["at_recall"][t])
+                        for t in ("0.90", "0.95", "0.99")
+                    ]
+                    cpu = [
+                        ratio(ds["engines"][k]["at_recall_cpu"][t], ds["engines"][p]["at_recall_cpu"][t])
+                        for t in ("0.90", "0.95", "0.99")
+                    ]
+                    L.append(
+                        f"  {k:<8} ÷ {p:<11} wall "
+                        + " ".join(f"{c:>7}" for c in cells)
+                        + "   cpu "
+                        + " ".join(f"{c:>7}" for c in cpu)
+                    )
         for k in kims:
             alt = ds["engines"][k].get("at_recall_alt")
             if alt:
-                L.append(f"  ({k} recall measured against its own {k[4:]} data's exact truth; against the f32 truth: QPS@.90/.95/.99 = "
-                         f"{fmt_qps(alt['0.90'])} / {fmt_qps(alt['0.95'])} / {fmt_qps(alt['0.99'])})")
+                L.append(
+                    f"  ({k} recall measured against its own {k[4:]} data's exact truth; against the f32 truth: QPS@.90/.95/.99 = "
+                    f"{fmt_qps(alt['0.90'])} / {fmt_qps(alt['0.95'])} / {fmt_qps(alt['0.99'])})"
+                )
     if res.get("redis"):
         L.append("")
         L.append("== Redis path (real redis-server + kim-worker match, kim-client closed loop, loopback)")
-        hdr = (f"{'index':<14} {'matchers':>8} {'in-proc p50':>11} {'1-flight p50':>12} {'p99':>7} {'p99.9':>7} {'added p50':>9} "
-               f"{'batched QPS':>11} {'p50':>7} {'p99':>7} {'p99.9':>7} {'/core':>6} {'/CPU-s':>7} {'in-proc QPS':>11}")
+        hdr = (
+            f"{'index':<14} {'matchers':>8} {'in-proc p50':>11} {'1-flight p50':>12} {'p99':>7} {'p99.9':>7} {'added p50':>9} "
+            f"{'batched QPS':>11} {'p50':>7} {'p99':>7} {'p99.9':>7} {'/core':>6} {'/CPU-s':>7} {'in-proc QPS':>11}"
+        )
         L.append(hdr)
         L.append("-" * len(hdr))
         for r in res["redis"]:
             ip = r["in_process"]
             for c in r["configs"]:
                 s, bt = c["serial"], c["batched"]
-                L.append(f"{r['dataset'] + '/' + r['encoding']:<14} {c['config']:>8} {ip['latency']['p50_us']:>9.0f}µs {s['latency']['p50_us']:>10.0f}µs "
-                         f"{s['latency']['p99_us']:>7.0f} {s['latency']['p999_us']:>7.0f} {s['added_p50_us']:>7.0f}µs "
-                         f"{bt['throughput']:>11.0f} {bt['latency']['p50_us']:>7.0f} {bt['latency']['p99_us']:>7.0f} {bt['latency']['p999_us']:>7.0f} "
-                         f"{bt['per_matcher_core_vs_in_process']:>5.0%} {bt['per_matcher_cpu_second_vs_in_process']:>6.0%} {ip['qps']:>11.0f}")
+                L.append(
+                    f"{r['dataset'] + '/' + r['encoding']:<14} {c['config']:>8} {ip['latency']['p50_us']:>9.0f}µs {s['latency']['p50_us']:>10.0f}µs "
+                    f"{s['latency']['p99_us']:>7.0f} {s['latency']['p999_us']:>7.0f} {s['added_p50_us']:>7.0f}µs "
+                    f"{bt['throughput']:>11.0f} {bt['latency']['p50_us']:>7.0f} {bt['latency']['p99_us']:>7.0f} {bt['latency']['p999_us']:>7.0f} "
+                    f"{bt['per_matcher_core_vs_in_process']:>5.0%} {bt['per_matcher_cpu_second_vs_in_process']:>6.0%} {ip['qps']:>11.0f}"
+                )
         L.append("  latencies in µs; /core = batched QPS ÷ (matchers × search threads) ÷ in-process QPS;")
-        L.append("  /CPU-s = requests per CPU-second the matcher processes used ÷ in-process queries per search-thread CPU-second")
+        L.append(
+            "  /CPU-s = requests per CPU-second the matcher processes used ÷ in-process queries per search-thread CPU-second"
+        )
         L.append("  (robust to a shared machine).")
     if res.get("acceptance"):
         L.append("")
@@ -326,7 +499,14 @@ def acceptance(res: dict) -> list[dict]:
     out = []
 
     def add(target, value, ok, measured):
-        out.append({"target": target, "value": value, "verdict": "n/a" if ok is None else ("MET" if ok else "MISSED"), "measured": measured})
+        out.append(
+            {
+                "target": target,
+                "value": value,
+                "verdict": "n/a" if ok is None else ("MET" if ok else "MISSED"),
+                "measured": measured,
+            }
+        )
 
     face = next((d for d in res["datasets"] if d["name"].startswith("face")), None)
     if face:
@@ -338,24 +518,45 @@ def acceptance(res: dict) -> list[dict]:
                 r = a["qps"] / b["qps"] if a and b else None
                 ac, bc = e[k]["at_recall_cpu"]["0.95"], h["at_recall_cpu"]["0.95"]
                 rc = ac["qps"] / bc["qps"] if ac and bc else None
-                add(f"{face['name']}: {k} QPS at recall@10 0.95 ≥ {need}× hnswlib-f32 (verdict by CPU time)", rc, None if rc is None else rc >= need,
-                    f"by CPU time {fmt_qps(ac)} vs {fmt_qps(bc)} = {fmt(rc, '.2f')}×; by wall clock {fmt_qps(a)} vs {fmt_qps(b)} = {fmt(r, '.2f')}×")
+                add(
+                    f"{face['name']}: {k} QPS at recall@10 0.95 ≥ {need}× hnswlib-f32 (verdict by CPU time)",
+                    rc,
+                    None if rc is None else rc >= need,
+                    f"by CPU time {fmt_qps(ac)} vs {fmt_qps(bc)} = {fmt(rc, '.2f')}×; by wall clock {fmt_qps(a)} vs {fmt_qps(b)} = {fmt(r, '.2f')}×",
+                )
             if k in e and h:
                 kb, hb = e[k]["build_seconds"], h["build_seconds"]
-                add(f"{face['name']}: {k} build time (2 threads) ≤ hnswlib's", kb / hb if kb and hb else None, kb <= hb if kb and hb else None, f"{fmt(kb, '.1f')} s vs {fmt(hb, '.1f')} s")
+                add(
+                    f"{face['name']}: {k} build time (2 threads) ≤ hnswlib's",
+                    kb / hb if kb and hb else None,
+                    kb <= hb if kb and hb else None,
+                    f"{fmt(kb, '.1f')} s vs {fmt(hb, '.1f')} s",
+                )
                 kv, hv = e[k]["rss_bytes_per_vector"], h["rss_bytes_per_vector"]
-                add(f"{face['name']}: {k} serving bytes/vector (RSS added by loading) ≤ hnswlib's", kv / hv if kv and hv else None,
+                add(
+                    f"{face['name']}: {k} serving bytes/vector (RSS added by loading) ≤ hnswlib's",
+                    kv / hv if kv and hv else None,
                     kv <= hv if kv and hv else None,
-                    f"{fmt(kv)} B vs {fmt(hv)} B (self-reported: kim {fmt(e[k]['bytes_per_vector'])} B, hnswlib file {fmt(h['bytes_per_vector'])} B)")
+                    f"{fmt(kv)} B vs {fmt(hv)} B (self-reported: kim {fmt(e[k]['bytes_per_vector'])} B, hnswlib file {fmt(h['bytes_per_vector'])} B)",
+                )
     for r in res.get("redis", []):
         one = next((c for c in r["configs"] if c["matchers"] == 1), None)
         if one:
             added = one["serial"]["added_p50_us"]
-            add(f"{r['dataset']}/{r['encoding']} Redis p50 added latency ≤ 0.5 ms (1 in flight, 1 matcher)", added, added <= 500, f"{added:.0f} µs")
+            add(
+                f"{r['dataset']}/{r['encoding']} Redis p50 added latency ≤ 0.5 ms (1 in flight, 1 matcher)",
+                added,
+                added <= 500,
+                f"{added:.0f} µs",
+            )
             wall = one["batched"]["per_matcher_core_vs_in_process"]
             cpu = one["batched"]["per_matcher_cpu_second_vs_in_process"]
-            add(f"{r['dataset']}/{r['encoding']} Redis batched throughput per matcher core ≥ 80% of in-process QPS (verdict by CPU time)", cpu, cpu >= 0.8,
-                f"{cpu:.0%} per matcher CPU-second; {wall:.0%} by wall clock ({one['batched']['throughput']:.0f} req/s, 1 matcher × 1 search thread)")
+            add(
+                f"{r['dataset']}/{r['encoding']} Redis batched throughput per matcher core ≥ 80% of in-process QPS (verdict by CPU time)",
+                cpu,
+                cpu >= 0.8,
+                f"{cpu:.0%} per matcher CPU-second; {wall:.0%} by wall clock ({one['batched']['throughput']:.0f} req/s, 1 matcher × 1 search thread)",
+            )
     return out
 
 
@@ -367,7 +568,9 @@ def plot(res: dict, path: Path) -> None:
 
     dss = res["datasets"]
     fig, axes = plt.subplots(2, len(dss), figsize=(7 * len(dss), 10), squeeze=False)
-    for row, (qkey, what) in enumerate((("qps", "queries per second (1 thread, wall clock)"), ("cpu_qps", "queries per CPU-second (1 search thread)"))):
+    for row, (qkey, what) in enumerate(
+        (("qps", "queries per second (1 thread, wall clock)"), ("cpu_qps", "queries per CPU-second (1 search thread)"))
+    ):
         for ax, ds in zip(axes[row], dss):
             for e, g in ds["engines"].items():
                 xs = [p["recall10"] for p in g["sweep"]]
@@ -379,11 +582,19 @@ def plot(res: dict, path: Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel("recall@10")
             ax.set_ylabel(what)
-            ax.set_title(f"{ds['name']} ({ds['vectors']} × {ds['dimensions']}), M={res['params']['m']}, efC={res['params']['ef_construction']}")
-            ax.set_xlim(left=max(0.5, min(p["recall10"] for g in ds["engines"].values() for p in g["sweep"]) - 0.02), right=1.002)
+            ax.set_title(
+                f"{ds['name']} ({ds['vectors']} × {ds['dimensions']}), M={res['params']['m']}, efC={res['params']['ef_construction']}"
+            )
+            ax.set_xlim(
+                left=max(0.5, min(p["recall10"] for g in ds["engines"].values() for p in g["sweep"]) - 0.02),
+                right=1.002,
+            )
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
-    fig.suptitle(f"kim vs peers — {res['meta']['started']} — shared {res['meta']['cores']}-core machine: compare curves, not absolute numbers", fontsize=9)
+    fig.suptitle(
+        f"kim vs peers — {res['meta']['started']} — shared {res['meta']['cores']}-core machine: compare curves, not absolute numbers",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -393,15 +604,36 @@ def plot(res: dict, path: Path) -> None:
 
 
 def machine_meta() -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    cpu = next(
+        (l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()
+    )
     flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "index", "bench"], capture_output=True, text=True).stdout.strip())
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip() if shutil.which("rustc") else None
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "index", "bench"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    rustc = (
+        subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("rustc")
+        else None
+    )
     return {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu, "cores": os.cpu_count(),
-        "avx512": "avx512f" in flags, "avx2": "avx2" in flags, "kernel": platform.release(), "python": platform.python_version(),
-        "git": git + ("+dirty" if dirty else ""), "rustc": rustc, "loadavg_start": open("/proc/loadavg").read().split()[:3],
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "avx512": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git": git + ("+dirty" if dirty else ""),
+        "rustc": rustc,
+        "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "openblas_env_removed_for_peers": {k: os.environ.get(k) for k in OPENBLAS_VARS},
     }
 
@@ -430,7 +662,9 @@ def main() -> None:
     ap.add_argument("--redis-seconds", type=float, default=10.0, help="time limit of each Redis load phase")
     ap.add_argument("--step-timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=str(ROOT / "target" / "bench"))
-    ap.add_argument("--report-only", action="store_true", help="re-print the table and redraw the plot from <out>/results.json")
+    ap.add_argument(
+        "--report-only", action="store_true", help="re-print the table and redraw the plot from <out>/results.json"
+    )
     a = ap.parse_args()
     if a.report_only:
         out = Path(a.out)
@@ -456,8 +690,15 @@ def main() -> None:
         if not (BIN / b).exists():
             sys.exit(f"{BIN / b} is missing: cargo build --release -p kim-bench -p kim-worker")
 
-    res = {"meta": machine_meta(), "params": {k: getattr(a, k) for k in ("m", "ef_construction", "threads", "k", "builds", "queries", "efs", "min_seconds", "max_passes")},
-           "datasets": [], "redis": []}
+    res = {
+        "meta": machine_meta(),
+        "params": {
+            k: getattr(a, k)
+            for k in ("m", "ef_construction", "threads", "k", "builds", "queries", "efs", "min_seconds", "max_passes")
+        },
+        "datasets": [],
+        "redis": [],
+    }
     log(f"machine: {res['meta']['cpu']}, {res['meta']['cores']} cores, load {res['meta']['loadavg_start']}")
     t_all = time.time()
     datasets = []
@@ -486,12 +727,20 @@ def main() -> None:
                     r = run_peer(ds, e, b, a, work)
                 runs[e].append(r)
                 best = max(r["sweep"], key=lambda p: p["recall10"])
-                log(f"{ds.name} {e} build {b + 1}/{a.builds}: build {r['build_seconds']:.1f} s, load {r['load_seconds']:.3f} s, "
+                log(
+                    f"{ds.name} {e} build {b + 1}/{a.builds}: build {r['build_seconds']:.1f} s, load {r['load_seconds']:.3f} s, "
                     f"{r['bytes_per_vector']:.0f} B/vec (RSS {r['rss_bytes_per_vector']:.0f}), top recall@10 {best['recall10']:.4f} "
-                    f"[{time.time() - t:.0f} s]")
+                    f"[{time.time() - t:.0f} s]"
+                )
         q = len(np.load(ds.f32_queries, mmap_mode="r"))
-        res["datasets"].append({**ds.meta(), "queries": q, "engines": {e: aggregate(runs[e]) for e in engines},
-                                "runs": {e: runs[e] for e in engines}})
+        res["datasets"].append(
+            {
+                **ds.meta(),
+                "queries": q,
+                "engines": {e: aggregate(runs[e]) for e in engines},
+                "runs": {e: runs[e] for e in engines},
+            }
+        )
         (out / "results.json").write_text(json.dumps(res, indent=1))
 
     if not a.no_redis:
@@ -505,10 +754,37 @@ def main() -> None:
                 g = next(d for d in res["datasets"] if d["name"] == ds.name)["engines"][f"kim-{enc}"]
                 ef = next((p["ef"] for p in g["sweep"] if p["recall10"] >= 0.95), g["sweep"][-1]["ef"])
                 log(f"Redis path: {ds.name} kim-{enc} at ef {ef} (recall@10 ≥ 0.95), configs {a.redis_configs}")
-                rr = run_json([BIN / "kim-bench", "redis", "--storage", r["storage"], "--label", "bench", "--queries", r["queries_file"],
-                               "--truth", r["truth_file"], "--k", a.k, "--ef", ef, "--work", work / f"redis-{ds.name}-{enc}",
-                               "--configs", a.redis_configs, "--inflight", a.redis_inflight, "--max-seconds", a.redis_seconds,
-                               "--serial-requests", 5000, "--batched-requests", 200000], timeout=a.step_timeout)
+                rr = run_json(
+                    [
+                        BIN / "kim-bench",
+                        "redis",
+                        "--storage",
+                        r["storage"],
+                        "--label",
+                        "bench",
+                        "--queries",
+                        r["queries_file"],
+                        "--truth",
+                        r["truth_file"],
+                        "--k",
+                        a.k,
+                        "--ef",
+                        ef,
+                        "--work",
+                        work / f"redis-{ds.name}-{enc}",
+                        "--configs",
+                        a.redis_configs,
+                        "--inflight",
+                        a.redis_inflight,
+                        "--max-seconds",
+                        a.redis_seconds,
+                        "--serial-requests",
+                        5000,
+                        "--batched-requests",
+                        200000,
+                    ],
+                    timeout=a.step_timeout,
+                )
                 res["redis"].append({"dataset": ds.name, "encoding": enc, **rr})
     res["meta"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     res["meta"]["seconds"] = time.time() - t_all

@@ -65,6 +65,7 @@ fail() {
   if [[ "${UP_IN_PROGRESS:-0}" == 1 ]]; then
     UP_IN_PROGRESS=0
     stop_all
+    # shellcheck disable=SC2016 # the backticks are literal text for the reader
     printf '[cluster] stopped what was started; logs are kept in %s until `%s down`\n' "$LOGS" "$0" >&2
   fi
   exit 1
@@ -294,6 +295,7 @@ spec:
   immediateNextStage: false
 EOF
   # Pods. The status written for a "running" pod.
+  # shellcheck disable=SC2016 # Go template text, expanded by kwok, not by the shell
   local running_status='    statusTemplate: |
       {{ $now := Now }}
       phase: Running

@@ -23,7 +23,6 @@ KWOK_VERSION="${KIM_KWOK_VERSION:-v0.8.0}"    # sigs.k8s.io/kwok
 HELM_VERSION="${KIM_HELM_VERSION:-v3.22.0}"   # helm.sh/helm/v3
 # -----------------------------------------------------------------------------------
 
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"
 KIM_BIN="${KIM_BIN:-$KIM_CACHE/bin}"
 GOBUILD_DIR="$KIM_CACHE/gobuild"

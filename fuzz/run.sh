@@ -5,7 +5,7 @@
 # target/fuzz/corpus, crashes to target/fuzz/artifacts; the repo's seeds stay as they are.
 # Ends with a cargo-style "test result:" line so scripts/test.sh counts one test per target.
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")" || exit 1
 root=$(cd .. && pwd)
 seconds=${FUZZ_SECONDS:-20}
 targets=${FUZZ_TARGETS:-"descriptor stream_entry snapshot wal"}

@@ -4,7 +4,7 @@
 # client, print results and latencies; then start agents, a vectorizer and the Vald Filter
 # gateway and insert/search through it with vald-client-python; stop everything it started.
 . "$(dirname "$0")/lib.sh"
-cd "$KIM_ROOT"
+cd "$KIM_ROOT" || exit 1
 
 timed "dependencies" bash scripts/deps.sh
 timed "build" cargo build --release --workspace --bins

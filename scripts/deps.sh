@@ -7,4 +7,6 @@ command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 # libFuzzer (fuzz/run.sh) is C++, built by the libfuzzer-sys crate.
 command -v c++ >/dev/null || apt_install g++
+# The style tier of `make test` lints every shell script.
+command -v shellcheck >/dev/null || apt_install shellcheck
 bash "$KIM_ROOT/scripts/python-env.sh" >/dev/null

@@ -1,4 +1,5 @@
 # Shared helpers for kim's scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+# shellcheck shell=bash
 set -euo pipefail
 KIM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export KIM_CACHE="${KIM_CACHE:-$HOME/.cache/kim}"

@@ -24,6 +24,7 @@ LOCAL_PROJECTS=(
 # Packages from PyPI (pip requirement specifiers).
 PACKAGES=(
   pytest
+  ruff==0.17.6  # the style tier of `make test` (ruff.toml)
   pytest-asyncio
   numpy
   # The online (Vald) path's outside client, pinned to the version kim is checked against.

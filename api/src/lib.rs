@@ -1,4 +1,4 @@
-//! The Redis-stream matching protocol (DESIGN §4): request fields, the response JSON, error
+//! The Redis-stream matching protocol: request fields, the response JSON, error
 //! codes, and the label-registry keys. Shared by matchers and clients so both sides agree.
 
 use std::collections::HashMap;

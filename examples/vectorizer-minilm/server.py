@@ -17,10 +17,9 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+from minilm import MiniLM
 from vald.v1.filter.ingress import ingress_filter_pb2_grpc
 from vald.v1.payload import payload_pb2 as pb
-
-from minilm import MiniLM
 
 log = logging.getLogger("vectorizer-minilm")
 

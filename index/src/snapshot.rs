@@ -1,4 +1,4 @@
-//! Snapshots on shared storage (DESIGN §5):
+//! Snapshots on shared storage:
 //! `<root>/<namespace>/<label>/snapshots/<id>/{manifest.json, ids.txt, vectors.bin, graph.bin}`
 //! and `<root>/<namespace>/<label>/CURRENT` naming the live one. A snapshot directory appears
 //! under its final name only once complete, and CURRENT is replaced atomically, so a reader

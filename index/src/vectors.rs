@@ -200,7 +200,7 @@ pub fn huge_capacity<T>(len: usize) -> Vec<T> {
     v
 }
 
-/// Similarity in [0, 1] (1 = identical) from an ordering distance, per DESIGN §3.
+/// Similarity in [0, 1] (1 = identical) from an ordering distance.
 pub fn similarity(metric: Metric, distance: f32) -> f64 {
     let d = distance as f64;
     if d.is_nan() {

@@ -20,13 +20,20 @@ SENTENCES = {
 
 def main(addr: str) -> None:
     stub = filter_pb2_grpc.FilterStub(grpc.insecure_channel(addr))
-    reqs = [pb.Insert.ObjectRequest(object=pb.Object.Blob(id=k, object=v.encode()), config=pb.Insert.Config())
-            for k, v in SENTENCES.items()]
+    reqs = [
+        pb.Insert.ObjectRequest(object=pb.Object.Blob(id=k, object=v.encode()), config=pb.Insert.Config())
+        for k, v in SENTENCES.items()
+    ]
     locs = stub.MultiInsertObject(pb.Insert.MultiObjectRequest(requests=reqs))
     print(f"inserted {len(locs.locations)} objects, each on {len(locs.locations[0].ips)} agents")
     for query in ["a quick brown fox jumped over a lazy dog", "rain and wind tomorrow"]:
-        res = stub.SearchObject(pb.Search.ObjectRequest(object=query.encode(), config=pb.Search.Config(num=2, request_id="demo")))
-        print(f"search {query!r}: " + ", ".join(f"{r.id} ({SENTENCES[r.id]!r}) distance {r.distance:.3f}" for r in res.results))
+        res = stub.SearchObject(
+            pb.Search.ObjectRequest(object=query.encode(), config=pb.Search.Config(num=2, request_id="demo"))
+        )
+        print(
+            f"search {query!r}: "
+            + ", ".join(f"{r.id} ({SENTENCES[r.id]!r}) distance {r.distance:.3f}" for r in res.results)
+        )
     try:
         stub.InsertObject(reqs[0])
     except grpc.RpcError as e:

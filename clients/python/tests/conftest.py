@@ -16,15 +16,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable
 
 import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
-
 from kim_client import MatcherClient
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -88,29 +88,42 @@ def _die_with_parent() -> None:
         pass
 
 
-def start(name: str, args: List[str], log_dir: Path, extra_env: Optional[Dict[str, str]] = None) -> Proc:
+def start(name: str, args: list[str], log_dir: Path, extra_env: dict[str, str] | None = None) -> Proc:
     log = log_dir / f"{name}.log"
     f = open(log, "wb")
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1", **(extra_env or {}))
     try:
-        p = subprocess.Popen([str(a) for a in args], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        p = subprocess.Popen(
+            [str(a) for a in args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
     finally:
         f.close()
     return Proc(name, p, log)
 
 
-def run(args: List[str], timeout: float) -> None:
+def run(args: list[str], timeout: float) -> None:
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}", pytrace=False)
+        pytest.fail(
+            f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}", pytrace=False
+        )
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, proc: Optional[Proc] = None, interval: float = 0.05) -> None:
+def wait_until(
+    what: str, check: Callable[[], bool], timeout: float, proc: Proc | None = None, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
-            pytest.fail(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}; log:\n{tail(proc.log)}", pytrace=False)
+            pytest.fail(
+                f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}; log:\n{tail(proc.log)}",
+                pytrace=False,
+            )
         if check():
             return
         time.sleep(interval)
@@ -142,8 +155,8 @@ class Redis:
 class Dataset:
     dir: Path
     mated: np.ndarray
-    truth: List[List[str]]
-    identity: List[str]
+    truth: list[list[str]]
+    identity: list[str]
 
 
 @dataclass
@@ -171,7 +184,7 @@ class Cluster:
     redis: Redis
     storage: Path
     logs: Path
-    matchers: List[Matcher] = field(default_factory=list)
+    matchers: list[Matcher] = field(default_factory=list)
 
     def start_matcher(self, name: str) -> Matcher:
         """Starts a matcher and waits until it is ready, registered and reading the stream."""
@@ -179,8 +192,20 @@ class Cluster:
         http = free_port()
         proc = start(
             name,
-            [kim_worker(), "match", "--storage", self.storage, "--redis", self.redis.url, "--http", f"127.0.0.1:{http}",
-             "--claim-idle", "1s", "--claim-interval", "200ms"],
+            [
+                kim_worker(),
+                "match",
+                "--storage",
+                self.storage,
+                "--redis",
+                self.redis.url,
+                "--http",
+                f"127.0.0.1:{http}",
+                "--claim-idle",
+                "1s",
+                "--claim-interval",
+                "200ms",
+            ],
             self.logs,
         )
         m = Matcher(proc, http)
@@ -194,7 +219,7 @@ class Cluster:
         wait_until(f"{name} reading the stream", lambda: self.stream_readers() >= len(self.matchers), 10.0, proc)
         return m
 
-    def registry_keys(self) -> List[bytes]:
+    def registry_keys(self) -> list[bytes]:
         with redis.Redis(port=self.redis.port) as r:
             return list(r.scan_iter(match=f"matching_label__{LABEL}__*", count=1000))
 
@@ -216,7 +241,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
         pytest.fail("redis-server is not on PATH", pytrace=False)
     logs = tmp_path_factory.mktemp("redis")
     port = free_port()
-    proc = start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", logs], logs)
+    proc = start(
+        "redis",
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", logs],
+        logs,
+    )
 
     def up() -> bool:
         try:
@@ -249,8 +278,23 @@ def cluster(redis_server: Redis, dataset: Dataset, tmp_path_factory: pytest.Temp
     """Redis plus one matcher serving label ``faces`` (version 59) built from the dataset."""
     storage = tmp_path_factory.mktemp("storage")
     logs = tmp_path_factory.mktemp("logs")
-    run([kim_worker(), "index", "--label", LABEL, "--storage", storage, "--source", dataset.dir / "base.npy",
-         "--ids", dataset.dir / "ids.txt", "--version", str(VERSION)], timeout=120)
+    run(
+        [
+            kim_worker(),
+            "index",
+            "--label",
+            LABEL,
+            "--storage",
+            storage,
+            "--source",
+            dataset.dir / "base.npy",
+            "--ids",
+            dataset.dir / "ids.txt",
+            "--version",
+            str(VERSION),
+        ],
+        timeout=120,
+    )
     c = Cluster(redis_server, storage, logs)
     try:
         c.start_matcher("matcher-1")
@@ -261,7 +305,7 @@ def cluster(redis_server: Redis, dataset: Dataset, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture
-async def client(cluster: Cluster) -> "MatcherClient":
+async def client(cluster: Cluster) -> MatcherClient:
     c = await MatcherClient.create(cluster.redis.url)
     try:
         yield c
@@ -270,11 +314,10 @@ async def client(cluster: Cluster) -> "MatcherClient":
 
 
 @pytest.fixture
-async def raw(cluster: Cluster) -> "aioredis.Redis":
+async def raw(cluster: Cluster) -> aioredis.Redis:
     """A plain Redis connection for writing stream entries by hand."""
     r = aioredis.Redis(port=cluster.redis.port)
     try:
         yield r
     finally:
         await r.aclose()
-

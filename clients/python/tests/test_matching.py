@@ -7,11 +7,10 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
 from conftest import LABEL, VERSION, Cluster, Dataset
 from kim_client import ListenerGone, MatcherClient, RawDescriptor
 from kim_client.protocol import unix_ms
@@ -23,14 +22,27 @@ def sdk(version: int, payload: bytes) -> bytes:
     return b"dp\0\0" + version.to_bytes(4, "little") + payload
 
 
-async def match(client: MatcherClient, payload: bytes, *, version: int = VERSION, label: str = LABEL, limit: int = 10,
-                timeout: float = 10, luna: Optional[str] = None) -> Dict[str, Any]:
+async def match(
+    client: MatcherClient,
+    payload: bytes,
+    *,
+    version: int = VERSION,
+    label: str = LABEL,
+    limit: int = 10,
+    timeout: float = 10,
+    luna: str | None = None,
+) -> dict[str, Any]:
     async with client.session() as conn:
-        return await conn.match(descriptor=RawDescriptor(descriptor=payload, version=version), label=label,
-                                limit=limit, lunaRequestId=luna, timeout=timeout)
+        return await conn.match(
+            descriptor=RawDescriptor(descriptor=payload, version=version),
+            label=label,
+            limit=limit,
+            lunaRequestId=luna,
+            timeout=timeout,
+        )
 
 
-def assert_ok(resp: Dict[str, Any], limit: int) -> None:
+def assert_ok(resp: dict[str, Any], limit: int) -> None:
     assert resp["status_code"] == 201, resp
     assert resp["error"] is None
     sims = [s for _, s in resp["result"]]
@@ -39,7 +51,7 @@ def assert_ok(resp: Dict[str, Any], limit: int) -> None:
     assert sims == sorted(sims, reverse=True), sims
 
 
-def assert_error(resp: Dict[str, Any], code: int, status: int, desc: str) -> None:
+def assert_error(resp: dict[str, Any], code: int, status: int, desc: str) -> None:
     assert resp["status_code"] == status, resp
     assert resp["result"] == []
     err = resp["error"]
@@ -50,7 +62,9 @@ def assert_error(resp: Dict[str, Any], code: int, status: int, desc: str) -> Non
     assert re.fullmatch(UUID4, resp["rid"]), resp["rid"]
 
 
-async def raw_request(r: aioredis.Redis, fields: Dict[str, Any], channel: Optional[str], wait: float = 5.0) -> tuple[bytes, Optional[Dict[str, Any]]]:
+async def raw_request(
+    r: aioredis.Redis, fields: dict[str, Any], channel: str | None, wait: float = 5.0
+) -> tuple[bytes, dict[str, Any] | None]:
     """XADDs ``fields`` to the label stream; returns the entry id and the reply on ``channel``."""
     if channel is None:
         return await r.xadd(LABEL, fields), None
@@ -79,8 +93,8 @@ def text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def raw_fields(dataset: Dataset, **over: Any) -> Dict[str, Any]:
-    f: Dict[str, Any] = {
+def raw_fields(dataset: Dataset, **over: Any) -> dict[str, Any]:
+    f: dict[str, Any] = {
         "descriptor": dataset.mated[0].tobytes(),
         "version": str(VERSION),
         "label": LABEL,
@@ -150,7 +164,9 @@ async def test_wrong_descriptor_length(client: MatcherClient, dataset: Dataset) 
         assert "512" in resp["error"]["detail"], resp
 
 
-async def test_client_side_validation_sends_nothing(client: MatcherClient, raw: aioredis.Redis, dataset: Dataset) -> None:
+async def test_client_side_validation_sends_nothing(
+    client: MatcherClient, raw: aioredis.Redis, dataset: Dataset
+) -> None:
     before = await raw.xlen(LABEL)
     payload = dataset.mated[0].tobytes()
     for label, limit in ((LABEL, 0), (LABEL, 1001), (LABEL, -1), ("", 5)):
@@ -182,8 +198,9 @@ async def test_expired_deadline(raw: aioredis.Redis, dataset: Dataset) -> None:
         ("label", "other", 'label field "other" differs from stream label "faces"'),
     ],
 )
-async def test_malformed_entry_with_channel_gets_26301(raw: aioredis.Redis, dataset: Dataset, field: str,
-                                                        value: Optional[str], detail: str) -> None:
+async def test_malformed_entry_with_channel_gets_26301(
+    raw: aioredis.Redis, dataset: Dataset, field: str, value: str | None, detail: str
+) -> None:
     f = raw_fields(dataset, **{field: value})
     _, resp = await raw_request(raw, f, f["response_channel"])
     assert resp is not None, "no reply to a malformed request"
@@ -193,7 +210,9 @@ async def test_malformed_entry_with_channel_gets_26301(raw: aioredis.Redis, data
     assert resp["luna_request_id"] == f["luna_request_id"]
 
 
-async def test_malformed_entry_without_channel_is_acked(client: MatcherClient, raw: aioredis.Redis, dataset: Dataset) -> None:
+async def test_malformed_entry_without_channel_is_acked(
+    client: MatcherClient, raw: aioredis.Redis, dataset: Dataset
+) -> None:
     f = raw_fields(dataset, limit="abc", response_channel=None)
     entry, _ = await raw_request(raw, f, None)
     entry_id = tuple(int(x) for x in text(entry).split("-"))
@@ -217,7 +236,9 @@ async def test_label_registry(client: MatcherClient, cluster: Cluster) -> None:
     for other in ("nope", "fa*", "f?ces", "[f]aces", "face", ""):
         assert await client.checkMatchingLabel(other) is False, other
     info = await client.readLabelInfo(LABEL)
-    assert info and all(i["version"] == VERSION and i["dimensions"] == 512 and i["vectors"] == 10_000 for i in info), info
+    assert info and all(i["version"] == VERSION and i["dimensions"] == 512 and i["vectors"] == 10_000 for i in info), (
+        info
+    )
     # A prefixed client sees only prefixed keys.
     prefixed = await MatcherClient.create(cluster.redis.url, prefix="p:")
     r = aioredis.Redis(port=cluster.redis.port)

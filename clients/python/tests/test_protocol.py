@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from kim_client import protocol
 from kim_client.client import _rust_debug
 from kim_client.protocol import ErrorCode
@@ -23,7 +22,7 @@ def rust_api() -> str:
 
 def rust_arms(src: str, fn: str) -> dict[str, str]:
     """`ErrorCode::A | ErrorCode::B => value` arms of `fn <fn>(self)` in the Rust source."""
-    body = src[src.index(f"pub fn {fn}(self)"):]
+    body = src[src.index(f"pub fn {fn}(self)") :]
     body = body[: body.index("\n    }\n")]
     out: dict[str, str] = {}
     for names, value in re.findall(r"((?:ErrorCode::\w+\s*\|?\s*)+)=>\s*([^,\n]+)", body):
@@ -65,7 +64,13 @@ def test_error_objects_and_responses() -> None:
     assert (r["status_code"], r["result"], r["error"]["error_code"]) == (400, [], 26305)
     assert protocol.ok_response("r", "l", [["a", 0.5]])["status_code"] == 201
     assert [(e.code, e.status) for e in ErrorCode] == [
-        (26301, 400), (26302, 400), (26303, 500), (26304, 404), (26305, 400), (26308, 500), (26309, 504),
+        (26301, 400),
+        (26302, 400),
+        (26303, 500),
+        (26304, 404),
+        (26305, 400),
+        (26308, 500),
+        (26309, 504),
     ]
 
 
@@ -82,13 +87,38 @@ def test_registry_keys_and_patterns() -> None:
 
 
 def test_request_fields_order() -> None:
-    f = protocol.request_fields(descriptor=b"\x00\x01", version=59, label="faces", limit=3, response_channel="ch",
-                                luna_request_id="1,x", rid="r", deadline=123)
-    assert f == [("descriptor", b"\x00\x01"), ("version", b"59"), ("label", b"faces"), ("limit", b"3"),
-                 ("response_channel", b"ch"), ("luna_request_id", b"1,x"), ("rid", b"r"), ("deadline", b"123")]
-    f = protocol.request_fields(descriptor=b"", version=1, label="l", limit=1, response_channel="c",
-                                luna_request_id="", rid="r", deadline=None)
-    assert [k for k, _ in f] == ["descriptor", "version", "label", "limit", "response_channel", "luna_request_id", "rid"]
+    f = protocol.request_fields(
+        descriptor=b"\x00\x01",
+        version=59,
+        label="faces",
+        limit=3,
+        response_channel="ch",
+        luna_request_id="1,x",
+        rid="r",
+        deadline=123,
+    )
+    assert f == [
+        ("descriptor", b"\x00\x01"),
+        ("version", b"59"),
+        ("label", b"faces"),
+        ("limit", b"3"),
+        ("response_channel", b"ch"),
+        ("luna_request_id", b"1,x"),
+        ("rid", b"r"),
+        ("deadline", b"123"),
+    ]
+    f = protocol.request_fields(
+        descriptor=b"", version=1, label="l", limit=1, response_channel="c", luna_request_id="", rid="r", deadline=None
+    )
+    assert [k for k, _ in f] == [
+        "descriptor",
+        "version",
+        "label",
+        "limit",
+        "response_channel",
+        "luna_request_id",
+        "rid",
+    ]
 
 
 def test_ids() -> None:

@@ -10,12 +10,11 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import pytest
 import redis
 import redis.exceptions as rexc
-
 from conftest import LABEL, VERSION, Cluster, Dataset, Proc, free_port, http_get, kim_worker, start, wait_until
 from kim_client import MatcherClient, RawDescriptor
 from kim_client.connection import RedisSettings, redact
@@ -56,12 +55,27 @@ def make_certs(d: Path) -> Path:
     ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kim-py-test-ca")
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     ossl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kim-py-test-server")
-    ossl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
-         "-days", "2", "-extfile", "server.ext")
+    ossl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    )
     return d
 
 
-def start_redis(name: str, port: int, logs: Path, extra: List[str]) -> Proc:
+def start_redis(name: str, port: int, logs: Path, extra: list[str]) -> Proc:
     exe = shutil.which("redis-server")
     assert exe, "redis-server is not on PATH"
     p = start(name, [exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", logs, *extra], logs)
@@ -77,33 +91,83 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_matcher(name: str, url: str, storage: Path, logs: Path, env: Optional[Dict[str, str]] = None) -> Proc:
+def start_matcher(name: str, url: str, storage: Path, logs: Path, env: dict[str, str] | None = None) -> Proc:
     http = free_port()
-    p = start(name, [kim_worker(), "match", "--storage", storage, "--redis", url, "--http", f"127.0.0.1:{http}",
-                     "--claim-idle", "1s", "--claim-interval", "200ms", "--matcher-id", name], logs, env)
+    p = start(
+        name,
+        [
+            kim_worker(),
+            "match",
+            "--storage",
+            storage,
+            "--redis",
+            url,
+            "--http",
+            f"127.0.0.1:{http}",
+            "--claim-idle",
+            "1s",
+            "--claim-interval",
+            "200ms",
+            "--matcher-id",
+            name,
+        ],
+        logs,
+        env,
+    )
     wait_until(f"{name} /readyz", lambda: http_get(f"http://127.0.0.1:{http}/readyz", 1.0)[0] == 200, 30.0, p)
     return p
 
 
-async def match(client: MatcherClient, payload: bytes, timeout: float = 10.0) -> Dict[str, Any]:
+async def match(client: MatcherClient, payload: bytes, timeout: float = 10.0) -> dict[str, Any]:
     async with client.session() as conn:
-        return await conn.match(descriptor=RawDescriptor(descriptor=payload, version=VERSION), label=LABEL, limit=3,
-                                timeout=timeout)
+        return await conn.match(
+            descriptor=RawDescriptor(descriptor=payload, version=VERSION), label=LABEL, limit=3, timeout=timeout
+        )
 
 
 async def test_tls_only_redis_with_acl_user(cluster: Cluster, dataset: Dataset, tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
     port = free_port()
-    tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", certs / "server.crt", "--tls-key-file", certs / "server.key",
-           "--tls-ca-cert-file", certs / "ca.crt", "--tls-auth-clients", "no",
-           "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off"]
+    tls = [
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        certs / "server.crt",
+        "--tls-key-file",
+        certs / "server.key",
+        "--tls-ca-cert-file",
+        certs / "ca.crt",
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        USER,
+        "on",
+        f">{PASSWORD}",
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]
     r = start_redis("redis-tls", port, tmp_path, [str(a) for a in tls])
     pwfile = tmp_path / "pw"
     pwfile.write_text(PASSWORD + "\n")
     url = f"rediss://127.0.0.1:{port}"
-    m = start_matcher("tls-matcher", url, cluster.storage, tmp_path,
-                      {"KIM_REDIS_CA": str(certs / "ca.crt"), "KIM_REDIS_USERNAME": USER, "KIM_REDIS_PASSWORD_FILE": str(pwfile),
-                       "KIM_REDIS_REQUIRE_TLS": "true"})
+    m = start_matcher(
+        "tls-matcher",
+        url,
+        cluster.storage,
+        tmp_path,
+        {
+            "KIM_REDIS_CA": str(certs / "ca.crt"),
+            "KIM_REDIS_USERNAME": USER,
+            "KIM_REDIS_PASSWORD_FILE": str(pwfile),
+            "KIM_REDIS_REQUIRE_TLS": "true",
+        },
+    )
     try:
         c = await MatcherClient.create(url, username=USER, password=PASSWORD, ssl_ca_certs=str(certs / "ca.crt"))
         try:
@@ -116,14 +180,19 @@ async def test_tls_only_redis_with_acl_user(cluster: Cluster, dataset: Dataset, 
             await c.close()
         # Plaintext against the TLS port: a connection error that names the fix.
         with pytest.raises(rexc.ConnectionError) as e:
-            await asyncio.wait_for(MatcherClient.create(f"redis://127.0.0.1:{port}", username=USER, password=PASSWORD), 15)
+            await asyncio.wait_for(
+                MatcherClient.create(f"redis://127.0.0.1:{port}", username=USER, password=PASSWORD), 15
+            )
         assert "rediss://" in str(e.value), e.value
         # Without the CA the self-made certificate is not trusted.
         with pytest.raises(rexc.ConnectionError):
             await asyncio.wait_for(MatcherClient.create(url, username=USER, password=PASSWORD), 15)
         # Wrong password: refused, and the password does not show up in the error.
         with pytest.raises(rexc.AuthenticationError) as e:
-            await asyncio.wait_for(MatcherClient.create(url, username=USER, password="wrong-Pw-123", ssl_ca_certs=str(certs / "ca.crt")), 15)
+            await asyncio.wait_for(
+                MatcherClient.create(url, username=USER, password="wrong-Pw-123", ssl_ca_certs=str(certs / "ca.crt")),
+                15,
+            )
         assert "wrong-Pw-123" not in str(e.value)
         assert PASSWORD not in m.log.read_text(errors="replace")
     finally:
@@ -139,10 +208,11 @@ async def test_redis_killed_and_restarted_under_load(cluster: Cluster, dataset: 
     url = f"redis://127.0.0.1:{port}"
     m = start_matcher("fault-matcher", url, cluster.storage, tmp_path)
     timeout = 3.0
-    outcomes: List[tuple] = []
+    outcomes: list[tuple] = []
     stop = asyncio.Event()
     c = await MatcherClient.create(url)
     try:
+
         async def worker(w: int) -> None:
             i = w
             while not stop.is_set() and len(outcomes) < 50_000:
@@ -181,12 +251,16 @@ async def test_redis_killed_and_restarted_under_load(cluster: Cluster, dataset: 
         ok = sum(1 for o in outcomes if o[2] == 201)
         timeouts = sum(1 for o in outcomes if o[3] == 26309)
         during = sum(1 for o in outcomes if killed <= o[0] < restarted)
-        first_after = min((o[0] + o[1] - restarted for o in outcomes if o[2] == 201 and o[0] >= restarted), default=None)
-        print(f"python redis fault: {len(outcomes)} calls ({before} before the kill, {during} during the outage): "
-              f"{ok} matched, {timeouts} timed out; slowest {max(o[1] for o in outcomes):.3f} s; "
-              f"first match after restart {first_after} s")
+        first_after = min(
+            (o[0] + o[1] - restarted for o in outcomes if o[2] == 201 and o[0] >= restarted), default=None
+        )
+        print(
+            f"python redis fault: {len(outcomes)} calls ({before} before the kill, {during} during the outage): "
+            f"{ok} matched, {timeouts} timed out; slowest {max(o[1] for o in outcomes):.3f} s; "
+            f"first match after restart {first_after} s"
+        )
         assert before > 0 and during > 0
-        for t, took, status, code in outcomes:
+        for _t, took, status, code in outcomes:
             assert status == 201 or code == 26309, (status, code)
             assert took <= timeout + 1.0, took
         assert first_after is not None and first_after < 4.0, first_after

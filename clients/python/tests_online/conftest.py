@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List
 
 import grpc
 import pytest
@@ -38,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> List[str]:
+def _die_with_parent() -> list[str]:
     """A command prefix that SIGKILLs the child if pytest dies without its teardown. setpriv
     sets it in the child; a Python preexec_fn cannot, because forking a process that runs
     gRPC threads and then running Python code in the child is unsafe."""
@@ -73,7 +73,7 @@ class Proc:
 @dataclass
 class Procs:
     logs: Path
-    running: List[Proc] = field(default_factory=list)
+    running: list[Proc] = field(default_factory=list)
 
     def start(self, name: str, *args: str) -> Proc:
         """Starts `kim-worker ARGS --listen --http` and waits until its gRPC port accepts."""
@@ -81,11 +81,13 @@ class Procs:
         argv = [str(kim_worker()), *args, "--listen", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{http}"]
         return self.spawn(name, argv, port, dict(os.environ, KIM_LOG="info,kim_worker=debug,hnsw_rs=warn"))
 
-    def spawn(self, name: str, argv: List[str], port: int, env: Dict[str, str], wait: float = 30.0) -> Proc:
+    def spawn(self, name: str, argv: list[str], port: int, env: dict[str, str], wait: float = 30.0) -> Proc:
         """Starts `argv` and waits (at most `wait` s) until `port` accepts connections."""
         log = self.logs / f"{name}.log"
         with open(log, "wb") as f:
-            p = subprocess.Popen([*_die_with_parent(), *argv], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            p = subprocess.Popen(
+                [*_die_with_parent(), *argv], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         proc = Proc(name, p, log, port)
         self.running.append(proc)
         deadline = time.monotonic() + wait
@@ -109,12 +111,12 @@ class Online:
     """Three agents, the kim vectorizer, a gateway with it as default (`gw`) and one
     without a default vectorizer (`bare`)."""
 
-    agents: List[Proc]
+    agents: list[Proc]
     vectorizer: Proc
     gateway: Proc
     bare_gateway: Proc
     procs: Procs
-    channels: Dict[str, grpc.Channel] = field(default_factory=dict)
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     def channel(self, p: Proc) -> grpc.Channel:
         if p.addr not in self.channels:
@@ -128,8 +130,12 @@ def online(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Online]:
     d = tmp_path_factory.mktemp("online")
     procs = Procs(d)
     try:
-        agents = [procs.start(f"agent{i}", "agent", "--data", str(d / f"agent{i}"), "--dimensions", str(DIMS), "--metric", "cosine")
-                  for i in range(3)]
+        agents = [
+            procs.start(
+                f"agent{i}", "agent", "--data", str(d / f"agent{i}"), "--dimensions", str(DIMS), "--metric", "cosine"
+            )
+            for i in range(3)
+        ]
         vec = procs.start("vectorizer", "vectorize", "--dimensions", str(DIMS))
         addrs = ",".join(a.addr for a in agents)
         gw = procs.start("gateway", "filter", "--agents", addrs, "--replicas", "2", "--vectorizer", vec.addr)

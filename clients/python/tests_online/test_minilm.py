@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
+from conftest import REPO_ROOT, Procs, free_port
 from vald.v1.payload import payload_pb2 as pb
 from vald.v1.vald import filter_pb2_grpc
-
-from conftest import REPO_ROOT, Procs, free_port
 
 SENTENCES = {
     "food": "A man is eating food.",
@@ -34,10 +33,29 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[filter_pb2_grp
     try:
         port = free_port()
         server = REPO_ROOT / "examples" / "vectorizer-minilm" / "server.py"
-        vec = procs.spawn("minilm", [sys.executable, str(server), "--listen", f"127.0.0.1:{port}"], port,
-                          dict(os.environ, HF_HUB_OFFLINE="1"), wait=120.0)
-        agents = [procs.start(f"agent{i}", "agent", "--data", str(d / f"agent{i}"), "--dimensions", "384", "--metric", "cosine") for i in range(2)]
-        gw = procs.start("gateway", "filter", "--agents", ",".join(a.addr for a in agents), "--replicas", "1", "--vectorizer", vec.addr)
+        vec = procs.spawn(
+            "minilm",
+            [sys.executable, str(server), "--listen", f"127.0.0.1:{port}"],
+            port,
+            dict(os.environ, HF_HUB_OFFLINE="1"),
+            wait=120.0,
+        )
+        agents = [
+            procs.start(
+                f"agent{i}", "agent", "--data", str(d / f"agent{i}"), "--dimensions", "384", "--metric", "cosine"
+            )
+            for i in range(2)
+        ]
+        gw = procs.start(
+            "gateway",
+            "filter",
+            "--agents",
+            ",".join(a.addr for a in agents),
+            "--replicas",
+            "1",
+            "--vectorizer",
+            vec.addr,
+        )
         ch = grpc.insecure_channel(gw.addr)
         yield filter_pb2_grpc.FilterStub(ch)
         ch.close()

@@ -4,16 +4,23 @@ them."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
+from conftest import Procs
 from vald.v1.agent.core import agent_pb2_grpc
 from vald.v1.payload import payload_pb2 as pb
-from vald.v1.vald import (flush_pb2_grpc, index_pb2_grpc, insert_pb2_grpc, object_pb2_grpc, remove_pb2_grpc, search_pb2_grpc,
-                          update_pb2_grpc, upsert_pb2_grpc)
-
-from conftest import Procs
+from vald.v1.vald import (
+    flush_pb2_grpc,
+    index_pb2_grpc,
+    insert_pb2_grpc,
+    object_pb2_grpc,
+    remove_pb2_grpc,
+    search_pb2_grpc,
+    update_pb2_grpc,
+    upsert_pb2_grpc,
+)
 
 DIMS = 4
 
@@ -35,22 +42,42 @@ def vec(id: str, *xs: float) -> pb.Object.Vector:
 
 
 def test_agent_services(agent: grpc.Channel):
-    ins, upd, ups = insert_pb2_grpc.InsertStub(agent), update_pb2_grpc.UpdateStub(agent), upsert_pb2_grpc.UpsertStub(agent)
-    srch, obj, rm = search_pb2_grpc.SearchStub(agent), object_pb2_grpc.ObjectStub(agent), remove_pb2_grpc.RemoveStub(agent)
+    ins, upd, ups = (
+        insert_pb2_grpc.InsertStub(agent),
+        update_pb2_grpc.UpdateStub(agent),
+        upsert_pb2_grpc.UpsertStub(agent),
+    )
+    srch, obj, rm = (
+        search_pb2_grpc.SearchStub(agent),
+        object_pb2_grpc.ObjectStub(agent),
+        remove_pb2_grpc.RemoveStub(agent),
+    )
     idx, core, flush = index_pb2_grpc.IndexStub(agent), agent_pb2_grpc.AgentStub(agent), flush_pb2_grpc.FlushStub(agent)
 
     loc = ins.Insert(pb.Insert.Request(vector=vec("a", 1, 0, 0, 0)))
     assert loc.uuid == "a"
-    ins.MultiInsert(pb.Insert.MultiRequest(requests=[pb.Insert.Request(vector=vec("b", 0, 1, 0, 0)), pb.Insert.Request(vector=vec("c", 0, 0, 3, 4))]))
-    replies = list(ins.StreamInsert(iter([pb.Insert.Request(vector=vec("d", 0, 0, 0, 1)), pb.Insert.Request(vector=vec("a", 9, 9, 9, 9))])))
+    ins.MultiInsert(
+        pb.Insert.MultiRequest(
+            requests=[pb.Insert.Request(vector=vec("b", 0, 1, 0, 0)), pb.Insert.Request(vector=vec("c", 0, 0, 3, 4))]
+        )
+    )
+    replies = list(
+        ins.StreamInsert(
+            iter([pb.Insert.Request(vector=vec("d", 0, 0, 0, 1)), pb.Insert.Request(vector=vec("a", 9, 9, 9, 9))])
+        )
+    )
     assert [r.WhichOneof("payload") for r in replies] == ["location", "status"]
     assert replies[1].status.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
 
     res = srch.Search(pb.Search.Request(vector=[0, 0, 3, 4], config=pb.Search.Config(num=2, request_id="r1")))
     assert res.request_id == "r1" and [r.id for r in res.results] == ["c", "d"]
-    assert res.results[0].distance == pytest.approx(0.0) and res.results[1].distance == pytest.approx((9 + 9) ** 0.5)  # euclidean, not squared
+    assert res.results[0].distance == pytest.approx(0.0) and res.results[1].distance == pytest.approx(
+        (9 + 9) ** 0.5
+    )  # euclidean, not squared
     assert srch.SearchByID(pb.Search.IDRequest(id="b", config=pb.Search.Config(num=1))).results[0].id == "b"
-    assert srch.LinearSearch(pb.Search.Request(vector=[1, 0, 0, 0], config=pb.Search.Config(num=1))).results[0].id == "a"
+    assert (
+        srch.LinearSearch(pb.Search.Request(vector=[1, 0, 0, 0], config=pb.Search.Config(num=1))).results[0].id == "a"
+    )
 
     upd.Update(pb.Update.Request(vector=vec("b", 0, 0, 3, 4)))
     ups.Upsert(pb.Upsert.Request(vector=vec("e", 5, 5, 5, 5)))

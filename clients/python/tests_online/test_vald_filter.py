@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 from concurrent import futures
-from typing import List
 
 import grpc
 import pytest
+from conftest import Online
 from vald.v1.filter.egress import egress_filter_pb2_grpc
 from vald.v1.payload import payload_pb2 as pb
 from vald.v1.vald import filter_pb2_grpc
-
-from conftest import Online
 
 Code = grpc.StatusCode
 
@@ -37,12 +35,14 @@ def upsert_req(id: str, text: str) -> pb.Upsert.ObjectRequest:
     return pb.Upsert.ObjectRequest(object=blob(id, text), config=pb.Upsert.Config())
 
 
-def search_req(text: str, num: int = 5, timeout_ns: int = 0, request_id: str = "", target=None) -> pb.Search.ObjectRequest:
+def search_req(
+    text: str, num: int = 5, timeout_ns: int = 0, request_id: str = "", target=None
+) -> pb.Search.ObjectRequest:
     cfg = pb.Search.Config(num=num, timeout=timeout_ns, request_id=request_id)
     return pb.Search.ObjectRequest(object=text.encode(), config=cfg, vectorizer=target)
 
 
-def top(online: Online, text: str, num: int = 5) -> List[pb.Object.Distance]:
+def top(online: Online, text: str, num: int = 5) -> list[pb.Object.Distance]:
     return list(stub(online).SearchObject(search_req(text, num)).results)
 
 
@@ -96,51 +96,87 @@ def test_upsert_inserts_then_updates(online: Online):
 
 
 def test_multi_insert_update_upsert(online: Online):
-    texts = {f"multi-{i}": f"multi item {i} speaks of {w}" for i, w in enumerate(["rivers", "deserts", "forests", "glaciers"])}
-    locs = stub(online).MultiInsertObject(pb.Insert.MultiObjectRequest(requests=[insert_req(k, v) for k, v in texts.items()]))
+    texts = {
+        f"multi-{i}": f"multi item {i} speaks of {w}"
+        for i, w in enumerate(["rivers", "deserts", "forests", "glaciers"])
+    }
+    locs = stub(online).MultiInsertObject(
+        pb.Insert.MultiObjectRequest(requests=[insert_req(k, v) for k, v in texts.items()])
+    )
     assert sorted(l.uuid for l in locs.locations) == sorted(texts)
     for k, v in texts.items():
         assert top(online, v)[0].id == k
     # A duplicate inside a Multi call: reported per item, the others applied.
     with pytest.raises(grpc.RpcError) as e:
-        stub(online).MultiInsertObject(pb.Insert.MultiObjectRequest(requests=[insert_req("multi-new", "a fresh one"), insert_req("multi-0", "dup")]))
+        stub(online).MultiInsertObject(
+            pb.Insert.MultiObjectRequest(
+                requests=[insert_req("multi-new", "a fresh one"), insert_req("multi-0", "dup")]
+            )
+        )
     assert code_of(e) == Code.ALREADY_EXISTS
     assert "1 of 2 items failed" in e.value.details() and "#1" in e.value.details()
     assert top(online, "a fresh one")[0].id == "multi-new"
 
-    locs = stub(online).MultiUpdateObject(pb.Update.MultiObjectRequest(requests=[update_req("multi-1", "multi item updated to canyons")]))
+    locs = stub(online).MultiUpdateObject(
+        pb.Update.MultiObjectRequest(requests=[update_req("multi-1", "multi item updated to canyons")])
+    )
     assert [l.uuid for l in locs.locations] == ["multi-1"]
     assert top(online, "multi item updated to canyons")[0].id == "multi-1"
     with pytest.raises(grpc.RpcError) as e:
-        stub(online).MultiUpdateObject(pb.Update.MultiObjectRequest(requests=[update_req("multi-2", "ok"), update_req("multi-missing", "no")]))
+        stub(online).MultiUpdateObject(
+            pb.Update.MultiObjectRequest(requests=[update_req("multi-2", "ok"), update_req("multi-missing", "no")])
+        )
     assert code_of(e) == Code.NOT_FOUND
 
-    locs = stub(online).MultiUpsertObject(pb.Upsert.MultiObjectRequest(requests=[upsert_req("multi-3", "glaciers melted into lakes"), upsert_req("multi-9", "brand new via upsert")]))
+    locs = stub(online).MultiUpsertObject(
+        pb.Upsert.MultiObjectRequest(
+            requests=[
+                upsert_req("multi-3", "glaciers melted into lakes"),
+                upsert_req("multi-9", "brand new via upsert"),
+            ]
+        )
+    )
     assert sorted(l.uuid for l in locs.locations) == ["multi-3", "multi-9"]
     assert top(online, "brand new via upsert")[0].id == "multi-9"
 
 
 def test_stream_insert_reports_a_bad_item_in_band_and_continues(online: Online):
-    reqs = [insert_req("str-1", "stream one about bicycles"), insert_req("", "no id at all"),
-            insert_req("str-2", "stream two about tractors"), insert_req("str-1", "duplicate of one"),
-            insert_req("str-3", "stream three about sailboats")]
+    reqs = [
+        insert_req("str-1", "stream one about bicycles"),
+        insert_req("", "no id at all"),
+        insert_req("str-2", "stream two about tractors"),
+        insert_req("str-1", "duplicate of one"),
+        insert_req("str-3", "stream three about sailboats"),
+    ]
     replies = list(stub(online).StreamInsertObject(iter(reqs)))
     assert len(replies) == 5
     kinds = [r.WhichOneof("payload") for r in replies]
     assert kinds == ["location", "status", "location", "status", "location"]
     assert replies[1].status.code == Code.INVALID_ARGUMENT.value[0]
     assert replies[3].status.code == Code.ALREADY_EXISTS.value[0]
-    for id, text in [("str-1", "stream one about bicycles"), ("str-2", "stream two about tractors"), ("str-3", "stream three about sailboats")]:
+    for id, text in [
+        ("str-1", "stream one about bicycles"),
+        ("str-2", "stream two about tractors"),
+        ("str-3", "stream three about sailboats"),
+    ]:
         assert top(online, text)[0].id == id
 
 
 def test_stream_update_and_upsert(online: Online):
     stub(online).InsertObject(insert_req("su-1", "before the stream update"))
-    replies = list(stub(online).StreamUpdateObject(iter([update_req("su-1", "after the stream update"), update_req("su-missing", "x")])))
+    replies = list(
+        stub(online).StreamUpdateObject(
+            iter([update_req("su-1", "after the stream update"), update_req("su-missing", "x")])
+        )
+    )
     assert [r.WhichOneof("payload") for r in replies] == ["location", "status"]
     assert replies[1].status.code == Code.NOT_FOUND.value[0]
     assert top(online, "after the stream update")[0].id == "su-1"
-    replies = list(stub(online).StreamUpsertObject(iter([upsert_req("su-2", "streamed upsert new"), upsert_req("su-1", "streamed upsert over existing")])))
+    replies = list(
+        stub(online).StreamUpsertObject(
+            iter([upsert_req("su-2", "streamed upsert new"), upsert_req("su-1", "streamed upsert over existing")])
+        )
+    )
     assert [r.WhichOneof("payload") for r in replies] == ["location", "location"]
     assert top(online, "streamed upsert new")[0].id == "su-2"
     assert top(online, "streamed upsert over existing")[0].id == "su-1"
@@ -149,13 +185,26 @@ def test_stream_update_and_upsert(online: Online):
 def test_multi_and_stream_search(online: Online):
     stub(online).InsertObject(insert_req("ms-1", "quantum entanglement of photons"))
     stub(online).InsertObject(insert_req("ms-2", "baking sourdough bread at home"))
-    res = stub(online).MultiSearchObject(pb.Search.MultiObjectRequest(requests=[
-        search_req("quantum entanglement of photons", request_id="a"), search_req("baking sourdough bread at home", request_id="b")]))
+    res = stub(online).MultiSearchObject(
+        pb.Search.MultiObjectRequest(
+            requests=[
+                search_req("quantum entanglement of photons", request_id="a"),
+                search_req("baking sourdough bread at home", request_id="b"),
+            ]
+        )
+    )
     assert [(r.request_id, r.results[0].id) for r in res.responses] == [("a", "ms-1"), ("b", "ms-2")]
-    replies = list(stub(online).StreamSearchObject(iter([
-        search_req("baking sourdough bread at home", request_id="s1"),
-        search_req("quantum entanglement of photons", timeout_ns=1, request_id="s2"),
-        search_req("quantum entanglement of photons", request_id="s3")])))
+    replies = list(
+        stub(online).StreamSearchObject(
+            iter(
+                [
+                    search_req("baking sourdough bread at home", request_id="s1"),
+                    search_req("quantum entanglement of photons", timeout_ns=1, request_id="s2"),
+                    search_req("quantum entanglement of photons", request_id="s3"),
+                ]
+            )
+        )
+    )
     assert [r.WhichOneof("payload") for r in replies] == ["response", "status", "response"]
     assert replies[0].response.results[0].id == "ms-2"
     assert replies[1].status.code == Code.DEADLINE_EXCEEDED.value[0]
@@ -181,7 +230,9 @@ def test_missing_vectorizer_is_invalid_argument(online: Online):
         bare.SearchObject(search_req("no vectorizer anywhere"))
     assert code_of(e) == Code.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as e:
-        bare.InsertObject(pb.Insert.ObjectRequest(object=blob("nv-1", "x"), vectorizer=pb.Filter.Target(host="127.0.0.1", port=0)))
+        bare.InsertObject(
+            pb.Insert.ObjectRequest(object=blob("nv-1", "x"), vectorizer=pb.Filter.Target(host="127.0.0.1", port=0))
+        )
     assert code_of(e) == Code.INVALID_ARGUMENT
     # Naming the vectorizer in the request works on a gateway without a default.
     host, port = online.vectorizer.addr.split(":")
@@ -232,7 +283,11 @@ def test_egress_and_ingress_filters_from_the_request(online: Online):
         # Ingress: the kim vectorizer's FilterVector (L2 normalisation) as the request's filter.
         host, vport = online.vectorizer.addr.split(":")
         ingress = pb.Filter.Config(targets=[pb.Filter.Target(host=host, port=int(vport))])
-        stub(online).InsertObject(pb.Insert.ObjectRequest(object=blob("flt-1", "filters on both sides"), config=pb.Insert.Config(filters=ingress)))
+        stub(online).InsertObject(
+            pb.Insert.ObjectRequest(
+                object=blob("flt-1", "filters on both sides"), config=pb.Insert.Config(filters=ingress)
+            )
+        )
         egress = pb.Filter.Config(targets=[pb.Filter.Target(host="127.0.0.1", port=port)])
         cfg = pb.Search.Config(num=3, egress_filters=egress)
         res = stub(online).SearchObject(pb.Search.ObjectRequest(object=b"filters on both sides", config=cfg))

@@ -8,16 +8,27 @@ import importlib
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_tools import protoc
 
-from conftest import REPO_ROOT
-
 PROTO = REPO_ROOT / "proto"
-VALD_MODULES = ["vald.v1.payload.payload_pb2", "vald.v1.vald.filter_pb2", "vald.v1.vald.insert_pb2", "vald.v1.vald.search_pb2",
-                "vald.v1.vald.update_pb2", "vald.v1.vald.upsert_pb2", "vald.v1.vald.remove_pb2", "vald.v1.vald.object_pb2",
-                "vald.v1.vald.index_pb2", "vald.v1.vald.flush_pb2", "vald.v1.agent.core.agent_pb2",
-                "vald.v1.filter.ingress.ingress_filter_pb2", "vald.v1.filter.egress.egress_filter_pb2", "google.rpc.status_pb2"]
+VALD_MODULES = [
+    "vald.v1.payload.payload_pb2",
+    "vald.v1.vald.filter_pb2",
+    "vald.v1.vald.insert_pb2",
+    "vald.v1.vald.search_pb2",
+    "vald.v1.vald.update_pb2",
+    "vald.v1.vald.upsert_pb2",
+    "vald.v1.vald.remove_pb2",
+    "vald.v1.vald.object_pb2",
+    "vald.v1.vald.index_pb2",
+    "vald.v1.vald.flush_pb2",
+    "vald.v1.agent.core.agent_pb2",
+    "vald.v1.filter.ingress.ingress_filter_pb2",
+    "vald.v1.filter.egress.egress_filter_pb2",
+    "google.rpc.status_pb2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +63,13 @@ def test_every_kim_message_matches_vald(kim, vald):
             for fld in m.field:
                 t = theirs.fields_by_number.get(fld.number)
                 assert t is not None, f"{full}: field {fld.number} ({fld.name}) is not in Vald"
-                assert (t.name, t.type, t.is_repeated) == (fld.name, fld.type, fld.label == fld.LABEL_REPEATED), f"{full}.{fld.name}"
+                assert (t.name, t.type, t.is_repeated) == (fld.name, fld.type, fld.label == fld.LABEL_REPEATED), (
+                    f"{full}.{fld.name}"
+                )
                 if fld.type_name:
-                    assert ("." + (t.message_type or t.enum_type).full_name) == fld.type_name, f"{full}.{fld.name}: {fld.type_name}"
+                    assert ("." + (t.message_type or t.enum_type).full_name) == fld.type_name, (
+                        f"{full}.{fld.name}: {fld.type_name}"
+                    )
                 oneof = m.oneof_decl[fld.oneof_index].name if fld.HasField("oneof_index") else None
                 assert (t.containing_oneof.name if t.containing_oneof else None) == oneof, f"{full}.{fld.name} oneof"
                 checked += 1
@@ -68,7 +83,13 @@ def test_every_kim_rpc_matches_vald(kim, vald):
             theirs = vald.FindServiceByName(f"{f.package}.{s.name}")
             for m in s.method:
                 t = theirs.methods_by_name[m.name]
-                assert ("." + t.input_type.full_name, "." + t.output_type.full_name) == (m.input_type, m.output_type), f"{s.name}.{m.name}"
-                assert (t.client_streaming, t.server_streaming) == (m.client_streaming, m.server_streaming), f"{s.name}.{m.name}"
+                assert ("." + t.input_type.full_name, "." + t.output_type.full_name) == (m.input_type, m.output_type), (
+                    f"{s.name}.{m.name}"
+                )
+                assert (t.client_streaming, t.server_streaming) == (m.client_streaming, m.server_streaming), (
+                    f"{s.name}.{m.name}"
+                )
                 rpcs += 1
-    assert rpcs == 12 + 3 * 4 + 5 + 3 + 1 + 1 + 3 + 2 + 2  # Filter; Insert/Update/Upsert/Remove; Search; Object; Index; Flush; Agent; ingress; egress
+    assert (
+        rpcs == 12 + 3 * 4 + 5 + 3 + 1 + 1 + 3 + 2 + 2
+    )  # Filter; Insert/Update/Upsert/Remove; Search; Object; Index; Flush; Agent; ingress; egress

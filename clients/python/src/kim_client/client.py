@@ -19,7 +19,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type, Union, cast
+from typing import Any, Union, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -82,11 +82,11 @@ class _Backoff:
 class _InFlight:
     """What is needed to send a request again after its reply may have been lost."""
 
-    args: List[Any]
+    args: list[Any]
     rid: str
     luna_id: str
     deadline: float
-    sent_under: Optional[int] = None
+    sent_under: int | None = None
     resent: bool = False
 
 
@@ -101,8 +101,8 @@ class MatcherClient:
     def __init__(
         self,
         *,
-        redis: "aioredis.Redis",
-        pool: "aioredis.ConnectionPool",
+        redis: aioredis.Redis,
+        pool: aioredis.ConnectionPool,
         pubsub: Any,
         channel: str,
         prefix: str,
@@ -121,16 +121,16 @@ class MatcherClient:
         self._label_cache = label_cache
         self._reconnect_grace = reconnect_grace
         self._shown_url = shown_url
-        self._pending: Dict[str, "asyncio.Future[MatchResponseDict]"] = {}
-        self._inflight: Dict[str, _InFlight] = {}
-        self._live_labels: Dict[str, float] = {}
+        self._pending: dict[str, asyncio.Future[MatchResponseDict]] = {}
+        self._inflight: dict[str, _InFlight] = {}
+        self._live_labels: dict[str, float] = {}
         self._closed = False
         # Generation of the live reply subscription; cleared while it is re-established.
         self._generation = 1
         self._subscribed = asyncio.Event()
         self._subscribed.set()
-        self._last_failure: Optional[float] = None
-        self._listener: "asyncio.Task[None]" = asyncio.get_running_loop().create_task(
+        self._last_failure: float | None = None
+        self._listener: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._listen(), name=f"kim-client-listener {channel}"
         )
 
@@ -144,13 +144,13 @@ class MatcherClient:
         label_cache: float = 2.0,
         max_connections: int = 64,
         subscribe_timeout: float = 10.0,
-        username: Optional[str] = None,
-        password: Optional[str] = None,
-        ssl_ca_certs: Optional[str] = None,
-        ssl_certfile: Optional[str] = None,
-        ssl_keyfile: Optional[str] = None,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
         reconnect_grace: float = 5.0,
-    ) -> "MatcherClient":
+    ) -> MatcherClient:
         """Connects to Redis at ``url`` and subscribes the reply channel.
 
         ``url`` is ``redis://host:port/db``, ``rediss://host:port/db`` (TLS) or
@@ -171,8 +171,9 @@ class MatcherClient:
         """
         if stream_maxlen < 1:
             raise ValueError("stream_maxlen must be positive")
-        settings = RedisSettings.from_url(url, username=username, password=password, ca=ssl_ca_certs,
-                                          cert=ssl_certfile, key=ssl_keyfile)
+        settings = RedisSettings.from_url(
+            url, username=username, password=password, ca=ssl_ca_certs, cert=ssl_certfile, key=ssl_keyfile
+        )
         client = settings.client(max_connections)
         pool = client.connection_pool
         channel = f"{prefix}kim:reply:{protocol.new_rid()}"
@@ -216,7 +217,7 @@ class MatcherClient:
         """Prefix of stream and registry keys."""
         return self._prefix
 
-    def session(self) -> "MatcherSession":
+    def session(self) -> MatcherSession:
         """A handle for sending matches: ``async with client.session() as conn: await conn.match(...)``.
 
         Sessions are cheap; all of them share the client's connections and reply subscription.
@@ -228,7 +229,7 @@ class MatcherClient:
         descriptor: RawDescriptor,
         label: str,
         limit: int = 1,
-        lunaRequestId: Optional[str] = None,
+        lunaRequestId: str | None = None,
         timeout: float = 10.0,
     ) -> MatchResponseDict:
         """Matches one descriptor against ``label``; see :meth:`MatcherSession.match`."""
@@ -243,7 +244,12 @@ class MatcherClient:
             raise TypeError("descriptor.descriptor must be bytes")
         if not isinstance(label, str):
             raise TypeError("label must be a str")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
             raise ValueError("timeout must be a non-negative number of seconds")
 
         luna_id = protocol.new_luna_request_id() if lunaRequestId is None else str(lunaRequestId)
@@ -287,10 +293,10 @@ class MatcherClient:
             rid=rid,
             deadline=protocol.unix_ms() + timeout_ms,
         )
-        args: List[Any] = ["XADD", protocol.stream_key(self._prefix, label), "MAXLEN", "~", self._stream_maxlen, "*"]
+        args: list[Any] = ["XADD", protocol.stream_key(self._prefix, label), "MAXLEN", "~", self._stream_maxlen, "*"]
         for k, v in fields:
             args += [k, v]
-        fut: "asyncio.Future[MatchResponseDict]" = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[MatchResponseDict] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         entry = _InFlight(args, rid, luna_id, deadline)
         self._inflight[rid] = entry
@@ -319,7 +325,7 @@ class MatcherClient:
             self._pending.pop(rid, None)
             self._inflight.pop(rid, None)
 
-    async def readMatchingLabels(self) -> List[str]:
+    async def readMatchingLabels(self) -> list[str]:
         """Labels some live matcher serves, sorted (each appears once)."""
         keys = await self._scan(protocol.registry_pattern_all(self._prefix), first_only=False)
         labels = {protocol.label_of_registry_key(self._prefix, k) for k in keys}
@@ -337,10 +343,10 @@ class MatcherClient:
             self._live_labels.pop(label, None)
         return live
 
-    async def readLabelInfo(self, label: str) -> List[Dict[str, Any]]:
+    async def readLabelInfo(self, label: str) -> list[dict[str, Any]]:
         """What each live matcher reports for ``label``: dicts with version, dimensions,
         encoding, metric, vectors and snapshot (one per matcher)."""
-        out: List[Dict[str, Any]] = []
+        out: list[dict[str, Any]] = []
         for key in await self._scan(protocol.registry_pattern(self._prefix, label), first_only=False):
             raw = await self._redis.get(key)
             if raw is None:
@@ -374,20 +380,20 @@ class MatcherClient:
         await _aclose(self._redis)
         await self._pool.disconnect()
 
-    async def __aenter__(self) -> "MatcherClient":
+    async def __aenter__(self) -> MatcherClient:
         return self
 
     async def __aexit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
-    async def _scan(self, pattern: str, first_only: bool) -> List[str]:
+    async def _scan(self, pattern: str, first_only: bool) -> list[str]:
         cursor: Any = 0
-        found: List[str] = []
+        found: list[str] = []
         while True:
             cursor, keys = await self._redis.scan(cursor=cursor, match=pattern, count=1000)
             for k in keys:
@@ -442,7 +448,6 @@ class MatcherClient:
                 if not fut.done():
                     fut.set_exception(ListenerGone("the reply listener stopped; create a new client"))
 
-
     async def _resubscribe(self, backoff: _Backoff) -> None:
         """A fresh subscription (through Sentinel, to the current master), then the requests
         whose replies may have been lost: each sent once more if its deadline allows, else
@@ -465,7 +470,7 @@ class MatcherClient:
         self._subscribed.set()
         log.info("reply subscription to %s re-established", self._shown_url)
         now = time.monotonic()
-        resend: List[Tuple[str, List[Any]]] = []
+        resend: list[tuple[str, list[Any]]] = []
         for rid, f in list(self._inflight.items()):
             if f.sent_under is None or f.sent_under >= self._generation:
                 continue
@@ -495,7 +500,7 @@ class MatcherSession:
         self._client = client
         self._open = False
 
-    async def __aenter__(self) -> "MatcherSession":
+    async def __aenter__(self) -> MatcherSession:
         if self._client._closed:
             raise ListenerGone("the client is closed")
         self._open = True
@@ -503,9 +508,9 @@ class MatcherSession:
 
     async def __aexit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._open = False
 
@@ -514,7 +519,7 @@ class MatcherSession:
         descriptor: RawDescriptor,
         label: str,
         limit: int = 1,
-        lunaRequestId: Optional[str] = None,
+        lunaRequestId: str | None = None,
         timeout: float = 10.0,
     ) -> MatchResponseDict:
         """Matches one descriptor against the index of ``label``.

@@ -10,8 +10,9 @@ password in ``KIM_REDIS_SENTINEL_PASSWORD`` (or ``_FILE``). URLs are redacted in
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
@@ -34,7 +35,7 @@ def redact(url: str) -> str:
     return f"{scheme}{shown}{url[at:]}"
 
 
-def _secret(env: Mapping[str, str], name: str) -> Optional[str]:
+def _secret(env: Mapping[str, str], name: str) -> str | None:
     direct, path = env.get(name) or None, env.get(f"{name}_FILE") or None
     if direct is not None and path is not None:
         raise ValueError(f"set only one of {name} and {name}_FILE")
@@ -51,30 +52,44 @@ class RedisSettings:
 
     url: str
     tls: bool
-    sentinels: List[Tuple[str, int]] = field(default_factory=list)
+    sentinels: list[tuple[str, int]] = field(default_factory=list)
     master: str = ""
     db: int = 0
-    username: Optional[str] = None
-    password: Optional[str] = None
-    sentinel_password: Optional[str] = None
-    ca: Optional[str] = None
-    cert: Optional[str] = None
-    key: Optional[str] = None
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, username: Optional[str] = None, password: Optional[str] = None,
-                 ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
-                 env: Optional[Mapping[str, str]] = None) -> "RedisSettings":
+    def from_url(
+        cls,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RedisSettings:
         env = os.environ if env is None else env
         shown = redact(url)
         scheme, sep, rest = url.partition("://")
         if not sep or scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
-            raise ValueError(f"invalid Redis URL {shown}: use redis://, rediss://, redis+sentinel:// or rediss+sentinel://")
+            raise ValueError(
+                f"invalid Redis URL {shown}: use redis://, rediss://, redis+sentinel:// or rediss+sentinel://"
+            )
         s = cls(url=url, tls=scheme.startswith("rediss"))
         s.username = username or _secret(env, "KIM_REDIS_USERNAME")
         s.password = password or _secret(env, "KIM_REDIS_PASSWORD")
         s.sentinel_password = _secret(env, "KIM_REDIS_SENTINEL_PASSWORD")
-        s.ca, s.cert, s.key = ca or env.get("KIM_REDIS_CA") or None, cert or env.get("KIM_REDIS_CERT") or None, key or env.get("KIM_REDIS_KEY") or None
+        s.ca, s.cert, s.key = (
+            ca or env.get("KIM_REDIS_CA") or None,
+            cert or env.get("KIM_REDIS_CERT") or None,
+            key or env.get("KIM_REDIS_KEY") or None,
+        )
         if (s.ca or s.cert or s.key) and not s.tls:
             raise ValueError(f"TLS files (KIM_REDIS_CA/_CERT/_KEY) need a rediss:// URL, got {shown}")
         if bool(s.cert) != bool(s.key):
@@ -102,8 +117,8 @@ class RedisSettings:
                 raise ValueError(f"invalid Redis URL {shown}: {e}") from None
         return s
 
-    def _conn_kwargs(self) -> Dict[str, Any]:
-        kw: Dict[str, Any] = {
+    def _conn_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
             # One quick reconnect for a pooled connection that died with the server; longer
             # outages are ridden out by the client's own backoff, bounded by each deadline.
             "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
@@ -117,11 +132,11 @@ class RedisSettings:
             kw.update(ssl=True, ssl_ca_certs=self.ca, ssl_certfile=self.cert, ssl_keyfile=self.key)
         return kw
 
-    def client(self, max_connections: int) -> "aioredis.Redis":
+    def client(self, max_connections: int) -> aioredis.Redis:
         """A client whose pool reconnects (through Sentinel, to the current master)."""
         kw = self._conn_kwargs()
         if self.sentinels:
-            sentinel_kw: Dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
+            sentinel_kw: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
             if self.sentinel_password is not None:
                 sentinel_kw["password"] = self.sentinel_password
             if self.tls:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple, TypedDict
+from typing import Any, TypedDict
 
 __all__ = [
     "GROUP",
@@ -76,12 +76,12 @@ class ErrorCode(enum.IntEnum):
         """Link to this error's entry in the project's error documentation."""
         return f"{ERROR_DOC}#{self.code}"
 
-    def error(self, detail: str) -> "MatchErrorDict":
+    def error(self, detail: str) -> MatchErrorDict:
         """The ``error`` object of a response failing with this code."""
         return {"error_code": self.code, "desc": self.desc, "detail": detail, "link": self.link}
 
 
-_STATUS: Dict[ErrorCode, int] = {
+_STATUS: dict[ErrorCode, int] = {
     ErrorCode.VALIDATION_FAILED: 400,
     ErrorCode.DECODE_FAILED: 400,
     ErrorCode.VERSION_MISMATCH: 400,
@@ -91,7 +91,7 @@ _STATUS: Dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 504,
 }
 
-_DESC: Dict[ErrorCode, str] = {
+_DESC: dict[ErrorCode, str] = {
     ErrorCode.VALIDATION_FAILED: "Request validation failed",
     ErrorCode.DECODE_FAILED: "Descriptor cannot be decoded",
     ErrorCode.SEARCH_FAILED: "Search failed",
@@ -121,11 +121,11 @@ class MatchResponseDict(TypedDict):
     rid: str
     luna_request_id: str
     status_code: int
-    result: List[List[Any]]
-    error: Optional[MatchErrorDict]
+    result: list[list[Any]]
+    error: MatchErrorDict | None
 
 
-def ok_response(rid: str, luna_request_id: str, result: List[List[Any]]) -> MatchResponseDict:
+def ok_response(rid: str, luna_request_id: str, result: list[list[Any]]) -> MatchResponseDict:
     """A successful response (keys in the order the matcher serialises them)."""
     return {"rid": rid, "luna_request_id": luna_request_id, "status_code": STATUS_OK, "result": result, "error": None}
 
@@ -150,13 +150,13 @@ def request_fields(
     response_channel: str,
     luna_request_id: str,
     rid: str,
-    deadline: Optional[int],
-) -> List[Tuple[str, bytes]]:
+    deadline: int | None,
+) -> list[tuple[str, bytes]]:
     """Stream entry fields of a request, in the order the protocol lists them.
 
     ``deadline`` is unix milliseconds; ``None`` leaves the field out (no deadline).
     """
-    fields: List[Tuple[str, bytes]] = [
+    fields: list[tuple[str, bytes]] = [
         ("descriptor", bytes(descriptor)),
         ("version", str(version).encode()),
         ("label", label.encode()),
@@ -190,12 +190,12 @@ def registry_pattern_all(prefix: str) -> str:
     return f"{glob_escape(prefix)}matching_label__*"
 
 
-def label_of_registry_key(prefix: str, key: str) -> Optional[str]:
+def label_of_registry_key(prefix: str, key: str) -> str | None:
     """The label of a registry key: the part between ``matching_label__`` and the last ``__``."""
     head = prefix + "matching_label__"
     if not key.startswith(head):
         return None
-    rest = key[len(head):]
+    rest = key[len(head) :]
     i = rest.rfind("__")
     return rest[:i] if i >= 0 else None
 
