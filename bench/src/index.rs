@@ -60,20 +60,18 @@ pub fn spec_for(m: &Matrix, metric: Metric, zero_point: Option<i32>, scale: Opti
 }
 
 pub fn build(a: &BuildArgs) -> anyhow::Result<Value> {
-    let m =
-        Matrix::read(&a.base).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", a.base.display()))?;
+    let m = Matrix::read(&a.base).with_context(|| format!("reading {}", a.base.display()))?;
     let spec = spec_for(&m, a.metric, a.zero_point, a.scale);
-    let store = VectorStore::from_matrix(&spec, &m).map_err(anyhow::Error::msg)?;
+    let store = VectorStore::from_matrix(&spec, &m)?;
     drop(m);
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
     let n = store.len();
     let cpu0 = crate::sys::self_cpu_seconds();
     let t = Instant::now();
-    let graph = build_graph(&store, params, a.threads, &|_, _, _| {}).map_err(anyhow::Error::msg)?;
+    let graph = build_graph(&store, params, a.threads, &|_, _, _| {})?;
     let build_seconds = t.elapsed().as_secs_f64();
     let build_cpu_seconds = crate::sys::self_cpu_seconds() - cpu0;
-    let ids =
-        Ids::from_lines(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("\n")).map_err(anyhow::Error::msg)?;
+    let ids = Ids::from_lines(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("\n"))?;
     let index = FlatIndex { vectors: store, graph, ids, ef_search: a.ef_search };
     let g = &index.graph;
     let degree0 = g.layer0.targets.len() as f64 / n.max(1) as f64;
@@ -160,7 +158,7 @@ pub struct SearchArgs {
 
 /// Reads a query file and decodes every row for the index's spec.
 pub fn read_queries(path: &Path, spec: &DescriptorSpec) -> anyhow::Result<(Matrix, Vec<Query>)> {
-    let m = Matrix::read(path).map_err(anyhow::Error::msg).with_context(|| format!("reading {}", path.display()))?;
+    let m = Matrix::read(path).with_context(|| format!("reading {}", path.display()))?;
     ensure!(
         m.dims == spec.dimensions && m.encoding == spec.encoding,
         "queries are {}×{} but the index is {}×{}",

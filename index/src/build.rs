@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+use crate::error::Error;
 use crate::flat::Graph;
 use crate::hnsw::{self, Space};
 use crate::kernels::{self, prefetch, Kernels};
@@ -82,14 +83,20 @@ pub fn build_graph(
     params: HnswParams,
     threads: usize,
     progress: Progress<'_>,
-) -> Result<Graph, String> {
+) -> Result<Graph, Error> {
     if params.m < 2 || params.m > 128 {
-        return Err(format!("hnsw m must be in 2..=128, got {}", params.m));
+        return Err(Error::Settings(format!("hnsw m must be in 2..=128, got {}", params.m)));
     }
     if params.ef_construction < params.m {
-        return Err(format!("efConstruction ({}) must be at least m ({})", params.ef_construction, params.m));
+        return Err(Error::Settings(format!(
+            "efConstruction ({}) must be at least m ({})",
+            params.ef_construction, params.m
+        )));
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Error::Settings(format!("cannot start {threads} build threads: {e}")))?;
     let n = store.len();
     let k = kernels::active();
     let spec = &store.spec;

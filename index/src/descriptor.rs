@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// Magic that starts the LUNA SDK descriptor form: `dp\0\0`, then the version (u32 LE).
@@ -107,19 +108,23 @@ impl DescriptorSpec {
         DescriptorSpec { version, dimensions, encoding, metric, zero_point: encoding.default_zero_point(), scale }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.dimensions == 0 || self.dimensions > MAX_DIMENSIONS {
-            return Err(format!("dimensions must be in 1..={MAX_DIMENSIONS}, got {}", self.dimensions));
+            return Err(Error::Settings(format!(
+                "dimensions must be in 1..={MAX_DIMENSIONS}, got {}",
+                self.dimensions
+            )));
         }
         match self.encoding {
             Encoding::U8 if !(0..=255).contains(&self.zero_point) => {
-                Err(format!("u8 zero point must be in 0..=255, got {}", self.zero_point))
+                Err(Error::Settings(format!("u8 zero point must be in 0..=255, got {}", self.zero_point)))
             }
-            Encoding::I8 | Encoding::F16 | Encoding::F32 if self.zero_point != 0 => {
-                Err(format!("zero point applies to u8 only, got {} for {}", self.zero_point, self.encoding))
-            }
+            Encoding::I8 | Encoding::F16 | Encoding::F32 if self.zero_point != 0 => Err(Error::Settings(format!(
+                "zero point applies to u8 only, got {} for {}",
+                self.zero_point, self.encoding
+            ))),
             _ if !(self.scale.is_finite() && self.scale > 0.0) => {
-                Err(format!("scale must be a positive number, got {}", self.scale))
+                Err(Error::Settings(format!("scale must be a positive number, got {}", self.scale)))
             }
             _ => Ok(()),
         }

@@ -6,6 +6,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::descriptor::{Encoding, Metric, Query};
+use crate::error::Error;
 use crate::kernels::prefetch;
 use crate::vectors::{Storage, VectorStore};
 
@@ -65,27 +66,27 @@ impl Graph {
     }
 
     /// Structural checks so a damaged file cannot cause out-of-bounds access.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         let n = self.levels.len();
         if n == 0 {
             return if self.layer0.targets.is_empty() && self.upper_nodes.is_empty() {
                 Ok(())
             } else {
-                Err("empty graph with edges".into())
+                Err(Error::Graph("empty graph with edges".into()))
             };
         }
         if self.entry as usize >= n || self.levels[self.entry as usize] != self.max_level {
-            return Err("entry point is not a top-layer node".into());
+            return Err(Error::Graph("entry point is not a top-layer node".into()));
         }
         if self.levels.iter().any(|&l| l > self.max_level) {
-            return Err("node level above max level".into());
+            return Err(Error::Graph("node level above max level".into()));
         }
         if self.upper.len() != self.max_level as usize {
-            return Err("upper layer count differs from max level".into());
+            return Err(Error::Graph("upper layer count differs from max level".into()));
         }
         let expect: Vec<u32> = (0..n as u32).filter(|&i| self.levels[i as usize] > 0).collect();
         if expect != self.upper_nodes {
-            return Err("upper node list does not match levels".into());
+            return Err(Error::Graph("upper node list does not match levels".into()));
         }
         check_csr(&self.layer0, n, n)?;
         for l in &self.upper {
@@ -95,15 +96,15 @@ impl Graph {
     }
 }
 
-fn check_csr(c: &Csr, rows: usize, n: usize) -> Result<(), String> {
+fn check_csr(c: &Csr, rows: usize, n: usize) -> Result<(), Error> {
     if c.offsets.len() != rows + 1 || c.offsets[0] != 0 {
-        return Err("neighbour offsets have the wrong length".into());
+        return Err(Error::Graph("neighbour offsets have the wrong length".into()));
     }
     if c.offsets.windows(2).any(|w| w[0] > w[1]) || *c.offsets.last().unwrap() as usize != c.targets.len() {
-        return Err("neighbour offsets are not monotonic".into());
+        return Err(Error::Graph("neighbour offsets are not monotonic".into()));
     }
     if c.targets.iter().any(|&t| t as usize >= n) {
-        return Err("neighbour id out of range".into());
+        return Err(Error::Graph("neighbour id out of range".into()));
     }
     Ok(())
 }
@@ -116,9 +117,9 @@ pub struct Ids {
 }
 
 impl Ids {
-    pub fn from_lines(text: &str) -> Result<Ids, String> {
+    pub fn from_lines(text: &str) -> Result<Ids, Error> {
         if text.len() > u32::MAX as usize {
-            return Err("id list over 4 GiB".into());
+            return Err(Error::Format("id list over 4 GiB".into()));
         }
         let mut ids = Ids { blob: String::with_capacity(text.len()), ends: Vec::new() };
         for l in text.lines() {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::descriptor::Encoding;
+use crate::error::{Error, Result};
 
 /// Rows of descriptors as read from a file: raw little-endian element bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,16 +43,16 @@ impl Matrix {
     }
 
     /// Reads a matrix, choosing the format by extension.
-    pub fn read(path: &Path) -> Result<Matrix, String> {
-        let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn read(path: &Path) -> Result<Matrix> {
+        let bytes = fs::read(path).map_err(|err| Error::Io { path: path.to_path_buf(), err })?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let parsed = match ext {
             "npy" => parse_npy(&bytes),
             "fvecs" => parse_fvecs(&bytes),
             "kimv" => parse_kimv(&bytes),
-            _ => Err(format!("unsupported extension {ext:?}: use .npy, .fvecs or .kimv")),
+            _ => Err(Error::Format(format!("unsupported extension {ext:?}: use .npy, .fvecs or .kimv"))),
         };
-        parsed.map_err(|e| format!("{}: {e}", path.display()))
+        parsed.map_err(|e| e.in_file(path))
     }
 
     /// Writes `.npy` (version 1.0).
@@ -99,95 +100,103 @@ fn encoding_code(e: Encoding) -> u8 {
     }
 }
 
-fn checked_matrix(encoding: Encoding, rows: usize, dims: usize, payload: &[u8]) -> Result<Matrix, String> {
+fn checked_matrix(encoding: Encoding, rows: usize, dims: usize, payload: &[u8]) -> Result<Matrix> {
     if dims == 0 {
-        return Err("zero dimensions".into());
+        return Err(fmt("zero dimensions"));
     }
-    let want = rows.checked_mul(dims).and_then(|x| x.checked_mul(encoding.width())).ok_or("shape overflows")?;
+    let want =
+        rows.checked_mul(dims).and_then(|x| x.checked_mul(encoding.width())).ok_or_else(|| fmt("shape overflows"))?;
     if payload.len() != want {
-        return Err(format!("payload has {} bytes, shape ({rows}, {dims}) of {encoding} needs {want}", payload.len()));
+        return Err(Error::PayloadSize { rows, dims, encoding, expected: want, got: payload.len() });
     }
     Ok(Matrix { encoding, rows, dims, data: payload.to_vec() })
 }
 
-pub fn parse_kimv(b: &[u8]) -> Result<Matrix, String> {
+pub fn parse_kimv(b: &[u8]) -> Result<Matrix> {
     if b.len() < 20 || &b[..4] != KIMV_MAGIC {
-        return Err("not a .kimv file (bad magic or short header)".into());
+        return Err(fmt("not a .kimv file (bad magic or short header)"));
     }
     if b[4] != 1 {
-        return Err(format!("unsupported .kimv format version {}", b[4]));
+        return Err(fmt(format!("unsupported .kimv format version {}", b[4])));
     }
     let encoding = match b[5] {
         0 => Encoding::U8,
         1 => Encoding::I8,
         2 => Encoding::F16,
         3 => Encoding::F32,
-        c => return Err(format!("unknown .kimv encoding code {c}")),
+        c => return Err(fmt(format!("unknown .kimv encoding code {c}"))),
     };
     let dims = u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize;
-    let rows = usize::try_from(u64::from_le_bytes(b[12..20].try_into().unwrap())).map_err(|_| "row count too large")?;
+    let rows =
+        usize::try_from(u64::from_le_bytes(b[12..20].try_into().unwrap())).map_err(|_| fmt("row count too large"))?;
     checked_matrix(encoding, rows, dims, &b[20..])
 }
 
-pub fn parse_fvecs(b: &[u8]) -> Result<Matrix, String> {
+pub fn parse_fvecs(b: &[u8]) -> Result<Matrix> {
     if b.len() < 4 {
-        return Err("empty .fvecs file".into());
+        return Err(fmt("empty .fvecs file"));
     }
     let dims = i32::from_le_bytes(b[..4].try_into().unwrap());
     if dims <= 0 {
-        return Err(format!("bad dimension {dims} in first record"));
+        return Err(fmt(format!("bad dimension {dims} in first record")));
     }
     let dims = dims as usize;
     let rec = 4 + 4 * dims;
     if b.len() % rec != 0 {
-        return Err(format!("file size {} is not a multiple of the record size {rec}", b.len()));
+        return Err(fmt(format!("file size {} is not a multiple of the record size {rec}", b.len())));
     }
     let mut data = Vec::with_capacity(b.len() / rec * dims * 4);
     for (i, r) in b.chunks_exact(rec).enumerate() {
         let d = i32::from_le_bytes(r[..4].try_into().unwrap());
         if d as usize != dims {
-            return Err(format!("record {i} has dimension {d}, first record has {dims}"));
+            return Err(fmt(format!("record {i} has dimension {d}, first record has {dims}")));
         }
         data.extend_from_slice(&r[4..]);
     }
     Ok(Matrix { encoding: Encoding::F32, rows: b.len() / rec, dims, data })
 }
 
-pub fn parse_npy(b: &[u8]) -> Result<Matrix, String> {
+pub fn parse_npy(b: &[u8]) -> Result<Matrix> {
     if b.len() < 10 || &b[..6] != NPY_MAGIC {
-        return Err("not a .npy file (bad magic)".into());
+        return Err(fmt("not a .npy file (bad magic)"));
     }
     let (hlen, start) = match b[6] {
         1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
         2 | 3 if b.len() >= 12 => (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12),
-        v => return Err(format!("unsupported .npy version {v}")),
+        v => return Err(fmt(format!("unsupported .npy version {v}"))),
     };
-    let header = b.get(start..start + hlen).ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(header).map_err(|_| "non-UTF-8 .npy header")?;
-    let descr = dict_value(header, "descr").ok_or("no 'descr' in .npy header")?;
+    let header = b.get(start..start + hlen).ok_or_else(|| fmt("truncated .npy header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| fmt("non-UTF-8 .npy header"))?;
+    let descr = dict_value(header, "descr").ok_or_else(|| fmt("no 'descr' in .npy header"))?;
     let encoding = match descr.trim_matches(|c| c == '\'' || c == '"') {
         "|u1" | "u1" | "<u1" => Encoding::U8,
         "|i1" | "i1" | "<i1" => Encoding::I8,
         "<f2" => Encoding::F16,
         "<f4" => Encoding::F32,
-        other => return Err(format!("unsupported dtype {other} (use uint8, int8, little-endian float16 or float32)")),
+        other => {
+            return Err(fmt(format!("unsupported dtype {other} (use uint8, int8, little-endian float16 or float32)")))
+        }
     };
-    if dict_value(header, "fortran_order").ok_or("no 'fortran_order' in .npy header")? != "False" {
-        return Err("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into());
+    if dict_value(header, "fortran_order").ok_or_else(|| fmt("no 'fortran_order' in .npy header"))? != "False" {
+        return Err(fmt("Fortran-ordered arrays are not supported; save with np.ascontiguousarray"));
     }
-    let shape = dict_value(header, "shape").ok_or("no 'shape' in .npy header")?;
+    let shape = dict_value(header, "shape").ok_or_else(|| fmt("no 'shape' in .npy header"))?;
     let dims: Vec<usize> = shape
         .trim_matches(|c| c == '(' || c == ')')
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape}")))
+        .map(|s| s.parse::<usize>().map_err(|_| fmt(format!("bad shape {shape}"))))
         .collect::<Result<_, _>>()?;
-    let [rows, d] = dims[..] else { return Err(format!("expected a 2-D array, got shape {shape}")) };
+    let [rows, d] = dims[..] else { return Err(fmt(format!("expected a 2-D array, got shape {shape}"))) };
     checked_matrix(encoding, rows, d, &b[start + hlen..])
 }
 
 /// Finds `'key': value` in a numpy header dict; tuples are returned whole.
+fn fmt(msg: impl Into<String>) -> Error {
+    Error::Format(msg.into())
+}
+
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let at = header.find(&format!("'{key}'"))? + key.len() + 2;
     let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
@@ -196,24 +205,24 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Reads ids, one per line, and checks there are exactly `rows` distinct non-empty ones.
-pub fn read_ids(path: &Path, rows: usize) -> Result<Vec<String>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read ids {}: {e}", path.display()))?;
+pub fn read_ids(path: &Path, rows: usize) -> Result<Vec<String>> {
+    let text = fs::read_to_string(path).map_err(|err| Error::Io { path: path.to_path_buf(), err })?;
     let ids: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
-    check_ids(&ids, rows).map_err(|e| format!("{}: {e}", path.display()))?;
+    check_ids(&ids, rows).map_err(|e| e.in_file(path))?;
     Ok(ids)
 }
 
-pub fn check_ids(ids: &[String], rows: usize) -> Result<(), String> {
+pub fn check_ids(ids: &[String], rows: usize) -> Result<()> {
     if ids.len() != rows {
-        return Err(format!("{} ids for {rows} descriptors", ids.len()));
+        return Err(Error::IdCount { expected: rows, got: ids.len() });
     }
     let mut seen = HashSet::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         if id.is_empty() || id.contains(['\n', '\r']) {
-            return Err(format!("id on line {} is empty or has a line break", i + 1));
+            return Err(Error::EmptyId { line: i + 1 });
         }
         if !seen.insert(id.as_str()) {
-            return Err(format!("duplicate id {id:?} on line {}", i + 1));
+            return Err(Error::DuplicateId { id: id.clone(), line: i + 1 });
         }
     }
     Ok(())
@@ -247,18 +256,18 @@ mod tests {
         }
         assert_eq!(parse_fvecs(&fv).unwrap(), m);
         fv.truncate(fv.len() - 1);
-        assert!(parse_fvecs(&fv).unwrap_err().contains("multiple"));
+        assert!(parse_fvecs(&fv).unwrap_err().to_string().contains("multiple"));
     }
 
     #[test]
     fn bad_files_are_clear_errors() {
-        assert!(parse_npy(b"nope").unwrap_err().contains("magic"));
+        assert!(parse_npy(b"nope").unwrap_err().to_string().contains("magic"));
         let m = Matrix { encoding: Encoding::U8, rows: 2, dims: 2, data: vec![1, 2, 3, 4] };
         let mut k = m.to_kimv();
         k.pop();
-        assert!(parse_kimv(&k).unwrap_err().contains("needs 4"));
+        assert!(parse_kimv(&k).unwrap_err().to_string().contains("needs 4"));
         let ids = vec!["a".to_string(), "a".to_string()];
-        assert!(check_ids(&ids, 2).unwrap_err().contains("duplicate"));
-        assert!(check_ids(&ids[..1], 2).unwrap_err().contains("1 ids for 2"));
+        assert!(check_ids(&ids, 2).unwrap_err().to_string().contains("duplicate"));
+        assert!(matches!(check_ids(&ids[..1], 2), Err(Error::IdCount { expected: 2, got: 1 })));
     }
 }

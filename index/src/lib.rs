@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod descriptor;
+pub mod error;
 pub mod flat;
 pub mod hnsw;
 pub mod io;
@@ -17,6 +18,7 @@ pub mod synth;
 pub mod vectors;
 
 pub use descriptor::{DecodeError, DescriptorSpec, Encoding, Metric, Query};
+pub use error::Error;
 pub use flat::{FlatIndex, Graph, Hit};
 pub use io::Matrix;
 pub use snapshot::{Manifest, SnapshotError};

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+use crate::error::Error;
 use crate::flat::{Csr, FlatIndex, Graph, Ids};
 use crate::vectors::{huge_capacity, Storage, VectorStore};
 use crate::HnswParams;
@@ -136,7 +137,7 @@ pub fn load(dir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError
     if m.format != FORMAT {
         return Err(corrupt(format!("format {} (this build reads {FORMAT})", m.format)));
     }
-    m.descriptor.validate().map_err(corrupt)?;
+    m.descriptor.validate().map_err(|e| corrupt(e.to_string()))?;
     let mut data = BTreeMap::new();
     for name in FILES {
         let sum = m.files.get(name).ok_or_else(|| corrupt(format!("manifest lists no {name}")))?;
@@ -168,12 +169,12 @@ pub fn load(dir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError
         return Err(corrupt(format!("vectors.bin has {} bytes for {} vectors", vbytes.len(), m.vectors)));
     }
     let ids_text = std::str::from_utf8(&data["ids.txt"]).map_err(|_| corrupt("ids.txt is not UTF-8".into()))?;
-    let ids = Ids::from_lines(ids_text).map_err(corrupt)?;
-    let graph = decode_graph(&data["graph.bin"]).map_err(corrupt)?;
+    let ids = Ids::from_lines(ids_text).map_err(|e| corrupt(e.to_string()))?;
+    let graph = decode_graph(&data["graph.bin"]).map_err(|e| corrupt(e.to_string()))?;
     if ids.len() != m.vectors || graph.len() != m.vectors {
         return Err(corrupt(format!("{} ids and {} graph nodes for {} vectors", ids.len(), graph.len(), m.vectors)));
     }
-    graph.validate().map_err(corrupt)?;
+    graph.validate().map_err(|e| corrupt(e.to_string()))?;
     let vectors = VectorStore::new(spec, storage);
     let index = FlatIndex { vectors, graph, ids, ef_search: m.hnsw.ef_search };
     Ok((m, index))
@@ -239,10 +240,10 @@ pub fn encode_graph(g: &Graph) -> Vec<u8> {
     out
 }
 
-pub fn decode_graph(b: &[u8]) -> Result<Graph, String> {
+pub fn decode_graph(b: &[u8]) -> Result<Graph, Error> {
     let mut r = Reader { b, at: 0 };
     if r.take(4)? != GRAPH_MAGIC {
-        return Err("graph.bin: bad magic".into());
+        return Err(Error::Graph("graph.bin: bad magic".into()));
     }
     let n = r.u32()? as usize;
     let entry = r.u32()?;
@@ -253,7 +254,7 @@ pub fn decode_graph(b: &[u8]) -> Result<Graph, String> {
     let upper_nodes = r.u32s(nu)?;
     let upper = (0..max_level).map(|_| r.csr(nu)).collect::<Result<_, _>>()?;
     if r.at != b.len() {
-        return Err("graph.bin: trailing bytes".into());
+        return Err(Error::Graph("graph.bin: trailing bytes".into()));
     }
     Ok(Graph { entry, max_level, levels, layer0, upper_nodes, upper })
 }
@@ -264,21 +265,25 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("graph.bin: truncated")?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| Error::Graph("graph.bin: truncated".into()))?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, Error> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u32s(&mut self, n: usize) -> Result<Vec<u32>, String> {
-        let bytes = self.take(n.checked_mul(4).ok_or("graph.bin: size overflow")?)?;
+    fn u32s(&mut self, n: usize) -> Result<Vec<u32>, Error> {
+        let bytes = self.take(n.checked_mul(4).ok_or_else(|| Error::Graph("graph.bin: size overflow".into()))?)?;
         Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect())
     }
-    fn csr(&mut self, rows: usize) -> Result<Csr, String> {
-        let offsets = self.u32s(rows.checked_add(1).ok_or("graph.bin: size overflow")?)?;
+    fn csr(&mut self, rows: usize) -> Result<Csr, Error> {
+        let offsets = self.u32s(rows.checked_add(1).ok_or_else(|| Error::Graph("graph.bin: size overflow".into()))?)?;
         let targets = self.u32s(*offsets.last().unwrap() as usize)?;
         Ok(Csr { offsets, targets })
     }

@@ -2,6 +2,7 @@
 //! and the metric arithmetic that turns kernel output into distances and similarities.
 
 use crate::descriptor::{DescriptorSpec, Encoding, Metric, Query};
+use crate::error::Error;
 use crate::io::Matrix;
 use crate::kernels::{self, Kernels};
 
@@ -38,20 +39,18 @@ pub struct VectorStore {
 
 impl VectorStore {
     /// Builds the store from source rows, checking they fit the spec.
-    pub fn from_matrix(spec: &DescriptorSpec, m: &Matrix) -> Result<Self, String> {
+    pub fn from_matrix(spec: &DescriptorSpec, m: &Matrix) -> Result<Self, Error> {
         spec.validate()?;
         if m.dims != spec.dimensions {
-            return Err(format!("source has {} dimensions, index expects {}", m.dims, spec.dimensions));
+            return Err(Error::WrongDimension { expected: spec.dimensions, got: m.dims });
         }
         let storage = match (m.encoding, spec.encoding) {
-            (a, b) if a != b => {
-                return Err(format!("source elements are {a}, index encoding is {b}; convert the source first"))
-            }
+            (a, b) if a != b => return Err(Error::WrongEncoding { expected: b, got: a }),
             (Encoding::U8 | Encoding::I8, _) => Storage::Bytes(m.data.clone()),
             (Encoding::F16 | Encoding::F32, _) => {
                 let v = m.to_f32();
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(format!("row {} has a non-finite value", i / m.dims));
+                    return Err(Error::NonFinite { row: i / m.dims });
                 }
                 Storage::F32(v)
             }

@@ -47,7 +47,7 @@ pub fn run(a: &GenArgs) -> anyhow::Result<()> {
     if a.truth_k > 0 {
         let mut spec = DescriptorSpec::new(0, a.dimensions, a.encoding, a.metric);
         spec.scale = scale;
-        let store = VectorStore::from_matrix(&spec, &d.base).map_err(anyhow::Error::msg)?;
+        let store = VectorStore::from_matrix(&spec, &d.base)?;
         for (name, probes) in [("mated", &d.mated), ("nonmated", &d.nonmated)] {
             let lines = truth(&store, probes, a.truth_k, &d.ids);
             fs::write(a.out.join(format!("{name}_truth.txt")), lines)?;

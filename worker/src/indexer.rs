@@ -43,7 +43,7 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     );
     anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
     let spec = a.descriptor.spec();
-    spec.validate().map_err(anyhow::Error::msg).context("descriptor settings")?;
+    spec.validate().context("descriptor settings")?;
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
@@ -54,22 +54,20 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         }
         None => (
             std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?,
-            Matrix::read(&a.source).map_err(anyhow::Error::msg)?,
+            Matrix::read(&a.source)?,
             None,
         ),
     };
     let ids = match (&a.ids, agent_ids) {
         (_, Some(ids)) => ids,
-        (Some(p), None) => kim_index::io::read_ids(p, matrix.rows).map_err(anyhow::Error::msg)?,
+        (Some(p), None) => kim_index::io::read_ids(p, matrix.rows)?,
         (None, None) => (0..matrix.rows).map(|i| i.to_string()).collect(),
     };
     let mut digest_input = source_bytes;
     digest_input.extend(ids.join("\n").bytes());
     let source_digest = format!("xxh3:{}", snapshot::hash_hex(&digest_input));
     drop(digest_input);
-    let vectors = VectorStore::from_matrix(&spec, &matrix)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("source {}", a.source.display()))?;
+    let vectors = VectorStore::from_matrix(&spec, &matrix).with_context(|| format!("source {}", a.source.display()))?;
     drop(matrix);
     tracing::info!(vectors = vectors.len(), dims = spec.dimensions, encoding = %spec.encoding, metric = %spec.metric, m = params.m, ef_construction = params.ef_construction, threads, "building graph");
     let last_log = std::sync::Mutex::new(Instant::now());
@@ -83,7 +81,7 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         let eta = (total - done) as f64 / rate.max(1e-9);
         tracing::info!(done, total, rate = format!("{rate:.0}/s"), eta = format!("{eta:.0}s"), "building");
     };
-    let graph = build_graph(&vectors, params, threads, &progress).map_err(anyhow::Error::msg)?;
+    let graph = build_graph(&vectors, params, threads, &progress)?;
     let index = FlatIndex { vectors, graph, ids: Ids::from_vec(&ids), ef_search: params.ef_search };
     let dir = snapshot::label_dir(&a.storage, &a.namespace, &a.label);
     let manifest = Manifest {

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             let descriptors: Vec<Vec<u8>> = match (descriptor, npy) {
                 (Some(p), _) => vec![std::fs::read(&p)?],
                 (None, Some(p)) => {
-                    let m = Matrix::read(&p).map_err(anyhow::Error::msg)?;
+                    let m = Matrix::read(&p)?;
                     let r = parse_rows(&rows)?;
                     anyhow::ensure!(r.end <= m.rows, "rows {rows} out of range: the file has {} rows", m.rows);
                     r.map(|i| m.row(i).to_vec()).collect()

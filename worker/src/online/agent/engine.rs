@@ -227,7 +227,7 @@ impl Engine {
         let spec = self.state.read().unwrap().spec;
         let seg = Segment::new(spec, rows, Default::default(), lsn);
         let graph = build_graph(&seg.index.vectors, self.cfg.hnsw, self.cfg.build_threads, &|_, _, _| {})
-            .map_err(EngineError::Build)?;
+            .map_err(|e| EngineError::Build(e.to_string()))?;
         Ok(Segment { index: FlatIndex { graph, ef_search: self.cfg.hnsw.ef_search, ..seg.index }, ..seg })
     }
 

@@ -141,11 +141,11 @@ fn decode(b: &[u8], spec: DescriptorSpec) -> Result<Segment, String> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    let graph = decode_graph(&body[at..])?;
+    let graph = decode_graph(&body[at..]).map_err(|e| e.to_string())?;
     if graph.len() != n {
         return Err(format!("graph has {} nodes for {n} rows", graph.len()));
     }
-    graph.validate()?;
+    graph.validate().map_err(|e| e.to_string())?;
     let rows = meta
         .into_iter()
         .zip(floats.chunks_exact(dims.max(1)))
