@@ -449,7 +449,7 @@ mod tests {
         assert!(good.validate().is_ok());
         let mut bad = good.clone();
         bad.layer0.targets[0] = 7;
-        assert!(bad.validate().unwrap_err().contains("out of range"));
+        assert!(bad.validate().unwrap_err().to_string().contains("out of range"));
         let mut bad = good.clone();
         bad.entry = 5;
         assert!(bad.validate().is_err());
