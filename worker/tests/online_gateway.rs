@@ -38,7 +38,7 @@ async fn replicated_writes_survive_one_dead_agent() {
     let gw = Server::start(
         "gateway",
         dir.path(),
-        &["filter", "--agents", &list, "--replicas", "2", "--vectorizer", &vec.addr()],
+        &["filter", "--agents", &list, "--replicas", "2", "--vectorizer", &vec.addr(), "--allow-target", "127.0.0.1:*"],
     );
     let ch = gw.channel().await;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use kim_index::Metric;
 
+use super::limits;
 use super::tls::{ClientTls, ServerTls};
 
 #[derive(Debug, Clone, Args)]
@@ -57,7 +58,26 @@ pub struct AgentArgs {
     #[arg(long, env = "KIM_BUILD_THREADS", default_value_t = 1)]
     pub build_threads: usize,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub tls: ServerTls,
+}
+
+/// Request limits of `agent` and `filter` (see docs/online.md, "Limits").
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most results one search may ask for (Search.Config.num); more is INVALID_ARGUMENT.
+    #[arg(long, env = "KIM_MAX_NUM", default_value_t = limits::DEFAULT_MAX_NUM, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num: u32,
+    /// Largest gRPC message received or sent, in bytes (and asked of backends).
+    #[arg(long, env = "KIM_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> limits::Limits {
+        limits::Limits { max_num: self.max_num }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -114,6 +134,13 @@ pub struct FilterArgs {
     /// slower than this counts as unreachable.
     #[arg(long, env = "KIM_PROBE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "1s")]
     pub probe_timeout: Duration,
+    /// A filter or vectorizer target requests may name, HOST:PORT or HOST:* (any port);
+    /// repeatable. --vectorizer, --ingress-filter and --egress-filter are always allowed;
+    /// any other target a request names is PERMISSION_DENIED.
+    #[arg(long = "allow-target", env = "KIM_ALLOW_TARGETS", value_delimiter = ',')]
+    pub allow_targets: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub tls: ServerTls,
     /// TLS towards agents, vectorizers and filters.

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod args;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod source;

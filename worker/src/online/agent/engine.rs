@@ -16,29 +16,9 @@ use kim_index::{FlatIndex, HnswParams, Metric};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::persist::{self, PersistError};
-use super::store::{Obj, Segment, Store};
+pub use super::request::{Mode, Write};
+use super::store::{Held, Live, Obj, Segment, Store};
 use super::wal::{self, Record, Wal, WalError};
-
-/// What a write asks for; decides the existence check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Insert,
-    Update,
-    Upsert,
-    Remove,
-}
-
-#[derive(Debug, Clone)]
-pub struct Write {
-    pub mode: Mode,
-    pub id: String,
-    /// Empty for removals.
-    pub vector: Vec<f32>,
-    pub timestamp: i64,
-    /// Vald's skip_strict_exist_check: insert overwrites, update/remove of a missing id is
-    /// not an error.
-    pub skip_exist_check: bool,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -46,6 +26,8 @@ pub enum WriteError {
     AlreadyExists(String),
     #[error("object {0} not found")]
     NotFound(String),
+    #[error("object {id} already has timestamp {stored}, not older than {given} (set force to overwrite)")]
+    NotNewer { id: String, stored: i64, given: i64 },
     #[error("write-ahead log: {0}")]
     Durability(String),
     #[error("agent is shutting down")]
@@ -69,14 +51,12 @@ pub enum EngineError {
 }
 
 type Reply = oneshot::Sender<Vec<Result<(), WriteError>>>;
-/// Live rows and the LSN they are current at.
-type Checkpoint = (Vec<(String, Obj)>, u64);
 
 enum Cmd {
     Write(Vec<Write>, Reply),
     Flush(oneshot::Sender<Result<(), WriteError>>),
     /// Rotate the WAL and return the live rows with the LSN they are current at.
-    Checkpoint(oneshot::Sender<Result<Checkpoint, WriteError>>),
+    Checkpoint(oneshot::Sender<Result<Live, WriteError>>),
 }
 
 /// Settings that do not change while running.
@@ -125,11 +105,7 @@ impl Engine {
         let saved_lsn = saved.as_ref().map_or(0, |s| s.lsn);
         if let Some(seg) = saved {
             for r in 0..seg.rows() {
-                let obj = Obj {
-                    vector: Arc::from(seg.index.vectors.row_f32(r)),
-                    timestamp: seg.timestamps[r],
-                    lsn: seg.lsns[r],
-                };
+                let obj = Obj { vector: Held::Row(r as u32), timestamp: seg.timestamps[r], lsn: seg.lsns[r] };
                 store.objects.insert(seg.index.ids.get(r).to_string(), obj);
             }
             store.lsn = seg.lsn;
@@ -198,11 +174,12 @@ impl Engine {
         if changed {
             let (tx, rx) = oneshot::channel();
             self.tx.send(Cmd::Checkpoint(tx)).await.map_err(|_| WriteError::Closed)?;
-            let (rows, lsn) = rx.await.map_err(|_| WriteError::Closed)??;
+            let live = rx.await.map_err(|_| WriteError::Closed)??;
+            let lsn = live.lsn;
             self.indexing.store(true, Ordering::SeqCst);
             let t = Instant::now();
             let e = self.clone();
-            let built = tokio::task::spawn_blocking(move || e.build(rows, lsn)).await;
+            let built = tokio::task::spawn_blocking(move || e.build(live)).await;
             self.indexing.store(false, Ordering::SeqCst);
             let seg = built.map_err(|e| EngineError::Build(e.to_string()))??;
             let n = seg.rows();
@@ -223,9 +200,10 @@ impl Engine {
         self.save_locked().await
     }
 
-    fn build(&self, rows: Vec<(String, Obj)>, lsn: u64) -> Result<Segment, EngineError> {
+    fn build(&self, live: Live) -> Result<Segment, EngineError> {
         let spec = self.state.read().unwrap().spec;
-        let seg = Segment::new(spec, rows, Default::default(), lsn);
+        let seg = Segment::new(spec, &live, Default::default(), live.lsn);
+        drop(live);
         let graph = build_graph(&seg.index.vectors, self.cfg.hnsw, self.cfg.build_threads, &|_, _, _| {})
             .map_err(|e| EngineError::Build(e.to_string()))?;
         Ok(Segment { index: FlatIndex { graph, ef_search: self.cfg.hnsw.ef_search, ..seg.index }, ..seg })
@@ -269,7 +247,7 @@ impl Engine {
                         let st = self.state.read().unwrap();
                         let r = wal
                             .rotate(st.lsn + 1)
-                            .map(|_| (st.live_rows(), st.lsn))
+                            .map(|_| st.live())
                             .map_err(|e| WriteError::Durability(e.to_string()));
                         let _ = reply.send(r);
                     }
@@ -286,33 +264,46 @@ impl Engine {
         if group.is_empty() {
             return;
         }
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         let mut results: Vec<Vec<Result<(), WriteError>>> = Vec::with_capacity(group.len());
         {
             let st = self.state.read().unwrap();
             let mut lsn = st.lsn;
-            // Existence as of the writes before this one in the group.
-            let mut exists: HashMap<&str, bool> = HashMap::new();
+            // The state as of the writes before this one in the group: an id's latest Put
+            // record (its index), or None once removed.
+            let mut latest: HashMap<&str, Option<usize>> = HashMap::new();
             for (writes, _) in &group {
                 let mut res = Vec::with_capacity(writes.len());
                 for w in writes {
-                    let present = exists.get(w.id.as_str()).copied().unwrap_or_else(|| st.objects.contains_key(&w.id));
-                    let r = match (w.mode, present, w.skip_exist_check) {
-                        (Mode::Insert, true, false) => Err(WriteError::AlreadyExists(w.id.clone())),
-                        (Mode::Update | Mode::Remove, false, false) => Err(WriteError::NotFound(w.id.clone())),
-                        (Mode::Remove, false, true) => Ok(None),
-                        (Mode::Remove, true, _) => Ok(Some(Record::Remove { lsn: lsn + 1, id: w.id.clone() })),
-                        _ => Ok(Some(Record::Put {
-                            lsn: lsn + 1,
-                            id: w.id.clone(),
-                            timestamp: w.timestamp,
-                            vector: w.vector.clone(),
-                        })),
+                    let current = match latest.get(w.id.as_str()) {
+                        Some(Some(i)) => match &records[*i] {
+                            Record::Put { timestamp, .. } => Some(*timestamp),
+                            _ => None,
+                        },
+                        Some(None) => None,
+                        None => st.objects.get(&w.id).map(|o| o.timestamp),
                     };
+                    let r = decide(w, current, lsn + 1).map(|rec| {
+                        rec.map(|rec| match rec {
+                            // A timestamp update re-logs the current vector.
+                            Record::Put { lsn, id, timestamp, vector } if vector.is_empty() => {
+                                let vector = match latest.get(w.id.as_str()) {
+                                    Some(Some(i)) => match &records[*i] {
+                                        Record::Put { vector, .. } => vector.clone(),
+                                        _ => Vec::new(),
+                                    },
+                                    _ => st.vector_of(&w.id).map(<[f32]>::to_vec).unwrap_or_default(),
+                                };
+                                Record::Put { lsn, id, timestamp, vector }
+                            }
+                            rec => rec,
+                        })
+                    });
                     res.push(r.map(|rec| {
                         if let Some(rec) = rec {
                             lsn += 1;
-                            exists.insert(w.id.as_str(), w.mode != Mode::Remove);
+                            let put = matches!(rec, Record::Put { .. });
+                            latest.insert(w.id.as_str(), put.then_some(records.len()));
                             records.push(rec);
                         }
                     }));
@@ -385,5 +376,27 @@ impl Engine {
             }
             last = Instant::now();
         }
+    }
+}
+
+/// The record a write makes given the id's current timestamp (None: absent), or its error;
+/// Ok(None) when there is nothing to log. A timestamp update's record carries no vector yet.
+fn decide(w: &Write, current: Option<i64>, lsn: u64) -> Result<Option<Record>, WriteError> {
+    let id = || w.id.clone();
+    let put = |vector: Vec<f32>| Ok(Some(Record::Put { lsn, id: id(), timestamp: w.timestamp, vector }));
+    match (w.mode, current) {
+        (Mode::Insert, Some(_)) if !w.skip_exist_check => Err(WriteError::AlreadyExists(id())),
+        (Mode::Update | Mode::Touch { .. }, None) if !w.skip_exist_check => Err(WriteError::NotFound(id())),
+        (Mode::Touch { .. }, None) => Ok(None),
+        (Mode::Touch { force: false }, Some(t)) if w.timestamp <= t => {
+            Err(WriteError::NotNewer { id: id(), stored: t, given: w.timestamp })
+        }
+        (Mode::Touch { .. }, Some(_)) => put(Vec::new()),
+        // A conditional removal (RemoveByTimestamp) applies only to the version it saw.
+        (Mode::Remove, Some(t)) if w.timestamp > 0 && t != w.timestamp => Err(WriteError::NotFound(id())),
+        (Mode::Remove, None) if !w.skip_exist_check => Err(WriteError::NotFound(id())),
+        (Mode::Remove, None) => Ok(None),
+        (Mode::Remove, Some(_)) => Ok(Some(Record::Remove { lsn, id: id() })),
+        _ => put(w.vector.clone()),
     }
 }

@@ -14,11 +14,10 @@ use kim_proto::vald::v1::{
 use tonic::{Request, Response, Status, Streaming};
 
 use super::engine::{Engine, Mode, Write, WriteError};
+use super::request::Rules;
+use crate::online::limits;
 use crate::online::metrics::{code_of, Metrics};
 use crate::online::{multi_error, now_nanos, per_message, rpc_status, Out};
-
-/// Results per search when the request asks for none.
-const DEFAULT_NUM: usize = 10;
 
 #[derive(Clone)]
 pub struct AgentService {
@@ -27,6 +26,7 @@ pub struct AgentService {
     /// Object.Location name and address.
     pub name: Arc<str>,
     pub ip: Arc<str>,
+    pub rules: Rules,
 }
 
 impl From<WriteError> for Status {
@@ -34,6 +34,7 @@ impl From<WriteError> for Status {
         match e {
             WriteError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             WriteError::NotFound(_) => Status::not_found(e.to_string()),
+            WriteError::NotNewer { .. } => Status::already_exists(e.to_string()),
             WriteError::Durability(_) => Status::internal(e.to_string()),
             WriteError::Closed => Status::unavailable(e.to_string()),
         }
@@ -55,32 +56,11 @@ impl AgentService {
 
     /// Checks a vector write and turns it into an engine write.
     fn to_write(&self, mode: Mode, (vector, cfg_ts, skip): Parts) -> Result<Write, Status> {
-        let v = vector.ok_or_else(|| Status::invalid_argument("request has no vector"))?;
-        if v.id.is_empty() {
-            return Err(Status::invalid_argument("object id is empty"));
-        }
-        let dims = self.engine.cfg.dimensions;
-        if v.vector.len() != dims {
-            return Err(Status::invalid_argument(format!(
-                "vector {} has {} dimensions, the agent holds {dims}",
-                v.id,
-                v.vector.len()
-            )));
-        }
-        if v.vector.iter().any(|x| !x.is_finite()) {
-            return Err(Status::invalid_argument(format!("vector {} has a non-finite value", v.id)));
-        }
-        let timestamp = [cfg_ts, v.timestamp].into_iter().find(|&t| t > 0).unwrap_or_else(now_nanos);
-        Ok(Write { mode, id: v.id, vector: v.vector, timestamp, skip_exist_check: skip })
+        self.rules.put(mode, vector, cfg_ts, skip, now_nanos())
     }
 
-    fn remove_write(r: pb::remove::Request) -> Result<Write, Status> {
-        let id =
-            r.id.map(|i| i.id)
-                .filter(|i| !i.is_empty())
-                .ok_or_else(|| Status::invalid_argument("object id is empty"))?;
-        let skip = r.config.is_some_and(|c| c.skip_strict_exist_check);
-        Ok(Write { mode: Mode::Remove, id, vector: Vec::new(), timestamp: 0, skip_exist_check: skip })
+    fn remove_write(&self, r: pb::remove::Request) -> Result<Write, Status> {
+        self.rules.remove(r)
     }
 
     async fn write_one(&self, w: Result<Write, Status>) -> Result<pb::object::Location, Status> {
@@ -146,26 +126,15 @@ impl AgentService {
         cfg: Option<search::Config>,
         exact: bool,
     ) -> Result<search::Response, Status> {
-        let cfg = cfg.unwrap_or_default();
-        let dims = self.engine.cfg.dimensions;
-        if vector.len() != dims {
-            return Err(Status::invalid_argument(format!(
-                "query has {} dimensions, the agent holds {dims}",
-                vector.len()
-            )));
-        }
-        let k = if cfg.num == 0 { DEFAULT_NUM } else { cfg.num as usize };
-        let engine = self.engine.clone();
-        let found = tokio::task::spawn_blocking(move || engine.state.read().unwrap().search(&vector, k, exact))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let results = found
-            .into_iter()
-            .filter(|f| cfg.radius <= 0.0 || f.distance <= cfg.radius)
-            .map(|f| object::Distance { id: f.id, distance: f.distance })
-            .collect::<Vec<_>>();
-        tracing::debug!(request_id = %cfg.request_id, k, results = results.len(), "search");
-        Ok(search::Response { request_id: cfg.request_id, results })
+        let plan = self.rules.plan(&vector, cfg.as_ref())?;
+        let (engine, rules) = (self.engine.clone(), self.rules);
+        let request_id = cfg.map(|c| c.request_id).unwrap_or_default();
+        let results =
+            tokio::task::spawn_blocking(move || rules.search(&engine.state.read().unwrap(), &plan, &vector, exact))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        tracing::debug!(request_id = %request_id, results = results.len(), "search");
+        Ok(search::Response { request_id, results })
     }
 
     fn count(&self) -> pb::info::index::Count {
@@ -181,11 +150,8 @@ impl AgentService {
 
     fn vector_of(&self, id: &str) -> Option<object::Vector> {
         let st = self.engine.state.read().unwrap();
-        st.objects.get(id).map(|o| object::Vector {
-            id: id.to_string(),
-            vector: o.vector.to_vec(),
-            timestamp: o.timestamp,
-        })
+        let timestamp = st.objects.get(id)?.timestamp;
+        st.vector_of(id).map(|v| object::Vector { id: id.to_string(), vector: v.to_vec(), timestamp })
     }
 }
 
@@ -287,7 +253,7 @@ impl upsert_server::Upsert for AgentService {
 impl remove_server::Remove for AgentService {
     async fn remove(&self, req: Request<pb::remove::Request>) -> Result<Response<object::Location>, Status> {
         let t = Instant::now();
-        let r = self.write_one(Self::remove_write(req.into_inner())).await;
+        let r = self.write_one(self.remove_write(req.into_inner())).await;
         self.done("Remove", t, r)
     }
     type StreamRemoveStream = Out<object::StreamLocation>;
@@ -295,14 +261,14 @@ impl remove_server::Remove for AgentService {
         &self,
         req: Request<Streaming<pb::remove::Request>>,
     ) -> Result<Response<Self::StreamRemoveStream>, Status> {
-        Ok(Response::new(self.stream_writes("StreamRemove", req.into_inner(), |_, r| Self::remove_write(r))))
+        Ok(Response::new(self.stream_writes("StreamRemove", req.into_inner(), |s, r| s.remove_write(r))))
     }
     async fn multi_remove(
         &self,
         req: Request<pb::remove::MultiRequest>,
     ) -> Result<Response<object::Locations>, Status> {
         let t = Instant::now();
-        let ws = req.into_inner().requests.into_iter().map(Self::remove_write).collect();
+        let ws = req.into_inner().requests.into_iter().map(|r| self.remove_write(r)).collect();
         let r = self.write_many(ws).await;
         self.done("MultiRemove", t, r)
     }
@@ -319,9 +285,10 @@ impl search_server::Search for AgentService {
     async fn search_by_id(&self, req: Request<search::IdRequest>) -> Result<Response<search::Response>, Status> {
         let t = Instant::now();
         let r = req.into_inner();
-        let r = match self.vector_of(&r.id) {
-            Some(v) => self.search(v.vector, r.config, false).await,
-            None => Err(Status::not_found(format!("object {} not found", r.id))),
+        let r = match limits::id(&r.id).map(|_| self.vector_of(&r.id)) {
+            Ok(Some(v)) => self.search(v.vector, r.config, false).await,
+            Ok(None) => Err(Status::not_found(format!("object {} not found", r.id))),
+            Err(s) => Err(s),
         };
         self.done("SearchByID", t, r)
     }
@@ -375,14 +342,20 @@ impl object_server::Object for AgentService {
     async fn exists(&self, req: Request<object::Id>) -> Result<Response<object::Id>, Status> {
         let t = Instant::now();
         let id = req.into_inner();
-        let found = self.engine.state.read().unwrap().objects.contains_key(&id.id);
-        let r = if found { Ok(id) } else { Err(Status::not_found(format!("object {} not found", id.id))) };
+        let r = limits::id(&id.id).and_then(|_| {
+            if self.engine.state.read().unwrap().objects.contains_key(&id.id) {
+                Ok(id)
+            } else {
+                Err(Status::not_found(format!("object {} not found", id.id)))
+            }
+        });
         self.done("Exists", t, r)
     }
     async fn get_object(&self, req: Request<object::VectorRequest>) -> Result<Response<object::Vector>, Status> {
         let t = Instant::now();
         let id = req.into_inner().id.map(|i| i.id).unwrap_or_default();
-        let r = self.vector_of(&id).ok_or_else(|| Status::not_found(format!("object {id} not found")));
+        let r = limits::id(&id)
+            .and_then(|_| self.vector_of(&id).ok_or_else(|| Status::not_found(format!("object {id} not found"))));
         self.done("GetObject", t, r)
     }
     type StreamListObjectStream = Out<object::list::Response>;
@@ -391,14 +364,16 @@ impl object_server::Object for AgentService {
         _req: Request<object::list::Request>,
     ) -> Result<Response<Self::StreamListObjectStream>, Status> {
         let t = Instant::now();
-        // Vectors are shared (Arc), so the listing is a cheap, consistent point-in-time copy.
-        let rows: Vec<(String, super::store::Obj)> = self.engine.state.read().unwrap().live_rows();
+        // A consistent point-in-time view (vectors stay where they are held); each message
+        // copies one vector.
+        let live = self.engine.state.read().unwrap().live();
         self.metrics.observe("StreamListObject", tonic::Code::Ok, t);
-        let items = rows.into_iter().map(|(id, o)| {
+        let items = (0..live.rows.len()).map(move |i| {
+            let (id, o) = &live.rows[i];
             Ok(object::list::Response {
                 payload: Some(object::list::response::Payload::Vector(object::Vector {
-                    id,
-                    vector: o.vector.to_vec(),
+                    id: id.clone(),
+                    vector: live.vector(o).to_vec(),
                     timestamp: o.timestamp,
                 })),
             })

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod grpc;
 pub mod persist;
+pub mod request;
 pub mod store;
 pub mod wal;
 
@@ -69,20 +70,22 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| a.listen.to_string());
     let ip = a.advertise_ip.clone().unwrap_or_else(|| a.listen.ip().to_string());
-    let svc = grpc::AgentService { engine: engine.clone(), metrics, name: name.into(), ip: ip.into() };
+    let rules = request::Rules { dimensions: a.dimensions, ef_search: a.ef_search, limits: a.limits.limits() };
+    let svc = grpc::AgentService { engine: engine.clone(), metrics, name: name.into(), ip: ip.into(), rules };
+    let max = a.limits.max_message_bytes;
     ready.store(true, Ordering::SeqCst);
     let mut server = a.tls.builder().context("agent TLS")?;
     tracing::info!(listen = %a.listen, http = %a.http, dimensions = a.dimensions, metric = %a.metric, grpc = a.tls.mode(), "agent serving");
     server
-        .add_service(InsertServer::new(svc.clone()))
-        .add_service(UpdateServer::new(svc.clone()))
-        .add_service(UpsertServer::new(svc.clone()))
-        .add_service(RemoveServer::new(svc.clone()))
-        .add_service(SearchServer::new(svc.clone()))
-        .add_service(ObjectServer::new(svc.clone()))
-        .add_service(IndexServer::new(svc.clone()))
-        .add_service(FlushServer::new(svc.clone()))
-        .add_service(AgentServer::new(svc))
+        .add_service(InsertServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(UpdateServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(UpsertServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(RemoveServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(SearchServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(ObjectServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(IndexServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(FlushServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(AgentServer::new(svc).max_decoding_message_size(max).max_encoding_message_size(max))
         .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
         .await?;
     // Every acknowledged write is already in the WAL, and replay is fast: no final build

@@ -8,13 +8,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use kim_index::snapshot::{decode_graph, encode_graph};
 use kim_index::{DescriptorSpec, Metric};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::store::{Obj, Segment};
+use super::store::Segment;
 use super::wal;
 
 const MAGIC: &[u8; 8] = b"KIMSEG01";
@@ -146,12 +145,7 @@ fn decode(b: &[u8], spec: DescriptorSpec) -> Result<Segment, String> {
         return Err(format!("graph has {} nodes for {n} rows", graph.len()));
     }
     graph.validate().map_err(|e| e.to_string())?;
-    let rows = meta
-        .into_iter()
-        .zip(floats.chunks_exact(dims.max(1)))
-        .map(|((id, lsn, timestamp), v)| (id, Obj { vector: Arc::from(v), timestamp, lsn }))
-        .collect();
-    Ok(Segment::new(spec, rows, graph, lsn))
+    Ok(Segment::from_parts(spec, meta, floats, graph, lsn))
 }
 
 #[cfg(test)]
@@ -163,12 +157,9 @@ mod tests {
     fn round_trip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let spec = DescriptorSpec::new(0, 2, Encoding::F32, Metric::L2);
-        let rows: Vec<(String, Obj)> = (0..20)
-            .map(|i| {
-                (format!("id{i}"), Obj { vector: Arc::from(vec![i as f32, 1.0]), timestamp: i, lsn: i as u64 + 1 })
-            })
-            .collect();
-        let tmp = Segment::new(spec, rows.clone(), Default::default(), 20);
+        let meta: Vec<(String, u64, i64)> = (0..20).map(|i| (format!("id{i}"), i as u64 + 1, i)).collect();
+        let flat: Vec<f32> = (0..20).flat_map(|i| [i as f32, 1.0]).collect();
+        let tmp = Segment::from_parts(spec, meta.clone(), flat.clone(), Default::default(), 20);
         let graph = kim_index::build::build_graph(
             &tmp.index.vectors,
             kim_index::HnswParams { m: 4, ef_construction: 8, ef_search: 8 },
@@ -176,7 +167,7 @@ mod tests {
             &|_, _, _| {},
         )
         .unwrap();
-        let seg = Segment::new(spec, rows, graph, 20);
+        let seg = Segment::from_parts(spec, meta, flat, graph, 20);
         save(dir.path(), &Segment::empty(spec)).unwrap();
         let path = save(dir.path(), &seg).unwrap();
         assert_eq!(list(dir.path()).unwrap().len(), 1, "older snapshot removed");

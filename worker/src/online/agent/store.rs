@@ -14,12 +14,42 @@ use kim_index::{DescriptorSpec, Encoding, FlatIndex, Graph, Metric, Query, Vecto
 
 use super::wal::Record;
 
+/// Where a live object's vector is held: a row of the current segment, or (written since
+/// the segment was built) its own allocation, shared with its tail row. Each vector is held
+/// once.
+#[derive(Debug, Clone)]
+pub enum Held {
+    Row(u32),
+    Own(Arc<[f32]>),
+}
+
 /// One live object.
 #[derive(Debug, Clone)]
 pub struct Obj {
-    pub vector: Arc<[f32]>,
+    pub vector: Held,
     pub timestamp: i64,
     pub lsn: u64,
+}
+
+/// The live objects at one LSN, ordered by LSN, with the segment their rows refer to: a
+/// consistent view that outlives the lock it was taken under.
+pub struct Live {
+    pub segment: Arc<Segment>,
+    pub rows: Vec<(String, Obj)>,
+    pub lsn: u64,
+}
+
+impl Live {
+    pub fn vector<'a>(&'a self, o: &'a Obj) -> &'a [f32] {
+        held(&self.segment, o)
+    }
+}
+
+fn held<'a>(segment: &'a Segment, o: &'a Obj) -> &'a [f32] {
+    match &o.vector {
+        Held::Row(r) => segment.index.vectors.row_f32(*r as usize),
+        Held::Own(v) => v,
+    }
 }
 
 /// A graph over the objects live at `lsn`, with each row's id and LSN.
@@ -32,25 +62,32 @@ pub struct Segment {
 
 impl Segment {
     pub fn empty(spec: DescriptorSpec) -> Segment {
-        Segment::new(spec, Vec::new(), Graph::default(), 0)
+        Segment::from_parts(spec, Vec::new(), Vec::new(), Graph::default(), 0)
     }
 
-    /// Rows are `(id, object)` in graph order.
-    pub fn new(spec: DescriptorSpec, rows: Vec<(String, Obj)>, graph: Graph, lsn: u64) -> Segment {
-        let flat: Vec<f32> = rows.iter().flat_map(|(_, o)| o.vector.iter().copied()).collect();
-        let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    /// The live objects of `live` in its order (the graph's rows).
+    pub fn new(spec: DescriptorSpec, live: &Live, graph: Graph, lsn: u64) -> Segment {
+        let flat: Vec<f32> = live.rows.iter().flat_map(|(_, o)| live.vector(o).iter().copied()).collect();
+        let meta = live.rows.iter().map(|(id, o)| (id.clone(), o.lsn, o.timestamp)).collect();
+        Segment::from_parts(spec, meta, flat, graph, lsn)
+    }
+
+    /// Rows as `(id, lsn, timestamp)` and their vectors, concatenated, in graph order.
+    pub fn from_parts(
+        spec: DescriptorSpec,
+        meta: Vec<(String, u64, i64)>,
+        flat: Vec<f32>,
+        graph: Graph,
+        lsn: u64,
+    ) -> Segment {
+        let ids: Vec<String> = meta.iter().map(|(id, ..)| id.clone()).collect();
         let index = FlatIndex {
             vectors: VectorStore::new(spec, Storage::F32(flat)),
             graph,
             ids: Ids::from_vec(&ids),
             ef_search: 0,
         };
-        Segment {
-            index,
-            lsns: rows.iter().map(|(_, o)| o.lsn).collect(),
-            timestamps: rows.iter().map(|(_, o)| o.timestamp).collect(),
-            lsn,
-        }
+        Segment { index, lsns: meta.iter().map(|m| m.1).collect(), timestamps: meta.iter().map(|m| m.2).collect(), lsn }
     }
 
     pub fn rows(&self) -> usize {
@@ -120,7 +157,7 @@ impl Store {
                 let vector: Arc<[f32]> = vector.into();
                 let inv_norm = self.inv_norm(&vector);
                 self.tail.push(TailRow { id: id.clone(), lsn, vector: vector.clone(), inv_norm });
-                if let Some(old) = self.objects.insert(id, Obj { vector, timestamp, lsn }) {
+                if let Some(old) = self.objects.insert(id, Obj { vector: Held::Own(vector), timestamp, lsn }) {
                     self.retire(old.lsn);
                 }
             }
@@ -143,18 +180,31 @@ impl Store {
         }
     }
 
-    /// Live objects with their ids, for a rebuild at the current LSN.
-    pub fn live_rows(&self) -> Vec<(String, Obj)> {
-        let mut v: Vec<(String, Obj)> = self.objects.iter().map(|(k, o)| (k.clone(), o.clone())).collect();
-        v.sort_by_key(|(_, o)| o.lsn);
-        v
+    /// The stored vector of a live object.
+    pub fn vector_of(&self, id: &str) -> Option<&[f32]> {
+        self.objects.get(id).map(|o| held(&self.segment, o))
+    }
+
+    /// Every live object at the current LSN (for a rebuild or a listing).
+    pub fn live(&self) -> Live {
+        let mut rows: Vec<(String, Obj)> = self.objects.iter().map(|(k, o)| (k.clone(), o.clone())).collect();
+        rows.sort_by_key(|(_, o)| o.lsn);
+        Live { segment: self.segment.clone(), rows, lsn: self.lsn }
     }
 
     /// Swaps in a segment built from the objects live at `seg.lsn`; the tail keeps only rows
     /// written after it.
+    /// Objects it holds point at its rows from then on, and their own copies are dropped.
     pub fn install(&mut self, seg: Segment) {
         let seg_lsn = seg.lsn;
-        self.segment_dead = (0..seg.rows()).filter(|&r| !self.is_live(seg.index.ids.get(r), seg.lsns[r])).count();
+        let mut dead = 0;
+        for r in 0..seg.rows() {
+            match self.objects.get_mut(seg.index.ids.get(r)) {
+                Some(o) if o.lsn == seg.lsns[r] => o.vector = Held::Row(r as u32),
+                _ => dead += 1,
+            }
+        }
+        self.segment_dead = dead;
         self.segment = Arc::new(seg);
         let objects = &self.objects;
         self.tail.retain(|t| t.lsn > seg_lsn && objects.get(&t.id).is_some_and(|o| o.lsn == t.lsn));
@@ -173,13 +223,15 @@ impl Store {
         }
     }
 
-    /// The k nearest live objects, closest first. `exact` scans the segment too (Vald's
-    /// LinearSearch).
-    pub fn search(&self, q: &[f32], k: usize, exact: bool) -> Vec<Found> {
+    /// The k nearest live objects, closest first. `ef` is the graph's beam width (0: the
+    /// agent's --ef-search); `exact` scans the segment too (Vald's LinearSearch). Nothing is
+    /// sized from `k` beyond the rows that exist.
+    pub fn search(&self, q: &[f32], k: usize, ef: usize, exact: bool) -> Vec<Found> {
         if k == 0 {
             return Vec::new();
         }
-        let mut out = self.search_segment(q, k, exact);
+        let ef = if ef == 0 { self.ef_search } else { ef };
+        let mut out = self.search_segment(q, k, ef, exact);
         out.extend(self.search_tail(q, k));
         out.sort_by(|a, b| a.distance.total_cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
         out.truncate(k);
@@ -189,7 +241,7 @@ impl Store {
         out
     }
 
-    fn search_segment(&self, q: &[f32], k: usize, exact: bool) -> Vec<Found> {
+    fn search_segment(&self, q: &[f32], k: usize, ef: usize, exact: bool) -> Vec<Found> {
         let seg = &self.segment;
         let live = seg.rows() - self.segment_dead.min(seg.rows());
         if live == 0 {
@@ -202,7 +254,7 @@ impl Store {
             let hits = if exact || fetch >= seg.rows() || seg.index.graph.len() != seg.rows() {
                 seg.index.exact(&query, fetch.min(seg.rows()))
             } else {
-                seg.index.search(&query, fetch, self.ef_search.max(fetch))
+                seg.index.search(&query, fetch, ef.max(fetch))
             };
             let seen = hits.len();
             let found: Vec<Found> = hits
@@ -234,7 +286,7 @@ impl Store {
         }
         let kern = kim_index::kernels::active();
         let q_inv = self.inv_norm(q);
-        let mut heap = BinaryHeap::with_capacity(k + 1);
+        let mut heap = BinaryHeap::with_capacity(k.min(self.tail.len()) + 1);
         for (i, t) in self.tail.iter().enumerate() {
             let d = match self.spec.metric {
                 Metric::Cosine => 1.0 - (kern.dot_f32)(q, &t.vector) * q_inv * t.inv_norm,
@@ -272,8 +324,7 @@ mod tests {
     }
 
     fn rebuild(s: &mut Store) {
-        let rows = s.live_rows();
-        let seg = Segment::new(s.spec, rows, Graph::default(), s.lsn);
+        let seg = Segment::new(s.spec, &s.live(), Graph::default(), s.lsn);
         let store = &seg.index.vectors;
         let graph = kim_index::build::build_graph(
             store,
@@ -292,21 +343,25 @@ mod tests {
         for i in 0..50 {
             put(&mut s, &format!("p{i}"), &[i as f32, 0.0]);
         }
-        assert_eq!(s.search(&[10.2, 0.0], 1, false)[0].id, "p10");
+        assert_eq!(s.search(&[10.2, 0.0], 1, 0, false)[0].id, "p10");
         rebuild(&mut s);
         assert_eq!(s.uncommitted(), 0);
         put(&mut s, "p10", &[100.0, 0.0]); // moves p10 away
         s.apply(Record::Remove { lsn: s.lsn + 1, id: "p11".into() });
-        let got = s.search(&[10.6, 0.0], 3, false);
+        let got = s.search(&[10.6, 0.0], 3, 0, false);
         let ids: Vec<&str> = got.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["p12", "p9", "p13"]);
         assert!((got[0].distance - 1.4).abs() < 1e-5, "l2 distances are not squared: {got:?}");
-        assert_eq!(s.search(&[100.0, 0.0], 1, true)[0], Found { id: "p10".into(), distance: 0.0 });
+        assert_eq!(s.search(&[100.0, 0.0], 1, 0, true)[0], Found { id: "p10".into(), distance: 0.0 });
         assert_eq!(s.uncommitted(), 1);
+        assert!(matches!(s.objects["p10"].vector, Held::Own(_)) && matches!(s.objects["p12"].vector, Held::Row(_)));
         rebuild(&mut s);
         assert_eq!(s.segment.rows(), 49);
+        assert!(s.objects.values().all(|o| matches!(o.vector, Held::Row(_))), "one copy per vector, in the segment");
+        assert_eq!(s.vector_of("p10"), Some(&[100.0, 0.0][..]));
+        assert_eq!(s.vector_of("p12"), Some(&[12.0, 0.0][..]));
         s.apply(Record::Clear { lsn: s.lsn + 1 });
-        assert!(s.search(&[1.0, 0.0], 5, false).is_empty());
+        assert!(s.search(&[1.0, 0.0], 5, 0, false).is_empty());
     }
 
     #[test]
@@ -314,7 +369,7 @@ mod tests {
         let mut s = Store::new(3, Metric::Cosine, 16);
         put(&mut s, "a", &[0.3, 0.1, -0.2]);
         put(&mut s, "b", &[-0.3, 0.1, 0.2]);
-        let got = s.search(&[0.6, 0.2, -0.4], 2, false);
+        let got = s.search(&[0.6, 0.2, -0.4], 2, 0, false);
         assert_eq!(got[0].id, "a");
         assert!(got[0].distance < 1e-6);
     }

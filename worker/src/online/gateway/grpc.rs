@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use kim_proto::payload::v1::{filter, insert, object, search, update, upsert};
@@ -12,6 +12,7 @@ use kim_proto::vald::v1::filter_server::Filter;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Gateway;
+use crate::online::limits;
 use crate::online::metrics::code_of;
 use crate::online::{multi_error, now_nanos, per_message, rpc_status, Out};
 
@@ -75,11 +76,12 @@ impl From<upsert::ObjectRequest> for ObjectWrite {
 impl Gateway {
     /// Vectorize, filter, search all agents, merge, egress — within the request's deadline.
     async fn search_object(&self, r: search::ObjectRequest) -> Result<search::Response, Status> {
+        let plan = self.limits.search(r.config.as_ref())?;
         let mut cfg = r.config.unwrap_or_default();
         if cfg.request_id.is_empty() {
             cfg.request_id = uuid::Uuid::new_v4().to_string();
         }
-        let budget = if cfg.timeout > 0 { Duration::from_nanos(cfg.timeout as u64) } else { self.search_timeout };
+        let budget = plan.timeout.unwrap_or(self.search_timeout);
         let start = Instant::now();
         let rid = cfg.request_id.clone();
         let work = async {
@@ -87,8 +89,9 @@ impl Gateway {
             let v = self
                 .ingress(cfg.ingress_filters.as_ref(), object::Vector { id: rid.clone(), vector: v, timestamp: 0 })
                 .await?;
-            let results = self.search_agents(v.vector, &cfg, budget.saturating_sub(start.elapsed())).await?;
+            let results = self.search_agents(v.vector, &cfg, &plan, budget.saturating_sub(start.elapsed())).await?;
             let results = self.egress(cfg.egress_filters.as_ref(), results).await?;
+            plan.check_found(results.len())?;
             Ok(search::Response { request_id: rid.clone(), results })
         };
         let deadline = tokio::time::Instant::from_std(start) + budget;
@@ -105,7 +108,8 @@ impl Gateway {
 
     /// Vectorize, filter, check existence as the kind requires, write to the owners.
     async fn write_object(&self, w: ObjectWrite) -> Result<object::Location, Status> {
-        let blob = w.blob.filter(|b| !b.id.is_empty()).ok_or_else(|| Status::invalid_argument("object id is empty"))?;
+        let blob = w.blob.ok_or_else(|| Status::invalid_argument("request has no object"))?;
+        limits::id(&blob.id)?;
         let id = blob.id;
         let vector = self.vectorize(w.vectorizer.as_ref(), &id, blob.object).await?;
         let timestamp = if w.timestamp > 0 { w.timestamp } else { now_nanos() };

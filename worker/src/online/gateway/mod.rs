@@ -23,13 +23,11 @@ use kim_proto::vald::v1::upsert_client::UpsertClient;
 use tonic::{Code, Request, Status};
 
 use super::args::FilterArgs;
+use super::limits::{self, AllowList, Limits, SearchPlan};
 use super::metrics::Metrics;
 use super::pool::Pool;
 use health::{Health, HealthCollector};
 use placement::Agents;
-
-/// Results per search when the request asks for none.
-const DEFAULT_NUM: u32 = 10;
 
 pub struct Gateway {
     agents: Arc<Agents>,
@@ -44,6 +42,18 @@ pub struct Gateway {
     call_timeout: Duration,
     stream_concurrency: usize,
     metrics: Arc<Metrics>,
+    limits: Limits,
+    /// Request-supplied targets the gateway may call.
+    allow: AllowList,
+    /// Largest message sent to or accepted from a backend.
+    max_message: usize,
+}
+
+/// Sets the gateway's message size limits on a generated client.
+macro_rules! sized {
+    ($client:expr, $max:expr) => {
+        $client.max_decoding_message_size($max).max_encoding_message_size($max)
+    };
 }
 
 /// A backend's failure as the gateway reports it: unreachable stays UNAVAILABLE, a deadline
@@ -58,51 +68,59 @@ fn backend_error(what: &str, addr: &str, s: Status) -> Status {
     }
 }
 
+/// An agent's failure: its verdict on a bad request stays INVALID_ARGUMENT.
+fn agent_error(addr: &str, s: Status) -> Status {
+    if s.code() == Code::InvalidArgument {
+        Status::invalid_argument(format!("agent {addr}: {}", s.message()))
+    } else {
+        backend_error("agent", addr, s)
+    }
+}
+
 fn with_timeout<T>(msg: T, t: Duration) -> Request<T> {
     let mut r = Request::new(msg);
     r.set_timeout(t);
     r
 }
 
-/// HOST:PORT of filter targets; a target without a port is a bad request.
-fn addrs(cfg: Option<&filter::Config>) -> Result<Vec<String>, Status> {
-    cfg.map_or(&[][..], |c| &c.targets[..]).iter().map(target_addr).collect()
-}
-
-fn target_addr(t: &filter::Target) -> Result<String, Status> {
-    if t.port == 0 || t.host.is_empty() {
-        return Err(Status::invalid_argument(format!("filter target {:?}:{} needs a host and a port", t.host, t.port)));
-    }
-    Ok(format!("{}:{}", t.host, t.port))
-}
-
 impl Gateway {
+    /// HOST:PORT of a request's filter targets, each checked and allowed.
+    fn request_targets(&self, cfg: Option<&filter::Config>) -> Result<Vec<String>, Status> {
+        let Some(cfg) = cfg else { return Ok(Vec::new()) };
+        let addrs = limits::filter_targets(cfg)?;
+        addrs.iter().try_for_each(|a| self.allow.check(a))?;
+        Ok(addrs)
+    }
+
     /// Object → vector on the request's vectorizer, else the default one.
     async fn vectorize(&self, target: Option<&filter::Target>, id: &str, object: Vec<u8>) -> Result<Vec<f32>, Status> {
         let addr = match target.filter(|t| t.port != 0) {
-            Some(t) => target_addr(t)?,
+            Some(t) => {
+                let addr = limits::target(t)?;
+                self.allow.check(&addr)?;
+                addr
+            }
             None => self.vectorizer.clone().ok_or_else(|| {
                 Status::invalid_argument(
                     "no vectorizer: the request names none (Filter.Target with a port) and the gateway has no default",
                 )
             })?,
         };
-        let mut c = IngressClient::new(self.pool.channel(&addr)?);
+        let mut c = sized!(IngressClient::new(self.pool.channel(&addr)?), self.max_message);
         let v = c
             .gen_vector(with_timeout(object::Blob { id: id.to_string(), object }, self.call_timeout))
             .await
             .map_err(|s| backend_error("vectorizer", &addr, s))?
             .into_inner();
-        if v.vector.is_empty() {
-            return Err(Status::internal(format!("vectorizer {addr} returned an empty vector")));
-        }
+        limits::vector("the vector", &v.vector, None)
+            .map_err(|s| Status::internal(format!("vectorizer {addr}: {}", s.message())))?;
         Ok(v.vector)
     }
 
     /// The ingress FilterVector chain: the gateway's filters, then the request's.
     async fn ingress(&self, extra: Option<&filter::Config>, mut v: object::Vector) -> Result<object::Vector, Status> {
-        for addr in self.ingress.iter().cloned().chain(addrs(extra)?) {
-            let mut c = IngressClient::new(self.pool.channel(&addr)?);
+        for addr in self.ingress.iter().cloned().chain(self.request_targets(extra)?) {
+            let mut c = sized!(IngressClient::new(self.pool.channel(&addr)?), self.max_message);
             v = c
                 .filter_vector(with_timeout(v, self.call_timeout))
                 .await
@@ -116,7 +134,7 @@ impl Gateway {
     /// error if none answered.
     async fn exists(&self, owners: &[String], id: &str) -> Result<bool, Status> {
         let calls = owners.iter().map(|addr| async move {
-            let mut c = ObjectClient::new(self.pool.agent(addr)?);
+            let mut c = sized!(ObjectClient::new(self.pool.agent(addr)?), self.max_message);
             let r = c.exists(with_timeout(object::Id { id: id.to_string() }, self.call_timeout)).await;
             self.health.record(addr, r.as_ref().map(|_| ()));
             match r {
@@ -148,7 +166,7 @@ impl Gateway {
                 config: Some(upsert::Config { timestamp, ..Default::default() }),
             };
             async move {
-                let mut c = UpsertClient::new(self.pool.agent(addr).map_err(|s| (addr, s))?);
+                let mut c = sized!(UpsertClient::new(self.pool.agent(addr).map_err(|s| (addr, s))?), self.max_message);
                 let r = c.upsert(with_timeout(req, self.call_timeout)).await;
                 self.health.record(addr, r.as_ref().map(|_| ()));
                 r.map(|r| r.into_inner()).map_err(|s| (addr, s))
@@ -182,10 +200,13 @@ impl Gateway {
     /// Agents get 90 % of `budget`, so one that stops answering costs its results, not the
     /// search; agents last seen unreachable get only the probe timeout, so a partitioned one
     /// costs little per search and one that came back is answered from at once.
+    /// Each agent is asked for `plan.per_agent` results (`ratio`), with no minimum: `min_num`
+    /// applies to the merged answer.
     async fn search_agents(
         &self,
         vector: Vec<f32>,
         cfg: &search::Config,
+        plan: &SearchPlan,
         budget: Duration,
     ) -> Result<Vec<object::Distance>, Status> {
         let agents = self.agents.all();
@@ -193,19 +214,25 @@ impl Gateway {
             return Err(Status::unavailable("no agents"));
         }
         let budget = budget.mul_f64(0.9);
-        let num = if cfg.num == 0 { DEFAULT_NUM } else { cfg.num };
-        let agent_cfg = search::Config { num, egress_filters: None, ingress_filters: None, ..cfg.clone() };
+        let agent_cfg = search::Config {
+            num: plan.per_agent as u32,
+            min_num: 0,
+            ratio: None,
+            egress_filters: None,
+            ingress_filters: None,
+            ..cfg.clone()
+        };
         let calls = agents.iter().map(|addr| {
             let req = search::Request { vector: vector.clone(), config: Some(agent_cfg.clone()) };
             let budget = if self.health.is_reachable(addr) { budget } else { budget.min(self.probe_timeout) };
             async move {
-                let mut c = SearchClient::new(self.pool.agent(addr)?);
+                let mut c = sized!(SearchClient::new(self.pool.agent(addr)?), self.max_message);
                 let r = match tokio::time::timeout(budget, c.search(with_timeout(req, budget))).await {
                     Ok(r) => r,
                     Err(_) => Err(Status::deadline_exceeded(format!("no answer within {budget:?}"))),
                 };
                 self.health.record(addr, r.as_ref().map(|_| ()));
-                r.map(|r| r.into_inner().results).map_err(|s| backend_error("agent", addr, s))
+                r.map(|r| r.into_inner().results).map_err(|s| agent_error(addr, s))
             }
         });
         let mut best: HashMap<String, f32> = HashMap::new();
@@ -221,6 +248,10 @@ impl Gateway {
                 Err(s) => failures.push(s),
             }
         }
+        // A request an agent finds invalid (e.g. a query of the wrong length) is the caller's.
+        if let Some(i) = failures.iter().position(|s| s.code() == Code::InvalidArgument) {
+            return Err(failures.swap_remove(i));
+        }
         if failures.len() == agents.len() {
             return Err(failures.swap_remove(0));
         }
@@ -230,7 +261,7 @@ impl Gateway {
         let mut merged: Vec<object::Distance> =
             best.into_iter().map(|(id, distance)| object::Distance { id, distance }).collect();
         sort(&mut merged);
-        merged.truncate(num as usize);
+        merged.truncate(plan.num);
         Ok(merged)
     }
 
@@ -240,14 +271,14 @@ impl Gateway {
         extra: Option<&filter::Config>,
         results: Vec<object::Distance>,
     ) -> Result<Vec<object::Distance>, Status> {
-        let chain: Vec<String> = self.egress.iter().cloned().chain(addrs(extra)?).collect();
+        let chain: Vec<String> = self.egress.iter().cloned().chain(self.request_targets(extra)?).collect();
         if chain.is_empty() {
             return Ok(results);
         }
         let chain = &chain;
         let filtered = join_all(results.into_iter().map(|mut d| async move {
             for addr in chain {
-                let mut c = EgressClient::new(self.pool.channel(addr)?);
+                let mut c = sized!(EgressClient::new(self.pool.channel(addr)?), self.max_message);
                 d = c
                     .filter_distance(with_timeout(d, self.call_timeout))
                     .await
@@ -298,25 +329,35 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
         }),
     );
     tokio::spawn(super::http::serve_with(http, ready.clone(), Arc::new(move || m.encode()), status));
+    let vectorizer = a.vectorizer.clone().filter(|v| !v.is_empty());
+    let configured = vectorizer.iter().chain(&a.ingress_filter).chain(&a.egress_filter);
+    let allow = AllowList::new(configured.chain(&a.allow_targets).map(String::as_str));
+    let max = a.limits.max_message_bytes;
     let gw = Gateway {
         agents,
         replicas: a.replicas,
         pool,
         health,
         probe_timeout: a.probe_timeout,
-        vectorizer: a.vectorizer.clone().filter(|v| !v.is_empty()),
+        vectorizer,
         ingress: a.ingress_filter.clone(),
         egress: a.egress_filter.clone(),
         search_timeout: a.search_timeout,
         call_timeout: a.call_timeout,
         stream_concurrency: a.stream_concurrency.max(1),
         metrics,
+        limits: a.limits.limits(),
+        allow,
+        max_message: max,
     };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let mut server = a.tls.builder().context("gateway TLS")?;
     tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, grpc = a.tls.mode(), backends_tls = a.backend_tls.tls_ca.is_some(), "gateway serving");
     server
-        .add_service(kim_proto::vald::v1::filter_server::FilterServer::new(grpc::FilterService(Arc::new(gw))))
+        .add_service(sized!(
+            kim_proto::vald::v1::filter_server::FilterServer::new(grpc::FilterService(Arc::new(gw))),
+            max
+        ))
         .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
         .await?;
     ready.store(false, Ordering::SeqCst);
