@@ -140,8 +140,18 @@ def online(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Online]:
         addrs = ",".join(a.addr for a in agents)
         # Tests name vectorizers and filters of their own on loopback ports: the gateway lets
         # requests call any port of 127.0.0.1; the bare one only the shared vectorizer.
-        gw = procs.start("gateway", "filter", "--agents", addrs, "--replicas", "2", "--vectorizer", vec.addr,
-                         "--allow-target", "127.0.0.1:*")
+        gw = procs.start(
+            "gateway",
+            "filter",
+            "--agents",
+            addrs,
+            "--replicas",
+            "2",
+            "--vectorizer",
+            vec.addr,
+            "--allow-target",
+            "127.0.0.1:*",
+        )
         bare = procs.start("gateway-bare", "filter", "--agents", addrs, "--replicas", "2", "--allow-target", vec.addr)
         o = Online(agents, vec, gw, bare, procs)
         yield o

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from conftest import DIMS, Online
 from vald.v1.payload import payload_pb2 as pb
 from vald.v1.vald import filter_pb2_grpc, index_pb2_grpc, search_pb2_grpc
-
-from conftest import DIMS, Online
 
 Code = grpc.StatusCode
 HUGE = 2**32 - 1
@@ -24,12 +23,15 @@ def test_num_2_pow_32_minus_1_is_invalid_everywhere_and_nothing_dies(online: Onl
     for agent in online.agents:
         with pytest.raises(grpc.RpcError) as e:
             search_pb2_grpc.SearchStub(online.channel(agent)).Search(
-                pb.Search.Request(vector=[0.5] * DIMS, config=pb.Search.Config(num=HUGE)))
+                pb.Search.Request(vector=[0.5] * DIMS, config=pb.Search.Config(num=HUGE))
+            )
         assert e.value.code() == Code.INVALID_ARGUMENT
     for agent in online.agents:
         assert agent.popen.poll() is None, agent.tail()
         index_pb2_grpc.IndexStub(online.channel(agent)).IndexInfo(pb.Empty())
-    res = gw.SearchObject(pb.Search.ObjectRequest(object=b"limits are checked first", config=pb.Search.Config(num=16384)))
+    res = gw.SearchObject(
+        pb.Search.ObjectRequest(object=b"limits are checked first", config=pb.Search.Config(num=16384))
+    )
     assert res.results[0].id == "lim-1"
 
 
@@ -44,8 +46,12 @@ def test_targets_outside_the_allowlist_are_refused(online: Online):
     bare = filter_pb2_grpc.FilterStub(online.channel(online.bare_gateway))
     elsewhere = pb.Filter.Target(host="127.0.0.1", port=online.gateway.port)
     with pytest.raises(grpc.RpcError) as e:
-        bare.SearchObject(pb.Search.ObjectRequest(object=b"relay", config=pb.Search.Config(num=1), vectorizer=elsewhere))
+        bare.SearchObject(
+            pb.Search.ObjectRequest(object=b"relay", config=pb.Search.Config(num=1), vectorizer=elsewhere)
+        )
     assert e.value.code() == Code.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError) as e:
-        bare.SearchObject(pb.Search.ObjectRequest(object=b"relay", vectorizer=pb.Filter.Target(host="127.0.0.1", port=70000)))
+        bare.SearchObject(
+            pb.Search.ObjectRequest(object=b"relay", vectorizer=pb.Filter.Target(host="127.0.0.1", port=70000))
+        )
     assert e.value.code() == Code.INVALID_ARGUMENT
