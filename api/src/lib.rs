@@ -285,6 +285,10 @@ pub struct LabelInfo {
     pub metric: String,
     pub vectors: usize,
     pub snapshot: String,
+    /// Set when the snapshot CURRENT names failed verification on this matcher, which serves
+    /// the older `snapshot` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// A LUNA-style request id: `"<unix seconds>,<uuid4>"`.

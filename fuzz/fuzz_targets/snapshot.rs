@@ -1,7 +1,8 @@
 //! Snapshot manifest + loader (graph decode and structural validation), then a search on
 //! whatever loads. Input: `u16 manifest len | manifest | u32 ids len | ids.txt | u32 vectors
 //! len | vectors.bin | graph.bin`. The harness writes the files and, when the manifest is a
-//! JSON object, fills in the true sizes and xxh3 sums of the three files, so mutations get
+//! JSON object, fills in its id (`s1`, the directory it lies in) and the true sizes and xxh3 sums
+//! of the three files, so mutations get
 //! past the checksum gate into the decoders; other manifests are written as they are.
 #![no_main]
 
@@ -45,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let mut manifest = manifest.to_vec();
     if let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&manifest) {
         let sum = |x: &[u8]| json!({"bytes": x.len(), "xxh3": hash_hex(x)});
+        m.insert("id".into(), json!("s1"));
         m.insert("files".into(), json!({"ids.txt": sum(ids), "vectors.bin": sum(vectors), "graph.bin": sum(graph)}));
         manifest = serde_json::to_vec(&m).unwrap();
     }

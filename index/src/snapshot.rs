@@ -29,8 +29,20 @@ pub enum SnapshotError {
     Io { path: PathBuf, err: std::io::Error },
     #[error("no CURRENT snapshot under {0}")]
     NoCurrent(PathBuf),
+    /// A checksum, size or structure failure: final for this snapshot id.
     #[error("snapshot {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
+    /// The snapshot (or one of its files) is missing, shorter than its manifest says or cannot
+    /// be read: on storage that shows changes late it may still arrive, so readers retry.
+    #[error("snapshot {id} is not readable yet: {reason}")]
+    Unavailable { id: String, reason: String },
+}
+
+impl SnapshotError {
+    /// True when trying the same snapshot again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SnapshotError::Corrupt { .. })
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -107,45 +119,104 @@ pub fn write(dir: &Path, mut manifest: Manifest, index: &FlatIndex) -> Result<Ma
 
 /// Points CURRENT at `id`: write a temp file, fsync, rename over CURRENT, fsync the directory.
 pub fn publish(dir: &Path, id: &str) -> Result<(), SnapshotError> {
-    let tmp = dir.join(format!(".CURRENT.{}", std::process::id()));
+    replace_id_file(dir, "CURRENT", id)
+}
+
+fn replace_id_file(dir: &Path, name: &str, id: &str) -> Result<(), SnapshotError> {
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     write_synced(&tmp, format!("{id}\n").as_bytes())?;
-    let cur = dir.join("CURRENT");
-    fs::rename(&tmp, &cur).map_err(io_err(&cur))?;
+    let dst = dir.join(name);
+    fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
     sync_dir(dir)
 }
 
 /// The id CURRENT names, if any.
 pub fn current(dir: &Path) -> Result<Option<String>, SnapshotError> {
-    let p = dir.join("CURRENT");
-    match fs::read_to_string(&p) {
+    read_id_file(&dir.join("CURRENT"))
+}
+
+fn read_id_file(p: &Path) -> Result<Option<String>, SnapshotError> {
+    match fs::read_to_string(p) {
         Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&p)(e)),
+        Err(e) => Err(io_err(p)(e)),
     }
+}
+
+/// True for names a snapshot id may have (no path separators, no leading dot).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['/', '\\']) && !id.starts_with('.')
+}
+
+/// Reads and checks the manifest of snapshot `id` in `sdir`.
+pub fn read_manifest(sdir: &Path, id: &str) -> Result<Manifest, SnapshotError> {
+    if !valid_id(id) {
+        return Err(SnapshotError::Corrupt { id: id.to_string(), reason: format!("invalid snapshot id {id:?}") });
+    }
+    let mbytes = fs::read(sdir.join("manifest.json"))
+        .map_err(|e| SnapshotError::Unavailable { id: id.to_string(), reason: format!("manifest.json: {e}") })?;
+    parse_manifest(&mbytes, id)
+}
+
+/// Parses and checks the manifest bytes of snapshot `id`.
+pub fn parse_manifest(mbytes: &[u8], id: &str) -> Result<Manifest, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt { id: id.to_string(), reason };
+    let m: Manifest = serde_json::from_slice(mbytes).map_err(|e| corrupt(format!("manifest.json: {e}")))?;
+    if m.format != FORMAT {
+        return Err(corrupt(format!("format {} (this build reads {FORMAT})", m.format)));
+    }
+    if m.id != id {
+        return Err(corrupt(format!("manifest names snapshot {:?}", m.id)));
+    }
+    m.descriptor.validate().map_err(|e| corrupt(e.to_string()))?;
+    Ok(m)
+}
+
+/// Reads data file `name` of snapshot `m` from `sdir` and checks its size and checksum. A file
+/// that is missing, unreadable or still shorter than the manifest says is [`SnapshotError::Unavailable`].
+pub fn read_checked(sdir: &Path, m: &Manifest, name: &str) -> Result<Vec<u8>, SnapshotError> {
+    let corrupt = |reason: String| SnapshotError::Corrupt { id: m.id.clone(), reason };
+    let unavailable = |reason: String| SnapshotError::Unavailable { id: m.id.clone(), reason };
+    let sum = m.files.get(name).ok_or_else(|| corrupt(format!("manifest lists no {name}")))?;
+    let path = sdir.join(name);
+    // The size first, so a file still arriving costs a stat per retry, not a read.
+    let len = fs::metadata(&path).map_err(|e| unavailable(format!("{name}: {e}")))?.len();
+    if len < sum.bytes {
+        return Err(unavailable(format!("{name} has {len} of its {} bytes", sum.bytes)));
+    }
+    let bytes = fs::read(&path).map_err(|e| unavailable(format!("{name}: {e}")))?;
+    if bytes.len() as u64 != sum.bytes || hash_hex(&bytes) != sum.xxh3 {
+        return Err(corrupt(format!("{name} does not match its checksum")));
+    }
+    Ok(bytes)
+}
+
+/// Checks every file of snapshot `id` in `sdir` against its manifest without decoding it.
+pub fn verify_files(sdir: &Path, id: &str) -> Result<Manifest, SnapshotError> {
+    let m = read_manifest(sdir, id)?;
+    for name in FILES {
+        read_checked(sdir, &m, name)?;
+    }
+    Ok(m)
+}
+
+/// The names of a snapshot's files, manifest last (the order to copy or upload them in).
+pub fn file_names() -> [&'static str; 4] {
+    [FILES[0], FILES[1], FILES[2], "manifest.json"]
 }
 
 /// Loads snapshot `id`, verifying sizes, checksums and graph structure.
 pub fn load(dir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError> {
+    load_from(&dir.join("snapshots").join(id), id)
+}
+
+/// Loads snapshot `id` from its own directory `sdir`.
+pub fn load_from(sdir: &Path, id: &str) -> Result<(Manifest, FlatIndex), SnapshotError> {
     let corrupt = |reason: String| SnapshotError::Corrupt { id: id.to_string(), reason };
-    if id.contains(['/', '\\']) || id.starts_with('.') {
-        return Err(corrupt(format!("invalid snapshot id {id:?}")));
-    }
-    let sdir = dir.join("snapshots").join(id);
-    let mpath = sdir.join("manifest.json");
-    let mbytes = fs::read(&mpath).map_err(|e| corrupt(format!("manifest.json: {e}")))?;
-    let m: Manifest = serde_json::from_slice(&mbytes).map_err(|e| corrupt(format!("manifest.json: {e}")))?;
-    if m.format != FORMAT {
-        return Err(corrupt(format!("format {} (this build reads {FORMAT})", m.format)));
-    }
-    m.descriptor.validate().map_err(|e| corrupt(e.to_string()))?;
+    let m = read_manifest(sdir, id)?;
     let mut data = BTreeMap::new();
     for name in FILES {
-        let sum = m.files.get(name).ok_or_else(|| corrupt(format!("manifest lists no {name}")))?;
-        let bytes = fs::read(sdir.join(name)).map_err(|e| corrupt(format!("{name}: {e}")))?;
-        if bytes.len() as u64 != sum.bytes || hash_hex(&bytes) != sum.xxh3 {
-            return Err(corrupt(format!("{name} does not match its checksum")));
-        }
-        data.insert(name, bytes);
+        data.insert(name, read_checked(sdir, &m, name)?);
     }
     let spec = m.descriptor;
     let vbytes = &data["vectors.bin"];
@@ -186,26 +257,63 @@ pub fn load_current(dir: &Path) -> Result<(Manifest, FlatIndex), SnapshotError> 
     load(dir, &id)
 }
 
-/// Keeps `keep` snapshots (the live one plus the newest others) and removes the rest and any
-/// stale temp dirs left by interrupted builds.
+/// The snapshot ids under `dir/snapshots`, oldest first (ids sort by creation time).
+pub fn list(dir: &Path) -> Result<Vec<String>, SnapshotError> {
+    let mut ids = entries(&dir.join("snapshots"))?;
+    ids.retain(|i| valid_id(i));
+    ids.sort();
+    Ok(ids)
+}
+
+fn entries(snaps: &Path) -> Result<Vec<String>, SnapshotError> {
+    match fs::read_dir(snaps) {
+        Ok(rd) => Ok(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(snaps)(e)),
+    }
+}
+
+/// The snapshot a rollback pinned (`PINNED`), which garbage collection never removes.
+pub fn pinned(dir: &Path) -> Result<Option<String>, SnapshotError> {
+    read_id_file(&dir.join("PINNED"))
+}
+
+/// Pins `id` (replacing any earlier pin), atomically like CURRENT.
+pub fn pin(dir: &Path, id: &str) -> Result<(), SnapshotError> {
+    replace_id_file(dir, "PINNED", id)
+}
+
+/// Which snapshots of `ids` (sorted, oldest first) garbage collection removes: all but the live
+/// one, the pinned one and the newest others up to `keep` in all.
+pub fn doomed(ids: &[String], live: Option<&str>, pinned: Option<&str>, keep: usize) -> Vec<String> {
+    let protected = |i: &str| Some(i) == live || Some(i) == pinned;
+    let others: Vec<&String> = ids.iter().filter(|i| !protected(i)).collect();
+    let kept_protected = ids.iter().filter(|i| protected(i)).count();
+    let retained = keep.max(1).saturating_sub(kept_protected);
+    others[..others.len().saturating_sub(retained)].iter().map(|i| i.to_string()).collect()
+}
+
+/// Keeps `keep` snapshots (the live one, the pinned one and the newest others) and removes the
+/// rest and any stale temp dirs left by interrupted builds. CURRENT and PINNED are read again
+/// before each removal, so a rollback running meanwhile never loses its target.
 pub fn gc(dir: &Path, keep: usize) -> Result<Vec<String>, SnapshotError> {
     let snaps = dir.join("snapshots");
-    let live = current(dir)?;
-    let mut ids: Vec<String> = match fs::read_dir(&snaps) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(&snaps)(e)),
-    };
-    ids.sort();
-    let (temps, mut done): (Vec<String>, Vec<String>) = ids.into_iter().partition(|i| i.starts_with(".tmp-"));
-    done.retain(|i| Some(i) != live.as_ref());
-    let retained = keep.max(1) - usize::from(live.is_some());
-    let doomed: Vec<String> = done.drain(..done.len().saturating_sub(retained)).collect();
-    for id in doomed.iter().chain(&temps) {
-        let p = snaps.join(id);
+    let temps: Vec<String> = entries(&snaps)?.into_iter().filter(|i| i.starts_with(".tmp-")).collect();
+    let ids = list(dir)?;
+    let mut removed = Vec::new();
+    for id in doomed(&ids, current(dir)?.as_deref(), pinned(dir)?.as_deref(), keep) {
+        if current(dir)?.as_deref() == Some(&id) || pinned(dir)?.as_deref() == Some(&id) {
+            continue;
+        }
+        let p = snaps.join(&id);
+        fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        removed.push(id);
+    }
+    for t in &temps {
+        let p = snaps.join(t);
         fs::remove_dir_all(&p).map_err(io_err(&p))?;
     }
-    Ok(doomed)
+    Ok(removed)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -286,5 +394,20 @@ impl<'a> Reader<'a> {
         let offsets = self.u32s(rows.checked_add(1).ok_or_else(|| Error::Graph("graph.bin: size overflow".into()))?)?;
         let targets = self.u32s(*offsets.last().unwrap() as usize)?;
         Ok(Csr { offsets, targets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::doomed;
+
+    #[test]
+    fn gc_keeps_live_pinned_and_newest() {
+        let ids: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(doomed(&ids, Some("c"), Some("a"), 3), vec!["b", "d"]);
+        assert_eq!(doomed(&ids, Some("e"), None, 2), vec!["a", "b", "c"]);
+        assert_eq!(doomed(&ids, None, None, 0), vec!["a", "b", "c", "d"]);
+        assert_eq!(doomed(&ids, Some("a"), Some("b"), 1), vec!["c", "d", "e"]);
+        assert!(doomed(&ids, Some("a"), None, 9).is_empty());
     }
 }

@@ -101,10 +101,26 @@ fn snapshot_round_trip_and_corruption() {
             other => panic!("{name}: corruption not detected: {:?}", other.map(|x| x.0)),
         }
     }
-    // A missing file is corrupt too; CURRENT still loads.
+    // A missing or short file may still arrive (storage that shows changes late): retryable,
+    // not corrupt; a longer one is corrupt. CURRENT still loads.
     let m3 = snapshot::write(&dir, manifest(&index), &index).unwrap();
-    std::fs::remove_file(dir.join("snapshots").join(&m3.id).join("graph.bin")).unwrap();
-    assert!(matches!(snapshot::load(&dir, &m3.id), Err(SnapshotError::Corrupt { .. })));
+    let g = dir.join("snapshots").join(&m3.id).join("graph.bin");
+    let full = std::fs::read(&g).unwrap();
+    std::fs::remove_file(&g).unwrap();
+    let e = snapshot::load(&dir, &m3.id).map(|x| x.0).unwrap_err();
+    assert!(matches!(e, SnapshotError::Unavailable { .. }) && e.is_retryable(), "{e}");
+    std::fs::write(&g, &full[..full.len() / 2]).unwrap();
+    let e = snapshot::load(&dir, &m3.id).map(|x| x.0).unwrap_err();
+    assert!(matches!(e, SnapshotError::Unavailable { .. }), "{e}");
+    let mut longer = full.clone();
+    longer.push(0);
+    std::fs::write(&g, &longer).unwrap();
+    let e = snapshot::load(&dir, &m3.id).map(|x| x.0).unwrap_err();
+    assert!(matches!(e, SnapshotError::Corrupt { .. }) && !e.is_retryable(), "{e}");
+    std::fs::write(&g, &full).unwrap();
+    assert_eq!(snapshot::verify_files(&dir.join("snapshots").join(&m3.id), &m3.id).unwrap().id, m3.id);
+    assert!(matches!(snapshot::load(&dir, "nope"), Err(SnapshotError::Unavailable { .. })));
+    assert!(matches!(snapshot::load(&dir, "../x"), Err(SnapshotError::Corrupt { .. })));
     assert!(snapshot::load_current(&dir).is_ok());
 
     // Garbage collection keeps the newest N and never the live one's files.
@@ -114,6 +130,17 @@ fn snapshot_round_trip_and_corruption() {
     assert_eq!(left.len(), 2);
     assert!(snapshot::load_current(&dir).is_ok(), "live snapshot survived gc");
     assert!(Path::new(&dir.join("snapshots").join(&m1.id)).exists());
+
+    // A pinned snapshot (a rollback's target) survives too, even past `keep`.
+    let (m4, m5) = (
+        snapshot::write(&dir, manifest(&index), &index).unwrap(),
+        snapshot::write(&dir, manifest(&index), &index).unwrap(),
+    );
+    snapshot::pin(&dir, &m3.id).unwrap();
+    assert_eq!(snapshot::pinned(&dir).unwrap().as_deref(), Some(m3.id.as_str()));
+    let removed = snapshot::gc(&dir, 2).unwrap();
+    assert_eq!(removed, vec![m4.id.clone(), m5.id.clone()]);
+    assert_eq!(snapshot::list(&dir).unwrap(), vec![m1.id.clone(), m3.id.clone()]);
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub enum Command {
     Match(MatchArgs),
     /// Remove a label's snapshots from storage (run by the operator when a MatchingIndex goes).
     Clean(CleanArgs),
+    /// List, roll back, export or import a label's snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Serve one online shard (Vald agent API) with a WAL on --data.
     Agent(crate::online::args::AgentArgs),
     /// Serve vald.v1.Filter: vectorize, place on agents, fan out searches.
@@ -114,9 +117,8 @@ pub struct IndexArgs {
     /// Namespace directory under the storage root.
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Storage root shared with matchers.
-    #[arg(long, env = "KIM_STORAGE")]
-    pub storage: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Descriptors: .npy (2-D), .fvecs or .kimv; or agents://HOST:PORT,... to read every
     /// object of the online agents (f32; ids are the object ids).
     #[arg(long)]
@@ -147,20 +149,85 @@ pub struct IndexArgs {
     pub termination_message_path: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-pub struct CleanArgs {
+/// Where snapshots live; shared by every command that reads or writes them.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Storage root: a directory shared by builds and matchers.
     #[arg(long, env = "KIM_STORAGE")]
-    pub storage: PathBuf,
+    pub storage: String,
+}
+
+/// One label's snapshots on storage.
+#[derive(Debug, Clone, Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
     #[arg(long)]
     pub label: String,
 }
 
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[arg(long)]
+    pub label: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// The label's snapshots, oldest first, with which is live and which is pinned (one JSON line).
+    List(LabelArgs),
+    /// Verify snapshot --to, pin it (garbage collection keeps it) and make it CURRENT.
+    Rollback(RollbackArgs),
+    /// Copy a verified snapshot (default: CURRENT's) into a new directory.
+    Export(ExportArgs),
+    /// Verify a snapshot directory written by `export`, store it and make it CURRENT.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: LabelArgs,
+    /// Snapshot id to make live (see `snapshot list`).
+    #[arg(long)]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub target: LabelArgs,
+    /// Snapshot id (default: the one CURRENT names).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Directory to create (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Storage and namespace to import into; the label must be the snapshot's own.
+    #[command(flatten)]
+    pub target: LabelArgs,
+    /// Directory written by `snapshot export`.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Store the snapshot without making it CURRENT.
+    #[arg(long)]
+    pub no_publish: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MatchArgs {
-    #[arg(long, env = "KIM_STORAGE")]
-    pub storage: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
     #[command(flatten)]

@@ -2,7 +2,6 @@
 //! CURRENT, collect old snapshots. The outcome is one JSON line on stdout (and in the
 //! termination message file for Kubernetes), so callers never parse logs.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +11,7 @@ use kim_index::snapshot::{self, Manifest};
 use kim_index::{FlatIndex, HnswParams, Matrix, VectorStore};
 
 use crate::cli::{CleanArgs, IndexArgs};
+use crate::storage::Store;
 
 pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
     let outcome = build(a);
@@ -83,7 +83,8 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     };
     let graph = build_graph(&vectors, params, threads, &progress)?;
     let index = FlatIndex { vectors, graph, ids: Ids::from_vec(&ids), ef_search: params.ef_search };
-    let dir = snapshot::label_dir(&a.storage, &a.namespace, &a.label);
+    let store = Store::open(&a.storage)?;
+    let dir = store.staging(&a.namespace, &a.label);
     let manifest = Manifest {
         format: snapshot::FORMAT,
         id: snapshot::new_snapshot_id(),
@@ -101,22 +102,28 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         snapshot::write(&dir, manifest, &index).with_context(|| format!("writing snapshot under {}", dir.display()))?;
     // Read it back before it goes live: CURRENT never names a snapshot that fails to load.
     snapshot::load(&dir, &written.id).context("verifying the written snapshot")?;
-    snapshot::publish(&dir, &written.id)?;
-    let removed = snapshot::gc(&dir, a.keep)?;
+    drop(index);
+    let (ns, label, id) = (a.namespace.as_str(), a.label.as_str(), written.id.as_str());
+    let removed = runtime()?.block_on(async {
+        store.put(ns, label, id, &dir.join("snapshots").join(id)).await.context("storing the snapshot")?;
+        store.publish(ns, label, id).await.context("publishing CURRENT")?;
+        anyhow::Ok(store.gc(ns, label, a.keep).await.context("collecting old snapshots")?)
+    })?;
     tracing::info!(snapshot = %written.id, vectors = written.vectors, secs = start.elapsed().as_secs_f64(), removed = removed.len(), "snapshot is current");
     Ok(written)
+}
+
+/// A small runtime for the storage calls of one-shot commands.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Removes `<storage>/<namespace>/<label>`; a label that is already gone is not an error.
 pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
     anyhow::ensure!(valid_name(&a.label) && valid_name(&a.namespace), "invalid label or namespace name");
-    let dir = snapshot::label_dir(&a.storage, &a.namespace, &a.label);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => tracing::info!(dir = %dir.display(), "removed label files"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::info!(dir = %dir.display(), "nothing to remove"),
-        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
-    }
-    println!("{}", serde_json::json!({"removed": dir}));
+    let store = Store::open(&a.storage)?;
+    let removed = runtime()?.block_on(store.remove_label(&a.namespace, &a.label))?;
+    println!("{}", serde_json::json!({"removed": removed}));
     Ok(())
 }
 
@@ -126,17 +133,4 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= 253
         && !s.starts_with('.')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-/// Labels with a CURRENT file under `<root>/<namespace>`.
-pub fn discover_labels(root: &Path, namespace: &str) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(root.join(namespace)) else { return Vec::new() };
-    let mut v: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("CURRENT").exists())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|l| valid_name(l))
-        .collect();
-    v.sort();
-    v
 }

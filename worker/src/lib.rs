@@ -6,4 +6,6 @@ pub mod gen;
 pub mod indexer;
 pub mod matcher;
 pub mod online;
+pub mod snapshots;
+pub mod storage;
 pub mod telemetry;

@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
         Command::Index(a) => kim_worker::indexer::run(&a),
         Command::Match(a) => kim_worker::matcher::run(a),
         Command::Clean(a) => kim_worker::indexer::clean(&a),
+        Command::Snapshot(c) => kim_worker::snapshots::run(c),
         Command::Agent(a) => kim_worker::online::agent::run(a),
         Command::Filter(a) => kim_worker::online::gateway::run(a),
         Command::Vectorize(a) => kim_worker::online::vectorizer::run(a),

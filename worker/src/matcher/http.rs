@@ -24,7 +24,17 @@ pub async fn serve(m: Arc<Matcher>, listener: tokio::net::TcpListener) {
 
 async fn ready(State(m): State<Arc<Matcher>>) -> impl IntoResponse {
     if m.ready.load(Ordering::SeqCst) && m.reading.load(Ordering::SeqCst) && !m.stopping() {
-        (StatusCode::OK, format!("ready: {}\n", m.label_names().join(",")))
+        let mut body = format!("ready: {}\n", m.label_names().join(","));
+        for s in m.label_names().iter().filter_map(|l| m.served(l)) {
+            if let Some(bad) = s.rejected() {
+                let serving = &s.current.load().manifest.id;
+                body += &format!(
+                    "{}: CURRENT names {bad}, which failed verification (26308); serving {serving}\n",
+                    s.label
+                );
+            }
+        }
+        (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
     }

@@ -1,18 +1,18 @@
 //! Which labels this matcher serves and which snapshot each one runs, swapped without pauses:
 //! a batch holds an `Arc` of the snapshot it started with, so a swap never drops a request.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use kim_api::ErrorCode;
-use kim_index::snapshot::{self, Manifest};
+use kim_index::snapshot::{self, Manifest, SnapshotError};
 use kim_index::FlatIndex;
 use kim_redis::Conn;
 
+use super::retry::Tries;
 use super::{registry, Matcher};
-use crate::indexer::discover_labels;
 
 /// A snapshot in memory.
 pub struct Loaded {
@@ -24,33 +24,42 @@ pub struct Loaded {
 pub struct Served {
     pub label: String,
     pub current: ArcSwap<Loaded>,
+    /// The snapshot CURRENT names when it failed verification and an older one is served instead.
+    pub rejected: Mutex<Option<String>>,
+}
+
+impl Served {
+    pub fn rejected(&self) -> Option<String> {
+        self.rejected.lock().unwrap().clone()
+    }
 }
 
 /// Polls storage until shutdown.
 pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
-    // Snapshot ids that failed to load, per label, so a bad one is reported once, not every tick.
-    let rejected: Mutex<std::collections::HashMap<String, String>> = Default::default();
+    let mut tries = Tries::default();
     loop {
-        refresh(&m, &mut conn, &rejected).await;
+        refresh(&m, &mut conn, &mut tries).await;
         if m.pause(m.args.reload_interval).await {
             return;
         }
     }
 }
 
-fn wanted(m: &Matcher) -> Vec<String> {
-    if m.args.labels.is_empty() {
-        discover_labels(&m.args.storage, &m.args.namespace)
-    } else {
-        m.args.labels.clone()
+async fn wanted(m: &Matcher) -> Vec<String> {
+    if !m.args.labels.is_empty() {
+        return m.args.labels.clone();
     }
+    m.store.labels(&m.args.namespace).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list labels");
+        // Keep serving what is served; a label is never dropped for a listing failure.
+        m.label_names()
+    })
 }
 
-async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, rejected: &Mutex<std::collections::HashMap<String, String>>) {
-    let wanted = wanted(m);
+async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, tries: &mut Tries) {
+    let wanted = wanted(m).await;
     for label in &wanted {
-        let dir = snapshot::label_dir(&m.args.storage, &m.args.namespace, label);
-        let id = match snapshot::current(&dir) {
+        let id = match m.store.current(&m.args.namespace, label).await {
             Ok(Some(id)) => id,
             Ok(None) => continue,
             Err(e) => {
@@ -59,21 +68,41 @@ async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, rejected: &Mutex<std::collec
             }
         };
         let existing = m.served(label);
-        if existing.as_ref().is_some_and(|s| s.current.load().manifest.id == id)
-            || rejected.lock().unwrap().get(label) == Some(&id)
-        {
+        if let Some(s) = existing.as_ref().filter(|s| s.current.load().manifest.id == id) {
+            tries.forget(label);
+            if s.rejected.lock().unwrap().take().is_some() {
+                m.metrics.set_fallback(label, false);
+                registry::register(m, conn).await;
+            }
             continue;
         }
-        match load(dir, id.clone(), label.clone()).await {
+        if !tries.due(label, &id, Instant::now()) {
+            continue;
+        }
+        match load(m, label, &id).await {
             Ok(loaded) => {
-                rejected.lock().unwrap().remove(label);
-                install(m, conn, label, existing, loaded).await;
+                tries.forget(label);
+                install(m, conn, label, existing, loaded, None).await;
+            }
+            Err(e) if e.is_retryable() => {
+                let n = tries.later(label, &id, m.args.reload_interval, Instant::now());
+                if n == 1 {
+                    tracing::warn!(label, snapshot = %id, error = %e, "snapshot named by CURRENT is not readable yet; retrying with backoff");
+                } else {
+                    tracing::debug!(label, snapshot = %id, tries = n, error = %e, "snapshot still not readable");
+                }
             }
             Err(e) => {
-                let code = ErrorCode::IndexCorrupted.code();
-                tracing::error!(label, snapshot = %id, error_code = code, error = %e, kept = existing.map(|s| s.current.load().manifest.id.clone()), "snapshot rejected, previous one kept");
-                m.metrics.snapshot_rejected(label);
-                rejected.lock().unwrap().insert(label.clone(), id);
+                tries.reject(label, &id);
+                reject(m, label, &id, &e, existing.as_deref());
+                match existing {
+                    Some(s) => {
+                        *s.rejected.lock().unwrap() = Some(id);
+                        m.metrics.set_fallback(label, true);
+                        registry::register(m, conn).await;
+                    }
+                    None => fall_back(m, conn, label, &id).await,
+                }
             }
         }
     }
@@ -83,19 +112,66 @@ async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, rejected: &Mutex<std::collec
     }
 }
 
-async fn load(dir: PathBuf, id: String, label: String) -> anyhow::Result<Loaded> {
-    let started = std::time::Instant::now();
-    let (manifest, index) = tokio::task::spawn_blocking(move || snapshot::load(&dir, &id)).await??;
-    anyhow::ensure!(manifest.label == label, "snapshot belongs to label {:?}", manifest.label);
+fn reject(m: &Matcher, label: &str, id: &str, e: &SnapshotError, existing: Option<&Served>) {
+    let code = ErrorCode::IndexCorrupted.code();
+    let kept = existing.map(|s| s.current.load().manifest.id.clone());
+    tracing::error!(label, snapshot = %id, error_code = code, error = %e, kept, "snapshot rejected, previous one kept");
+    m.metrics.snapshot_rejected(label);
+}
+
+/// CURRENT of a label this matcher does not serve yet failed verification: serve the newest
+/// intact snapshot older than it, and say so (registry value, /readyz, metrics).
+async fn fall_back(m: &Arc<Matcher>, conn: &mut Conn, label: &str, bad: &str) {
+    let ids = match m.store.list(&m.args.namespace, label).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(label, error = %e, "cannot list snapshots to fall back to");
+            return;
+        }
+    };
+    for id in ids.iter().rev().filter(|i| i.as_str() < bad) {
+        match load(m, label, id).await {
+            Ok(loaded) => {
+                tracing::warn!(label, snapshot = %id, current = %bad, "CURRENT is corrupt: serving the newest intact older snapshot");
+                install(m, conn, label, None, loaded, Some(bad.to_string())).await;
+                return;
+            }
+            Err(e) => tracing::warn!(label, snapshot = %id, error = %e, "older snapshot cannot be served either"),
+        }
+    }
+    tracing::error!(label, current = %bad, "CURRENT is corrupt and no older snapshot is intact: label not served");
+}
+
+/// Fetches snapshot `id` of `label` from storage, verifies and loads it.
+async fn load(m: &Matcher, label: &str, id: &str) -> Result<Loaded, SnapshotError> {
+    let started = Instant::now();
+    let sdir = m.store.fetch(&m.args.namespace, label, id).await?;
+    let sid = id.to_string();
+    let (manifest, index) = tokio::task::spawn_blocking(move || snapshot::load_from(&sdir, &sid))
+        .await
+        .map_err(|e| SnapshotError::Corrupt { id: id.to_string(), reason: format!("loader failed: {e}") })??;
+    if manifest.label != label {
+        let reason = format!("snapshot belongs to label {:?}", manifest.label);
+        return Err(SnapshotError::Corrupt { id: id.to_string(), reason });
+    }
     tracing::info!(label, snapshot = %manifest.id, vectors = manifest.vectors, secs = started.elapsed().as_secs_f64(), "snapshot loaded");
     Ok(Loaded { manifest, index })
 }
 
-async fn install(m: &Arc<Matcher>, conn: &mut Conn, label: &str, existing: Option<Arc<Served>>, loaded: Loaded) {
+async fn install(
+    m: &Arc<Matcher>,
+    conn: &mut Conn,
+    label: &str,
+    existing: Option<Arc<Served>>,
+    loaded: Loaded,
+    rejected: Option<String>,
+) {
     m.metrics.set_snapshot(label, &loaded.manifest.id, loaded.index.len());
+    m.metrics.set_fallback(label, rejected.is_some());
     match existing {
         Some(s) => {
             let old = s.current.swap(Arc::new(loaded));
+            *s.rejected.lock().unwrap() = rejected;
             tracing::info!(label, from = %old.manifest.id, to = %s.current.load().manifest.id, "snapshot swapped in");
             m.metrics.clear_snapshot(label, &old.manifest.id);
         }
@@ -103,7 +179,11 @@ async fn install(m: &Arc<Matcher>, conn: &mut Conn, label: &str, existing: Optio
             if let Err(e) = super::serve::ensure_group(conn, &m.args.prefix, label).await {
                 tracing::warn!(label, error = %e, "cannot create consumer group yet; will retry on read");
             }
-            let s = Arc::new(Served { label: label.to_string(), current: ArcSwap::from_pointee(loaded) });
+            let s = Arc::new(Served {
+                label: label.to_string(),
+                current: ArcSwap::from_pointee(loaded),
+                rejected: Mutex::new(rejected),
+            });
             m.labels.write().unwrap().insert(label.to_string(), s);
             tracing::info!(label, "serving label");
         }

@@ -32,6 +32,7 @@ pub struct Metrics {
     vectors: Family<LabelOnly, Gauge>,
     snapshot: Family<SnapshotLabels, Gauge>,
     rejected: Family<LabelOnly, Counter>,
+    fallback: Family<LabelOnly, Gauge>,
 }
 
 impl Metrics {
@@ -43,13 +44,19 @@ impl Metrics {
         let vectors = Family::<LabelOnly, Gauge>::default();
         let snapshot = Family::<SnapshotLabels, Gauge>::default();
         let rejected = Family::<LabelOnly, Counter>::default();
+        let fallback = Family::<LabelOnly, Gauge>::default();
         registry.register("requests", "Requests answered, by label and status code", requests.clone());
         registry.register("request_latency_seconds", "Time from XADD to reply", latency.clone());
         registry.register("batch_size", "Entries handled per batch", batch.clone());
         registry.register("index_vectors", "Vectors in the served snapshot", vectors.clone());
         registry.register("snapshot_info", "Served snapshot id (value 1)", snapshot.clone());
         registry.register("snapshots_rejected", "Snapshots that failed verification", rejected.clone());
-        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected }
+        registry.register(
+            "snapshot_fallback",
+            "1 while CURRENT failed verification and an older snapshot is served",
+            fallback.clone(),
+        );
+        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected, fallback }
     }
 
     /// `n` requests of `label` answered with `status`.
@@ -74,6 +81,9 @@ impl Metrics {
     }
     pub fn snapshot_rejected(&self, label: &str) {
         self.rejected.get_or_create(&LabelOnly { label: label.into() }).inc();
+    }
+    pub fn set_fallback(&self, label: &str, on: bool) {
+        self.fallback.get_or_create(&LabelOnly { label: label.into() }).set(i64::from(on));
     }
     pub fn encode(&self) -> String {
         let mut out = String::new();

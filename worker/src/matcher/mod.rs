@@ -9,6 +9,7 @@ mod http;
 mod labels;
 mod metrics;
 mod registry;
+mod retry;
 mod serve;
 
 use std::collections::BTreeMap;
@@ -21,12 +22,14 @@ use kim_redis::Target;
 use tokio::sync::watch;
 
 use crate::cli::MatchArgs;
+use crate::storage::Store;
 pub use labels::{Loaded, Served};
 use metrics::Metrics;
 
 /// State shared by the matcher's tasks.
 pub struct Matcher {
     pub args: MatchArgs,
+    pub store: Store,
     pub id: String,
     pub labels: RwLock<BTreeMap<String, Arc<Served>>>,
     pub metrics: Metrics,
@@ -75,6 +78,7 @@ fn default_id() -> String {
 
 async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store = Store::open(&args.storage)?;
     let id = args.matcher_id.clone().unwrap_or_else(default_id);
     let target = Arc::new(Target::new(&args.redis)?);
     tracing::info!(redis = %target, tls = target.is_tls(), sentinel = target.is_sentinel(), "connecting to Redis");
@@ -90,9 +94,10 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         reading: AtomicBool::new(false),
         shutdown: stop_rx,
+        store,
         args,
     });
-    tracing::info!(matcher = %m.id, storage = %m.args.storage.display(), namespace = %m.args.namespace, "matcher starting");
+    tracing::info!(matcher = %m.id, storage = %m.store.describe(), namespace = %m.args.namespace, "matcher starting");
     let listener =
         tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
     tokio::spawn(http::serve(m.clone(), listener));

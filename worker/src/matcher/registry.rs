@@ -33,6 +33,7 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
             metric: d.metric.to_string(),
             vectors: cur.manifest.vectors,
             snapshot: cur.manifest.id.clone(),
+            rejected: s.rejected(),
         };
         let key = kim_api::registry_key(&m.args.prefix, &label, &m.id);
         pipe.cmd("SET").arg(key).arg(serde_json::to_string(&info).unwrap()).arg("PX").arg(ttl_ms).ignore();

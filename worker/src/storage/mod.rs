@@ -1,0 +1,131 @@
+//! Where snapshots live, behind one interface for builds, matchers and snapshot operations:
+//! a directory (shared volume) or S3-compatible object storage.
+//!
+//! Layout, the same on both: `<root>/<namespace>/<label>/{CURRENT, PINNED, snapshots/<id>/...}`.
+//! Matchers and tools read snapshots from a local directory: on files that is the storage
+//! itself, on object storage a local cache the objects are downloaded into.
+
+mod files;
+
+use std::path::{Path, PathBuf};
+
+use kim_index::snapshot::{self, Manifest, SnapshotError};
+
+use crate::cli::StorageArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The storage a command was pointed at.
+pub enum Store {
+    Files(files::Files),
+}
+
+impl Store {
+    pub fn open(a: &StorageArgs) -> Result<Store, StorageError> {
+        if a.storage.is_empty() {
+            return Err(StorageError::Config("--storage is empty".into()));
+        }
+        Ok(Store::Files(files::Files::new(PathBuf::from(&a.storage))))
+    }
+
+    /// How the storage is named in logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Files(f) => f.root().display().to_string(),
+        }
+    }
+
+    /// Labels with a CURRENT under the namespace.
+    pub async fn labels(&self, namespace: &str) -> Result<Vec<String>, StorageError> {
+        match self {
+            Store::Files(f) => Ok(f.labels(namespace)),
+        }
+    }
+
+    /// The id CURRENT names, if any.
+    pub async fn current(&self, ns: &str, label: &str) -> Result<Option<String>, StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::current(&f.label_dir(ns, label))?),
+        }
+    }
+
+    /// The snapshot a rollback pinned, if any.
+    pub async fn pinned(&self, ns: &str, label: &str) -> Result<Option<String>, StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::pinned(&f.label_dir(ns, label))?),
+        }
+    }
+
+    /// Snapshot ids of a label, oldest first.
+    pub async fn list(&self, ns: &str, label: &str) -> Result<Vec<String>, StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::list(&f.label_dir(ns, label))?),
+        }
+    }
+
+    /// Snapshot `id`'s manifest alone (checked as a reader checks it, files not fetched).
+    pub async fn manifest(&self, ns: &str, label: &str, id: &str) -> Result<Manifest, SnapshotError> {
+        match self {
+            Store::Files(f) => snapshot::read_manifest(&f.label_dir(ns, label).join("snapshots").join(id), id),
+        }
+    }
+
+    /// A local directory holding snapshot `id`'s files (on object storage: downloaded into the
+    /// cache, files whose checksums already hold are reused). The caller verifies them.
+    pub async fn fetch(&self, ns: &str, label: &str, id: &str) -> Result<PathBuf, SnapshotError> {
+        match self {
+            Store::Files(f) => Ok(f.label_dir(ns, label).join("snapshots").join(id)),
+        }
+    }
+
+    /// Where a build writes a new snapshot before [`Store::put`] (the `snapshots/` parent's
+    /// label directory).
+    pub fn staging(&self, ns: &str, label: &str) -> PathBuf {
+        match self {
+            Store::Files(f) => f.label_dir(ns, label),
+        }
+    }
+
+    /// Stores the complete, verified snapshot in local directory `sdir` as `id` (data files
+    /// first, manifest last). A snapshot already stored under that id is left as it is.
+    pub async fn put(&self, ns: &str, label: &str, id: &str, sdir: &Path) -> Result<(), StorageError> {
+        match self {
+            Store::Files(f) => Ok(f.put(ns, label, id, sdir)?),
+        }
+    }
+
+    /// Points CURRENT at `id`.
+    pub async fn publish(&self, ns: &str, label: &str, id: &str) -> Result<(), StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::publish(&f.label_dir(ns, label), id)?),
+        }
+    }
+
+    /// Pins `id`: garbage collection keeps it (one pin per label).
+    pub async fn pin(&self, ns: &str, label: &str, id: &str) -> Result<(), StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::pin(&f.label_dir(ns, label), id)?),
+        }
+    }
+
+    /// Keeps the live, the pinned and the newest others up to `keep`; returns what went.
+    pub async fn gc(&self, ns: &str, label: &str, keep: usize) -> Result<Vec<String>, StorageError> {
+        match self {
+            Store::Files(f) => Ok(snapshot::gc(&f.label_dir(ns, label), keep)?),
+        }
+    }
+
+    /// Removes everything of a label; a label already gone is not an error. Returns what was
+    /// removed, for the caller's summary.
+    pub async fn remove_label(&self, ns: &str, label: &str) -> Result<String, StorageError> {
+        match self {
+            Store::Files(f) => Ok(f.remove_label(ns, label)?),
+        }
+    }
+}
