@@ -91,5 +91,5 @@ def test_every_kim_rpc_matches_vald(kim, vald):
                 )
                 rpcs += 1
     assert (
-        rpcs == 12 + 3 * 4 + 5 + 3 + 1 + 1 + 3 + 2 + 2
+        rpcs == 12 + 3 + 4 + 3 + 4 + 12 + 5 + 5 + 1 + 3 + 2 + 2
     )  # Filter; Insert/Update/Upsert/Remove; Search; Object; Index; Flush; Agent; ingress; egress

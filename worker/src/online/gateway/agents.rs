@@ -1,0 +1,322 @@
+//! The gateway's calls to agents: to the owners of an id (writes, removes, reads by id) or to
+//! every agent (searches, listings, index figures, flush), each bounded by the call timeout
+//! and recorded in the agents' health.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use kim_proto::payload::v1::{object, remove, search, update, upsert};
+use kim_proto::vald::v1::{
+    object_client::ObjectClient, remove_client::RemoveClient, search_client::SearchClient, update_client::UpdateClient,
+    upsert_client::UpsertClient,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::{agent_error, backend_error, sized, sort, with_timeout, Gateway};
+use crate::online::limits::SearchPlan;
+
+/// Whether an agent's error is its answer about the request (passed on to the caller)
+/// rather than a failure to answer.
+fn is_verdict(s: &Status) -> bool {
+    matches!(s.code(), Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::FailedPrecondition)
+}
+
+/// The answers of several agents as one: every success, or else the first verdict, or else
+/// the first failure.
+pub(super) fn settle<T>(what: &str, answers: Vec<(String, Result<T, Status>)>) -> Result<Vec<T>, Status> {
+    let mut oks = Vec::new();
+    let mut verdict = None;
+    let mut failure = None;
+    for (addr, r) in answers {
+        match r {
+            Ok(t) => oks.push(t),
+            Err(s) if is_verdict(&s) => {
+                verdict.get_or_insert(Status::new(s.code(), format!("agent {addr}: {}", s.message())));
+            }
+            Err(s) => {
+                tracing::warn!(agent = %addr, code = ?s.code(), error = %s.message(), "{what} failed on an agent");
+                failure.get_or_insert(backend_error("agent", &addr, s));
+            }
+        }
+    }
+    if !oks.is_empty() {
+        return Ok(oks);
+    }
+    Err(verdict.or(failure).unwrap_or_else(|| Status::unavailable("no agents")))
+}
+
+/// One Location for the replicas that took a write.
+fn location(id: String, locations: Vec<object::Location>) -> object::Location {
+    let names: Vec<String> = locations.iter().map(|l| l.name.clone()).collect();
+    object::Location { name: names.join(","), uuid: id, ips: locations.into_iter().flat_map(|l| l.ips).collect() }
+}
+
+impl Gateway {
+    /// One agent call with the call timeout, recorded in the agent's health.
+    async fn call<T, Fut>(&self, addr: &str, f: impl FnOnce(Channel) -> Fut) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let ch = self.pool.agent(addr)?;
+        let limit = self.call_timeout;
+        let r = match tokio::time::timeout(limit, f(ch)).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!("no answer within {limit:?}"))),
+        };
+        self.health.record(addr, r.as_ref().map(|_| ()));
+        r.map(tonic::Response::into_inner)
+    }
+
+    /// `f` on each of `addrs` at once; answers in the order of `addrs`.
+    async fn on_each<T, Fut>(&self, addrs: &[String], f: impl Fn(Channel) -> Fut) -> Vec<(String, Result<T, Status>)>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        join_all(addrs.iter().map(|a| async { (a.clone(), self.call(a, &f).await) })).await
+    }
+
+    /// The agents that own `id`; UNAVAILABLE when there are none.
+    pub(super) fn owners(&self, id: &str) -> Result<Vec<String>, Status> {
+        let owners = self.agents.owners(id, self.replicas);
+        if owners.is_empty() {
+            return Err(Status::unavailable("no agents"));
+        }
+        Ok(owners)
+    }
+
+    /// Every agent; UNAVAILABLE when there are none.
+    pub(super) fn every(&self) -> Result<Vec<String>, Status> {
+        let all = self.agents.all().to_vec();
+        if all.is_empty() {
+            return Err(Status::unavailable("no agents"));
+        }
+        Ok(all)
+    }
+
+    /// Ok(true) if an owner holds `id`, Ok(false) if the owners that answered do not, an
+    /// error if none answered.
+    pub(super) async fn exists(&self, id: &str) -> Result<bool, Status> {
+        let m = self.max_message;
+        let req = object::Id { id: id.to_string() };
+        let answers = self
+            .on_each(&self.owners(id)?, |ch| {
+                let r = req.clone();
+                async move { sized!(ObjectClient::new(ch), m).exists(r).await }
+            })
+            .await;
+        match settle("exists", answers) {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Writes the vector to every owner; succeeds when at least one acknowledged (the
+    /// others are logged and repaired by the next write of that id).
+    pub(super) async fn put(&self, v: object::Vector) -> Result<object::Location, Status> {
+        let m = self.max_message;
+        let req = upsert::Request {
+            config: Some(upsert::Config { timestamp: v.timestamp, ..Default::default() }),
+            vector: Some(v.clone()),
+        };
+        let answers = self
+            .on_each(&self.owners(&v.id)?, |ch| {
+                let r = req.clone();
+                async move { sized!(UpsertClient::new(ch), m).upsert(r).await }
+            })
+            .await;
+        settle("replica write", answers).map(|ls| location(v.id, ls))
+    }
+
+    /// Removes `id` from its owners: OK when one removed it, NOT_FOUND when none held it.
+    pub(super) async fn remove(&self, r: remove::Request) -> Result<object::Location, Status> {
+        let id = r.id.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+        let m = self.max_message;
+        let answers = self
+            .on_each(&self.owners(&id)?, |ch| {
+                let r = r.clone();
+                async move { sized!(RemoveClient::new(ch), m).remove(r).await }
+            })
+            .await;
+        settle("remove", answers).map(|ls| location(id, ls))
+    }
+
+    /// RemoveByTimestamp on every agent; the ids removed anywhere (NOT_FOUND if none).
+    pub(super) async fn remove_by_timestamp(&self, r: remove::TimestampRequest) -> Result<object::Locations, Status> {
+        let m = self.max_message;
+        let answers = self
+            .on_each(&self.every()?, |ch| {
+                let r = r.clone();
+                async move { sized!(RemoveClient::new(ch), m).remove_by_timestamp(r).await }
+            })
+            .await;
+        if let Some((addr, s)) =
+            answers.iter().find_map(|(a, r)| r.as_ref().err().filter(|s| !is_verdict(s)).map(|s| (a, s)))
+        {
+            // Some agents may have removed their matches: the caller should retry.
+            return Err(backend_error("agent", addr, s.clone()));
+        }
+        let mut by_id: HashMap<String, Vec<object::Location>> = HashMap::new();
+        for l in settle("remove by timestamp", answers)?.into_iter().flat_map(|ls| ls.locations) {
+            by_id.entry(l.uuid.clone()).or_default().push(l);
+        }
+        let mut locations: Vec<object::Location> = by_id.into_iter().map(|(id, ls)| location(id, ls)).collect();
+        locations.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        Ok(object::Locations { locations })
+    }
+
+    /// UpdateTimestamp on the owners.
+    pub(super) async fn update_timestamp(&self, r: update::TimestampRequest) -> Result<object::Location, Status> {
+        let m = self.max_message;
+        let owners = self.owners(&r.id)?;
+        let answers = self
+            .on_each(&owners, |ch| {
+                let r = r.clone();
+                async move { sized!(UpdateClient::new(ch), m).update_timestamp(r).await }
+            })
+            .await;
+        settle("timestamp update", answers).map(|ls| location(r.id, ls))
+    }
+
+    /// The newest version of `id` among its owners.
+    pub(super) async fn get(&self, id: &str) -> Result<object::Vector, Status> {
+        let m = self.max_message;
+        let req = object::VectorRequest { id: Some(object::Id { id: id.to_string() }), filters: None };
+        let answers = self
+            .on_each(&self.owners(id)?, |ch| {
+                let r = req.clone();
+                async move { sized!(ObjectClient::new(ch), m).get_object(r).await }
+            })
+            .await;
+        let found = settle("get", answers)?;
+        Ok(found.into_iter().max_by_key(|v| v.timestamp).expect("settle returns at least one answer"))
+    }
+
+    /// Every object of every agent, each id once (the newest version), sorted by id. The
+    /// gateway holds the merged listing while it is sent.
+    pub(super) async fn list(&self) -> Result<Vec<object::Vector>, Status> {
+        let m = self.max_message;
+        let lists = join_all(self.every()?.into_iter().map(|addr| async move {
+            let ch = self.pool.agent(&addr)?;
+            let read = async {
+                let mut s =
+                    sized!(ObjectClient::new(ch), m).stream_list_object(object::list::Request {}).await?.into_inner();
+                let mut out = Vec::new();
+                while let Some(item) = s.next().await {
+                    match item?.payload {
+                        Some(object::list::response::Payload::Vector(v)) => out.push(v),
+                        Some(object::list::response::Payload::Status(st)) => {
+                            return Err(Status::new(Code::from(st.code), st.message))
+                        }
+                        None => {}
+                    }
+                }
+                Ok(out)
+            };
+            let r = read.await;
+            self.health.record(&addr, r.as_ref().map(|_| ()));
+            r.map_err(|s| backend_error("agent", &addr, s))
+        }))
+        .await;
+        let mut merged: HashMap<String, object::Vector> = HashMap::new();
+        for v in lists.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+            if merged.get(&v.id).is_none_or(|o| v.timestamp > o.timestamp) {
+                merged.insert(v.id.clone(), v);
+            }
+        }
+        let mut out: Vec<object::Vector> = merged.into_values().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Searches every agent and merges: best distance per id, closest first, at most `num`.
+    /// Agents get 90 % of `budget`, so one that stops answering costs its results, not the
+    /// search; agents last seen unreachable get only the probe timeout, so a partitioned one
+    /// costs little per search and one that came back is answered from at once. Each agent
+    /// is asked for `plan.per_agent` results (`ratio`) with no minimum: `min_num` applies to
+    /// the merged answer. `exact` runs LinearSearch on the agents.
+    pub(super) async fn search_agents(
+        &self,
+        vector: Vec<f32>,
+        cfg: &search::Config,
+        plan: &SearchPlan,
+        budget: Duration,
+        exact: bool,
+    ) -> Result<Vec<object::Distance>, Status> {
+        let agents = self.every()?;
+        let budget = budget.mul_f64(0.9);
+        let agent_cfg = search::Config {
+            num: plan.per_agent as u32,
+            min_num: 0,
+            ratio: None,
+            egress_filters: None,
+            ingress_filters: None,
+            ..cfg.clone()
+        };
+        let calls = agents.iter().map(|addr| {
+            let req = search::Request { vector: vector.clone(), config: Some(agent_cfg.clone()) };
+            let budget = if self.health.is_reachable(addr) { budget } else { budget.min(self.probe_timeout) };
+            async move {
+                let mut c = sized!(SearchClient::new(self.pool.agent(addr)?), self.max_message);
+                let req = with_timeout(req, budget);
+                let call = async {
+                    if exact {
+                        c.linear_search(req).await
+                    } else {
+                        c.search(req).await
+                    }
+                };
+                let r = match tokio::time::timeout(budget, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!("no answer within {budget:?}"))),
+                };
+                self.health.record(addr, r.as_ref().map(|_| ()));
+                r.map(|r| r.into_inner().results).map_err(|s| agent_error(addr, s))
+            }
+        });
+        let mut best: HashMap<String, f32> = HashMap::new();
+        let mut failures = Vec::new();
+        for r in join_all(calls).await {
+            match r {
+                Ok(results) => {
+                    for d in results {
+                        let e = best.entry(d.id).or_insert(d.distance);
+                        *e = e.min(d.distance);
+                    }
+                }
+                Err(s) => failures.push(s),
+            }
+        }
+        // A request an agent finds invalid (e.g. a query of the wrong length) is the caller's.
+        if let Some(i) = failures.iter().position(|s| s.code() == Code::InvalidArgument) {
+            return Err(failures.swap_remove(i));
+        }
+        if failures.len() == agents.len() {
+            return Err(failures.swap_remove(0));
+        }
+        for f in &failures {
+            tracing::warn!(request_id = %cfg.request_id, error = %f.message(), "agent search failed; answering from the others");
+        }
+        let mut merged: Vec<object::Distance> =
+            best.into_iter().map(|(id, distance)| object::Distance { id, distance }).collect();
+        sort(&mut merged);
+        merged.truncate(plan.num);
+        Ok(merged)
+    }
+
+    /// `f` on every agent; every agent must answer (index figures, flush).
+    pub(super) async fn all_agents<T, Fut>(&self, f: impl Fn(Channel) -> Fut) -> Result<Vec<(String, T)>, Status>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_each(&self.every()?, f)
+            .await
+            .into_iter()
+            .map(|(a, r)| r.map(|t| (a.clone(), t)).map_err(|s| backend_error("agent", &a, s)))
+            .collect()
+    }
+}
