@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub mod build;
+
 /// Consumer group every matcher joins on a label's stream.
 pub const GROUP: &str = "kim-matchers";
 /// Status code of a successful match.

@@ -318,7 +318,15 @@ fn may_be_unused(a: &Access) -> Option<&'static str> {
     let (g, r, v) = (a.0.as_str(), a.1.as_str(), a.2.as_str());
     match (g, r, v) {
         (_, _, "create")
-            if matches!(r, "jobs" | "deployments" | "statefulsets" | "services" | "persistentvolumeclaims") =>
+            if matches!(
+                r,
+                "jobs"
+                    | "deployments"
+                    | "statefulsets"
+                    | "services"
+                    | "persistentvolumeclaims"
+                    | "poddisruptionbudgets"
+            ) =>
         {
             Some("server-side apply that creates an object is audited as patch but authorized for create too")
         }

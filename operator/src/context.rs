@@ -1,7 +1,9 @@
-//! What every reconcile shares: the client, the operator's settings, metrics, and the lock that
-//! makes build admission (count running builds, then start one) atomic within the leader.
+//! What every reconcile shares: the client, the operator's settings, metrics, the lock that
+//! makes build admission (count running builds, then start one) atomic within the leader, and
+//! the memory of which Events were already recorded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
@@ -15,16 +17,28 @@ pub struct Context {
     pub defaults: Defaults,
     pub metrics: Metrics,
     pub admission: Mutex<()>,
-    reporter: Reporter,
+    recorder: Recorder,
+    /// Last note recorded per (object uid, reason): an Event is recorded once per change.
+    recorded: StdMutex<HashMap<(String, String), String>>,
 }
 
 impl Context {
     pub fn new(client: Client, defaults: Defaults, identity: &str) -> Arc<Context> {
         let reporter = Reporter { controller: crate::build::MANAGER.into(), instance: Some(identity.into()) };
-        Arc::new(Context { client, defaults, metrics: Metrics::default(), admission: Mutex::new(()), reporter })
+        let recorder = Recorder::new(client.clone(), reporter);
+        Arc::new(Context {
+            client,
+            defaults,
+            metrics: Metrics::default(),
+            admission: Mutex::new(()),
+            recorder,
+            recorded: StdMutex::default(),
+        })
     }
 
-    /// Records an Event on `obj`; failures to record are logged, never fatal.
+    /// Records an Event on `obj` unless the last one of this `reason` on it had the same note
+    /// (reconciles triggered by the operator's own writes do not repeat Events). Failures to
+    /// record are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -33,7 +47,14 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let key = (obj.meta().uid.clone().unwrap_or_default(), reason.to_string());
+        {
+            let mut seen = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get(&key) == Some(&note) {
+                return;
+            }
+            seen.insert(key, note.clone());
+        }
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -41,8 +62,14 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
+    }
+
+    /// Forgets the Events recorded on an object that is gone.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        let uid = obj.meta().uid.clone().unwrap_or_default();
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner()).retain(|(u, _), _| *u != uid);
     }
 }

@@ -111,6 +111,7 @@ pub struct IndexerStatus {
     shortname = "mi",
     category = "kim",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.currentSnapshot.vectors"),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.currentSnapshot.id"),
     printcolumn(name = "Matchers", type_ = "string", json_path = ".status.matchers.summary"),
@@ -259,6 +260,18 @@ pub struct OnlineSpec {
     /// gRPC TLS of agents and gateway (plaintext when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<OnlineTls>,
+    /// Resources of each agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_resources: Option<ResourceRequirements>,
+    /// Where agents run (default: the Indexer's scheduling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_scheduling: Option<Scheduling>,
+    /// Resources of each gateway container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_resources: Option<ResourceRequirements>,
+    /// Where gateway replicas run (default: the Indexer's scheduling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_scheduling: Option<Scheduling>,
 }
 
 /// TLS of the online path from Secrets in the MatchingIndex's namespace, each with the keys
@@ -343,6 +356,9 @@ pub struct SecretKeyRef {
 pub struct MatchingIndexStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
+    /// Why the phase is what it is, in one word (the Ready condition's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
@@ -357,10 +373,21 @@ pub struct MatchingIndexStatus {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Phase {
+    /// Waiting for something outside this object (its Indexer).
     Pending,
+    /// No snapshot yet; the first build waits for a slot of the Indexer.
+    Queued,
+    /// No snapshot yet; the first build runs.
     Building,
+    /// A snapshot exists; matchers are starting.
+    Deploying,
+    /// Serving the current snapshot while a newer one is queued or building.
+    Rebuilding,
+    /// Serving a snapshot of the current spec with every matcher ready.
     Ready,
+    /// Serving an older snapshot: the latest build failed.
     Degraded,
+    /// Invalid spec, or the build failed with no snapshot to serve.
     Failed,
 }
 
@@ -416,13 +443,13 @@ fn default_timeout() -> String {
     "2h".into()
 }
 fn default_m() -> i32 {
-    16
+    kim_api::build::DEFAULT_M as i32
 }
 fn default_ef_construction() -> i32 {
-    200
+    kim_api::build::DEFAULT_EF_CONSTRUCTION as i32
 }
 fn default_ef_search() -> i32 {
-    96
+    kim_api::build::DEFAULT_EF_SEARCH as i32
 }
 fn default_agent_storage() -> String {
     "10Gi".into()

@@ -1,5 +1,6 @@
 //! kim-operator: runs kim on Kubernetes from two custom resources, `Indexer` and
-//! `MatchingIndex`. Each reconcile is a pipeline validate → build (pure) → apply → status.
+//! `MatchingIndex`. Each reconcile is a pipeline dereference → validate → build the desired
+//! children (pure) → apply them and delete the undesired → status.
 
 pub mod build;
 pub mod context;
@@ -10,4 +11,6 @@ pub mod online;
 pub mod reconcile;
 pub mod run;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod validate;

@@ -1,14 +1,21 @@
 //! Pure builders for a MatchingIndex's online path: the agent StatefulSet with its headless
 //! Service, and the Vald Filter gateway Deployment with its Service.
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::build::{
-    container_security, labels, merge, metric, owner_ref, scheduling, worker_image, Defaults, LABEL_COMPONENT, LABEL_MI,
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use crate::build::pod::{self, env, env_from_field, http_probe, mount, secret_volume};
+use crate::build::{labels, metric, selector_labels, worker_image, Defaults};
 use crate::crd::{Indexer, MatchingIndex, OnlineSpec};
 
 pub const GRPC_PORT: i32 = 8081;
@@ -22,10 +29,6 @@ fn online(mi: &MatchingIndex) -> OnlineSpec {
 
 fn agent_name(mi: &MatchingIndex) -> String {
     format!("{}-agent", mi.name_any())
-}
-
-fn selector(mi: &MatchingIndex, component: &str) -> Value {
-    json!({LABEL_MI: mi.name_any(), LABEL_COMPONENT: component})
 }
 
 /// `agents://` source naming every agent pod through the headless Service.
@@ -72,32 +75,34 @@ pub fn tls_client_args(mi: &MatchingIndex) -> Vec<String> {
 }
 
 /// Volumes and mounts of the TLS Secrets (read-only, owner-readable keys).
-pub fn tls_volumes(mi: &MatchingIndex) -> (Vec<Value>, Vec<Value>) {
+pub fn tls_volumes(mi: &MatchingIndex) -> (Vec<Volume>, Vec<VolumeMount>) {
     let Some(t) = online(mi).tls else { return (Vec::new(), Vec::new()) };
     let mut secrets = vec![("tls-server", t.server_secret_name.clone(), TLS_SERVER)];
     if let Some(c) = &t.client_secret_name {
         secrets.push(("tls-client", c.clone(), TLS_CLIENT));
     }
-    secrets
-        .into_iter()
-        .map(|(vol, secret, path)| {
-            (
-                json!({"name": vol, "secret": {"secretName": secret, "defaultMode": 0o440}}),
-                json!({"name": vol, "mountPath": path, "readOnly": true}),
-            )
-        })
-        .unzip()
+    secrets.into_iter().map(|(vol, secret, path)| (secret_volume(vol, &secret), mount(vol, path, true))).unzip()
 }
 
-fn probes() -> Value {
-    json!({
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "initialDelaySeconds": 10},
-    })
+fn ports() -> Vec<ContainerPort> {
+    vec![
+        ContainerPort { name: Some("grpc".into()), container_port: GRPC_PORT, ..Default::default() },
+        ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+    ]
 }
 
-fn ports() -> Value {
-    json!([{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "http", "containerPort": HTTP_PORT}])
+/// A gRPC server container of the online path (agent or gateway) with its probes.
+fn server_container(name: &str, image: String, d: &Defaults, args: Vec<String>) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(image),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(args),
+        ports: Some(ports()),
+        readiness_probe: Some(http_probe("/readyz", 5, None, None)),
+        liveness_probe: Some(http_probe("/healthz", 10, None, Some(10))),
+        ..Default::default()
+    }
 }
 
 /// `kim-worker agent` arguments.
@@ -160,56 +165,71 @@ pub fn gateway_args(mi: &MatchingIndex) -> Vec<String> {
     a
 }
 
-fn pod_security() -> Value {
-    json!({"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532})
-}
-
 pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> StatefulSet {
     let o = online(mi);
     let lbl = labels(mi, "agent");
     let (tls_vols, tls_mounts) = tls_volumes(mi);
-    let mut mounts = vec![json!({"name": "data", "mountPath": "/data"})];
+    let mut mounts = vec![mount("data", "/data", false)];
     mounts.extend(tls_mounts);
-    let container = merge(
-        json!({
-            "name": "agent", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
-            "args": agent_args(mi), "ports": ports(),
-            "env": [{"name": "KIM_LOG_FORMAT", "value": "json"},
-                    {"name": "KIM_AGENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "KIM_ADVERTISE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-            "volumeMounts": mounts,
-            "securityContext": container_security(),
+    let container = Container {
+        env: Some(vec![
+            env("KIM_LOG_FORMAT", "json"),
+            env_from_field("KIM_AGENT_NAME", "metadata.name"),
+            env_from_field("KIM_ADVERTISE_IP", "status.podIP"),
+        ]),
+        volume_mounts: Some(mounts),
+        resources: o.agent_resources.clone(),
+        ..server_container("agent", worker_image(ix, d), d, agent_args(mi))
+    };
+    let scheduling = o.agent_scheduling.as_ref().or(ix.spec.scheduling.as_ref());
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".into()), labels: Some(lbl.clone()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(o.agent_storage.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
         }),
-        probes(),
-    );
-    let v = json!({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": agent_name(mi), "namespace": mi.namespace(), "labels": lbl, "ownerReferences": [owner_ref(mi)]},
-        "spec": {
-            "replicas": o.agents, "serviceName": agent_name(mi), "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector(mi, "agent")},
-            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container], "volumes": tls_vols}), scheduling(ix))},
-            "volumeClaimTemplates": [{
-                "metadata": {"name": "data", "labels": lbl},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": o.agent_storage}}},
-            }],
-        },
-    });
-    serde_json::from_value(v).expect("valid StatefulSet")
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: pod::meta(agent_name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(o.agents),
+            service_name: Some(agent_name(mi)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: pod::selector(selector_labels(mi, "agent")),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
+                spec: Some(pod::pod(container, tls_vols, scheduling)),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn service(mi: &MatchingIndex, name: String, component: &str, headless: bool) -> Service {
-    let mut spec = json!({"selector": selector(mi, component), "ports": [{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"}]});
-    if headless {
-        spec["clusterIP"] = json!("None");
-        spec["publishNotReadyAddresses"] = json!(true);
+    let port = ServicePort {
+        name: Some("grpc".into()),
+        port: GRPC_PORT,
+        target_port: Some(IntOrString::String("grpc".into())),
+        ..Default::default()
+    };
+    Service {
+        metadata: pod::meta(name, mi.namespace(), &labels(mi, component), Some(pod::owner_ref(mi))),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(mi, component)),
+            ports: Some(vec![port]),
+            cluster_ip: headless.then(|| "None".to_string()),
+            publish_not_ready_addresses: headless.then_some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    let v = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": mi.namespace(), "labels": labels(mi, component), "ownerReferences": [owner_ref(mi)]},
-        "spec": spec,
-    });
-    serde_json::from_value(v).expect("valid Service")
 }
 
 pub fn agent_service(mi: &MatchingIndex) -> Service {
@@ -220,27 +240,34 @@ pub fn gateway_service(mi: &MatchingIndex) -> Service {
     service(mi, format!("{}-gateway", mi.name_any()), "gateway", false)
 }
 
+/// Voluntary disruptions take at most `replicas - 1` agents (at least one), so every object
+/// keeps a copy on a running agent when it has more than one.
+pub fn agent_pdb(mi: &MatchingIndex) -> PodDisruptionBudget {
+    crate::build::pdb(mi, agent_name(mi), "agent", (online(mi).replicas - 1).max(1))
+}
+
 pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
+    let o = online(mi);
     let lbl = labels(mi, "gateway");
     let (tls_vols, tls_mounts) = tls_volumes(mi);
-    let container = merge(
-        json!({
-            "name": "gateway", "image": worker_image(ix, d), "imagePullPolicy": d.image_pull_policy,
-            "args": gateway_args(mi), "ports": ports(),
-            "env": [{"name": "KIM_LOG_FORMAT", "value": "json"}],
-            "volumeMounts": tls_mounts,
-            "securityContext": container_security(),
+    let container = Container {
+        env: Some(vec![env("KIM_LOG_FORMAT", "json")]),
+        volume_mounts: (!tls_mounts.is_empty()).then_some(tls_mounts),
+        resources: o.gateway_resources.clone(),
+        ..server_container("gateway", worker_image(ix, d), d, gateway_args(mi))
+    };
+    let scheduling = o.gateway_scheduling.as_ref().or(ix.spec.scheduling.as_ref());
+    Deployment {
+        metadata: pod::meta(format!("{}-gateway", mi.name_any()), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        spec: Some(DeploymentSpec {
+            replicas: Some(o.gateway_replicas),
+            selector: pod::selector(selector_labels(mi, "gateway")),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
+                spec: Some(pod::pod(container, tls_vols, scheduling)),
+            },
+            ..Default::default()
         }),
-        probes(),
-    );
-    let v = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": format!("{}-gateway", mi.name_any()), "namespace": mi.namespace(), "labels": lbl, "ownerReferences": [owner_ref(mi)]},
-        "spec": {
-            "replicas": online(mi).gateway_replicas,
-            "selector": {"matchLabels": selector(mi, "gateway")},
-            "template": {"metadata": {"labels": lbl}, "spec": merge(json!({"securityContext": pod_security(), "containers": [container], "volumes": tls_vols}), scheduling(ix))},
-        },
-    });
-    serde_json::from_value(v).expect("valid Deployment")
+        ..Default::default()
+    }
 }

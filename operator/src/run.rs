@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::crd::{Indexer, MatchingIndex};
 use crate::leader::Elector;
 use crate::metrics::Kind;
-use crate::reconcile::{self, cleanup, Error};
+use crate::reconcile::{self, Error};
 
 #[derive(Debug, Parser)]
 #[command(name = "kim-operator", version, about = "Runs kim MatchingIndexes and Indexers on Kubernetes")]
@@ -106,6 +106,9 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
     let mi = Controller::new(api::<MatchingIndex>(&client, &ns), watcher::Config::default())
         .owns(api::<Job>(&client, &ns), owned.clone())
         .owns(api::<Deployment>(&client, &ns), owned.clone())
+        .owns(api::<StatefulSet>(&client, &ns), owned.clone())
+        .owns(api::<Service>(&client, &ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &ns), owned.clone())
         .shutdown_on_signal()
         .run(
             {
@@ -141,7 +144,7 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
                     async move {
                         timed(
                             "Indexer",
-                            &obj.name_any(),
+                            &key(obj.as_ref()),
                             &ctx,
                             &failures,
                             reconcile::indexer::reconcile(obj.clone(), ctx.clone()),
@@ -163,24 +166,17 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
 }
 
 async fn reconcile_mi(obj: Arc<MatchingIndex>, ctx: Arc<Context>, failures: Arc<Failures>) -> Result<Action, Error> {
-    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let name = obj.name_any();
-    let work = finalizer(&api, cleanup::FINALIZER, obj, |ev| {
-        let ctx = ctx.clone();
-        async move {
-            match ev {
-                FinalizerEvent::Apply(mi) => reconcile::matching_index::apply_spec(mi, ctx).await,
-                FinalizerEvent::Cleanup(mi) => cleanup::cleanup(&mi, &ctx).await,
-            }
-        }
-    });
-    let flat = async {
-        work.await.map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Other(other.to_string()),
-        })
-    };
-    timed("MatchingIndex", &name, &ctx, &failures, flat).await
+    let k = key(obj.as_ref());
+    timed("MatchingIndex", &k, &ctx, &failures, reconcile::finalizer::reconcile(obj, ctx.clone())).await
+}
+
+/// `namespace/name`: objects of the same name in two namespaces back off independently.
+fn key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(
@@ -196,7 +192,7 @@ async fn timed<F: std::future::Future<Output = Result<Action, Error>>>(
     ctx.metrics.reconciles.get_or_create(&k).inc();
     ctx.metrics.duration.get_or_create(&k).observe(t.elapsed().as_secs_f64());
     if r.is_ok() {
-        failures.lock().unwrap().remove(&format!("{kind}/{name}"));
+        failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("{kind}/{name}"));
     }
     r
 }
@@ -208,14 +204,10 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     failures: &Failures,
 ) -> Action {
-    let key = format!("{kind}/{}", obj.meta().name.clone().unwrap_or_default());
-    if let Error::Waiting(why) = err {
-        tracing::info!(object = %key, "{why}");
-        return Action::requeue(Duration::from_secs(2));
-    }
+    let key = format!("{kind}/{}", key(obj));
     ctx.metrics.errors.get_or_create(&Kind { kind: kind.into() }).inc();
     let n = {
-        let mut f = failures.lock().unwrap();
+        let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = f.entry(key.clone()).or_insert(0);
         *n += 1;
         *n
@@ -256,10 +248,15 @@ async fn serve_http(listener: tokio::net::TcpListener, ctx: Arc<Context>, leadin
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
     tracing::info!("shutdown requested");
 }

@@ -17,13 +17,6 @@ fn duration(field: &str, v: &str) -> Result<Duration, InvalidSpec> {
     Ok(d)
 }
 
-fn valid_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// Relative path inside a claim, without `..`.
 fn claim_path(field: &str, p: &str) -> Result<(), InvalidSpec> {
     if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
@@ -47,10 +40,8 @@ pub fn indexer(spec: &IndexerSpec) -> Result<Duration, InvalidSpec> {
 pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpec> {
     let s = &mi.spec;
     let label = mi.label();
-    if !valid_label(&label) {
-        return Err(InvalidSpec(format!(
-            "label {label:?} must be 1-253 characters of [A-Za-z0-9._-] not starting with '.'"
-        )));
+    if !kim_api::build::valid_label(&label) {
+        return Err(InvalidSpec(format!("label {label:?} must be {}", kim_api::build::LABEL_RULE)));
     }
     match (&s.source.path, s.source.agents.unwrap_or(false)) {
         (Some(p), false) => claim_path("source.path", p)?,

@@ -492,6 +492,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
 async fn online_section_creates_agents_and_gateway() {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let c = Cluster::up();
     let client = c.client().await;
     let ns = "online";
@@ -518,9 +519,34 @@ async fn online_section_creates_agents_and_gateway() {
     assert_eq!(gw_spec.replicas, Some(2));
     let args = gw_spec.template.spec.unwrap().containers[0].args.clone().unwrap();
     assert!(args.windows(2).any(|w| w == ["--agents-dns", "texts-agent.online.svc:8081"]), "{args:?}");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    eventually(20, "agent disruption budget", || async { pdbs.get_opt("texts-agent").await.unwrap() }).await;
+
+    // Removing spec.online deletes the agents, their Services, the gateway and the budget;
+    // the MatchingIndex itself stays.
+    let without =
+        yaml.replace("  online: {agents: 3, replicas: 2, gatewayReplicas: 2, vectorizer: \"vec.on.svc:8081\"}\n", "");
+    assert_ne!(without, yaml);
+    let out = apply_yaml(&c, &without);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(30, "online children removed with spec.online", || async {
+        let gone = sts.get_opt("texts-agent").await.unwrap().is_none()
+            && svcs.get_opt("texts-agent").await.unwrap().is_none()
+            && svcs.get_opt("texts-gateway").await.unwrap().is_none()
+            && deps.get_opt("texts-gateway").await.unwrap().is_none()
+            && pdbs.get_opt("texts-agent").await.unwrap().is_none();
+        gone.then_some(())
+    })
+    .await;
+    let mis: Api<MatchingIndex> = Api::namespaced(client.clone(), ns);
+    assert!(mis.get_opt("texts").await.unwrap().is_some());
+    let events = c.kubectl_ok(&["get", "events", "-n", ns, "-o", "custom-columns=R:.reason", "--no-headers"]);
+    assert!(events.contains("ChildrenRemoved"), "{events}");
+    // Back again, for the deletion below.
+    assert!(apply_yaml(&c, &yaml).status.success());
+    eventually(20, "gateway again", || async { deps.get_opt("texts-gateway").await.unwrap() }).await;
     // Deleting the index removes the online children at once; the Redis step cannot reach its
     // (unreachable) Redis, so the object waits until an admin says to skip the cleanup.
-    let mis: Api<MatchingIndex> = Api::namespaced(client.clone(), ns);
     mis.delete("texts", &DeleteParams::default()).await.unwrap();
     eventually(30, "online children gone", || async {
         let gone = sts.get_opt("texts-agent").await.unwrap().is_none()

@@ -131,12 +131,12 @@ pub struct IndexArgs {
     /// TLS towards the agents of an agents:// source.
     #[command(flatten)]
     pub agents_tls: crate::online::tls::ClientTls,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_M)]
     pub m: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
     /// Default search beam width stored with the snapshot.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_SEARCH)]
     pub ef_search: usize,
     /// Build threads (default: all cores).
     #[arg(long)]

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use kim_api::build::{valid_label, BuildReport, Built, LABEL_RULE};
 use kim_index::build::build_graph;
 use kim_index::flat::Ids;
 use kim_index::snapshot::{self, Manifest};
@@ -15,16 +16,21 @@ use crate::storage::Store;
 
 pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
     let outcome = build(a);
-    let line = match &outcome {
-        Ok(m) => serde_json::json!({
-            "snapshot": m.id, "label": m.label, "namespace": m.namespace, "vectors": m.vectors,
-            "buildSeconds": m.build_seconds, "createdAt": m.created_at,
+    let report = match &outcome {
+        Ok(m) => BuildReport::Built(Built {
+            snapshot: m.id.clone(),
+            label: m.label.clone(),
+            namespace: m.namespace.clone(),
+            vectors: m.vectors as u64,
+            build_seconds: Some(m.build_seconds),
+            created_at: Some(m.created_at.clone()),
         }),
-        Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+        Err(e) => BuildReport::Failed { error: format!("{e:#}") },
     };
+    let line = report.to_line();
     if let Some(p) = &a.termination_message_path {
         // Best effort: the exit code still tells the truth if this write fails.
-        if let Err(e) = std::fs::write(p, line.to_string()) {
+        if let Err(e) = std::fs::write(p, &line) {
             tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
         }
     }
@@ -36,12 +42,8 @@ pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
 
 fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
     let start = Instant::now();
-    anyhow::ensure!(
-        valid_name(&a.label),
-        "label {:?} must be 1-253 characters of [A-Za-z0-9._-] and not start with '.'",
-        a.label
-    );
-    anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
+    anyhow::ensure!(valid_label(&a.label), "label {:?} must be {LABEL_RULE}", a.label);
+    anyhow::ensure!(valid_label(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
     let spec = a.descriptor.spec();
     spec.validate().context("descriptor settings")?;
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
@@ -120,17 +122,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Removes `<storage>/<namespace>/<label>`; a label that is already gone is not an error.
 pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(valid_name(&a.label) && valid_name(&a.namespace), "invalid label or namespace name");
+    anyhow::ensure!(valid_label(&a.label) && valid_label(&a.namespace), "invalid label or namespace name");
     let store = Store::open(&a.storage)?;
     let removed = runtime()?.block_on(store.remove_label(&a.namespace, &a.label))?;
     println!("{}", serde_json::json!({"removed": removed}));
     Ok(())
-}
-
-/// Labels and namespaces become directory names and Redis key parts.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }

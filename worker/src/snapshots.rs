@@ -8,7 +8,9 @@ use kim_index::snapshot::{self, Manifest};
 use serde_json::json;
 
 use crate::cli::{ExportArgs, ImportArgs, LabelArgs, RollbackArgs, SnapshotCommand};
-use crate::indexer::{runtime, valid_name};
+use kim_api::build::valid_label as valid_name;
+
+use crate::indexer::runtime;
 use crate::storage::Store;
 
 pub fn run(c: SnapshotCommand) -> anyhow::Result<()> {

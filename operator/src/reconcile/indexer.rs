@@ -5,15 +5,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
-use serde_json::json;
 
-use super::{apply, jobs, Result};
-use crate::build::{self, MANAGER};
+use super::{apply, jobs, write_status, Error, Result};
+use crate::build;
 use crate::context::Context;
-use crate::crd::{Indexer, IndexerStatus, MatchingIndex};
+use crate::crd::{Indexer, MatchingIndex};
 use crate::{status, validate};
 
 pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
@@ -31,7 +30,8 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
             if let Some(pvc) = build::indexer_pvc(&ix) {
                 let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
                 let name = pvc.name_any();
-                if api.get_opt(&name).await?.is_none() {
+                let existing = api.get_opt(&name).await.map_err(Error::reading(format!("claim {ns}/{name}")))?;
+                if existing.is_none() {
                     ctx.event(
                         ix.as_ref(),
                         false,
@@ -41,7 +41,11 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
                     )
                     .await;
                 }
-                apply(&api, &name, &pvc).await?;
+                apply(&api, &name, &pvc).await.map_err(|source| Error::Apply {
+                    kind: "PersistentVolumeClaim".into(),
+                    name: name.clone(),
+                    source,
+                })?;
             }
             st.storage_claim = Some(build::storage_claim(&ix));
             status::set(&mut st.conditions, "Ready", true, "Ready", "storage claim in place", gen);
@@ -51,7 +55,8 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
     let sel = format!("{}={},{}=build", build::LABEL_INDEXER, ix.name_any(), build::LABEL_COMPONENT);
     st.active = jobs_api
         .list(&ListParams::default().labels(&sel))
-        .await?
+        .await
+        .map_err(Error::reading(format!("build Jobs of Indexer {ns}/{}", ix.name_any())))?
         .items
         .iter()
         .filter(|j| jobs::is_running(j))
@@ -60,22 +65,16 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
     let mis: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
     st.queued = mis
         .list(&ListParams::default())
-        .await?
+        .await
+        .map_err(Error::reading(format!("MatchingIndexes in {ns}")))?
         .items
         .iter()
-        .filter(|m| m.spec.indexer_ref.name == ix.name_any())
+        .filter(|m| m.spec.indexer_ref.name == ix.name_any() && m.metadata.deletion_timestamp.is_none())
         .filter(|m| m.status.as_ref().and_then(|s| s.current_build.as_ref()).is_some_and(|b| b.queued))
         .map(|m| m.name_any())
         .collect();
     st.active_builds = st.active.len() as i32;
     st.queued_builds = st.queued.len() as i32;
-    write_status(&ix, &ctx, &st).await?;
+    write_status(&Api::<Indexer>::namespaced(ctx.client.clone(), &ns), ix.as_ref(), &st).await?;
     Ok(Action::requeue(Duration::from_secs(if st.active.is_empty() && st.queued.is_empty() { 60 } else { 5 })))
-}
-
-async fn write_status(ix: &Indexer, ctx: &Context, st: &IndexerStatus) -> Result<()> {
-    let api: Api<Indexer> = Api::namespaced(ctx.client.clone(), &ix.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "kim.dev/v1alpha1", "kind": "Indexer", "status": st});
-    api.patch_status(&ix.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
 }

@@ -1,8 +1,12 @@
-//! Reading build Jobs: their state, and the JSON line the worker left as termination message.
+//! Reading build Jobs: their state, their attempts, and the report the worker left as the
+//! termination message of its container.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kim_api::build::BuildReport;
 use kube::api::{Api, ListParams};
+
+use super::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
@@ -12,7 +16,7 @@ pub enum JobState {
 }
 
 pub fn state(job: &Job) -> JobState {
-    let conds = job.status.as_ref().and_then(|s| s.conditions.as_ref()).cloned().unwrap_or_default();
+    let conds = job.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     let has = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
     if has("Complete").is_some() {
         return JobState::Succeeded;
@@ -29,21 +33,33 @@ pub fn is_running(job: &Job) -> bool {
     state(job) == JobState::Running
 }
 
-/// The worker's result line, from the newest terminated container of the Job's pods
-/// (successful pods first).
-pub async fn termination_message(pods: &Api<Pod>, job: &str) -> Option<serde_json::Value> {
-    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await.ok()?;
-    let mut found: Vec<(bool, String)> = list
+/// The attempt running now (1-based) and the most the Job makes.
+pub fn attempt(job: &Job) -> (i32, i32) {
+    let failed = job.status.as_ref().and_then(|s| s.failed).unwrap_or(0);
+    let limit = job.spec.as_ref().and_then(|s| s.backoff_limit).unwrap_or(6);
+    (failed + 1, limit + 1)
+}
+
+/// The worker's report from the newest terminated container of the Job's pods (successful
+/// pods first); `None` when no pod left one.
+pub async fn report(pods: &Api<Pod>, job: &str) -> Result<Option<BuildReport>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .map_err(Error::reading(format!("pods of Job {job}")))?;
+    let mut found: Vec<(bool, Option<k8s_openapi::jiff::Timestamp>, String)> = list
         .items
         .iter()
         .flat_map(|p| {
             let ok = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
             p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).filter_map(move |cs| {
                 let t = cs.state.as_ref()?.terminated.as_ref()?;
-                Some((ok || t.exit_code == 0, t.message.clone()?))
+                let finished = t.finished_at.as_ref().map(|f| f.0);
+                Some((ok || t.exit_code == 0, finished, t.message.clone()?))
             })
         })
         .collect();
-    found.sort_by_key(|(ok, _)| !*ok);
-    found.into_iter().find_map(|(_, m)| serde_json::from_str(m.trim()).ok())
+    // Successful first, then the newest.
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+    Ok(found.into_iter().find_map(|(_, _, m)| BuildReport::parse(&m)))
 }

@@ -1,149 +1,165 @@
-//! MatchingIndex: decide whether a build is due, admit it against the Indexer's concurrency,
-//! read the result back from the Job, run matchers once a snapshot exists, report status.
+//! MatchingIndex: dereference → validate → build decision → desired children → apply and
+//! prune → status. The decisions that need no I/O (`summarize`) are plain functions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kim_api::build::BuildReport;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
-use serde_json::json;
 
 use super::jobs::{self, JobState};
-use super::{apply, Result};
-use crate::build::{self, MANAGER};
+use super::{apply, children, write_status, Error, Result};
+use crate::build;
 use crate::context::Context;
 use crate::crd::{BuildStatus, Indexer, MatchersStatus, MatchingIndex, MatchingIndexStatus, Phase, SnapshotStatus};
 use crate::{status, validate};
 
+/// Why nothing can be built or served right now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Blocked {
+    InvalidSpec(String),
+    IndexerNotFound(String),
+    IndexerInvalid(String),
+}
+
 /// What the build step concluded.
-enum Build {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Build {
     UpToDate,
     Queued { running: usize, max: i32 },
-    Running(BuildStatus),
-    Failed { job: String, hash: String, message: String },
+    Running { job: String, attempt: i32, attempts: i32 },
+    Failed { job: String, message: String },
+}
+
+/// Everything `summarize` decides from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Facts {
+    Blocked(Blocked),
+    Built { build: Build, missing_secrets: Vec<String> },
 }
 
 pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Action> {
     let ns = mi.namespace().unwrap_or_default();
-    let client = ctx.client.clone();
+    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
     let gen = mi.metadata.generation;
     let old = mi.status.clone().unwrap_or_default();
     let mut st = old.clone();
     st.observed_generation = gen;
 
-    // validate
-    let interval = match validate::matching_index(&mi) {
-        Ok(i) => i,
-        Err(e) => {
-            if !status::get(&old.conditions, "SpecValid").is_some_and(|c| c.status == "False" && c.message == e.0) {
-                ctx.event(mi.as_ref(), true, "InvalidSpec", "Validate", e.0.clone()).await;
-            }
-            status::set(&mut st.conditions, "SpecValid", false, "InvalidSpec", e.0.clone(), gen);
-            status::set(&mut st.conditions, "Ready", false, "InvalidSpec", e.0, gen);
-            st.phase = Some(Phase::Failed);
-            write_status(&mi, &ctx, &st).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    status::set(&mut st.conditions, "SpecValid", true, "Valid", "spec is valid", gen);
-
-    let ixs: Api<Indexer> = Api::namespaced(client.clone(), &ns);
+    // dereference
     let ix_name = &mi.spec.indexer_ref.name;
-    let ix = match ixs.get_opt(ix_name).await? {
-        Some(ix) => ix,
-        None => {
-            let msg = format!("Indexer {ix_name:?} not found in namespace {ns:?}");
-            status::set(&mut st.conditions, "Ready", false, "IndexerNotFound", msg, gen);
-            st.phase = Some(if st.current_snapshot.is_some() { Phase::Degraded } else { Phase::Pending });
-            write_status(&mi, &ctx, &st).await?;
-            return Ok(Action::requeue(Duration::from_secs(15)));
-        }
-    };
-    let deadline = match validate::indexer(&ix.spec) {
-        Ok(d) => d,
-        Err(e) => {
-            status::set(&mut st.conditions, "Ready", false, "IndexerInvalid", format!("Indexer {ix_name:?}: {e}"), gen);
-            st.phase = Some(Phase::Pending);
-            write_status(&mi, &ctx, &st).await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
-    };
+    let ix = Api::<Indexer>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(ix_name)
+        .await
+        .map_err(Error::reading(format!("Indexer {ns}/{ix_name}")))?;
+    let missing_secrets = missing_secrets(&ctx, &ns, &mi).await?;
 
-    // online path: agents and gateway run independently of snapshots
-    if mi.spec.online.is_some() {
-        apply_online(&mi, &ix, &ctx).await?;
-    }
+    // validate
+    let checked = validate::matching_index(&mi).map_err(|e| Blocked::InvalidSpec(e.0)).and_then(|interval| {
+        let ix =
+            ix.ok_or_else(|| Blocked::IndexerNotFound(format!("Indexer {ix_name:?} not found in namespace {ns:?}")))?;
+        let deadline =
+            validate::indexer(&ix.spec).map_err(|e| Blocked::IndexerInvalid(format!("Indexer {ix_name:?}: {e}")))?;
+        Ok((interval, ix, deadline))
+    });
+    let (interval, ix, deadline) = match checked {
+        Ok(v) => v,
+        Err(blocked) => {
+            let facts = Facts::Blocked(blocked);
+            let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen);
+            warn_not_ready(&mi, &ctx, &st).await;
+            write_status(&api, mi.as_ref(), &st).await?;
+            return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
+        }
+    };
 
     // build
     let (epoch, next_epoch) = interval_epoch(&mi, interval);
     let hash = build::build_hash(&mi, epoch);
-    let outcome = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st, &old).await?;
+    let build = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st).await?;
 
-    // matchers, once a snapshot exists
-    if st.current_snapshot.is_some() {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let d = build::matcher_deployment(&mi, &ix, &ctx.defaults);
-        let name = d.name_any();
-        let applied = apply(&deployments, &name, &d).await?;
+    // desired children, applied; the rest of this object's children deleted
+    let want = build::children(&mi, &ix, &ctx.defaults, st.current_snapshot.is_some());
+    let synced = children::sync_all(&ctx.client, &ns, &mi.name_any(), &want).await?;
+    report_children(&mi, &ctx, &synced).await;
+    let matcher = format!("{}-matcher", mi.name_any());
+    st.matchers = synced.deployments.iter().find(|d| d.name_any() == matcher).map(|d| {
         let desired = mi.spec.matcher.replicas;
-        let ready = applied.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-        if old.matchers.as_ref().map(|m| m.desired) != Some(desired) {
-            ctx.event(
-                mi.as_ref(),
-                false,
-                "MatchersScaled",
-                "Scale",
-                format!("matcher Deployment {name} wants {desired} replicas"),
-            )
-            .await;
-        }
-        st.matchers = Some(MatchersStatus { desired, ready, summary: format!("{ready}/{desired}") });
+        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        MatchersStatus { desired, ready, summary: format!("{ready}/{desired}") }
+    });
+    if let Some(m) = &st.matchers {
+        let note = format!("matcher Deployment {matcher} wants {} replicas", m.desired);
+        ctx.event(mi.as_ref(), false, "MatchersScaled", "Scale", note).await;
     }
 
     // status
-    let requeue = summarize(&mut st, &outcome, gen);
-    write_status(&mi, &ctx, &st).await?;
-    Ok(Action::requeue(match next_epoch {
-        Some(n) => requeue.min(n),
-        None => requeue,
-    }))
+    let facts = Facts::Built { build, missing_secrets };
+    let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen).unwrap_or(Duration::from_secs(300));
+    warn_not_ready(&mi, &ctx, &st).await;
+    write_status(&api, mi.as_ref(), &st).await?;
+    Ok(Action::requeue(next_epoch.map_or(requeue, |n| requeue.min(n))))
 }
 
-async fn apply_online(mi: &MatchingIndex, ix: &Indexer, ctx: &Context) -> Result<()> {
-    use k8s_openapi::api::apps::v1::StatefulSet;
-    use k8s_openapi::api::core::v1::Service;
-    let ns = mi.namespace().unwrap_or_default();
-    let c = ctx.client.clone();
-    let sts: Api<StatefulSet> = Api::namespaced(c.clone(), &ns);
-    let svc: Api<Service> = Api::namespaced(c.clone(), &ns);
-    let dep: Api<Deployment> = Api::namespaced(c, &ns);
-    let agents = crate::online::agent_statefulset(mi, ix, &ctx.defaults);
-    let created = sts.get_opt(&agents.name_any()).await?.is_none();
-    for s in [crate::online::agent_service(mi), crate::online::gateway_service(mi)] {
-        apply(&svc, &s.name_any(), &s).await?;
+/// Secrets the spec names that do not exist (matchers and agents cannot start without them).
+async fn missing_secrets(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<String>> {
+    let r = &mi.spec.redis;
+    let mut names: Vec<&str> = Vec::new();
+    names.extend(r.secret_ref.as_ref().map(|s| s.name.as_str()));
+    names.extend(r.auth.as_ref().map(|a| a.secret_name.as_str()));
+    names.extend(r.tls.as_ref().map(|t| t.secret_name.as_str()));
+    if let Some(t) = mi.spec.online.as_ref().and_then(|o| o.tls.as_ref()) {
+        names.push(&t.server_secret_name);
+        names.extend(t.client_secret_name.as_deref());
     }
-    apply(&sts, &agents.name_any(), &agents).await?;
-    let gw = crate::online::gateway_deployment(mi, ix, &ctx.defaults);
-    apply(&dep, &gw.name_any(), &gw).await?;
-    if created {
+    names.sort();
+    names.dedup();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut missing = Vec::new();
+    for n in names {
+        if api.get_metadata_opt(n).await.map_err(Error::reading(format!("Secret {ns}/{n}")))?.is_none() {
+            missing.push(n.to_string());
+        }
+    }
+    Ok(missing)
+}
+
+/// Events for the children that appeared or went away.
+async fn report_children(mi: &MatchingIndex, ctx: &Context, synced: &children::Outcome) {
+    let online = |names: &[String]| {
+        names.iter().filter(|n| n.starts_with("StatefulSet/") || n.ends_with("-gateway")).cloned().collect::<Vec<_>>()
+    };
+    let created = online(&synced.created);
+    if !created.is_empty() {
         let o = mi.spec.online.clone().unwrap_or_default();
-        ctx.event(
-            mi,
-            false,
-            "OnlineCreated",
-            "Provision",
-            format!(
-                "created {} agents (replicas {}) and {} gateway replicas",
-                o.agents, o.replicas, o.gateway_replicas
-            ),
-        )
-        .await;
+        let note = format!(
+            "created {} agents (replicas {}) and {} gateway replicas: {}",
+            o.agents,
+            o.replicas,
+            o.gateway_replicas,
+            created.join(", ")
+        );
+        ctx.event(mi, false, "OnlineCreated", "Provision", note).await;
     }
-    Ok(())
+    if !synced.removed.is_empty() {
+        let note = format!("deleted children no longer in the spec: {}", synced.removed.join(", "));
+        ctx.event(mi, false, "ChildrenRemoved", "Prune", note).await;
+    }
+}
+
+/// A Warning Event for each cause of not being Ready, once per change of its message.
+async fn warn_not_ready(mi: &MatchingIndex, ctx: &Context, st: &MatchingIndexStatus) {
+    for c in ["Ready", "SecretsFound"].iter().filter_map(|t| status::get(&st.conditions, t)) {
+        let cause =
+            matches!(c.reason.as_str(), "InvalidSpec" | "IndexerNotFound" | "IndexerInvalid" | "SecretNotFound");
+        if c.status == "False" && cause {
+            ctx.event(mi, true, &c.reason, "Reconcile", c.message.clone()).await;
+        }
+    }
 }
 
 /// Epoch of the rebuild interval (0 without one) and the time until the next epoch starts.
@@ -162,7 +178,6 @@ async fn build_step(
     deadline_secs: i64,
     ctx: &Context,
     st: &mut MatchingIndexStatus,
-    old: &MatchingIndexStatus,
 ) -> Result<Build> {
     if st.current_snapshot.as_ref().is_some_and(|s| s.build_hash == hash) {
         st.current_build = None;
@@ -170,61 +185,59 @@ async fn build_step(
     }
     let ns = mi.namespace().unwrap_or_default();
     let job_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let name = build::job_name(mi, hash);
-    let Some(job) = job_api.get_opt(&name).await? else {
-        return admit(mi, ix, hash, deadline_secs, ctx, &job_api, &name, st, old).await;
+    let Some(job) = job_api.get_opt(&name).await.map_err(Error::reading(format!("Job {ns}/{name}")))? else {
+        return admit(mi, ix, hash, deadline_secs, ctx, &job_api, &name, st).await;
     };
     match jobs::state(&job) {
         JobState::Running => {
+            let (attempt, attempts) = jobs::attempt(&job);
+            let mut progress = format!("attempt {attempt}/{attempts}");
+            if attempt > 1 {
+                if let Some(BuildReport::Failed { error }) = jobs::report(&pods, &name).await? {
+                    progress = format!("{progress}; the last attempt failed: {error}");
+                }
+            }
             let started = job.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
-            let b = BuildStatus {
-                job: Some(name),
+            st.current_build = Some(BuildStatus {
+                job: Some(name.clone()),
                 started,
                 queued: false,
                 build_hash: hash.into(),
-                progress: Some("running".into()),
-            };
-            st.current_build = Some(b.clone());
-            Ok(Build::Running(b))
+                progress: Some(progress),
+            });
+            Ok(Build::Running { job: name, attempt, attempts })
         }
         JobState::Succeeded => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let msg = jobs::termination_message(&pods, &name).await.unwrap_or_default();
-            let snap = SnapshotStatus {
-                id: msg["snapshot"].as_str().unwrap_or("unreported").to_string(),
-                vectors: msg["vectors"].as_i64().unwrap_or(0),
-                built_at: msg["createdAt"].as_str().map(str::to_string),
-                build_seconds: msg["buildSeconds"].as_f64(),
-                build_hash: hash.into(),
+            let snap = match jobs::report(&pods, &name).await? {
+                Some(BuildReport::Built(b)) => SnapshotStatus {
+                    id: b.snapshot,
+                    vectors: b.vectors as i64,
+                    built_at: b.created_at,
+                    build_seconds: b.build_seconds,
+                    build_hash: hash.into(),
+                },
+                _ => SnapshotStatus { id: "unreported".into(), build_hash: hash.into(), ..Default::default() },
             };
-            if old.current_snapshot.as_ref() != Some(&snap) {
+            if st.current_snapshot.as_ref() != Some(&snap) {
                 ctx.metrics.build("succeeded");
-                ctx.event(
-                    mi,
-                    false,
-                    "BuildSucceeded",
-                    "Build",
-                    format!("Job {name} built snapshot {} with {} vectors", snap.id, snap.vectors),
-                )
-                .await;
             }
+            let note = format!("Job {name} built snapshot {} with {} vectors", snap.id, snap.vectors);
+            ctx.event(mi, false, "BuildSucceeded", "Build", note).await;
             st.current_snapshot = Some(snap);
             st.current_build = None;
             Ok(Build::UpToDate)
         }
         JobState::Failed(why) => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let worker =
-                jobs::termination_message(&pods, &name).await.and_then(|m| m["error"].as_str().map(str::to_string));
-            let message = match worker {
-                Some(w) => format!("build Job {name} failed: {w}"),
-                None => format!("build Job {name} failed: {why}"),
+            let message = match jobs::report(&pods, &name).await? {
+                Some(BuildReport::Failed { error }) => format!("build Job {name} failed: {error}"),
+                _ => format!("build Job {name} failed: {why}"),
             };
-            if !status::get(&old.conditions, "BuildFailed").is_some_and(|c| c.status == "True" && c.message == message)
-            {
+            if !status::get(&st.conditions, "BuildFailed").is_some_and(|c| c.status == "True" && c.message == message) {
                 ctx.metrics.build("failed");
-                ctx.event(mi, true, "BuildFailed", "Build", message.clone()).await;
             }
+            ctx.event(mi, true, "BuildFailed", "Build", message.clone()).await;
             st.current_build = Some(BuildStatus {
                 job: Some(name.clone()),
                 started: None,
@@ -232,7 +245,7 @@ async fn build_step(
                 build_hash: hash.into(),
                 progress: Some("failed".into()),
             });
-            Ok(Build::Failed { job: name, hash: hash.into(), message })
+            Ok(Build::Failed { job: name, message })
         }
     }
 }
@@ -249,127 +262,132 @@ async fn admit(
     job_api: &Api<Job>,
     name: &str,
     st: &mut MatchingIndexStatus,
-    old: &MatchingIndexStatus,
 ) -> Result<Build> {
     let _slot = ctx.admission.lock().await;
+    let failed = |source| Error::Build { job: name.to_string(), source };
     let selector = format!("{}={},{}=build", build::LABEL_INDEXER, ix.name_any(), build::LABEL_COMPONENT);
     let running = job_api
         .list(&ListParams::default().labels(&selector))
-        .await?
+        .await
+        .map_err(failed)?
         .items
         .iter()
         .filter(|j| jobs::is_running(j))
         .count();
     let max = ix.spec.max_concurrent_builds;
-    if running >= max as usize {
-        let was_queued = old.current_build.as_ref().is_some_and(|b| b.queued && b.build_hash == hash);
-        if !was_queued {
+    if running >= max.max(1) as usize {
+        if !st.current_build.as_ref().is_some_and(|b| b.queued && b.build_hash == hash) {
             ctx.metrics.build("queued");
-            ctx.event(
-                mi,
-                false,
-                "BuildQueued",
-                "Build",
-                format!("waiting for a build slot of Indexer {}: {running}/{max} running", ix.name_any()),
-            )
-            .await;
         }
-        let progress = format!("queued: {running}/{max} builds of Indexer {} running", ix.name_any());
+        let note = format!("build {hash} waits for a build slot of Indexer {}", ix.name_any());
+        ctx.event(mi, false, "BuildQueued", "Build", note).await;
         st.current_build = Some(BuildStatus {
             job: None,
             started: None,
             queued: true,
             build_hash: hash.into(),
-            progress: Some(progress),
+            progress: Some(format!("queued: {running}/{max} builds of Indexer {} running", ix.name_any())),
         });
         return Ok(Build::Queued { running, max });
     }
     let job = build::build_job(mi, ix, hash, deadline_secs, &ctx.defaults);
-    apply(job_api, name, &job).await?;
+    apply(job_api, name, &job).await.map_err(failed)?;
     ctx.metrics.build("started");
-    let why = if mi.status.as_ref().and_then(|s| s.current_snapshot.as_ref()).is_some() {
-        "spec, trigger or interval changed"
-    } else {
-        "first build"
-    };
+    let why = if st.current_snapshot.is_some() { "spec, trigger or interval changed" } else { "first build" };
     ctx.event(mi, false, "BuildStarted", "Build", format!("started build Job {name} ({why})")).await;
-    let b = BuildStatus {
+    let (attempt, attempts) = (1, ix.spec.retry_limit + 1);
+    st.current_build = Some(BuildStatus {
         job: Some(name.into()),
         started: Some(status::now_string()),
         queued: false,
         build_hash: hash.into(),
-        progress: Some("running".into()),
-    };
-    st.current_build = Some(b.clone());
-    Ok(Build::Running(b))
+        progress: Some(format!("attempt {attempt}/{attempts}")),
+    });
+    Ok(Build::Running { job: name.into(), attempt, attempts })
 }
 
-/// Sets phase and conditions from the build outcome and matchers; returns when to look again.
-fn summarize(st: &mut MatchingIndexStatus, outcome: &Build, gen: Option<i64>) -> Duration {
-    let has_snapshot = st.current_snapshot.is_some();
-    let (desired, ready) = st.matchers.as_ref().map_or((0, 0), |m| (m.desired, m.ready));
-    let (requeue, phase) = match outcome {
+/// Sets phase, reason and conditions from the facts; returns when to look again (`None`: only
+/// on a change of the object).
+pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen: Option<i64>) -> Option<Duration> {
+    let serving = st.current_snapshot.is_some();
+    let secs = |s: u64| Some(Duration::from_secs(s));
+    let (build, missing) = match facts {
+        Facts::Blocked(b) => {
+            // Whatever waited in the Indexer's queue leaves it.
+            st.current_build = None;
+            let (phase, reason, msg, requeue) = match b {
+                Blocked::InvalidSpec(m) => {
+                    status::set(&mut st.conditions, "SpecValid", false, "InvalidSpec", m.clone(), gen);
+                    (Phase::Failed, "InvalidSpec", m, None)
+                }
+                Blocked::IndexerNotFound(m) => (Phase::Pending, "IndexerNotFound", m, secs(15)),
+                Blocked::IndexerInvalid(m) => (Phase::Pending, "IndexerInvalid", m, secs(30)),
+            };
+            if !matches!(b, Blocked::InvalidSpec(_)) {
+                status::set(&mut st.conditions, "SpecValid", true, "Valid", "spec is valid", gen);
+            }
+            let phase = if serving && phase == Phase::Pending { Phase::Degraded } else { phase };
+            status::set(&mut st.conditions, "Ready", false, reason, msg.clone(), gen);
+            st.phase = Some(phase);
+            st.reason = Some(reason.into());
+            return requeue;
+        }
+        Facts::Built { build, missing_secrets } => (build, missing_secrets),
+    };
+    status::set(&mut st.conditions, "SpecValid", true, "Valid", "spec is valid", gen);
+    let ready = st.matchers.as_ref().map_or(0, |m| m.ready);
+    let all_ready = serving && ready >= desired;
+    if missing.is_empty() {
+        status::set(&mut st.conditions, "SecretsFound", true, "Found", "every Secret the spec names exists", gen);
+    } else {
+        let msg = format!("Secret {} not found in the namespace", missing.join(", "));
+        status::set(&mut st.conditions, "SecretsFound", false, "SecretNotFound", msg, gen);
+    }
+    let (phase, reason, short, msg, requeue): (Phase, &str, String, String, u64) = match build {
         Build::UpToDate => {
             status::set(&mut st.conditions, "Building", false, "UpToDate", "snapshot matches the spec", gen);
             status::set(&mut st.conditions, "BuildFailed", false, "UpToDate", "", gen);
-            (
-                Duration::from_secs(if ready < desired { 10 } else { 300 }),
-                if ready >= desired { Phase::Ready } else { Phase::Pending },
-            )
+            if all_ready {
+                (Phase::Ready, "Ready", "Ready".into(), format!("serving with {ready}/{desired} matchers ready"), 300)
+            } else {
+                let short = format!("{ready}/{desired} matchers ready");
+                (Phase::Deploying, "MatchersStarting", short.clone(), short, 10)
+            }
         }
         Build::Queued { running, max } => {
-            status::set(
-                &mut st.conditions,
-                "Building",
-                false,
-                "Queued",
-                format!("waiting for a build slot ({running}/{max} running)"),
-                gen,
-            );
-            (Duration::from_secs(5), if has_snapshot { Phase::Ready } else { Phase::Pending })
+            let msg = format!("waiting for a build slot ({running}/{max} running)");
+            status::set(&mut st.conditions, "Building", false, "Queued", msg.clone(), gen);
+            let phase = if serving { Phase::Rebuilding } else { Phase::Queued };
+            (phase, "Queued", "Queued".into(), msg, 5)
         }
-        Build::Running(b) => {
-            status::set(
-                &mut st.conditions,
-                "Building",
-                true,
-                "JobRunning",
-                format!("build Job {} running", b.job.clone().unwrap_or_default()),
-                gen,
-            );
+        Build::Running { job, attempt, attempts } => {
+            let msg = format!("build Job {job} running, attempt {attempt}/{attempts}");
+            status::set(&mut st.conditions, "Building", true, "JobRunning", msg.clone(), gen);
             status::set(&mut st.conditions, "BuildFailed", false, "Building", "", gen);
-            (Duration::from_secs(10), if has_snapshot { Phase::Ready } else { Phase::Building })
+            let phase = if serving { Phase::Rebuilding } else { Phase::Building };
+            (phase, "Building", format!("attempt {attempt}/{attempts}"), msg, 10)
         }
-        Build::Failed { job, hash, message } => {
-            status::set(
-                &mut st.conditions,
-                "Building",
-                false,
-                "JobFailed",
-                format!("build {hash} (Job {job}) failed"),
-                gen,
-            );
+        Build::Failed { job, message } => {
+            status::set(&mut st.conditions, "Building", false, "JobFailed", format!("Job {job} failed"), gen);
             status::set(&mut st.conditions, "BuildFailed", true, "JobFailed", message.clone(), gen);
-            (Duration::from_secs(300), if has_snapshot { Phase::Degraded } else { Phase::Failed })
+            let (phase, msg) = if serving {
+                (Phase::Degraded, format!("serving the previous snapshot; {message}"))
+            } else {
+                (Phase::Failed, message.clone())
+            };
+            (phase, "BuildFailed", "BuildFailed".into(), msg, 300)
         }
     };
-    let phase = if phase == Phase::Ready && has_snapshot && ready < desired { Phase::Pending } else { phase };
-    let (ok, reason, msg) = match phase {
-        Phase::Ready => (true, "Ready", format!("serving snapshot with {ready}/{desired} matchers ready")),
-        Phase::Building => (false, "Building", "first build running".to_string()),
-        Phase::Pending if has_snapshot => (false, "MatchersStarting", format!("{ready}/{desired} matchers ready")),
-        Phase::Pending => (false, "Pending", "waiting for a build slot".to_string()),
-        Phase::Degraded => (false, "BuildFailed", "latest build failed; serving the previous snapshot".to_string()),
-        Phase::Failed => (false, "BuildFailed", "build failed and no snapshot exists".to_string()),
+    // Serving the previous snapshot while rebuilding counts as ready once matchers are.
+    let ok = phase == Phase::Ready || (phase == Phase::Rebuilding && all_ready);
+    let (reason, short, msg, requeue) = if phase == Phase::Deploying && !missing.is_empty() {
+        let m = format!("Secret {} not found in the namespace", missing.join(", "));
+        ("SecretNotFound", "SecretNotFound".to_string(), m, 15)
+    } else {
+        (reason, short, msg, requeue)
     };
     status::set(&mut st.conditions, "Ready", ok, reason, msg, gen);
     st.phase = Some(phase);
-    requeue
-}
-
-pub async fn write_status(mi: &MatchingIndex, ctx: &Context, st: &MatchingIndexStatus) -> Result<()> {
-    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &mi.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "kim.dev/v1alpha1", "kind": "MatchingIndex", "status": st});
-    api.patch_status(&mi.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
+    st.reason = Some(short);
+    secs(requeue)
 }

@@ -1,0 +1,158 @@
+//! The build Job (one snapshot of a MatchingIndex) and the cleanup Job (its files, on
+//! deletion).
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use super::pod::{self, claim_volume, env, mount};
+use super::{enc, labels, metric, storage_claim, worker_image, Defaults, LABEL_HASH, SOURCE_MOUNT, STORAGE_MOUNT};
+use crate::crd::{Indexer, MatchingIndex};
+
+pub fn job_name(mi: &MatchingIndex, hash: &str) -> String {
+    let base: String = mi.name_any().chars().take(42).collect();
+    format!("{}-build-{}", base.trim_end_matches('-'), hash.get(..10).unwrap_or(hash))
+}
+
+/// Where the source file is mounted, and the separate claim to mount there, if any.
+fn source_mount(mi: &MatchingIndex, storage_claim: &str) -> (&'static str, Option<String>) {
+    match &mi.spec.source.claim {
+        Some(c) if c != storage_claim => (SOURCE_MOUNT, Some(c.clone())),
+        _ => (STORAGE_MOUNT, None),
+    }
+}
+
+/// `kim-worker index` arguments for a MatchingIndex (checked against the worker's parser in tests).
+pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
+    let s = &mi.spec;
+    let (src_root, _) = source_mount(mi, &storage_claim(ix));
+    let source = match &s.source.path {
+        Some(p) => format!("{src_root}/{p}"),
+        None => crate::online::agents_source(mi),
+    };
+    let mut a: Vec<String> = [
+        "index",
+        "--label",
+        &mi.label(),
+        "--namespace",
+        &mi.namespace().unwrap_or_default(),
+        "--storage",
+        STORAGE_MOUNT,
+        "--source",
+        &source,
+        "--version",
+        &s.descriptor.version.to_string(),
+        "--dimensions",
+        &s.descriptor.dimensions.to_string(),
+        "--encoding",
+        enc(s.descriptor.encoding),
+        "--metric",
+        metric(s.descriptor.metric),
+        "--m",
+        &s.hnsw.m.to_string(),
+        "--ef-construction",
+        &s.hnsw.ef_construction.to_string(),
+        "--ef-search",
+        &s.hnsw.ef_search.to_string(),
+        "--keep",
+        &ix.spec.snapshots_to_keep.to_string(),
+        "--termination-message-path",
+        "/dev/termination-log",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    if let Some(ids) = &s.source.ids_path {
+        a.extend(["--ids".into(), format!("{src_root}/{ids}")]);
+    }
+    if s.source.path.is_none() {
+        a.extend(crate::online::tls_client_args(mi));
+    }
+    a
+}
+
+/// The Job that builds one snapshot.
+pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i64, d: &Defaults) -> Job {
+    let claim = storage_claim(ix);
+    let (_, source_claim) = source_mount(mi, &claim);
+    let mut volumes = vec![claim_volume("storage", &claim, false)];
+    let mut mounts = vec![mount("storage", STORAGE_MOUNT, false)];
+    if let Some(c) = source_claim {
+        volumes.push(claim_volume("source", &c, true));
+        mounts.push(mount("source", SOURCE_MOUNT, true));
+    }
+    if mi.spec.source.path.is_none() {
+        let (v, m) = crate::online::tls_volumes(mi);
+        volumes.extend(v);
+        mounts.extend(m);
+    }
+    let mut lbl = labels(mi, "build");
+    lbl.insert(LABEL_HASH.into(), hash.into());
+    let container = Container {
+        name: "index".into(),
+        image: Some(worker_image(ix, d)),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(index_args(mi, ix)),
+        env: Some(vec![env("KIM_LOG_FORMAT", "json")]),
+        resources: ix.spec.build_resources.clone(),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
+    pod.restart_policy = Some("Never".into());
+    Job {
+        metadata: pod::meta(job_name(mi, hash), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        spec: Some(JobSpec {
+            backoff_limit: Some(ix.spec.retry_limit),
+            active_deadline_seconds: Some(deadline_secs),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Job that removes a label's files from storage when its MatchingIndex is deleted.
+pub fn cleanup_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Job {
+    let lbl = labels(mi, "cleanup");
+    let name: String = format!("{}-cleanup", mi.name_any().chars().take(50).collect::<String>());
+    let args = [
+        "clean",
+        "--storage",
+        STORAGE_MOUNT,
+        "--namespace",
+        &mi.namespace().unwrap_or_default(),
+        "--label",
+        &mi.label(),
+    ];
+    let container = Container {
+        name: "cleanup".into(),
+        image: Some(worker_image(ix, d)),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(args.iter().map(|x| x.to_string()).collect()),
+        volume_mounts: Some(vec![mount("storage", STORAGE_MOUNT, false)]),
+        ..Default::default()
+    };
+    let mut pod =
+        pod::pod(container, vec![claim_volume("storage", &storage_claim(ix), false)], ix.spec.scheduling.as_ref());
+    pod.restart_policy = Some("Never".into());
+    Job {
+        metadata: pod::meta(name, mi.namespace(), &lbl, None),
+        spec: Some(JobSpec {
+            backoff_limit: Some(3),
+            ttl_seconds_after_finished: Some(600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

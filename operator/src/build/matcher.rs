@@ -1,0 +1,141 @@
+//! The matcher Deployment of a MatchingIndex and its disruption budget.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodTemplateSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::pod::{self, claim_volume, env, env_from_field, env_from_secret, http_probe, mount, secret_volume};
+use super::{labels, selector_labels, storage_claim, worker_image, Defaults, MATCHER_PORT, STORAGE_MOUNT};
+use crate::crd::{Indexer, MatchingIndex};
+
+/// Where a matcher finds the Redis TLS Secret.
+pub const REDIS_TLS_MOUNT: &str = "/etc/kim/redis-tls";
+
+fn name(mi: &MatchingIndex) -> String {
+    format!("{}-matcher", mi.name_any())
+}
+
+/// `kim-worker match` arguments for a MatchingIndex.
+pub fn match_args(mi: &MatchingIndex) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "match",
+        "--storage",
+        STORAGE_MOUNT,
+        "--namespace",
+        &mi.namespace().unwrap_or_default(),
+        "--label",
+        &mi.label(),
+        "--http",
+        &format!("0.0.0.0:{MATCHER_PORT}"),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    if let Some(p) = &mi.spec.redis.key_prefix {
+        a.extend(["--prefix".into(), p.clone()]);
+    }
+    if let Some(t) = mi.spec.matcher.threads {
+        a.extend(["--threads".into(), t.to_string()]);
+    }
+    a
+}
+
+fn redis_url_env(mi: &MatchingIndex) -> EnvVar {
+    match (&mi.spec.redis.url, &mi.spec.redis.secret_ref) {
+        (_, Some(s)) => env_from_secret("KIM_REDIS_URL", &s.name, &s.key, None),
+        (Some(u), None) => env("KIM_REDIS_URL", u.as_str()),
+        (None, None) => env("KIM_REDIS_URL", ""),
+    }
+}
+
+/// Credentials as env from the Secret, TLS files from the mounted Secret: nothing secret in
+/// the Pod's arguments or in plain env values.
+fn redis_secret_env(mi: &MatchingIndex) -> Vec<EnvVar> {
+    let mut e = Vec::new();
+    if let Some(a) = &mi.spec.redis.auth {
+        e.push(env_from_secret("KIM_REDIS_USERNAME", &a.secret_name, &a.username_key, Some(true)));
+        e.push(env_from_secret("KIM_REDIS_PASSWORD", &a.secret_name, &a.password_key, None));
+    }
+    if let Some(t) = &mi.spec.redis.tls {
+        e.push(env("KIM_REDIS_CA", format!("{REDIS_TLS_MOUNT}/ca.crt")));
+        e.push(env("KIM_REDIS_REQUIRE_TLS", "true"));
+        if t.client_certificate {
+            e.push(env("KIM_REDIS_CERT", format!("{REDIS_TLS_MOUNT}/tls.crt")));
+            e.push(env("KIM_REDIS_KEY", format!("{REDIS_TLS_MOUNT}/tls.key")));
+        }
+    }
+    e
+}
+
+/// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
+pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
+    let lbl = labels(mi, "matcher");
+    let mut env_vars =
+        vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
+    env_vars.extend(redis_secret_env(mi));
+    let mut volumes = vec![claim_volume("storage", &storage_claim(ix), true)];
+    let mut mounts = vec![mount("storage", STORAGE_MOUNT, true)];
+    if let Some(t) = &mi.spec.redis.tls {
+        volumes.push(secret_volume("redis-tls", &t.secret_name));
+        mounts.push(mount("redis-tls", REDIS_TLS_MOUNT, true));
+    }
+    let container = Container {
+        name: "matcher".into(),
+        image: Some(worker_image(ix, d)),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(match_args(mi)),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: MATCHER_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 5, Some(3), None)),
+        liveness_probe: Some(http_probe("/healthz", 5, Some(3), Some(10))),
+        resources: mi.spec.matcher.resources.clone(),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
+    pod.termination_grace_period_seconds = Some(30);
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), MATCHER_PORT.to_string()),
+    ]);
+    Deployment {
+        metadata: pod::meta(name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        spec: Some(DeploymentSpec {
+            replicas: Some(mi.spec.matcher.replicas),
+            selector: pod::selector(selector_labels(mi, "matcher")),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(lbl), annotations: Some(annotations), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A disruption budget over one component's pods.
+pub(crate) fn pdb(mi: &MatchingIndex, name: String, component: &str, max_unavailable: i32) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: pod::meta(name, mi.namespace(), &labels(mi, component), Some(pod::owner_ref(mi))),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(max_unavailable)),
+            selector: Some(pod::selector(selector_labels(mi, component))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Voluntary disruptions (node drains) take one matcher at a time, so the others keep serving.
+pub fn matcher_pdb(mi: &MatchingIndex) -> PodDisruptionBudget {
+    pdb(mi, name(mi), "matcher", 1)
+}

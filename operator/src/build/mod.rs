@@ -1,0 +1,148 @@
+//! Pure builders: the objects the operator wants to exist, computed from the custom resources
+//! alone, as typed Kubernetes objects. No I/O here, so every decision about shape is
+//! unit-tested.
+
+mod jobs;
+mod matcher;
+pub mod pod;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
+
+pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
+pub(crate) use self::matcher::pdb;
+pub use self::matcher::{match_args, matcher_deployment, matcher_pdb, REDIS_TLS_MOUNT};
+use crate::crd::{Encoding, Indexer, MatchingIndex, Metric, REBUILD_ANNOTATION};
+
+pub const MANAGER: &str = "kim-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_MI: &str = "kim.dev/matching-index";
+pub const LABEL_INDEXER: &str = "kim.dev/indexer";
+pub const LABEL_COMPONENT: &str = "kim.dev/component";
+pub const LABEL_HASH: &str = "kim.dev/build-hash";
+pub const STORAGE_MOUNT: &str = "/storage";
+pub const SOURCE_MOUNT: &str = "/source";
+pub const MATCHER_PORT: i32 = 8080;
+
+/// Settings of the operator that shape children.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub worker_image: String,
+    pub image_pull_policy: String,
+}
+
+pub fn labels(mi: &MatchingIndex, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.into(), MANAGER.into()),
+        ("app.kubernetes.io/name".into(), "kim".into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+        (LABEL_MI.into(), mi.name_any()),
+        (LABEL_INDEXER.into(), mi.spec.indexer_ref.name.clone()),
+        (LABEL_COMPONENT.into(), component.into()),
+    ])
+}
+
+/// The labels a component's pods are selected by (stable across spec changes).
+pub fn selector_labels(mi: &MatchingIndex, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_MI.into(), mi.name_any()), (LABEL_COMPONENT.into(), component.into())])
+}
+
+/// Label selector of every child the operator made for the MatchingIndex `name`.
+pub fn children_selector(name: &str) -> String {
+    format!("{LABEL_MI}={name},{LABEL_MANAGED_BY}={MANAGER}")
+}
+
+/// Name of the claim an Indexer stores snapshots on.
+pub fn storage_claim(ix: &Indexer) -> String {
+    ix.spec.storage.existing_claim.clone().unwrap_or_else(|| format!("{}-storage", ix.name_any()))
+}
+
+/// The claim the operator creates for an Indexer, if it creates one.
+pub fn indexer_pvc(ix: &Indexer) -> Option<PersistentVolumeClaim> {
+    let s = &ix.spec.storage;
+    let size = s.size.as_ref()?;
+    let modes = if s.access_modes.is_empty() { vec!["ReadWriteMany".to_string()] } else { s.access_modes.clone() };
+    let lbl = BTreeMap::from([(LABEL_MANAGED_BY.into(), MANAGER.into()), (LABEL_INDEXER.into(), ix.name_any())]);
+    Some(PersistentVolumeClaim {
+        metadata: pod::meta(storage_claim(ix), ix.namespace(), &lbl, Some(pod::owner_ref(ix))),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(modes),
+            storage_class_name: s.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+pub(crate) fn enc(e: Encoding) -> &'static str {
+    match e {
+        Encoding::U8 => "u8",
+        Encoding::I8 => "i8",
+        Encoding::F16 => "f16",
+        Encoding::F32 => "f32",
+    }
+}
+
+pub(crate) fn metric(m: Metric) -> &'static str {
+    match m {
+        Metric::Cosine => "cosine",
+        Metric::Dot => "dot",
+        Metric::L2 => "l2",
+    }
+}
+
+/// Digest of everything that changes the built index, plus the manual trigger and the interval
+/// epoch: a new value means a new build (and a new, deterministic Job name).
+pub fn build_hash(mi: &MatchingIndex, interval_epoch: u64) -> String {
+    let s = &mi.spec;
+    let trigger = mi.annotations().get(REBUILD_ANNOTATION).cloned().unwrap_or_default();
+    // Through a JSON value (object keys sorted) so the digest does not depend on field order.
+    let input = serde_json::to_value((mi.label(), &s.descriptor, &s.source, &s.hnsw, trigger, interval_epoch))
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()))
+}
+
+pub(crate) fn worker_image(ix: &Indexer, d: &Defaults) -> String {
+    ix.spec.image.clone().unwrap_or_else(|| d.worker_image.clone())
+}
+
+/// The long-lived children a MatchingIndex wants now; build and cleanup Jobs are decided by
+/// the build and cleanup steps.
+#[derive(Clone, Debug, Default)]
+pub struct Children {
+    pub services: Vec<Service>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub deployments: Vec<Deployment>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+/// Online agents, their Services and gateway with `spec.online`; matchers once a snapshot
+/// exists (`serving`). Anything of this MatchingIndex not in the result is to be deleted.
+pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, serving: bool) -> Children {
+    let mut c = Children::default();
+    if mi.spec.online.is_some() {
+        c.services = vec![crate::online::agent_service(mi), crate::online::gateway_service(mi)];
+        c.stateful_sets.push(crate::online::agent_statefulset(mi, ix, d));
+        c.deployments.push(crate::online::gateway_deployment(mi, ix, d));
+        c.disruption_budgets.push(crate::online::agent_pdb(mi));
+    }
+    if serving {
+        c.deployments.push(matcher_deployment(mi, ix, d));
+        c.disruption_budgets.push(matcher_pdb(mi));
+    }
+    c
+}
