@@ -17,7 +17,7 @@ pub struct Context {
     pub defaults: Defaults,
     pub metrics: Metrics,
     pub admission: Mutex<()>,
-    recorder: Recorder,
+    reporter: Reporter,
     /// Last note recorded per (object uid, reason): an Event is recorded once per change.
     recorded: StdMutex<HashMap<(String, String), String>>,
 }
@@ -25,13 +25,12 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, defaults: Defaults, identity: &str) -> Arc<Context> {
         let reporter = Reporter { controller: crate::build::MANAGER.into(), instance: Some(identity.into()) };
-        let recorder = Recorder::new(client.clone(), reporter);
         Arc::new(Context {
             client,
             defaults,
             metrics: Metrics::default(),
             admission: Mutex::new(()),
-            recorder,
+            reporter,
             recorded: StdMutex::default(),
         })
     }
@@ -62,7 +61,10 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        // A Recorder per Event: a shared one would fold a new note of the same reason into the
+        // first Event's series, showing the old note.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
     }

@@ -159,11 +159,6 @@ impl State {
             .collect()
     }
 
-    /// Requests whose `METHOD path` starts with `start`.
-    pub fn requests(&self, start: &str) -> usize {
-        self.log.iter().filter(|l| l.starts_with(start)).count()
-    }
-
     fn handle(&mut self, method: &Method, uri: &http::Uri, ct: &str, body: &[u8]) -> (StatusCode, Value) {
         self.log.push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
         let Some((prefix, resource, ns, name, sub)) = split(uri.path()) else {
@@ -197,6 +192,11 @@ impl State {
                     obj["metadata"]["name"] = json!(n);
                 }
                 obj["metadata"]["namespace"] = json!(ns);
+                if resource == "events" {
+                    // Names of Events made in the same instant may collide; keep every one.
+                    let n = format!("{}.{}", obj["metadata"]["name"].as_str().unwrap_or("event"), self.rv);
+                    obj["metadata"]["name"] = json!(n);
+                }
                 self.put(&prefix, &resource, obj.clone());
                 (StatusCode::CREATED, obj)
             }

@@ -32,7 +32,8 @@ fn setup(max_builds: i32) -> (Arc<Context>, Shared) {
     (Context::new(client, d(), "test"), state)
 }
 
-fn add(state: &Shared, m: MatchingIndex) {
+fn add(state: &Shared, mut m: MatchingIndex) {
+    m.metadata.uid = Some(format!("uid-{}", m.metadata.name.clone().unwrap_or_default()));
     state.lock().unwrap().put(KIM, "matchingindexes", serde_json::to_value(m).unwrap());
 }
 
