@@ -14,6 +14,10 @@ pub const GROUP: &str = "kim-matchers";
 pub const STATUS_OK: u16 = 201;
 /// Largest `limit` a request may ask for.
 pub const MAX_LIMIT: u32 = 1000;
+/// Magic that starts a LUNA SDK-form descriptor: `dp\0\0`, then the version (u32 LE).
+pub const SDK_MAGIC: &[u8; 4] = b"dp\0\0";
+/// Why a request without `version` and with a bare descriptor is rejected (26301).
+pub const VERSION_NEEDED: &str = "field \"version\" is missing: a bare descriptor needs it (the SDK form, dp\\0\\0 + version, carries it in its header)";
 /// Where `link` in an error points: the error reference shipped in the repository.
 pub const ERROR_DOC: &str = "docs/errors.md";
 
@@ -74,14 +78,36 @@ pub struct MatchError {
 }
 
 /// What a matcher publishes on the request's response channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire `result` is `null` whenever `error` is set (as LUNA's client expects); here it
+/// is then empty. A reply whose `result` is `null` reads as an empty list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MatchResponse {
     pub rid: String,
     pub luna_request_id: String,
     pub status_code: u16,
     /// `[id, similarity]` pairs, most similar first.
+    #[serde(deserialize_with = "null_as_empty")]
     pub result: Vec<(String, f64)>,
     pub error: Option<MatchError>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+    Ok(Option::<Vec<(String, f64)>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Serialize for MatchResponse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let result = if self.error.is_some() { None } else { Some(&self.result[..]) };
+        ResponseRef {
+            rid: &self.rid,
+            luna_request_id: &self.luna_request_id,
+            status_code: self.status_code,
+            result,
+            error: self.error.as_ref(),
+        }
+        .serialize(s)
+    }
 }
 
 impl MatchResponse {
@@ -108,37 +134,40 @@ impl MatchResponse {
     }
 }
 
-/// The reply JSON, borrowed: the same field order and names as [`MatchResponse`], so
+/// The reply JSON, borrowed: the field order and names of the wire format, so
 /// [`write_response_json`] produces exactly the bytes of [`MatchResponse::to_json`].
 #[derive(Serialize)]
 struct ResponseRef<'a, R: Serialize + ?Sized> {
     rid: &'a str,
     luna_request_id: &'a str,
     status_code: u16,
-    result: &'a R,
+    result: Option<&'a R>,
     error: Option<&'a MatchError>,
 }
 
 /// Appends a reply to `out` without building a [`MatchResponse`]: `result` serialises as a
 /// sequence of `[id, similarity]` pairs (e.g. `&[(&str, f64)]`, or a type that serialises
-/// hits straight from an index). Byte-for-byte what `to_json` writes for the same values.
+/// hits straight from an index), or `null` when `None` (error replies). Byte-for-byte what
+/// `to_json` writes for the same values.
 pub fn write_response_json<R: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     rid: &str,
     luna_request_id: &str,
     status_code: u16,
-    result: &R,
+    result: Option<&R>,
     error: Option<&MatchError>,
 ) {
     serde_json::to_writer(out, &ResponseRef { rid, luna_request_id, status_code, result, error })
         .expect("response serialises");
 }
 
-/// One match request as carried in a stream entry.
+/// One match request as carried in a stream entry: LUNA LIM's message (no `version`: the
+/// SDK-form descriptor's header carries it) plus kim's optional fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MatchRequest {
     pub descriptor: Vec<u8>,
-    pub version: u32,
+    /// The descriptor version; `None` only when the descriptor is in the SDK form.
+    pub version: Option<u32>,
     pub label: String,
     pub limit: u32,
     pub response_channel: String,
@@ -146,22 +175,29 @@ pub struct MatchRequest {
     pub rid: String,
     /// Unix milliseconds after which the request is answered with a timeout, unsearched.
     pub deadline: Option<u64>,
+    /// Minimum similarity (0..=1) of the candidates returned.
+    pub threshold: Option<f64>,
 }
 
 impl MatchRequest {
     /// Stream entry fields, in the order the protocol lists them.
     pub fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut f = vec![
-            ("descriptor", self.descriptor.clone()),
-            ("version", self.version.to_string().into_bytes()),
+        let mut f = vec![("descriptor", self.descriptor.clone())];
+        if let Some(v) = self.version {
+            f.push(("version", v.to_string().into_bytes()));
+        }
+        f.extend([
             ("label", self.label.clone().into_bytes()),
             ("limit", self.limit.to_string().into_bytes()),
             ("response_channel", self.response_channel.clone().into_bytes()),
             ("luna_request_id", self.luna_request_id.clone().into_bytes()),
             ("rid", self.rid.clone().into_bytes()),
-        ];
+        ]);
         if let Some(d) = self.deadline {
             f.push(("deadline", d.to_string().into_bytes()));
+        }
+        if let Some(t) = self.threshold {
+            f.push(("threshold", t.to_string().into_bytes()));
         }
         f
     }
@@ -188,14 +224,19 @@ impl MatchRequest {
         let Some(descriptor) = field("descriptor") else {
             return fail(rej, "field \"descriptor\" is missing".into());
         };
-        for k in ["version", "label", "limit", "response_channel", "rid"] {
+        for k in ["label", "limit", "response_channel", "rid"] {
             if field(k).is_none() {
                 return fail(rej, format!("field {k:?} is missing"));
             }
         }
         let number = |k: &str| text(k).and_then(|s| s.trim().parse::<u64>().ok());
-        let Some(version) = number("version").and_then(|v| u32::try_from(v).ok()) else {
-            return fail(rej, "field \"version\" must be a non-negative decimal integer".into());
+        let version = match field("version") {
+            Some(_) => match number("version").and_then(|v| u32::try_from(v).ok()) {
+                Some(v) => Some(v),
+                None => return fail(rej, "field \"version\" must be a non-negative decimal integer".into()),
+            },
+            None if descriptor.len() >= 8 && descriptor.starts_with(SDK_MAGIC) => None,
+            None => return fail(rej, VERSION_NEEDED.into()),
         };
         let limit = match number("limit") {
             Some(l) if (1..=MAX_LIMIT as u64).contains(&l) => l as u32,
@@ -206,6 +247,13 @@ impl MatchRequest {
             Some(_) => match number("deadline") {
                 Some(d) => Some(d),
                 None => return fail(rej, "field \"deadline\" must be unix milliseconds".into()),
+            },
+        };
+        let threshold = match field("threshold") {
+            None => None,
+            Some(_) => match text("threshold").and_then(|s| s.trim().parse::<f64>().ok()) {
+                Some(t) if (0.0..=1.0).contains(&t) => Some(t),
+                _ => return fail(rej, "field \"threshold\" must be a similarity in [0, 1]".into()),
             },
         };
         let Some(label) = text("label").filter(|l| !l.is_empty()) else {
@@ -227,6 +275,7 @@ impl MatchRequest {
             luna_request_id: rej.luna_request_id,
             rid: rej.rid,
             deadline,
+            threshold,
         })
     }
 }
@@ -313,13 +362,14 @@ mod tests {
     fn req() -> MatchRequest {
         MatchRequest {
             descriptor: vec![1, 2, 3],
-            version: 59,
+            version: Some(59),
             label: "watch*list".into(),
             limit: 3,
             response_channel: "ch".into(),
             luna_request_id: new_luna_request_id(),
             rid: new_rid(),
             deadline: Some(123),
+            threshold: Some(0.75),
         }
     }
 
@@ -333,13 +383,61 @@ mod tests {
         assert_eq!(MatchRequest::parse(&as_map(&r)).unwrap(), r);
         let mut no_deadline = r.clone();
         no_deadline.deadline = None;
+        no_deadline.threshold = None;
         assert_eq!(MatchRequest::parse(&as_map(&no_deadline)).unwrap(), no_deadline);
+        assert_eq!(no_deadline.fields().len(), 7);
+    }
+
+    /// LUNA LIM's documented message: no `version`, the SDK header carries it.
+    #[test]
+    fn lim_message_without_version() {
+        let mut m: HashMap<String, Vec<u8>> = [
+            ("descriptor", [&SDK_MAGIC[..], &59u32.to_le_bytes(), &[7; 4]].concat()),
+            ("label", b"faces".to_vec()),
+            ("limit", b"5".to_vec()),
+            ("response_channel", b"ch".to_vec()),
+            ("luna_request_id", b"1700000000,x".to_vec()),
+            ("rid", b"r".to_vec()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let r = MatchRequest::parse(&m).unwrap();
+        assert_eq!((r.version, r.limit, r.deadline, r.threshold), (None, 5, None, None));
+        assert!(r.fields().iter().all(|(k, _)| *k != "version"));
+        assert_eq!(MatchRequest::parse(&as_map(&r)).unwrap(), r);
+        // A bare payload needs the version.
+        m.insert("descriptor".into(), vec![7; 512]);
+        let e = MatchRequest::parse(&m).unwrap_err();
+        assert_eq!((e.reason.as_str(), e.rid.as_str(), e.response_channel.as_deref()), (VERSION_NEEDED, "r", Some("ch")));
+        m.insert("descriptor".into(), SDK_MAGIC.to_vec());
+        assert_eq!(MatchRequest::parse(&m).unwrap_err().reason, VERSION_NEEDED, "the magic alone is no header");
+        m.insert("version".into(), b"59".to_vec());
+        assert_eq!(MatchRequest::parse(&m).unwrap().version, Some(59));
+    }
+
+    #[test]
+    fn threshold_is_a_similarity() {
+        let r = req();
+        for ok in ["0", "1", "0.5", " 0.25 ", "1e-3"] {
+            let mut m = as_map(&r);
+            m.insert("threshold".into(), ok.as_bytes().to_vec());
+            let t = MatchRequest::parse(&m).unwrap().threshold.unwrap();
+            assert_eq!(t, ok.trim().parse::<f64>().unwrap(), "{ok}");
+        }
+        for bad in ["-0.1", "1.01", "NaN", "inf", "", "x", "0,5"] {
+            let mut m = as_map(&r);
+            m.insert("threshold".into(), bad.as_bytes().to_vec());
+            assert!(MatchRequest::parse(&m).unwrap_err().reason.contains("threshold"), "{bad}");
+        }
     }
 
     #[test]
     fn malformed_entries_keep_the_reply_channel() {
         let r = req();
-        for (k, v) in [("limit", "0"), ("limit", "x"), ("version", "-1"), ("deadline", "soon"), ("label", "")] {
+        for (k, v) in
+            [("limit", "0"), ("limit", "x"), ("version", "-1"), ("deadline", "soon"), ("label", ""), ("threshold", "2")]
+        {
             let mut m = as_map(&r);
             m.insert(k.into(), v.as_bytes().to_vec());
             let e = MatchRequest::parse(&m).unwrap_err();
@@ -361,6 +459,11 @@ mod tests {
             serde_json::json!({"rid":"r","luna_request_id":"l","status_code":201,"result":[["a",0.5]],"error":null})
         );
         let e = MatchResponse::failed("r", "l", ErrorCode::VersionMismatch, "d");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["result"], serde_json::Value::Null, "error replies carry result null");
+        assert_eq!(serde_json::from_str::<MatchResponse>(&e.to_json()).unwrap(), e);
+        let with_list = e.to_json().replace("\"result\":null", "\"result\":[]");
+        assert_eq!(serde_json::from_str::<MatchResponse>(&with_list).unwrap(), e, "an empty list reads the same");
         assert_eq!(e.status_code, 400);
         assert_eq!(e.error.as_ref().unwrap().error_code, 26305);
         assert!(e.error.unwrap().link.ends_with("#26305"));
@@ -377,12 +480,12 @@ mod tests {
         let ok = MatchResponse::ok("r\n", "1763800000,abc", hits.clone());
         let borrowed: Vec<(&str, f64)> = hits.iter().map(|(i, s)| (i.as_str(), *s)).collect();
         let mut out = b"prefix".to_vec();
-        write_response_json(&mut out, "r\n", "1763800000,abc", STATUS_OK, &borrowed[..], None);
+        write_response_json(&mut out, "r\n", "1763800000,abc", STATUS_OK, Some(&borrowed[..]), None);
         assert_eq!(&out[6..], ok.to_json().as_bytes());
         for code in ErrorCode::all() {
             let e = MatchResponse::failed("r", "", code, "detail \"quoted\"");
             let mut out = Vec::new();
-            write_response_json(&mut out, "r", "", code.status(), &[] as &[(&str, f64)], e.error.as_ref());
+            write_response_json(&mut out, "r", "", code.status(), None::<&[(&str, f64)]>, e.error.as_ref());
             assert_eq!(out, e.to_json().into_bytes());
         }
     }

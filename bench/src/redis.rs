@@ -302,6 +302,7 @@ async fn drive(ctx: &Ctx, inflight: usize, requests: usize, max_seconds: f64) ->
                     version,
                     label: label.clone(),
                     limit: k as u32,
+                    threshold: None,
                     luna_request_id: None,
                     timeout: Duration::from_secs(10),
                 };

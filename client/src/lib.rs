@@ -58,6 +58,8 @@ pub struct Match {
     pub version: u32,
     pub label: String,
     pub limit: u32,
+    /// Only candidates at least this similar (0..=1) come back; `None` = no minimum.
+    pub threshold: Option<f64>,
     /// Passed through to the reply; generated in LUNA's form when absent.
     pub luna_request_id: Option<String>,
     pub timeout: Duration,
@@ -146,6 +148,10 @@ impl Client {
             let why = format!("label must be non-empty and limit in 1..={MAX_LIMIT}");
             return Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::ValidationFailed, why));
         }
+        if m.threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+            let why = "threshold must be a similarity in [0, 1]";
+            return Ok(MatchResponse::failed(&rid, &luna_id, ErrorCode::ValidationFailed, why));
+        }
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         // Find the label, riding out Redis outages and a registry not yet rewritten after one.
         loop {
@@ -167,13 +173,14 @@ impl Client {
         }
         let req = MatchRequest {
             descriptor: m.descriptor,
-            version: m.version,
+            version: Some(m.version),
             label: m.label.clone(),
             limit: m.limit,
             response_channel: self.channel.clone(),
             luna_request_id: luna_id.clone(),
             rid: rid.clone(),
             deadline: Some(kim_api::unix_ms() + m.timeout.as_millis() as u64),
+            threshold: m.threshold,
         };
         let mut xadd = redis::cmd("XADD");
         xadd.arg(kim_api::stream_key(&self.opts.prefix, &m.label))

@@ -239,6 +239,7 @@ async fn match_loop(
             version: VERSION,
             label: LABEL.into(),
             limit: 1,
+            threshold: None,
             luna_request_id: None,
             timeout: Duration::from_secs(5),
         };

@@ -137,10 +137,27 @@ impl DescriptorSpec {
 
     /// Turns request bytes (bare payload, or the SDK form) into a query.
     pub fn decode(&self, bytes: &[u8], request_version: u32) -> Result<Query, DecodeError> {
-        if request_version != self.version {
-            return Err(DecodeError::VersionMismatch { descriptor: request_version, index: self.version });
+        self.decode_request(bytes, Some(request_version))
+    }
+
+    /// Like [`DescriptorSpec::decode`] for a request that may carry no version of its own:
+    /// then the descriptor must be in the SDK form, whose header says the version.
+    pub fn decode_request(&self, bytes: &[u8], request_version: Option<u32>) -> Result<Query, DecodeError> {
+        if let Some(v) = request_version.filter(|&v| v != self.version) {
+            return Err(DecodeError::VersionMismatch { descriptor: v, index: self.version });
         }
-        let payload = self.strip_sdk_header(bytes)?;
+        let sdk = bytes.len() != self.payload_len() && bytes.len() >= 8 && &bytes[..4] == SDK_MAGIC;
+        let payload = if sdk {
+            let embedded = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+            if embedded != self.version {
+                return Err(DecodeError::VersionMismatch { descriptor: embedded, index: self.version });
+            }
+            &bytes[8..]
+        } else if request_version.is_none() {
+            return Err(DecodeError::VersionMissing);
+        } else {
+            bytes
+        };
         if payload.len() != self.payload_len() {
             return Err(DecodeError::Length {
                 got: bytes.len(),
@@ -151,17 +168,6 @@ impl DescriptorSpec {
         }
         Ok(Query::from_payload(self, payload))
     }
-
-    fn strip_sdk_header<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8], DecodeError> {
-        if bytes.len() == self.payload_len() || bytes.len() < 8 || &bytes[..4] != SDK_MAGIC {
-            return Ok(bytes);
-        }
-        let embedded = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if embedded != self.version {
-            return Err(DecodeError::VersionMismatch { descriptor: embedded, index: self.version });
-        }
-        Ok(&bytes[8..])
-    }
 }
 
 /// Why request bytes could not become a query.
@@ -169,6 +175,8 @@ impl DescriptorSpec {
 pub enum DecodeError {
     #[error("Descriptor of version {descriptor} cannot be searched in index of version {index}")]
     VersionMismatch { descriptor: u32, index: u32 },
+    #[error("the request has no version and the descriptor is a bare payload: give the version field, or send the SDK form (dp\\0\\0 + version) that carries it")]
+    VersionMissing,
     #[error("descriptor has {got} bytes; index expects {want} ({dimensions} × {encoding}), optionally behind the 8-byte SDK header")]
     Length { got: usize, want: usize, encoding: Encoding, dimensions: usize },
 }
@@ -227,6 +235,21 @@ mod tests {
         assert_eq!(e.to_string(), "Descriptor of version 60 cannot be searched in index of version 59");
         let e = spec().decode(&sdk_form(61, &[0; 4]), 59).unwrap_err();
         assert_eq!(e, DecodeError::VersionMismatch { descriptor: 61, index: 59 });
+    }
+
+    #[test]
+    fn version_from_the_sdk_header_when_the_request_has_none() {
+        let payload = [1u8, 2, 3, 4];
+        assert_eq!(spec().decode_request(&sdk_form(59, &payload), None).unwrap(), Query::Bytes(payload.to_vec()));
+        let e = spec().decode_request(&sdk_form(0, &payload), None).unwrap_err();
+        assert_eq!(e, DecodeError::VersionMismatch { descriptor: 0, index: 59 });
+        assert_eq!(spec().decode_request(&payload, None).unwrap_err(), DecodeError::VersionMissing);
+        // A bare payload that happens to start with the magic is still bare.
+        let s = DescriptorSpec::new(59, 8, Encoding::U8, Metric::Cosine);
+        assert_eq!(s.decode_request(&sdk_form(59, &[]), None).unwrap_err(), DecodeError::VersionMissing);
+        assert!(s.decode_request(&sdk_form(59, &[]), Some(59)).is_ok());
+        assert!(matches!(spec().decode_request(&sdk_form(59, &[0; 3]), None), Err(DecodeError::Length { .. })));
+        assert!(spec().decode_request(&[], None).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn ask(descriptor: Vec<u8>) -> Match {
         version: 59,
         label: "faces".into(),
         limit: 1,
+        threshold: None,
         luna_request_id: None,
         timeout: Duration::from_secs(10),
     }

@@ -17,6 +17,7 @@ fn req(descriptor: Vec<u8>, label: &str, limit: u32) -> Match {
         version: 59,
         label: label.into(),
         limit,
+        threshold: None,
         luna_request_id: None,
         timeout: Duration::from_secs(10),
     }
@@ -28,6 +29,11 @@ fn code(r: &MatchResponse) -> Option<u32> {
 
 /// Sends a raw stream entry and waits for the reply on its own channel.
 fn raw_request(redis: &Redis, fields: &[(&str, &[u8])], channel: Option<&str>) -> Option<MatchResponse> {
+    raw_reply(redis, fields, channel).map(|v| serde_json::from_value(v).unwrap())
+}
+
+/// [`raw_request`], the reply as the JSON published.
+fn raw_reply(redis: &Redis, fields: &[(&str, &[u8])], channel: Option<&str>) -> Option<serde_json::Value> {
     let mut sub = redis.conn();
     let mut ps = sub.as_pubsub();
     if let Some(ch) = channel {
@@ -43,7 +49,7 @@ fn raw_request(redis: &Redis, fields: &[(&str, &[u8])], channel: Option<&str>) -
     let _: String = cmd.query(&mut c).unwrap();
     channel?;
     let msg = ps.get_message().ok()?;
-    serde_json::from_str(&msg.get_payload::<String>().unwrap()).ok()
+    Some(serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap())
 }
 
 fn pending(redis: &Redis) -> i64 {
@@ -94,6 +100,54 @@ async fn protocol_scenarios_on_20k() {
     assert_eq!(a.result, b.result);
     assert_eq!(b.luna_request_id, "1700000000,my-id");
     assert!(a.luna_request_id.contains(','));
+
+    // LUNA LIM's documented message, built by hand: no version field (the SDK header has it).
+    let lim = |descriptor: &[u8], rid: &str, channel: &str| {
+        raw_reply(
+            &redis,
+            &[
+                ("descriptor", descriptor),
+                ("label", b"faces"),
+                ("limit", b"5"),
+                ("response_channel", channel.as_bytes()),
+                ("luna_request_id", b"1763800000,5d0e4a1c-0000-4000-8000-000000000001"),
+                ("rid", rid.as_bytes()),
+            ],
+            Some(channel),
+        )
+        .unwrap()
+    };
+    let v = lim(&sdk, "lim-1", "lim-ch-1");
+    assert_eq!((v["status_code"].as_u64(), &v["error"]), (Some(201), &serde_json::Value::Null), "{v}");
+    assert_eq!(serde_json::from_value::<MatchResponse>(v.clone()).unwrap().result, a.result, "same candidates");
+    assert_eq!(v["luna_request_id"], "1763800000,5d0e4a1c-0000-4000-8000-000000000001");
+    // A version-0 SDK descriptor: 26305, result null.
+    let v = lim(&kim_index::descriptor::sdk_form(0, &bare), "lim-2", "lim-ch-2");
+    assert_eq!((v["status_code"].as_u64(), v["error"]["error_code"].as_u64()), (Some(400), Some(26305)), "{v}");
+    assert_eq!(v["result"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["error"]["detail"], "Descriptor of version 0 cannot be searched in index of version 59");
+    // A bare payload needs the version: 26301 saying so.
+    let v = lim(&bare, "lim-3", "lim-ch-3");
+    assert_eq!((v["status_code"].as_u64(), v["error"]["error_code"].as_u64()), (Some(400), Some(26301)), "{v}");
+    assert_eq!(v["error"]["detail"], kim_api::VERSION_NEEDED);
+    assert_eq!((&v["result"], &v["rid"]), (&serde_json::Value::Null, &serde_json::json!("lim-3")));
+
+    // Threshold: only candidates at least that similar, as a prefix of the unfiltered answer.
+    let all10 = client.match_descriptor(req(bare.clone(), "faces", 10)).await.unwrap();
+    let cut = all10.result[3].1;
+    let mut t = req(bare.clone(), "faces", 10);
+    t.threshold = Some(cut);
+    let r = client.match_descriptor(t.clone()).await.unwrap();
+    assert_eq!(r.status_code, 201);
+    let want: Vec<_> = all10.result.iter().filter(|(_, s)| *s >= cut).cloned().collect();
+    assert!(want.len() >= 4 && want.len() < 10, "{all10:?}");
+    assert_eq!(r.result, want);
+    t.threshold = Some(1.0);
+    let r = client.match_descriptor(t.clone()).await.unwrap();
+    assert_eq!((r.status_code, r.result.len()), (201, 0), "a mated probe is not identical to any enrolled row");
+    t.threshold = Some(1.5);
+    let r = client.match_descriptor(t).await.unwrap();
+    assert_eq!(code(&r), Some(26301), "checked by the client, nothing sent");
 
     // Version mismatch, in the request or inside the SDK header.
     let mut wrong = req(bare.clone(), "faces", 5);

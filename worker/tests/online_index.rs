@@ -71,6 +71,7 @@ async fn agents_source_builds_a_snapshot_the_matcher_serves() {
         version: 1,
         label: "online".into(),
         limit: 3,
+        threshold: None,
         luna_request_id: None,
         timeout: Duration::from_secs(10),
     };

@@ -48,6 +48,7 @@ async fn redis_killed_and_restarted_under_load() {
                     version: 59,
                     label: "faces".into(),
                     limit: 3,
+                    threshold: None,
                     luna_request_id: None,
                     timeout: TIMEOUT,
                 };
@@ -84,6 +85,7 @@ async fn redis_killed_and_restarted_under_load() {
                     version: 59,
                     label: "faces".into(),
                     limit: 3,
+                    threshold: None,
                     luna_request_id: None,
                     timeout: TIMEOUT,
                 };
@@ -165,6 +167,7 @@ async fn redis_killed_and_restarted_under_load() {
             version: 59,
             label: "faces".into(),
             limit: 3,
+            threshold: None,
             luna_request_id: None,
             timeout: TIMEOUT,
         };

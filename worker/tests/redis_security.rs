@@ -21,6 +21,7 @@ fn probe(f: &Fixture, i: usize) -> Match {
         version: 59,
         label: "faces".into(),
         limit: 3,
+        threshold: None,
         luna_request_id: None,
         timeout: Duration::from_secs(10),
     }

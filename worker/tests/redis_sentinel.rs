@@ -18,6 +18,7 @@ fn probe(f: &Fixture, i: usize, timeout: Duration) -> Match {
         version: 59,
         label: "faces".into(),
         limit: 3,
+        threshold: None,
         luna_request_id: None,
         timeout,
     }

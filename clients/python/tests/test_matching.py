@@ -15,6 +15,7 @@ from conftest import LABEL, VERSION, Cluster, Dataset
 from kim_client import ListenerGone, MatcherClient, RawDescriptor
 from kim_client.protocol import unix_ms
 
+VERSION_NEEDED = 'field "version" is missing: a bare descriptor needs it (the SDK form, dp\\0\\0 + version, carries it in its header)'
 UUID4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 
 
@@ -53,7 +54,7 @@ def assert_ok(resp: dict[str, Any], limit: int) -> None:
 
 def assert_error(resp: dict[str, Any], code: int, status: int, desc: str) -> None:
     assert resp["status_code"] == status, resp
-    assert resp["result"] == []
+    assert resp["result"] is None
     err = resp["error"]
     assert err is not None and err["error_code"] == code, resp
     assert err["desc"] == desc
@@ -196,6 +197,8 @@ async def test_expired_deadline(raw: aioredis.Redis, dataset: Dataset) -> None:
         ("deadline", "soon", 'field "deadline" must be unix milliseconds'),
         ("descriptor", None, 'field "descriptor" is missing'),
         ("label", "other", 'label field "other" differs from stream label "faces"'),
+        ("version", None, VERSION_NEEDED),
+        ("threshold", "1.5", 'field "threshold" must be a similarity in [0, 1]'),
     ],
 )
 async def test_malformed_entry_with_channel_gets_26301(
@@ -208,6 +211,47 @@ async def test_malformed_entry_with_channel_gets_26301(
     assert resp["error"]["detail"] == detail
     assert resp["rid"] == f["rid"]
     assert resp["luna_request_id"] == f["luna_request_id"]
+
+
+async def test_lim_message_without_version(client: MatcherClient, raw: aioredis.Redis, dataset: Dataset) -> None:
+    """LUNA LIM's documented message: no version field, the SDK header carries it."""
+    payload = dataset.mated[5].tobytes()
+    f = raw_fields(dataset, descriptor=sdk(VERSION, payload), version=None, deadline=None, limit="5")
+    assert sorted(f) == ["descriptor", "label", "limit", "luna_request_id", "response_channel", "rid"]
+    _, resp = await raw_request(raw, f, f["response_channel"])
+    assert resp is not None
+    kim_form = await match(client, payload, limit=5)
+    assert_ok(kim_form, 5)
+    assert (resp["status_code"], resp["error"], resp["result"]) == (201, None, kim_form["result"])
+    # An SDK header of another version (here 0): 26305 with result null.
+    f = raw_fields(dataset, descriptor=sdk(0, payload), version=None)
+    _, resp = await raw_request(raw, f, f["response_channel"])
+    assert resp is not None
+    assert (resp["status_code"], resp["result"], resp["error"]["error_code"]) == (400, None, 26305)
+    assert resp["error"]["detail"] == "Descriptor of version 0 cannot be searched in index of version 59"
+
+
+async def test_threshold_keeps_only_similar_candidates(client: MatcherClient, dataset: Dataset) -> None:
+    payload = dataset.mated[6].tobytes()
+    everything = await match(client, payload, limit=10)
+    assert_ok(everything, 10)
+    sims = [s for _, s in everything["result"]]
+    cut = (sims[2] + sims[3]) / 2 if sims[2] > sims[3] else sims[2]
+    async with client.session() as conn:
+        some = await conn.match(
+            descriptor=RawDescriptor(descriptor=payload, version=VERSION), label=LABEL, limit=10, threshold=cut
+        )
+        none = await conn.match(
+            descriptor=RawDescriptor(descriptor=payload, version=VERSION), label=LABEL, limit=10, threshold=1.0
+        )
+        bad = await conn.match(
+            descriptor=RawDescriptor(descriptor=payload, version=VERSION), label=LABEL, limit=10, threshold=1.5
+        )
+    assert some["status_code"] == 201
+    assert some["result"] == [h for h in everything["result"] if h[1] >= cut] and len(some["result"]) >= 3
+    assert (none["status_code"], none["result"]) == (201, [])
+    assert_error(bad, 26301, 400, "Request validation failed")
+    assert bad["error"]["detail"] == "threshold must be a similarity in [0, 1]"
 
 
 async def test_malformed_entry_without_channel_is_acked(

@@ -61,7 +61,7 @@ def test_error_objects_and_responses() -> None:
     }
     r = protocol.failed_response("r", "l", ErrorCode.VERSION_MISMATCH, "x")
     assert list(r) == ["rid", "luna_request_id", "status_code", "result", "error"]
-    assert (r["status_code"], r["result"], r["error"]["error_code"]) == (400, [], 26305)
+    assert (r["status_code"], r["result"], r["error"]["error_code"]) == (400, None, 26305)
     assert protocol.ok_response("r", "l", [["a", 0.5]])["status_code"] == 201
     assert [(e.code, e.status) for e in ErrorCode] == [
         (26301, 400),

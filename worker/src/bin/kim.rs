@@ -41,6 +41,9 @@ enum Cmd {
         rows: String,
         #[arg(long, default_value_t = 5)]
         limit: u32,
+        /// Return only candidates at least this similar (0..=1).
+        #[arg(long)]
+        threshold: Option<f64>,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
         timeout: Duration,
         /// Requests in flight at once.
@@ -82,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{l}");
             }
         }
-        Cmd::Match { label, version, descriptor, npy, rows, limit, timeout, concurrency, quiet } => {
+        Cmd::Match { label, version, descriptor, npy, rows, limit, threshold, timeout, concurrency, quiet } => {
             let descriptors: Vec<Vec<u8>> = match (descriptor, npy) {
                 (Some(p), _) => vec![std::fs::read(&p)?],
                 (None, Some(p)) => {
@@ -97,8 +100,15 @@ async fn main() -> anyhow::Result<()> {
             let results: Vec<(Duration, kim_api::MatchResponse)> = stream::iter(descriptors)
                 .map(|d| {
                     let c = client.clone();
-                    let m =
-                        Match { descriptor: d, version, label: label.clone(), limit, luna_request_id: None, timeout };
+                    let m = Match {
+                        descriptor: d,
+                        version,
+                        label: label.clone(),
+                        limit,
+                        threshold,
+                        luna_request_id: None,
+                        timeout,
+                    };
                     async move {
                         let t = Instant::now();
                         c.match_descriptor(m).await.map(|r| (t.elapsed(), r))

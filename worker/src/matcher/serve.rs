@@ -370,19 +370,25 @@ fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
             MatchResponse::failed(&req.rid, &req.luna_request_id, code, detail),
         )
     };
-    let q = match spec.decode(&req.descriptor, req.version) {
+    let q = match spec.decode_request(&req.descriptor, req.version) {
         Ok(q) => q,
         Err(e @ DecodeError::VersionMismatch { .. }) => return failed(ErrorCode::VersionMismatch, e.to_string()),
+        Err(DecodeError::VersionMissing) => return failed(ErrorCode::ValidationFailed, kim_api::VERSION_NEEDED.into()),
         Err(e) => return failed(ErrorCode::DecodeFailed, e.to_string()),
     };
     let searched =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
-    let Ok(hits) = searched else {
+    let Ok(mut hits) = searched else {
         return failed(ErrorCode::SearchFailed, "internal error during search".to_string());
     };
+    if let Some(t) = req.threshold {
+        // Hits are sorted by similarity, most similar first: keep the prefix at or above it.
+        let keep = hits.iter().take_while(|h| similarity(spec.metric, h.distance) >= t).count();
+        hits.truncate(keep);
+    }
     let mut json = Vec::with_capacity(128 + 40 * hits.len());
     let result = HitsJson { hits: &hits, ids: &loaded.index.ids, metric: spec.metric };
-    kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, &result, None);
+    kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, Some(&result), None);
     Reply {
         entry,
         channel: Some(req.response_channel),
@@ -583,7 +589,7 @@ mod tests {
                 "rid",
                 "1,x",
                 kim_api::STATUS_OK,
-                &HitsJson { hits: &hits, ids: &ids, metric },
+                Some(&HitsJson { hits: &hits, ids: &ids, metric }),
                 None,
             );
             assert_eq!(String::from_utf8(got).unwrap(), want);

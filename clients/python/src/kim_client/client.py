@@ -231,6 +231,7 @@ class MatcherClient:
         limit: int = 1,
         lunaRequestId: str | None = None,
         timeout: float = 10.0,
+        threshold: float | None = None,
     ) -> MatchResponseDict:
         """Matches one descriptor against ``label``; see :meth:`MatcherSession.match`."""
         if self._closed:
@@ -260,6 +261,14 @@ class MatcherClient:
         version = descriptor.version
         if not _is_int(version) or not 0 <= version <= _U32_MAX:
             why = f"descriptor version must be an integer in 0..={_U32_MAX}"
+            return protocol.failed_response(rid, luna_id, ErrorCode.VALIDATION_FAILED, why)
+        if threshold is not None and not (
+            not isinstance(threshold, bool)
+            and isinstance(threshold, (int, float))
+            and math.isfinite(threshold)
+            and 0 <= threshold <= 1
+        ):
+            why = "threshold must be a similarity in [0, 1]"
             return protocol.failed_response(rid, luna_id, ErrorCode.VALIDATION_FAILED, why)
         deadline = time.monotonic() + timeout
         backoff = _Backoff(0.02, 0.5)
@@ -292,6 +301,7 @@ class MatcherClient:
             luna_request_id=luna_id,
             rid=rid,
             deadline=protocol.unix_ms() + timeout_ms,
+            threshold=threshold,
         )
         args: list[Any] = ["XADD", protocol.stream_key(self._prefix, label), "MAXLEN", "~", self._stream_maxlen, "*"]
         for k, v in fields:
@@ -521,14 +531,16 @@ class MatcherSession:
         limit: int = 1,
         lunaRequestId: str | None = None,
         timeout: float = 10.0,
+        threshold: float | None = None,
     ) -> MatchResponseDict:
         """Matches one descriptor against the index of ``label``.
 
         Returns the response dict ``{"rid", "luna_request_id", "status_code", "result",
         "error"}``: ``status_code`` 201 and ``result`` = ``[[id, similarity], ...]`` (at most
         ``limit``, most similar first) on success. Protocol failures come back as a response
-        with ``error`` = ``{"error_code", "desc", "detail", "link"}``, never as an exception:
-        26301 (400) for an empty label or a limit outside 1..=1000 (nothing is sent), 26304 (404)
+        with ``result`` = ``None`` and ``error`` = ``{"error_code", "desc", "detail", "link"}``,
+        never as an exception: 26301 (400) for an empty label, a limit outside 1..=1000 or a
+        threshold outside [0, 1] (nothing is sent), 26304 (404)
         when no matcher serves the label (nothing is sent), 26309 (504) when no reply arrives
         within ``timeout`` seconds, and whatever the matcher answers otherwise.
 
@@ -538,13 +550,20 @@ class MatcherSession:
         :param lunaRequestId: passed through to the reply; generated as
             ``"<unix seconds>,<uuid4>"`` when ``None``.
         :param timeout: seconds to wait for the reply; also sets the request's deadline.
+        :param threshold: only candidates at least this similar (0..=1) are returned, so the
+            result may hold fewer than ``limit``; ``None`` = no minimum.
         :raises ListenerGone: the reply subscription stopped or the client was closed.
         :raises redis.exceptions.RedisError: Redis itself failed.
         """
         if not self._open:
             raise MatcherClientError("use the session as `async with client.session() as conn`")
         return await self._client.match(
-            descriptor=descriptor, label=label, limit=limit, lunaRequestId=lunaRequestId, timeout=timeout
+            descriptor=descriptor,
+            label=label,
+            limit=limit,
+            lunaRequestId=lunaRequestId,
+            timeout=timeout,
+            threshold=threshold,
         )
 
 

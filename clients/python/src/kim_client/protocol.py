@@ -115,13 +115,13 @@ class MatchResponseDict(TypedDict):
     """What a matcher publishes on the response channel (and what ``match`` returns).
 
     ``result`` holds ``[id, similarity]`` pairs, most similar first; ``status_code`` is 201 on
-    success, otherwise ``error`` is set.
+    success, otherwise ``error`` is set and ``result`` is ``None`` (JSON ``null``).
     """
 
     rid: str
     luna_request_id: str
     status_code: int
-    result: list[list[Any]]
+    result: list[list[Any]] | None
     error: MatchErrorDict | None
 
 
@@ -131,12 +131,12 @@ def ok_response(rid: str, luna_request_id: str, result: list[list[Any]]) -> Matc
 
 
 def failed_response(rid: str, luna_request_id: str, code: ErrorCode, detail: str) -> MatchResponseDict:
-    """A failed response, as the matcher would build it for ``code``."""
+    """A failed response, as the matcher would build it for ``code`` (``result`` is ``None``)."""
     return {
         "rid": rid,
         "luna_request_id": luna_request_id,
         "status_code": code.status,
-        "result": [],
+        "result": None,
         "error": code.error(detail),
     }
 
@@ -151,10 +151,12 @@ def request_fields(
     luna_request_id: str,
     rid: str,
     deadline: int | None,
+    threshold: float | None = None,
 ) -> list[tuple[str, bytes]]:
     """Stream entry fields of a request, in the order the protocol lists them.
 
     ``deadline`` is unix milliseconds; ``None`` leaves the field out (no deadline).
+    ``threshold`` is the minimum similarity of returned candidates; ``None`` leaves it out.
     """
     fields: list[tuple[str, bytes]] = [
         ("descriptor", bytes(descriptor)),
@@ -167,6 +169,8 @@ def request_fields(
     ]
     if deadline is not None:
         fields.append(("deadline", str(deadline).encode()))
+    if threshold is not None:
+        fields.append(("threshold", repr(float(threshold)).encode()))
     return fields
 
 
