@@ -51,7 +51,7 @@ pub struct Config {
     /// This replica's identity in the lease (default: pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s", env = "KIM_LEASE_DURATION")]
     pub lease_duration: Duration,
 }
 

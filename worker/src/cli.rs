@@ -49,19 +49,19 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct DescriptorArgs {
     /// Descriptor version requests must carry.
-    #[arg(long)]
+    #[arg(long, env = "KIM_VERSION")]
     pub version: u32,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, env = "KIM_DIMENSIONS")]
     pub dimensions: usize,
-    #[arg(long, default_value = "u8")]
+    #[arg(long, default_value = "u8", env = "KIM_ENCODING")]
     pub encoding: Encoding,
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value = "cosine", env = "KIM_METRIC")]
     pub metric: Metric,
     /// Zero point of u8 values (default 128).
-    #[arg(long)]
+    #[arg(long, env = "KIM_ZERO_POINT")]
     pub zero_point: Option<i32>,
     /// Integer encodings: real value = (stored − zero point) · scale (default 1/127).
-    #[arg(long)]
+    #[arg(long, env = "KIM_SCALE")]
     pub scale: Option<f32>,
 }
 
@@ -81,38 +81,38 @@ impl DescriptorArgs {
 #[derive(Debug, Args)]
 pub struct GenArgs {
     /// Output directory (created).
-    #[arg(long)]
+    #[arg(long, env = "KIM_OUT")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "KIM_IDENTITIES")]
     pub identities: usize,
     /// Enrolled samples per identity.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, env = "KIM_SAMPLES")]
     pub samples: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, env = "KIM_DIMENSIONS")]
     pub dimensions: usize,
-    #[arg(long, default_value = "u8")]
+    #[arg(long, default_value = "u8", env = "KIM_ENCODING")]
     pub encoding: Encoding,
     /// Dimension of the subspace identities vary in.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, env = "KIM_INTRINSIC")]
     pub intrinsic: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "KIM_MATED_PROBES")]
     pub mated_probes: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, env = "KIM_NONMATED_PROBES")]
     pub nonmated_probes: usize,
     /// Exact neighbours written per probe (0 skips ground truth).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "KIM_TRUTH_K")]
     pub truth_k: usize,
     /// Metric used for the ground truth.
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value = "cosine", env = "KIM_METRIC")]
     pub metric: Metric,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, env = "KIM_SEED")]
     pub seed: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// Label (matching list) the index serves.
-    #[arg(long)]
+    #[arg(long, env = "KIM_LABEL")]
     pub label: String,
     /// Namespace directory under the storage root.
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
@@ -121,31 +121,31 @@ pub struct IndexArgs {
     pub storage: StorageArgs,
     /// Descriptors: .npy (2-D), .fvecs or .kimv; or agents://HOST:PORT,... to read every
     /// object of the online agents (f32; ids are the object ids).
-    #[arg(long)]
+    #[arg(long, env = "KIM_SOURCE")]
     pub source: PathBuf,
     /// Ids, one per line, in row order (default: row numbers).
-    #[arg(long)]
+    #[arg(long, env = "KIM_IDS")]
     pub ids: Option<PathBuf>,
     #[command(flatten)]
     pub descriptor: DescriptorArgs,
     /// TLS towards the agents of an agents:// source.
     #[command(flatten)]
     pub agents_tls: crate::online::tls::ClientTls,
-    #[arg(long, default_value_t = kim_api::build::DEFAULT_M)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_M, env = "KIM_M")]
     pub m: usize,
-    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_CONSTRUCTION)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_CONSTRUCTION, env = "KIM_EF_CONSTRUCTION")]
     pub ef_construction: usize,
     /// Default search beam width stored with the snapshot.
-    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_SEARCH)]
+    #[arg(long, default_value_t = kim_api::build::DEFAULT_EF_SEARCH, env = "KIM_EF_SEARCH")]
     pub ef_search: usize,
     /// Build threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, env = "KIM_THREADS")]
     pub threads: Option<usize>,
     /// Snapshots to keep, the live one included.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, env = "KIM_KEEP")]
     pub keep: usize,
     /// Also write the one-line JSON summary (or error) here, for Kubernetes.
-    #[arg(long)]
+    #[arg(long, env = "KIM_TERMINATION_MESSAGE_PATH")]
     pub termination_message_path: Option<PathBuf>,
 }
 
@@ -164,7 +164,7 @@ pub struct LabelArgs {
     pub storage: StorageArgs,
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    #[arg(long)]
+    #[arg(long, env = "KIM_LABEL")]
     pub label: String,
 }
 
@@ -174,7 +174,7 @@ pub struct CleanArgs {
     pub storage: StorageArgs,
     #[arg(long, env = "KIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    #[arg(long)]
+    #[arg(long, env = "KIM_LABEL")]
     pub label: String,
 }
 
@@ -195,7 +195,7 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub target: LabelArgs,
     /// Snapshot id to make live (see `snapshot list`).
-    #[arg(long)]
+    #[arg(long, env = "KIM_TO")]
     pub to: String,
 }
 
@@ -204,10 +204,10 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub target: LabelArgs,
     /// Snapshot id (default: the one CURRENT names).
-    #[arg(long)]
+    #[arg(long, env = "KIM_ID")]
     pub id: Option<String>,
     /// Directory to create (must not exist or be empty).
-    #[arg(long)]
+    #[arg(long, env = "KIM_OUT")]
     pub out: PathBuf,
 }
 
@@ -217,10 +217,10 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub target: LabelArgs,
     /// Directory written by `snapshot export`.
-    #[arg(long)]
+    #[arg(long, env = "KIM_FROM")]
     pub from: PathBuf,
     /// Store the snapshot without making it CURRENT.
-    #[arg(long)]
+    #[arg(long, env = "KIM_NO_PUBLISH")]
     pub no_publish: bool,
 }
 
@@ -233,7 +233,7 @@ pub struct MatchArgs {
     #[command(flatten)]
     pub redis: kim_redis::RedisArgs,
     /// Labels to serve (repeatable); default: every label found under the namespace.
-    #[arg(long = "label")]
+    #[arg(long = "label", env = "KIM_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
     /// Prefix of stream and registry keys.
     #[arg(long, env = "KIM_KEY_PREFIX", default_value = "")]
@@ -242,25 +242,25 @@ pub struct MatchArgs {
     #[arg(long, env = "KIM_MATCHER_ID")]
     pub matcher_id: Option<String>,
     /// Most entries read per batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, env = "KIM_BATCH")]
     pub batch: usize,
     /// How long one blocking read waits for entries.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms", env = "KIM_BLOCK")]
     pub block: Duration,
     /// Entries pending this long with another consumer are taken over.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", env = "KIM_CLAIM_IDLE")]
     pub claim_idle: Duration,
     /// How often to look for abandoned entries.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", env = "KIM_CLAIM_INTERVAL")]
     pub claim_interval: Duration,
     /// TTL of label registry keys (refreshed every third of it).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", env = "KIM_LABEL_TTL")]
     pub label_ttl: Duration,
     /// How often to check storage for new snapshots and labels.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", env = "KIM_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
     /// Search threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, env = "KIM_THREADS")]
     pub threads: Option<usize>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]

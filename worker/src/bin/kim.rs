@@ -26,36 +26,36 @@ struct Cli {
 enum Cmd {
     /// Match descriptors from a raw file or from rows of a .npy/.fvecs/.kimv file.
     Match {
-        #[arg(long)]
+        #[arg(long, env = "KIM_LABEL")]
         label: String,
-        #[arg(long)]
+        #[arg(long, env = "KIM_VERSION")]
         version: u32,
         /// A file holding one descriptor's bytes (bare or SDK form).
-        #[arg(long, conflicts_with = "npy")]
+        #[arg(long, conflicts_with = "npy", env = "KIM_DESCRIPTOR")]
         descriptor: Option<PathBuf>,
         /// A matrix file; each selected row is one request.
-        #[arg(long)]
+        #[arg(long, env = "KIM_NPY")]
         npy: Option<PathBuf>,
         /// Rows to send, as `N` or `A..B`.
-        #[arg(long, default_value = "0")]
+        #[arg(long, default_value = "0", env = "KIM_ROWS")]
         rows: String,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, env = "KIM_LIMIT")]
         limit: u32,
         /// Return only candidates at least this similar (0..=1).
-        #[arg(long)]
+        #[arg(long, env = "KIM_THRESHOLD")]
         threshold: Option<f64>,
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", env = "KIM_TIMEOUT")]
         timeout: Duration,
         /// Requests in flight at once.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, env = "KIM_CONCURRENCY")]
         concurrency: usize,
         /// Print only the summary.
-        #[arg(long)]
+        #[arg(long, env = "KIM_QUIET")]
         quiet: bool,
     },
     /// List labels served by live matchers, or check one.
     Labels {
-        #[arg(long)]
+        #[arg(long, env = "KIM_CHECK")]
         check: Option<String>,
     },
 }
