@@ -409,7 +409,10 @@ mod tests {
         // A bare payload needs the version.
         m.insert("descriptor".into(), vec![7; 512]);
         let e = MatchRequest::parse(&m).unwrap_err();
-        assert_eq!((e.reason.as_str(), e.rid.as_str(), e.response_channel.as_deref()), (VERSION_NEEDED, "r", Some("ch")));
+        assert_eq!(
+            (e.reason.as_str(), e.rid.as_str(), e.response_channel.as_deref()),
+            (VERSION_NEEDED, "r", Some("ch"))
+        );
         m.insert("descriptor".into(), SDK_MAGIC.to_vec());
         assert_eq!(MatchRequest::parse(&m).unwrap_err().reason, VERSION_NEEDED, "the magic alone is no header");
         m.insert("version".into(), b"59".to_vec());
