@@ -16,6 +16,7 @@ fn ask(descriptor: Vec<u8>) -> Match {
         label: "faces".into(),
         limit: 5,
         luna_request_id: None,
+        threshold: None,
         timeout: Duration::from_secs(10),
     }
 }

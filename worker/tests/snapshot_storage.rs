@@ -17,6 +17,7 @@ fn ask(descriptor: Vec<u8>) -> Match {
         label: "faces".into(),
         limit: 3,
         luna_request_id: None,
+        threshold: None,
         timeout: Duration::from_secs(10),
     }
 }
