@@ -198,7 +198,8 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     // What the ServiceAccount may and may not do.
     for (verb, what, ns, want) in [
         ("create", "jobs.batch", "anywhere", true),
-        ("deletecollection", "deployments.apps", "x", true),
+        ("delete", "deployments.apps", "x", true),
+        ("deletecollection", "deployments.apps", "x", false),
         ("patch", "matchingindexes.kim.dev/status", "x", true),
         ("get", "secrets", "x", true),
         ("list", "secrets", "x", false),
