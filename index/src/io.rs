@@ -142,7 +142,7 @@ pub fn parse_fvecs(b: &[u8]) -> Result<Matrix> {
     }
     let dims = dims as usize;
     let rec = 4 + 4 * dims;
-    if b.len() % rec != 0 {
+    if !b.len().is_multiple_of(rec) {
         return Err(fmt(format!("file size {} is not a multiple of the record size {rec}", b.len())));
     }
     let mut data = Vec::with_capacity(b.len() / rec * dims * 4);
