@@ -21,6 +21,7 @@ tier() {
   log "$name took $((SECONDS - t0))s"
 }
 
+tier style bash scripts/style.sh
 tier rust cargo test --release --workspace --no-fail-fast -- --test-threads=2
 tier python "$KIM_CACHE/venv/bin/pytest" -q clients/python/tests
 tier python-online "$KIM_CACHE/venv/bin/pytest" -q -p no:cacheprovider clients/python/tests_online

@@ -1,6 +1,8 @@
 //! The custom resources: `Indexer` (a pool that builds indices onto shared storage) and
 //! `MatchingIndex` (one label: how to build it and how to serve it). Group `kim.dev`, version
 //! `v1alpha1`, namespaced. `crdgen` writes `crds/*.yaml` from these types.
+// kube's derive takes one `printcolumn(...)` attribute per column, which clippy reads as duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 

@@ -595,6 +595,8 @@ async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
     std::thread::sleep(Duration::from_secs(5));
     let cmd = std::fs::read_to_string(run.join("kube-apiserver.cmd")).unwrap();
     let log = std::fs::OpenOptions::new().append(true).open(c.dir.path().join("logs/kube-apiserver.log")).unwrap();
+    // Detached on purpose: the restarted API server outlives this step; the cluster stops it.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new("setsid")
         .args(["bash", "-c", &format!("exec {}", cmd.trim())])
         .stdout(log.try_clone().unwrap())

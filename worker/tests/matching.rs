@@ -77,6 +77,7 @@ async fn protocol_scenarios_on_20k() {
         let probes = f.matrix(&format!("{set}.npy"));
         let truth = f.lines(&format!("{set}_truth.txt"));
         let mut found = 0usize;
+        #[allow(clippy::needless_range_loop)] // i indexes both the probes and their truth
         for i in 0..probes.rows {
             let r = client.match_descriptor(req(probes.row(i).to_vec(), "faces", 10)).await.unwrap();
             assert_eq!(r.status_code, 201, "{r:?}");
@@ -540,6 +541,7 @@ async fn f32_index_answers_with_exact_similarities() {
             .lines()
             .map(str::to_string)
             .collect();
+        #[allow(clippy::needless_range_loop)] // i indexes both the probes and their truth
         for i in 0..probes.rows {
             let r = client.match_descriptor(req(probes.row(i).to_vec(), "faces", 10)).await.unwrap();
             assert_eq!(r.status_code, 201, "{r:?}");

@@ -125,7 +125,7 @@ async fn redis_killed_and_restarted_under_load() {
         tokio::time::timeout(TIMEOUT + Duration::from_secs(5), w).await.expect("a call hung past its timeout").unwrap();
     }
 
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let n = outcomes.len();
     let ok = outcomes.iter().filter(|o| o.status == 201).count();
     let timeouts = outcomes.iter().filter(|o| o.error_code == Some(26309)).count();

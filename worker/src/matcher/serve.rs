@@ -97,7 +97,10 @@ fn text(v: Value) -> redis::RedisResult<String> {
 /// The same shapes the `redis` crate's `StreamReadReply` accepts (RESP2 arrays, RESP3 maps, a
 /// nil reply when the block timed out, nil fields for an entry deleted while pending), without
 /// its per-entry `HashMap<String, Value>`.
-fn parse_read_reply(v: Value) -> redis::RedisResult<Vec<(String, Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>)>> {
+/// Entries of one stream: (entry id, fields as (name, value) bytes).
+type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+fn parse_read_reply(v: Value) -> redis::RedisResult<Vec<(String, Entries)>> {
     let mut out = Vec::new();
     for stream in items(v)? {
         for (key, entries) in pairs(stream)? {
@@ -490,9 +493,12 @@ mod tests {
         Value::BulkString(s.to_vec())
     }
 
+    /// Streams with their entries, fields in a map (what both readers are compared on).
+    type ByStream = Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)>;
+
     /// What the reader made of a reply before: the `redis` crate's `StreamReadReply`, fields
     /// turned into bytes the same way.
-    fn via_crate(v: &Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
+    fn via_crate(v: &Value) -> ByStream {
         let r = StreamReadReply::from_redis_value(v).unwrap();
         r.keys
             .into_iter()
@@ -508,7 +514,7 @@ mod tests {
             .collect()
     }
 
-    fn ours(v: Value) -> Vec<(String, Vec<(String, HashMap<Vec<u8>, Vec<u8>>)>)> {
+    fn ours(v: Value) -> ByStream {
         parse_read_reply(v)
             .unwrap()
             .into_iter()

@@ -144,8 +144,7 @@ impl Matcher {
         .args(["--claim-idle", "1s", "--claim-interval", "200ms", "--reload-interval", "200ms", "--matcher-id", name])
         .args(extra)
         .env("KIM_LOG", "info,hnsw_rs=warn");
-        let m = Matcher { proc: Proc::spawn(name, &mut cmd, dir), http };
-        m
+        Matcher { proc: Proc::spawn(name, &mut cmd, dir), http }
     }
     pub fn signal_stop(&self) {
         self.proc.signal("STOP");

@@ -40,6 +40,7 @@ pub fn client() -> (Client, Shared) {
 }
 
 /// `/apis/apps/v1/namespaces/team/deployments/x/status` → ("/apis/apps/v1", "deployments", "team", Some("x"), Some("status")).
+#[allow(clippy::type_complexity)]
 fn split(path: &str) -> Option<(String, String, String, Option<String>, Option<String>)> {
     let parts: Vec<&str> = path.split('/').collect();
     let i = parts.iter().position(|p| *p == "namespaces")?;

@@ -355,6 +355,7 @@ fn built(build: Build) -> Facts {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn summaries() {
     let cases: Vec<(MatchingIndexStatus, Facts, Phase, &str, bool, Option<u64>)> = vec![
         (served(2, 2), built(Build::UpToDate), Phase::Ready, "Ready", true, Some(300)),
