@@ -489,7 +489,7 @@ def table(res: dict) -> str:
         L.append("  (robust to a shared machine).")
     if res.get("acceptance"):
         L.append("")
-        L.append("== DESIGN §9 targets (reported, not asserted)")
+        L.append("== performance targets (reported, not asserted)")
         for t in res["acceptance"]:
             L.append(f"  [{t['verdict']:^7}] {t['target']}: {t['measured']}")
     return "\n".join(L)

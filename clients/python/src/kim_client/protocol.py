@@ -1,4 +1,4 @@
-"""The Redis-stream matching protocol (DESIGN §4), as the Rust crate ``kim_api`` defines it.
+"""The Redis-stream matching protocol, as the Rust crate ``kim_api`` defines it.
 
 Everything a client and a matcher must agree on lives here: request field names, the response
 shape, error codes with their status codes, descriptions and documentation links, registry key
