@@ -38,19 +38,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when retrying cannot help: the input or the settings are wrong (a missing or
-    /// unreadable file counts, the usual cause is a wrong path). False for other I/O errors.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            Error::Io { err, .. } => matches!(
-                err.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidData
-            ),
-            Error::InFile { err, .. } => err.is_permanent(),
-            _ => true,
-        }
-    }
-
     pub(crate) fn in_file(self, path: &std::path::Path) -> Error {
         Error::InFile { path: path.to_path_buf(), err: Box::new(self) }
     }
