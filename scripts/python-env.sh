@@ -95,4 +95,17 @@ else
   log "up to date: $VENV"
 fi
 
+# The venv is shared by every checkout that uses this cache (a CI clone, a worktree), but an
+# editable install points at one checkout. Re-point the local projects at this one when they
+# resolve elsewhere (or nowhere, as when the checkout that installed them was deleted).
+for p in "${LOCAL_PROJECTS[@]}"; do
+  p="${p%%\[*}"
+  mod="$(sed -nE 's/^name *= *"([^"]+)".*/\1/p' "$REPO_ROOT/$p/pyproject.toml" | head -n1 | tr - _)"
+  where="$("$VENV/bin/python" -c "import $mod, os; print(os.path.realpath($mod.__file__))" 2>/dev/null || true)"
+  if [[ "$where" != "$(realpath "$REPO_ROOT/$p")"/* ]]; then
+    log "pointing $mod at $REPO_ROOT/$p (was: ${where:-not importable})"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$REPO_ROOT/$p" >&2
+  fi
+done
+
 echo "$VENV"

@@ -11,13 +11,13 @@ timed "dependencies" bash scripts/deps.sh
 timed "kubernetes binaries" bash e2e/tools.sh full
 timed "rust build" cargo build --release --workspace --bins --tests
 
-status=0
+status=0; failed_tiers=()
 # Runs one tier, keeps its output, and goes on to the next tier even if it fails.
 tier() {
   local name=$1; shift
   log "$name"
   local t0=$SECONDS
-  if ! "$@" 2>&1 | tee "$out/$name.log"; then status=1; log "$name FAILED"; fi
+  if ! "$@" 2>&1 | tee "$out/$name.log"; then status=1; failed_tiers+=("$name"); log "$name FAILED"; fi
   log "$name took $((SECONDS - t0))s"
 }
 
@@ -39,5 +39,5 @@ while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
     echo "${p:-0} ${x:-0}"
   done
 )
-echo "make test: $passed passed, $failed failed"
+echo "make test: $passed passed, $failed failed${failed_tiers[*]:+ (tiers that failed: ${failed_tiers[*]})}"
 [ "$failed" -eq 0 ] && [ "$status" -eq 0 ]
