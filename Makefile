@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export KIM_CACHE ?= $(HOME)/.cache/kim
 
-.PHONY: demo test style build deps crds bench clean
+.PHONY: demo test style build deps crds bench clean cluster cluster-down
 
 demo: ## build everything and run the end-to-end demo on this machine
 	bash scripts/demo.sh
@@ -23,6 +23,12 @@ bench: ## kim vs hnswlib/faiss/usearch + the Redis path (BENCH_ARGS="--quick", "
 
 crds: ## regenerate crds/, the chart's and deploy/base's copies and deploy/base/kim.yaml
 	bash scripts/manifests.sh
+
+cluster: ## a local Kubernetes cluster without Docker (Go-built control plane + kim-node); prints how to use it
+	bash e2e/local.sh up
+
+cluster-down: ## stop what `make cluster` started
+	bash e2e/local.sh down
 
 deps: ## install redis-server and the Python venv if missing
 	bash scripts/deps.sh

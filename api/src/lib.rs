@@ -1,6 +1,8 @@
 //! The Redis-stream matching protocol: request fields, the response JSON, error
 //! codes, and the label-registry keys. Shared by matchers and clients so both sides agree.
 
+pub mod exit;
+
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 

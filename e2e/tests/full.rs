@@ -335,6 +335,7 @@ fn may_be_unused(a: &Access) -> Option<&'static str> {
         ("", "persistentvolumeclaims", "get" | "patch") => {
             Some("Indexer with storage.size; the samples use existingClaim")
         }
+        ("", "persistentvolumeclaims", "delete") => Some("online agents' claims (deletionPolicy Delete)"),
         ("kim.dev", _, "update") if r.ends_with("/finalizers") => {
             Some("only with the OwnerReferencesPermissionEnforcement admission plugin")
         }

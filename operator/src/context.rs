@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
@@ -17,19 +18,22 @@ pub struct Context {
     pub defaults: Defaults,
     pub metrics: Metrics,
     pub admission: Mutex<()>,
+    /// How long after a deletion the finalizer keeps trying to remove the label's Redis keys.
+    pub cleanup_timeout: Duration,
     reporter: Reporter,
     /// Last note recorded per (object uid, reason): an Event is recorded once per change.
     recorded: StdMutex<HashMap<(String, String), String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, defaults: Defaults, identity: &str) -> Arc<Context> {
+    pub fn new(client: Client, defaults: Defaults, identity: &str, cleanup_timeout: Duration) -> Arc<Context> {
         let reporter = Reporter { controller: crate::build::MANAGER.into(), instance: Some(identity.into()) };
         Arc::new(Context {
             client,
             defaults,
             metrics: Metrics::default(),
             admission: Mutex::new(()),
+            cleanup_timeout,
             reporter,
             recorded: StdMutex::default(),
         })

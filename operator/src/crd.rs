@@ -14,11 +14,23 @@ use serde::{Deserialize, Serialize};
 /// Annotation whose value change triggers a rebuild of a MatchingIndex.
 pub const REBUILD_ANNOTATION: &str = "kim.dev/rebuild";
 
+/// The API server's answer to a change of the served label.
+const LABEL_IMMUTABLE: &str = "spec.label is immutable (it names the Redis stream and the index files): \
+     create a new MatchingIndex for the new label and delete this one";
+
+/// Setting or removing `spec.label` is allowed only when the served label stays the same
+/// (`spec.label` absent means the object's name); a change of a set label is refused by the
+/// field's own `self == oldSelf`.
+const LABEL_KEPT_RULE: &str = "has(self.spec.label) == has(oldSelf.spec.label) || \
+     (has(self.spec.label) ? self.spec.label : self.metadata.name) == \
+     (has(oldSelf.spec.label) ? oldSelf.spec.label : oldSelf.metadata.name)";
+
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "kim.dev",
     version = "v1alpha1",
     kind = "Indexer",
+    doc = "A pool that builds index snapshots onto one storage claim, for every MatchingIndex that names it.",
     namespaced,
     status = "IndexerStatus",
     shortname = "idx",
@@ -28,6 +40,7 @@ pub const REBUILD_ANNOTATION: &str = "kim.dev/rebuild";
     printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queuedBuilds"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+/// How the Indexer builds: storage, concurrency, deadlines, resources and placement.
 #[serde(rename_all = "camelCase")]
 pub struct IndexerSpec {
     /// Worker image for build Jobs (default: the operator's --worker-image).
@@ -37,14 +50,15 @@ pub struct IndexerSpec {
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("maxConcurrentBuilds must be 1..64"))]
     pub max_concurrent_builds: i32,
+    /// Storage claim the build Jobs write snapshots to and matchers read them from.
     pub storage: StorageSpec,
-    /// Resources of each build container.
+    /// Resources of each build container (default: none set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_resources: Option<ResourceRequirements>,
     /// Deadline of one build, as a duration ("90m", "2h").
     #[serde(default = "default_timeout")]
     pub build_timeout: String,
-    /// Retries of a failed build before it is reported as failed.
+    /// Retries of a failed build before it is reported as failed (the Job's backoffLimit).
     #[serde(default = "two")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("retryLimit must be 0..10"))]
     pub retry_limit: i32,
@@ -52,6 +66,7 @@ pub struct IndexerSpec {
     #[serde(default = "three")]
     #[x_kube(validation = Rule::new("self >= 1").message("snapshotsToKeep must be at least 1"))]
     pub snapshots_to_keep: i32,
+    /// Node placement of build Jobs, cleanup Jobs and matchers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
 }
@@ -61,14 +76,18 @@ pub struct IndexerSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.existingClaim) != has(self.size)").message("set exactly one of storage.existingClaim and storage.size"))]
 pub struct StorageSpec {
+    /// A PersistentVolumeClaim in the Indexer's namespace to use as is (set this or size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_claim: Option<String>,
-    /// Size of a claim the operator creates, e.g. "20Gi".
+    /// Size of a claim the operator creates, named `<indexer>-storage`, e.g. "20Gi" (set this or
+    /// existingClaim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+    /// Storage class of a claim the operator creates (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-    /// Default ReadWriteMany: builders write while matchers on other nodes read.
+    /// Access modes of a claim the operator creates (default ["ReadWriteMany"]: builders write
+    /// while matchers on other nodes read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
 }
@@ -76,23 +95,31 @@ pub struct StorageSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
+    /// Node labels the pods must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// What the Indexer is doing: its claim, and the builds running and waiting.
 pub struct IndexerStatus {
+    /// `Ready`: the storage claim exists.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The claim build Jobs and matchers mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_claim: Option<String>,
+    /// Number of build Jobs running now.
     #[serde(default)]
     pub active_builds: i32,
+    /// Number of MatchingIndexes waiting for a build slot.
     #[serde(default)]
     pub queued_builds: i32,
     /// Build Jobs running now.
@@ -108,6 +135,7 @@ pub struct IndexerStatus {
     group = "kim.dev",
     version = "v1alpha1",
     kind = "MatchingIndex",
+    doc = "One label (matching list): where its descriptors come from, how its index is built, and the matchers that serve it through Redis.",
     namespaced,
     status = "MatchingIndexStatus",
     shortname = "mi",
@@ -117,30 +145,62 @@ pub struct IndexerStatus {
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.currentSnapshot.vectors"),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.currentSnapshot.id"),
     printcolumn(name = "Matchers", type_ = "string", json_path = ".status.matchers.summary"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    scale(
+        spec_replicas_path = ".spec.matcher.replicas",
+        status_replicas_path = ".status.matchers.ready",
+        label_selector_path = ".status.matcherSelector"
+    ),
+    validation = Rule::new(LABEL_KEPT_RULE).message(LABEL_IMMUTABLE)
 )]
+/// The label, its descriptors and source, how to build its index and how to serve it.
 #[serde(rename_all = "camelCase")]
 pub struct MatchingIndexSpec {
-    /// Label clients match against (default: the object's name).
+    /// Label clients match against (default: the object's name). Immutable: the label names the
+    /// Redis stream and the files; create a new MatchingIndex to serve another label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$')").message("label must be [A-Za-z0-9._-], starting with a letter or digit"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(LABEL_IMMUTABLE))]
     pub label: Option<String>,
+    /// The Indexer (in the same namespace) that builds this index.
     pub indexer_ref: IndexerRef,
+    /// What the descriptors are; requests with another version are refused.
     pub descriptor: DescriptorSpec,
+    /// Where the descriptors come from.
     pub source: SourceSpec,
+    /// Parameters of the HNSW graph.
     #[serde(default)]
     pub hnsw: HnswSpec,
+    /// When to rebuild besides a change of the build-relevant spec.
     #[serde(default)]
     pub rebuild: RebuildSpec,
+    /// The matcher Deployment serving the label from Redis.
     #[serde(default)]
     pub matcher: MatcherSpec,
+    /// Optional Vald-compatible online path (agents and a gateway) for this index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online: Option<OnlineSpec>,
+    /// The Redis matchers and clients meet in.
     pub redis: RedisSpec,
+    /// What deleting this MatchingIndex removes besides its Deployments, StatefulSets, Jobs and
+    /// Services: Delete also removes the label's Redis stream and registry keys, its index files
+    /// (a cleanup Job on the Indexer's claim) and the online agents' claims; Retain keeps all
+    /// three, e.g. to recreate the MatchingIndex on the same data.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 pub struct IndexerRef {
+    /// Name of the Indexer.
     pub name: String,
 }
 
@@ -167,9 +227,13 @@ pub struct DescriptorSpec {
     /// Descriptor version requests must carry (LUNA face descriptors: 54–65).
     #[x_kube(validation = Rule::new("self >= 0").message("version must not be negative"))]
     pub version: i64,
+    /// Values per descriptor (the source file must have exactly this many columns).
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65536").message("dimensions must be 1..65536"))]
     pub dimensions: i32,
+    /// How each value is stored: u8 (LUNA descriptors), i8, f16 or f32.
     pub encoding: Encoding,
+    /// Metric: cosine, dot (inner product) or l2 (Euclidean); answers carry a similarity in [0, 1],
+    /// higher is closer.
     pub metric: Metric,
 }
 
@@ -195,12 +259,16 @@ pub struct SourceSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HnswSpec {
+    /// Links per node on the upper layers (twice as many on layer 0); more raise recall and memory.
     #[serde(default = "default_m")]
     #[x_kube(validation = Rule::new("self >= 2 && self <= 128").message("hnsw.m must be 2..128"))]
     pub m: i32,
+    /// Beam width while building; higher gives a better graph and a slower build.
     #[serde(default = "default_ef_construction")]
     #[x_kube(validation = Rule::new("self >= 2 && self <= 4096").message("hnsw.efConstruction must be 2..4096"))]
     pub ef_construction: i32,
+    /// Beam width of a search (at least the request's limit is used); higher raises recall and
+    /// latency.
     #[serde(default = "default_ef_search")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 4096").message("hnsw.efSearch must be 1..4096"))]
     pub ef_search: i32,
@@ -223,9 +291,12 @@ pub struct RebuildSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MatcherSpec {
+    /// Matcher pods; each serves every request of the label (they share the stream's consumer
+    /// group). Also set by `kubectl scale matchingindex NAME --replicas=N`.
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("matcher.replicas must be 0..1000"))]
     pub replicas: i32,
+    /// Resources of each matcher container (default: none set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Search threads per matcher (default: the container's cores).
@@ -243,20 +314,25 @@ impl Default for MatcherSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OnlineSpec {
+    /// Agent pods (StatefulSet `<name>-agent`), each with its own claim.
     #[serde(default = "one")]
     pub agents: i32,
+    /// Agents each object is written to (1..agents).
     #[serde(default = "one")]
     pub replicas: i32,
     /// Size of each agent's claim.
     #[serde(default = "default_agent_storage")]
     pub agent_storage: String,
+    /// Gateway pods (Deployment `<name>-gateway`).
     #[serde(default = "one")]
     pub gateway_replicas: i32,
-    /// Default vectorizer, host:port.
+    /// Default vectorizer (host:port) for requests that name none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectorizer: Option<String>,
+    /// Ingress filter services (host:port) applied to every request before its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress_filters: Vec<String>,
+    /// Egress filter services (host:port) applied to every answer before the request's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_filters: Vec<String>,
     /// gRPC TLS of agents and gateway (plaintext when absent).
@@ -299,11 +375,13 @@ pub struct OnlineTls {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.secretRef)").message("set exactly one of redis.url and redis.secretRef"))]
 pub struct RedisSpec {
+    /// redis://, rediss:// or redis+sentinel:// URL (set this or secretRef).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A key of a Secret in the same namespace holding the URL (set this or url).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
-    /// Prefix of stream and registry keys.
+    /// Prefix of stream and registry keys (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
     /// ACL user and password from a Secret, handed to matchers as environment variables from
@@ -319,10 +397,12 @@ pub struct RedisSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisAuth {
+    /// Secret in the same namespace holding the user name and password.
     pub secret_name: String,
     /// Key of the ACL user name (absent in the Secret: the `default` user).
     #[serde(default = "default_username_key")]
     pub username_key: String,
+    /// Key of the password.
     #[serde(default = "default_password_key")]
     pub password_key: String,
 }
@@ -332,6 +412,7 @@ pub struct RedisAuth {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisTls {
+    /// Secret in the same namespace with `ca.crt` (and `tls.crt`, `tls.key`).
     pub secret_name: String,
     /// Present `tls.crt`/`tls.key` as client certificate (mutual TLS).
     #[serde(default)]
@@ -348,29 +429,45 @@ fn default_password_key() -> String {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 pub struct SecretKeyRef {
+    /// Name of the Secret.
     pub name: String,
+    /// Key in the Secret.
     #[serde(default = "default_secret_key")]
     pub key: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+/// Where the MatchingIndex stands: phase, conditions, the snapshot served, the current build
+/// and the matchers.
 pub struct MatchingIndexStatus {
+    /// Summary of the state: Pending, Queued, Building, Deploying, Rebuilding, Ready, Degraded or
+    /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Why the phase is what it is, in one word (the Ready condition's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// SpecValid, SecretsFound, Building, BuildFailed, Ready (and CleanupBlocked while deleting),
+    /// each with a reason and a message.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The snapshot matchers serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_snapshot: Option<SnapshotStatus>,
+    /// The build queued or running now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_build: Option<BuildStatus>,
+    /// Matcher pods wanted and ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matchers: Option<MatchersStatus>,
+    /// Label selector of the matcher pods (for the scale subresource, e.g. a
+    /// HorizontalPodAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matcher_selector: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -396,10 +493,14 @@ pub enum Phase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotStatus {
+    /// Snapshot id (its directory under the label's storage).
     pub id: String,
+    /// Descriptors in the snapshot.
     pub vectors: i64,
+    /// When the build finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub built_at: Option<String>,
+    /// Seconds the build took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_seconds: Option<f64>,
     /// Digest of the build-relevant spec this snapshot was built from.
@@ -412,11 +513,13 @@ pub struct BuildStatus {
     /// The build Job, once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// When the build Job was created (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
     /// Waiting for a slot of the Indexer.
     #[serde(default)]
     pub queued: bool,
+    /// Digest of the build-relevant spec this build is for.
     pub build_hash: String,
     /// Human-readable state: "queued (2 builds running)", "running", ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,7 +529,9 @@ pub struct BuildStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchersStatus {
+    /// Matcher pods wanted (spec.matcher.replicas once a snapshot exists, else 0).
     pub desired: i32,
+    /// Matcher pods ready.
     pub ready: i32,
     /// "ready/desired", for `kubectl get mi`.
     pub summary: String,
@@ -464,5 +569,16 @@ impl MatchingIndex {
     /// The label served: `spec.label` or the object's name.
     pub fn label(&self) -> String {
         self.spec.label.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The label selector of this index's matcher pods, as `status.matcherSelector` carries it
+    /// for the scale subresource.
+    pub fn matcher_selector(&self) -> String {
+        format!(
+            "{}={},{}=matcher",
+            crate::build::LABEL_MI,
+            self.metadata.name.as_deref().unwrap_or_default(),
+            crate::build::LABEL_COMPONENT
+        )
     }
 }

@@ -53,6 +53,10 @@ pub struct Config {
     pub identity: Option<String>,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15s", env = "KIM_LEASE_DURATION")]
     pub lease_duration: Duration,
+    /// How long after a MatchingIndex's deletion its finalizer keeps trying to remove the
+    /// label's Redis keys before it gives that step up (files are removed regardless).
+    #[arg(long, env = "KIM_CLEANUP_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub cleanup_timeout: Duration,
 }
 
 /// Consecutive failures per object, for exponential backoff.
@@ -65,7 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let defaults =
         Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
-    let ctx = Context::new(client.clone(), defaults, &identity);
+    let ctx = Context::new(client.clone(), defaults, &identity, cfg.cleanup_timeout);
     let leading = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(cfg.http).await?;
     tokio::spawn(serve_http(listener, ctx.clone(), leading.clone()));

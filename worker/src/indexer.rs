@@ -1,7 +1,9 @@
 //! `kim-worker index`: read a source, build the HNSW graph, write a verified snapshot, make it
 //! CURRENT, collect old snapshots. The outcome is one JSON line on stdout (and in the
-//! termination message file for Kubernetes), so callers never parse logs.
+//! termination message file for Kubernetes), so callers never parse logs. Each failing step is
+//! classified (`crate::exit`), so the exit code tells a configuration error from a transient one.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +14,8 @@ use kim_index::snapshot::{self, Manifest};
 use kim_index::{FlatIndex, HnswParams, Matrix, VectorStore};
 
 use crate::cli::{CleanArgs, IndexArgs};
+use crate::exit::{Class, Classify, Failure};
+use crate::online::source::SourceError;
 use crate::storage::Store;
 
 pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
@@ -37,39 +41,73 @@ pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
     if outcome.is_ok() {
         println!("{line}");
     }
-    outcome.map(|_| ())
+    outcome.map(|_| ()).map_err(anyhow::Error::from)
 }
 
-fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
+fn config(message: String) -> Failure {
+    Failure { class: Class::Config, error: anyhow::Error::msg(message) }
+}
+
+/// Agents that cannot be reached may come back; agents holding nothing may be filled later;
+/// inconsistent objects stay inconsistent.
+fn source_class(e: &SourceError) -> Class {
+    match e {
+        SourceError::Agent { .. } | SourceError::Runtime(_) => Class::Transient,
+        SourceError::Empty => Class::NoInput,
+        SourceError::Dimensions { .. } => Class::Config,
+    }
+}
+
+/// An input file's I/O error, classified by its kind.
+fn input_error(e: std::io::Error, path: &Path, what: &str) -> Failure {
+    Failure {
+        class: Class::of_read(&e),
+        error: anyhow::Error::new(e).context(format!("reading {what} {}", path.display())),
+    }
+}
+
+fn build(a: &IndexArgs) -> Result<Manifest, Failure> {
     let start = Instant::now();
-    anyhow::ensure!(valid_label(&a.label), "label {:?} must be {LABEL_RULE}", a.label);
-    anyhow::ensure!(valid_label(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
+    if !valid_label(&a.label) {
+        return Err(config(format!("label {:?} must be {LABEL_RULE}", a.label)));
+    }
+    if !valid_label(&a.namespace) {
+        return Err(config(format!("namespace {:?} is not a valid directory name", a.namespace)));
+    }
     let spec = a.descriptor.spec();
-    spec.validate().context("descriptor settings")?;
+    spec.validate().context("descriptor settings").class(Class::Config)?;
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
     // `agents://HOST:PORT,...`: the online agents' objects, ids = object ids.
     let (source_bytes, matrix, agent_ids) = match crate::online::source::agents(&a.source) {
         Some(agents) => {
-            crate::online::source::read(&agents, &a.agents_tls.dialer()?).map(|(b, m, ids)| (b, m, Some(ids)))?
+            let dialer = a.agents_tls.dialer().class(Class::Config)?;
+            crate::online::source::read(&agents, &dialer)
+                .map_err(|e| Failure { class: source_class(&e), error: e.into() })
+                .map(|(b, m, ids)| (b, m, Some(ids)))?
         }
-        None => (
-            std::fs::read(&a.source).with_context(|| format!("reading {}", a.source.display()))?,
-            Matrix::read(&a.source)?,
-            None,
-        ),
+        None => {
+            let bytes = std::fs::read(&a.source).map_err(|e| input_error(e, &a.source, "source"))?;
+            // The file was just readable: what fails now is its content.
+            (bytes, Matrix::read(&a.source).class(Class::Config)?, None)
+        }
     };
     let ids = match (&a.ids, agent_ids) {
         (_, Some(ids)) => ids,
-        (Some(p), None) => kim_index::io::read_ids(p, matrix.rows)?,
+        (Some(p), None) => {
+            std::fs::File::open(p).map_err(|e| input_error(e, p, "ids"))?;
+            kim_index::io::read_ids(p, matrix.rows).class(Class::Config)?
+        }
         (None, None) => (0..matrix.rows).map(|i| i.to_string()).collect(),
     };
     let mut digest_input = source_bytes;
     digest_input.extend(ids.join("\n").bytes());
     let source_digest = format!("xxh3:{}", snapshot::hash_hex(&digest_input));
     drop(digest_input);
-    let vectors = VectorStore::from_matrix(&spec, &matrix).with_context(|| format!("source {}", a.source.display()))?;
+    let vectors = VectorStore::from_matrix(&spec, &matrix)
+        .with_context(|| format!("source {}", a.source.display()))
+        .class(Class::Config)?;
     drop(matrix);
     tracing::info!(vectors = vectors.len(), dims = spec.dimensions, encoding = %spec.encoding, metric = %spec.metric, m = params.m, ef_construction = params.ef_construction, threads, "building graph");
     let last_log = std::sync::Mutex::new(Instant::now());
@@ -83,9 +121,9 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         let eta = (total - done) as f64 / rate.max(1e-9);
         tracing::info!(done, total, rate = format!("{rate:.0}/s"), eta = format!("{eta:.0}s"), "building");
     };
-    let graph = build_graph(&vectors, params, threads, &progress)?;
+    let graph = build_graph(&vectors, params, threads, &progress).class(Class::Config)?;
     let index = FlatIndex { vectors, graph, ids: Ids::from_vec(&ids), ef_search: params.ef_search };
-    let store = Store::open(&a.storage)?;
+    let store = Store::open(&a.storage).class(Class::Config)?;
     let dir = store.staging(&a.namespace, &a.label);
     let manifest = Manifest {
         format: snapshot::FORMAT,
@@ -100,17 +138,22 @@ fn build(a: &IndexArgs) -> anyhow::Result<Manifest> {
         build_seconds: start.elapsed().as_secs_f64(),
         files: Default::default(),
     };
-    let written =
-        snapshot::write(&dir, manifest, &index).with_context(|| format!("writing snapshot under {}", dir.display()))?;
+    // Storage from here on: a retry may succeed.
+    let written = snapshot::write(&dir, manifest, &index)
+        .with_context(|| format!("writing snapshot under {}", dir.display()))
+        .class(Class::Transient)?;
     // Read it back before it goes live: CURRENT never names a snapshot that fails to load.
-    snapshot::load(&dir, &written.id).context("verifying the written snapshot")?;
+    snapshot::load(&dir, &written.id).context("verifying the written snapshot").class(Class::Transient)?;
     drop(index);
     let (ns, label, id) = (a.namespace.as_str(), a.label.as_str(), written.id.as_str());
-    let removed = runtime()?.block_on(async {
-        store.put(ns, label, id, &dir.join("snapshots").join(id)).await.context("storing the snapshot")?;
-        store.publish(ns, label, id).await.context("publishing CURRENT")?;
-        anyhow::Ok(store.gc(ns, label, a.keep).await.context("collecting old snapshots")?)
-    })?;
+    let removed = runtime()
+        .class(Class::Transient)?
+        .block_on(async {
+            store.put(ns, label, id, &dir.join("snapshots").join(id)).await.context("storing the snapshot")?;
+            store.publish(ns, label, id).await.context("publishing CURRENT")?;
+            anyhow::Ok(store.gc(ns, label, a.keep).await.context("collecting old snapshots")?)
+        })
+        .class(Class::Transient)?;
     tracing::info!(snapshot = %written.id, vectors = written.vectors, secs = start.elapsed().as_secs_f64(), removed = removed.len(), "snapshot is current");
     Ok(written)
 }
@@ -122,9 +165,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Removes `<storage>/<namespace>/<label>`; a label that is already gone is not an error.
 pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(valid_label(&a.label) && valid_label(&a.namespace), "invalid label or namespace name");
-    let store = Store::open(&a.storage)?;
-    let removed = runtime()?.block_on(store.remove_label(&a.namespace, &a.label))?;
+    if !(valid_label(&a.label) && valid_label(&a.namespace)) {
+        return Err(config("invalid label or namespace name".into()).into());
+    }
+    let store = Store::open(&a.storage).class(Class::Config)?;
+    let removed = runtime()
+        .class(Class::Transient)?
+        .block_on(store.remove_label(&a.namespace, &a.label))
+        .class(Class::Transient)?;
     println!("{}", serde_json::json!({"removed": removed}));
     Ok(())
 }

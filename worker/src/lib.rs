@@ -2,6 +2,7 @@
 //! `main.rs` only parses the command line; each subcommand lives in its own module.
 
 pub mod cli;
+pub mod exit;
 pub mod gen;
 pub mod indexer;
 pub mod matcher;

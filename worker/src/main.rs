@@ -2,7 +2,15 @@ use clap::Parser;
 use kim_worker::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // Help and version print and succeed; bad flags are a configuration error.
+        Err(e) => {
+            let _ = e.print();
+            let code = if e.use_stderr() { kim_api::exit::CONFIG } else { kim_api::exit::OK };
+            return code.into();
+        }
+    };
     kim_worker::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Gen(a) => kim_worker::gen::run(&a),
@@ -19,7 +27,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            kim_worker::exit::code_of(&e).into()
         }
     }
 }

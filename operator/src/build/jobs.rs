@@ -1,7 +1,10 @@
 //! The build Job (one snapshot of a MatchingIndex) and the cleanup Job (its files, on
 //! deletion).
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
+    PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -106,6 +109,7 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
         metadata: pod::meta(job_name(mi, hash), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
         spec: Some(JobSpec {
             backoff_limit: Some(ix.spec.retry_limit),
+            pod_failure_policy: Some(fail_fast()),
             active_deadline_seconds: Some(deadline_secs),
             ttl_seconds_after_finished: Some(3600),
             template: PodTemplateSpec {
@@ -115,6 +119,32 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A configuration error (`kim-worker` exits `CONFIG`) fails the Job at once instead of
+/// retrying it `retryLimit` times; a pod evicted or preempted is retried without counting.
+fn fail_fast() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some("index".into()),
+                    operator: "In".into(),
+                    values: vec![i32::from(kim_api::exit::CONFIG)],
+                }),
+                ..Default::default()
+            },
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+                ..Default::default()
+            },
+        ],
     }
 }
 

@@ -25,8 +25,13 @@ fn build_job_shape() {
     assert_eq!(job.metadata.owner_references.as_ref().unwrap()[0].kind, "MatchingIndex");
     let spec = job.spec.unwrap();
     assert_eq!((spec.backoff_limit, spec.active_deadline_seconds), (Some(2), Some(7200)));
+    // A configuration error fails the Job at once: the rule names the container and the code.
+    let rules = spec.pod_failure_policy.unwrap().rules;
+    let fail = rules.iter().find(|r| r.action == "FailJob").unwrap().on_exit_codes.clone().unwrap();
+    assert_eq!((fail.container_name.as_deref(), fail.values.as_slice()), (Some("index"), &[78][..]));
     let pod = spec.template.spec.unwrap();
     let c = &pod.containers[0];
+    assert_eq!((c.name.as_str(), pod.restart_policy.as_deref()), ("index", Some("Never")));
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "index");
     assert!(args.windows(2).any(|w| w == ["--source", "/storage/data/base.npy"]));

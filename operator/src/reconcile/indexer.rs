@@ -76,5 +76,6 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
     st.active_builds = st.active.len() as i32;
     st.queued_builds = st.queued.len() as i32;
     write_status(&Api::<Indexer>::namespaced(ctx.client.clone(), &ns), ix.as_ref(), &st).await?;
+    ctx.metrics.index.observe_queue(&ns, &ix.name_any(), &st.queued);
     Ok(Action::requeue(Duration::from_secs(if st.active.is_empty() && st.queued.is_empty() { 60 } else { 5 })))
 }

@@ -49,6 +49,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let old = mi.status.clone().unwrap_or_default();
     let mut st = old.clone();
     st.observed_generation = gen;
+    st.matcher_selector = Some(mi.matcher_selector());
 
     // dereference
     let ix_name = &mi.spec.indexer_ref.name;
@@ -73,6 +74,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
             let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen);
             warn_not_ready(&mi, &ctx, &st).await;
             write_status(&api, mi.as_ref(), &st).await?;
+            ctx.metrics.index.observe(&ns, &mi.name_any(), &st);
             return Ok(requeue.map_or_else(Action::await_change, Action::requeue));
         }
     };
@@ -102,6 +104,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen).unwrap_or(Duration::from_secs(300));
     warn_not_ready(&mi, &ctx, &st).await;
     write_status(&api, mi.as_ref(), &st).await?;
+    ctx.metrics.index.observe(&ns, &mi.name_any(), &st);
     Ok(Action::requeue(next_epoch.map_or(requeue, |n| requeue.min(n))))
 }
 

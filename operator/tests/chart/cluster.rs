@@ -20,17 +20,6 @@ fn dry_run(c: &Cluster, yaml: &str, ns: Option<&str>) -> usize {
     out.lines().filter(|l| l.ends_with("(server dry run)")).count()
 }
 
-fn wait_crds(c: &Cluster) {
-    c.kubectl(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "crd/matchingindexes.kim.dev",
-        "crd/indexers.kim.dev",
-        "--timeout=30s",
-    ]);
-}
-
 #[test]
 fn chart_base_and_samples_pass_server_side_dry_run() {
     let c = Cluster::up();
@@ -58,7 +47,7 @@ fn chart_base_and_samples_pass_server_side_dry_run() {
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kubectl -n kim-system apply -f deploy/samples/"), "NOTES: {out}");
     assert!(out.contains("redis: {secretRef: {name: kim-redis, key: url}}"), "NOTES: {out}");
-    wait_crds(&c);
+    c.wait_crds();
     let samples = std::fs::read_dir(crate::support::repo().join("deploy/samples"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
@@ -193,7 +182,7 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     c.kubectl(&["create", "serviceaccount", "default", "-n", "kim-system"]);
     let url = format!("redis://127.0.0.1:{port}");
     c.ok("helm", &["install", "kim", "charts/kim", "-n", "kim-system", "--set", &format!("redis.url={url}")], None);
-    wait_crds(&c);
+    c.wait_crds();
 
     // What the ServiceAccount may and may not do.
     for (verb, what, ns, want) in [
@@ -284,7 +273,7 @@ fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
         ],
         None,
     );
-    wait_crds(&c);
+    c.wait_crds();
     assert!(can_i(&c, "create", "jobs.batch", "team",));
     assert!(!can_i(&c, "list", "jobs.batch", "other"), "nothing outside the watched namespace");
     assert!(!can_i(&c, "list", "matchingindexes.kim.dev", "kim-system"));

@@ -163,6 +163,9 @@ fn values_change_what_is_rendered() {
         find(&d, "Secret", "kim-redis")["stringData"].get("password").is_none(),
         "no password key unless one is given"
     );
+    // Kept by `helm uninstall`: finalizers of MatchingIndexes still present read it.
+    let keep = &find(&d, "Secret", "kim-redis")["metadata"]["annotations"]["helm.sh/resource-policy"];
+    assert_eq!(keep, "keep", "the Redis Secret must outlive the release");
     // ACL credentials sit beside the URL under the keys spec.redis.auth defaults to.
     let d = docs(&render(&[
         "--set",
@@ -275,6 +278,8 @@ fn rbac_is_least_privilege_and_namespaced_mode_uses_roles() {
         ("policy", "poddisruptionbudgets", "patch"),
         ("", "services", "delete"),
         ("", "persistentvolumeclaims", "create"),
+        // The agents' claims, deleted with a MatchingIndex whose deletionPolicy is Delete.
+        ("", "persistentvolumeclaims", "delete"),
         ("", "pods", "list"),
         ("", "secrets", "get"),
         ("events.k8s.io", "events", "create"),
@@ -289,7 +294,7 @@ fn rbac_is_least_privilege_and_namespaced_mode_uses_roles() {
         ("kim.dev", "indexers", "delete"),
         ("kim.dev", "matchingindexes", "create"),
         ("coordination.k8s.io", "leases", "create"),
-        ("", "persistentvolumeclaims", "delete"),
+        ("", "persistentvolumeclaims", "deletecollection"),
         ("", "namespaces", "get"),
         ("", "nodes", "list"),
     ] {

@@ -144,6 +144,21 @@ impl Cluster {
         self.ok("kubectl", args, None)
     }
 
+    /// Waits until kim's CRDs are served. `kubectl wait` fails at once (not after its timeout)
+    /// while a just-created CRD has no status yet, so it is asked again for up to 30 s.
+    pub fn wait_crds(&self) {
+        let args = ["wait", "--for", "condition=Established", "crd/matchingindexes.kim.dev", "crd/indexers.kim.dev"];
+        let t = std::time::Instant::now();
+        loop {
+            let out = self.run("kubectl", &[&args[..], &["--timeout=5s"]].concat(), None);
+            if out.status.success() {
+                return;
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "CRDs not established: {}", text(&out));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// `kubectl get -o json` of one object, None if it does not exist.
     pub fn get(&self, args: &[&str]) -> Option<Value> {
         let mut a = vec!["get", "-o", "json"];

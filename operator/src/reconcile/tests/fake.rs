@@ -238,7 +238,8 @@ impl State {
                     }
                 }
                 let mut patch = body;
-                if let Some(m) = patch["metadata"].as_object_mut() {
+                // `get_mut`, not indexing: indexing would add `"metadata": null`, which merges as a removal.
+                if let Some(m) = patch.get_mut("metadata").and_then(|m| m.as_object_mut()) {
                     m.remove("resourceVersion");
                 }
                 merge(&mut obj, &patch);

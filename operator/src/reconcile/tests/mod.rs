@@ -29,7 +29,7 @@ fn setup(max_builds: i32) -> (Arc<Context>, Shared) {
     let mut i = ix();
     i.spec.max_concurrent_builds = max_builds;
     state.lock().unwrap().put(KIM, "indexers", serde_json::to_value(i).unwrap());
-    (Context::new(client, d(), "test"), state)
+    (Context::new(client, d(), "test", std::time::Duration::from_secs(120)), state)
 }
 
 fn add(state: &Shared, mut m: MatchingIndex) {
@@ -306,8 +306,38 @@ async fn a_missing_secret_is_the_reason_matchers_do_not_start() {
     assert_eq!(status(&state, "a").phase, Some(Phase::Ready));
 }
 
+fn jobs_of(state: &Shared, mi: &str, component: &str) -> Vec<String> {
+    let s = state.lock().unwrap();
+    s.objects
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with(&format!("{BATCH}/jobs/"))
+                && v["metadata"]["labels"]["kim.dev/matching-index"] == mi
+                && v["metadata"]["labels"]["kim.dev/component"] == component
+        })
+        .map(|(_, v)| v["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn delete_at(state: &Shared, name: &str, when: &str) {
+    state.lock().unwrap().get_mut(KIM, "matchingindexes", name).unwrap()["metadata"]["deletionTimestamp"] = json!(when);
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+fn event_notes(state: &Shared, reason: &str) -> Vec<String> {
+    let s = state.lock().unwrap();
+    s.objects
+        .iter()
+        .filter(|(k, v)| k.starts_with(EVENTS) && v["reason"] == reason)
+        .map(|(_, v)| v["note"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[tokio::test]
-async fn finalizer_cleans_children_and_waits_for_redis_without_an_error() {
+async fn a_finalizer_blocked_by_redis_says_why_once_and_waits_without_an_error() {
     let (ctx, state) = setup(1);
     let mut m = mi("a");
     m.spec.redis.url = Some("redis://127.0.0.1:1".into());
@@ -316,19 +346,66 @@ async fn finalizer_cleans_children_and_waits_for_redis_without_an_error() {
     reconcile(&ctx, &state, "a").await;
     assert!(!names(&state, APPS, "statefulsets").is_empty());
     // kubectl delete: the finalizer holds the object.
-    state.lock().unwrap().get_mut(KIM, "matchingindexes", "a").unwrap()["metadata"]["deletionTimestamp"] =
-        json!("2026-11-22T01:00:00Z");
+    delete_at(&state, "a", &now());
     // Redis is unreachable: children go at once, the object waits (Ok, not an error).
     assert_eq!(reconcile(&ctx, &state, "a").await, Action::requeue(Duration::from_secs(2)));
     assert!(names(&state, APPS, "statefulsets").is_empty() && names(&state, CORE, "services").is_empty());
     assert!(build_jobs(&state, "a").is_empty());
+    let cond = status(&state, "a").conditions.into_iter().find(|c| c.type_ == cleanup::BLOCKED).unwrap();
+    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("True", "RedisUnreachable"));
+    assert!(cond.message.contains(cleanup::SKIP_ANNOTATION), "{}", cond.message);
+    reconcile(&ctx, &state, "a").await;
+    assert_eq!(events(&state, cleanup::BLOCKED), 1, "one Warning per cause, not one per pass");
     assert!(state.lock().unwrap().get(KIM, "matchingindexes", "a").is_some());
-    // An admin skips the Redis and file steps: the finalizer goes and so does the object.
+    // An admin skips the Redis and file steps: the finalizer goes and so does the object, and
+    // the Event says what was kept.
     state.lock().unwrap().get_mut(KIM, "matchingindexes", "a").unwrap()["metadata"]["annotations"] =
         json!({cleanup::SKIP_ANNOTATION: "true"});
     assert_eq!(reconcile(&ctx, &state, "a").await, Action::await_change());
     assert!(state.lock().unwrap().get(KIM, "matchingindexes", "a").is_none());
-    assert_eq!(events(&state, "CleanedUp"), 1);
+    let notes = event_notes(&state, "CleanedUp");
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("kept (by kim.dev/skip-cleanup"), "{}", notes[0]);
+}
+
+#[tokio::test]
+async fn past_the_cleanup_timeout_the_redis_step_is_given_up_and_the_files_still_go() {
+    let (ctx, state) = setup(1);
+    let mut m = mi("a");
+    m.spec.redis.url = Some("redis://127.0.0.1:1".into());
+    add(&state, m);
+    reconcile(&ctx, &state, "a").await;
+    delete_at(&state, "a", "2026-01-01T00:00:00Z");
+    // The Redis step is over its time: the file Job runs, and the object waits for it only.
+    assert_eq!(reconcile(&ctx, &state, "a").await, Action::requeue(Duration::from_secs(2)));
+    let cleanup_jobs = jobs_of(&state, "a", "cleanup");
+    assert_eq!(cleanup_jobs.len(), 1);
+    finish(&state, &cleanup_jobs[0], Some(true), 0, "");
+    assert_eq!(reconcile(&ctx, &state, "a").await, Action::await_change());
+    assert!(state.lock().unwrap().get(KIM, "matchingindexes", "a").is_none());
+    assert!(jobs_of(&state, "a", "cleanup").is_empty());
+    let notes = event_notes(&state, "CleanupIncomplete");
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("removed the index files") && notes[0].contains("by hand"), "{}", notes[0]);
+}
+
+#[tokio::test]
+async fn retain_keeps_redis_files_and_claims_and_says_so() {
+    let (ctx, state) = setup(1);
+    let mut m = mi("a");
+    m.spec.redis.url = Some("redis://127.0.0.1:1".into());
+    m.spec.deletion_policy = crate::crd::DeletionPolicy::Retain;
+    add(&state, m);
+    reconcile(&ctx, &state, "a").await;
+    delete_at(&state, "a", &now());
+    // Redis is down, but Retain never talks to it: the object goes at once, no cleanup Job.
+    assert_eq!(reconcile(&ctx, &state, "a").await, Action::await_change());
+    assert!(state.lock().unwrap().get(KIM, "matchingindexes", "a").is_none());
+    assert!(jobs_of(&state, "a", "cleanup").is_empty());
+    let notes = event_notes(&state, "CleanedUp");
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("kept (by deletionPolicy Retain) Redis stream"), "{}", notes[0]);
+    assert_eq!(events(&state, "CleanupIncomplete"), 0);
 }
 
 #[tokio::test]

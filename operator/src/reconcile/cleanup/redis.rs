@@ -1,0 +1,151 @@
+//! The Redis step of the finalizer: delete the label's stream and registry keys, reading the
+//! same URL, credentials and TLS material from the MatchingIndex's Secrets as the matchers.
+//! Every way it can fail is a [`Problem`] that names its cause, so the finalizer can tell the
+//! user what to fix.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+use crate::context::Context;
+use crate::crd::MatchingIndex;
+
+/// One attempt's bound: connecting, scanning and deleting together.
+const ATTEMPT: Duration = Duration::from_secs(10);
+
+/// Why the Redis keys could not be removed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    #[error("Secret {secret} is gone")]
+    SecretMissing { secret: String },
+    #[error("cannot read Secret {secret}: {error}")]
+    SecretUnreadable { secret: String, error: String },
+    #[error("Redis settings: {0}")]
+    Invalid(String),
+    #[error("Redis {target}: {error}")]
+    Unreachable { target: String, error: String },
+}
+
+impl Problem {
+    /// The condition reason and Event reason suffix.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::SecretMissing { .. } => "RedisSecretMissing",
+            Problem::SecretUnreadable { .. } => "RedisSecretUnreadable",
+            Problem::Invalid(_) => "RedisSettingsInvalid",
+            Problem::Unreachable { .. } => "RedisUnreachable",
+        }
+    }
+
+    /// What the user can do about it (besides the skip annotation and waiting for the give-up).
+    pub fn remedy(&self) -> String {
+        match self {
+            Problem::SecretMissing { secret } | Problem::SecretUnreadable { secret, .. } => {
+                format!("restore Secret {secret}")
+            }
+            Problem::Invalid(_) => "correct spec.redis or its Secrets".into(),
+            Problem::Unreachable { .. } => "bring Redis back or correct spec.redis".into(),
+        }
+    }
+}
+
+/// The keys one Secret holds (read once however many keys are used).
+struct SecretData {
+    name: String,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+}
+
+impl SecretData {
+    async fn get(ctx: &Context, ns: &str, name: &str) -> Result<SecretData, Problem> {
+        let secret = format!("{ns}/{name}");
+        match Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await {
+            Ok(Some(s)) => Ok(SecretData { name: secret, data: s.data.unwrap_or_default() }),
+            Ok(None) => Err(Problem::SecretMissing { secret }),
+            Err(e) => Err(Problem::SecretUnreadable { secret, error: e.to_string() }),
+        }
+    }
+
+    fn optional(&self, key: &str) -> Option<Vec<u8>> {
+        self.data.get(key).map(|b| b.0.clone())
+    }
+
+    fn required(&self, key: &str) -> Result<Vec<u8>, Problem> {
+        self.optional(key).ok_or_else(|| Problem::Invalid(format!("Secret {} has no key {key}", self.name)))
+    }
+}
+
+fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Problem> {
+    String::from_utf8(bytes).map_err(|_| Problem::Invalid(format!("{what} is not UTF-8")))
+}
+
+/// The same Redis target the matchers use.
+async fn target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_redis::Target, Problem> {
+    let r = &mi.spec.redis;
+    let url = match (&r.url, &r.secret_ref) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => utf8(SecretData::get(ctx, ns, &s.name).await?.required(&s.key)?, "the Redis URL")?,
+        (None, None) => return Err(Problem::Invalid("neither url nor secretRef is set".into())),
+    };
+    let mut creds = kim_redis::Credentials::default();
+    if let Some(a) = &r.auth {
+        let secret = SecretData::get(ctx, ns, &a.secret_name).await?;
+        creds.username = secret.optional(&a.username_key).map(|b| utf8(b, "the Redis user name")).transpose()?;
+        creds.password = Some(utf8(secret.required(&a.password_key)?, "the Redis password")?);
+    }
+    let (mut ca, mut client) = (None, None);
+    if let Some(t) = &r.tls {
+        let secret = SecretData::get(ctx, ns, &t.secret_name).await?;
+        ca = Some(secret.required("ca.crt")?);
+        if t.client_certificate {
+            client = Some((secret.required("tls.crt")?, secret.required("tls.key")?));
+        }
+    }
+    kim_redis::Target::from_parts(&url, creds, ca, client).map_err(|e| Problem::Invalid(e.to_string()))
+}
+
+/// The keys a label owns in Redis, as shown to a user who must remove them by hand.
+pub fn keys_of(mi: &MatchingIndex) -> (String, String) {
+    let prefix = mi.spec.redis.key_prefix.clone().unwrap_or_default();
+    (kim_api::stream_key(&prefix, &mi.label()), kim_api::registry_pattern(&prefix, &mi.label()))
+}
+
+/// Deletes the label's stream and every registry key of it; returns how many keys were named.
+pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize, Problem> {
+    let target = Arc::new(target(mi, ctx, ns).await?);
+    let shown = target.to_string();
+    let (stream, pattern) = keys_of(mi);
+    let work = async {
+        let mut conn = kim_redis::Conn::lazy(target, ATTEMPT);
+        let mut keys: Vec<String> = vec![stream];
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+        Ok::<usize, redis::RedisError>(keys.len())
+    };
+    let unreachable = |error: String| Problem::Unreachable { target: shown.clone(), error };
+    match tokio::time::timeout(ATTEMPT, work).await {
+        Ok(Ok(n)) => {
+            tracing::info!(label = %mi.label(), keys = n, redis = %shown, "removed Redis keys");
+            Ok(n)
+        }
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!("no answer within {ATTEMPT:?}"))),
+    }
+}
