@@ -268,7 +268,7 @@ pub struct HnswSpec {
     #[x_kube(validation = Rule::new("self >= 2 && self <= 4096").message("hnsw.efConstruction must be 2..4096"))]
     pub ef_construction: i32,
     /// Beam width of a search (at least the request's limit is used); higher raises recall and
-    /// latency.
+    /// latency. A search-time setting: changing it restarts the matchers, it does not rebuild.
     #[serde(default = "default_ef_search")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 4096").message("hnsw.efSearch must be 1..4096"))]
     pub ef_search: i32,

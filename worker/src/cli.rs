@@ -262,6 +262,10 @@ pub struct MatchArgs {
     /// Search threads (default: all cores).
     #[arg(long, env = "KIM_THREADS")]
     pub threads: Option<usize>,
+    /// HNSW search beam for every label served (default: the efSearch each snapshot was built
+    /// with). A search-time setting: changing it needs no rebuild.
+    #[arg(long, env = "KIM_EF_SEARCH", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub ef_search: Option<u32>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,

@@ -397,9 +397,14 @@ async fn two_matchers_share_one_label() {
     let f = Fixture::new(500);
     let redis = Redis::start(f.path());
     let a = Matcher::start("a", f.path(), &f.storage, &redis, &["--batch", "4"]);
-    let b = Matcher::start("b", f.path(), &f.storage, &redis, &["--batch", "4"]);
+    // b searches with its own beam (efSearch is a matcher setting, no rebuild).
+    let b = Matcher::start("b", f.path(), &f.storage, &redis, &["--batch", "4", "--ef-search", "40"]);
     a.wait_ready();
     b.wait_ready();
+    let ef = "kim_matcher_ef_search{label=\"faces\"}";
+    let built_with = a.metric(ef);
+    assert!(built_with > 0.0 && built_with != 40.0, "a serves the snapshot's own efSearch, got {built_with}");
+    assert_eq!(b.metric(ef), 40.0);
     let client = Client::connect(&redis.url()).await.unwrap();
     let probes = f.matrix("mated.npy");
     let mut answers = HashMap::new();

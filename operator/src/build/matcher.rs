@@ -32,6 +32,8 @@ pub fn match_args(mi: &MatchingIndex) -> Vec<String> {
         &mi.label(),
         "--http",
         &format!("0.0.0.0:{MATCHER_PORT}"),
+        "--ef-search",
+        &mi.spec.hnsw.ef_search.to_string(),
     ]
     .iter()
     .map(|x| x.to_string())

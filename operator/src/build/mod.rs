@@ -21,7 +21,7 @@ use kube::ResourceExt;
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
 pub use self::matcher::{match_args, matcher_deployment, matcher_pdb, REDIS_TLS_MOUNT};
-use crate::crd::{Encoding, Indexer, MatchingIndex, Metric, REBUILD_ANNOTATION};
+use crate::crd::{Encoding, HnswSpec, Indexer, MatchingIndex, Metric, REBUILD_ANNOTATION};
 
 pub const MANAGER: &str = "kim-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -109,8 +109,13 @@ pub(crate) fn metric(m: Metric) -> &'static str {
 pub fn build_hash(mi: &MatchingIndex, interval_epoch: u64) -> String {
     let s = &mi.spec;
     let trigger = mi.annotations().get(REBUILD_ANNOTATION).cloned().unwrap_or_default();
+    // efSearch is a search-time setting: the matchers take it from their arguments, so a
+    // change rolls them (seconds) instead of rebuilding the graph (hours at scale). It enters
+    // the digest as the default, which keeps the digests operators before this one computed
+    // for every MatchingIndex with the default efSearch.
+    let graph = HnswSpec { ef_search: HnswSpec::default().ef_search, ..s.hnsw.clone() };
     // Through a JSON value (object keys sorted) so the digest does not depend on field order.
-    let input = serde_json::to_value((mi.label(), &s.descriptor, &s.source, &s.hnsw, trigger, interval_epoch))
+    let input = serde_json::to_value((mi.label(), &s.descriptor, &s.source, &graph, trigger, interval_epoch))
         .map(|v| v.to_string())
         .unwrap_or_default();
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()))

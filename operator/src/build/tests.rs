@@ -189,11 +189,18 @@ fn validation_messages() {
 
 #[test]
 fn build_hash_is_the_digest_of_the_sorted_json_of_build_inputs() {
-    // The same digest the operator always computed: existing snapshots are not rebuilt.
-    let m = mi("faces");
+    // The same digest the operator always computed (default efSearch): existing snapshots are
+    // not rebuilt by an upgrade.
+    let mut m = mi("faces");
     let s = &m.spec;
     let input = json!([m.label(), s.descriptor, s.source, s.hnsw, "", 0]).to_string();
-    assert_eq!(build_hash(&m, 0), format!("{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes())));
+    let digest = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()));
+    assert_eq!(build_hash(&m, 0), digest);
+    // efSearch is not a build input; m is.
+    m.spec.hnsw.ef_search = 300;
+    assert_eq!(build_hash(&m, 0), digest);
+    m.spec.hnsw.m = 24;
+    assert_ne!(build_hash(&m, 0), digest);
 }
 
 #[test]

@@ -147,9 +147,12 @@ async fn load(m: &Matcher, label: &str, id: &str) -> Result<Loaded, SnapshotErro
     let started = Instant::now();
     let sdir = m.store.fetch(&m.args.namespace, label, id).await?;
     let sid = id.to_string();
-    let (manifest, index) = tokio::task::spawn_blocking(move || snapshot::load_from(&sdir, &sid))
+    let (manifest, mut index) = tokio::task::spawn_blocking(move || snapshot::load_from(&sdir, &sid))
         .await
         .map_err(|e| SnapshotError::Corrupt { id: id.to_string(), reason: format!("loader failed: {e}") })??;
+    if let Some(ef) = m.args.ef_search {
+        index.ef_search = ef as usize;
+    }
     if manifest.label != label {
         let reason = format!("snapshot belongs to label {:?}", manifest.label);
         return Err(SnapshotError::Corrupt { id: id.to_string(), reason });
@@ -167,6 +170,7 @@ async fn install(
     rejected: Option<String>,
 ) {
     m.metrics.set_snapshot(label, &loaded.manifest.id, loaded.index.len());
+    m.metrics.set_ef_search(label, loaded.index.ef_search);
     m.metrics.set_fallback(label, rejected.is_some());
     match existing {
         Some(s) => {

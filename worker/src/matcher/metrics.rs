@@ -33,6 +33,7 @@ pub struct Metrics {
     snapshot: Family<SnapshotLabels, Gauge>,
     rejected: Family<LabelOnly, Counter>,
     fallback: Family<LabelOnly, Gauge>,
+    ef_search: Family<LabelOnly, Gauge>,
 }
 
 impl Metrics {
@@ -45,6 +46,7 @@ impl Metrics {
         let snapshot = Family::<SnapshotLabels, Gauge>::default();
         let rejected = Family::<LabelOnly, Counter>::default();
         let fallback = Family::<LabelOnly, Gauge>::default();
+        let ef_search = Family::<LabelOnly, Gauge>::default();
         registry.register("requests", "Requests answered, by label and status code", requests.clone());
         registry.register("request_latency_seconds", "Time from XADD to reply", latency.clone());
         registry.register("batch_size", "Entries handled per batch", batch.clone());
@@ -56,7 +58,8 @@ impl Metrics {
             "1 while CURRENT failed verification and an older snapshot is served",
             fallback.clone(),
         );
-        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected, fallback }
+        registry.register("ef_search", "HNSW search beam (efSearch) searches of the label use", ef_search.clone());
+        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected, fallback, ef_search }
     }
 
     /// `n` requests of `label` answered with `status`.
@@ -75,6 +78,9 @@ impl Metrics {
     pub fn set_snapshot(&self, label: &str, id: &str, vectors: usize) {
         self.vectors.get_or_create(&LabelOnly { label: label.into() }).set(vectors as i64);
         self.snapshot.get_or_create(&SnapshotLabels { label: label.into(), snapshot: id.into() }).set(1);
+    }
+    pub fn set_ef_search(&self, label: &str, ef: usize) {
+        self.ef_search.get_or_create(&LabelOnly { label: label.into() }).set(ef as i64);
     }
     pub fn clear_snapshot(&self, label: &str, id: &str) {
         self.snapshot.remove(&SnapshotLabels { label: label.into(), snapshot: id.into() });

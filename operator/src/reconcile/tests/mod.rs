@@ -206,6 +206,15 @@ async fn rebuilds_follow_build_inputs_only() {
     assert_eq!(dep["spec"]["replicas"], 3);
     assert_eq!(status(&state, "a").phase, Some(Phase::Deploying), "1/3 ready");
 
+    // efSearch is no rebuild either: it reaches the matchers through their arguments.
+    edit(&state, "a", |m| m.spec.hnsw.ef_search = 300);
+    reconcile(&ctx, &state, "a").await;
+    assert_eq!(build_jobs(&state, "a").len(), 1);
+    let dep = state.lock().unwrap().get(APPS, "deployments", "a-matcher").unwrap().clone();
+    let args: Vec<String> =
+        serde_json::from_value(dep["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
+    assert!(args.windows(2).any(|w| w == ["--ef-search", "300"]), "{args:?}");
+
     // New graph parameters rebuild while the old snapshot keeps serving.
     edit(&state, "a", |m| m.spec.hnsw.m = 24);
     set_ready(&state, "a-matcher", 3);
