@@ -39,7 +39,16 @@ pub enum Build {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Facts {
     Blocked(Blocked),
-    Built { build: Build, missing_secrets: Vec<String> },
+    Built { build: Build, missing_secrets: Vec<String>, waiting: Vec<Waiting> },
+}
+
+/// A matcher container that does not run, and why (what `kubectl describe pod` would show).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub pod: String,
+    /// The kubelet's reason: `CrashLoopBackOff`, `ImagePullBackOff`, `CreateContainerConfigError`…
+    pub reason: String,
+    pub message: String,
 }
 
 pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Action> {
@@ -100,7 +109,13 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     }
 
     // status
-    let facts = Facts::Built { build, missing_secrets };
+    let desired = st.matchers.as_ref().map_or(0, |m| m.desired);
+    let waiting = if st.matchers.as_ref().is_some_and(|m| m.ready < desired) {
+        matchers_waiting(&ctx, &ns, &mi).await?
+    } else {
+        Vec::new()
+    };
+    let facts = Facts::Built { build, missing_secrets, waiting };
     let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen).unwrap_or(Duration::from_secs(300));
     warn_not_ready(&mi, &ctx, &st).await;
     write_status(&api, mi.as_ref(), &st).await?;
@@ -109,6 +124,28 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Secrets the spec names that do not exist (matchers and agents cannot start without them).
+/// Matcher containers the kubelet reports as waiting for a reason other than starting.
+async fn matchers_waiting(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<Waiting>> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&mi.matcher_selector()))
+        .await
+        .map_err(Error::reading(format!("matcher pods of {ns}/{}", mi.name_any())))?;
+    let mut out: Vec<Waiting> = pods
+        .items
+        .iter()
+        .flat_map(|p| {
+            let statuses = p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+            statuses.into_iter().filter_map(move |c| {
+                let w = c.state?.waiting?;
+                let reason = w.reason.filter(|r| r != "ContainerCreating" && r != "PodInitializing")?;
+                Some(Waiting { pod: p.name_any(), reason, message: w.message.unwrap_or_default() })
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    Ok(out)
+}
+
 async fn missing_secrets(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<String>> {
     let r = &mi.spec.redis;
     let mut names: Vec<&str> = Vec::new();
@@ -157,8 +194,10 @@ async fn report_children(mi: &MatchingIndex, ctx: &Context, synced: &children::O
 /// A Warning Event for each cause of not being Ready, once per change of its message.
 async fn warn_not_ready(mi: &MatchingIndex, ctx: &Context, st: &MatchingIndexStatus) {
     for c in ["Ready", "SecretsFound"].iter().filter_map(|t| status::get(&st.conditions, t)) {
-        let cause =
-            matches!(c.reason.as_str(), "InvalidSpec" | "IndexerNotFound" | "IndexerInvalid" | "SecretNotFound");
+        let cause = matches!(
+            c.reason.as_str(),
+            "InvalidSpec" | "IndexerNotFound" | "IndexerInvalid" | "SecretNotFound" | "MatchersWaiting"
+        );
         if c.status == "False" && cause {
             ctx.event(mi, true, &c.reason, "Reconcile", c.message.clone()).await;
         }
@@ -314,7 +353,7 @@ async fn admit(
 pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen: Option<i64>) -> Option<Duration> {
     let serving = st.current_snapshot.is_some();
     let secs = |s: u64| Some(Duration::from_secs(s));
-    let (build, missing) = match facts {
+    let (build, (missing, waiting)) = match facts {
         Facts::Blocked(b) => {
             // Whatever waited in the Indexer's queue leaves it.
             st.current_build = None;
@@ -335,7 +374,7 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
             st.reason = Some(reason.into());
             return requeue;
         }
-        Facts::Built { build, missing_secrets } => (build, missing_secrets),
+        Facts::Built { build, missing_secrets, waiting } => (build, (missing_secrets, waiting)),
     };
     status::set(&mut st.conditions, "SpecValid", true, "Valid", "spec is valid", gen);
     let ready = st.matchers.as_ref().map_or(0, |m| m.ready);
@@ -386,6 +425,11 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
     let (reason, short, msg, requeue) = if phase == Phase::Deploying && !missing.is_empty() {
         let m = format!("Secret {} not found in the namespace", missing.join(", "));
         ("SecretNotFound", "SecretNotFound".to_string(), m, 15)
+    } else if let (Phase::Deploying, Some(w)) = (phase, waiting.first()) {
+        // The kubelet's own reason, for the Reason column and a Warning Event.
+        let more = if waiting.len() > 1 { format!(" (and {} more)", waiting.len() - 1) } else { String::new() };
+        let m = format!("matcher pod {} is waiting: {}: {}{more}", w.pod, w.reason, w.message);
+        ("MatchersWaiting", w.reason.clone(), m, 10)
     } else {
         (reason, short, msg, requeue)
     };

@@ -418,6 +418,37 @@ async fn retain_keeps_redis_files_and_claims_and_says_so() {
 }
 
 #[tokio::test]
+async fn a_matcher_pod_that_cannot_start_says_why_in_the_reason_column_once() {
+    let (ctx, state) = setup(1);
+    add(&state, mi("a"));
+    reconcile(&ctx, &state, "a").await;
+    finish(&state, &build_jobs(&state, "a")[0], Some(true), 0, BUILT);
+    reconcile(&ctx, &state, "a").await;
+    // Starting is no cause; a container the kubelet cannot create is.
+    let pod = |reason: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a-matcher-x1", "labels": {"kim.dev/matching-index": "a", "kim.dev/component": "matcher"}},
+            "status": {"containerStatuses": [{"name": "matcher", "image": "w", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": reason, "message": "secret \"redis\" not found"}}}]}})
+    };
+    state.lock().unwrap().put(CORE, "pods", pod("ContainerCreating"));
+    reconcile(&ctx, &state, "a").await;
+    assert_eq!(status(&state, "a").reason.as_deref(), Some("0/1 matchers ready"));
+    state.lock().unwrap().put(CORE, "pods", pod("CreateContainerConfigError"));
+    reconcile(&ctx, &state, "a").await;
+    reconcile(&ctx, &state, "a").await;
+    let st = status(&state, "a");
+    assert_eq!((st.phase, st.reason.as_deref()), (Some(Phase::Deploying), Some("CreateContainerConfigError")));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "MatchersWaiting");
+    assert!(ready.message.contains("a-matcher-x1") && ready.message.contains("not found"), "{}", ready.message);
+    assert_eq!(events(&state, "MatchersWaiting"), 1);
+    set_ready(&state, "a-matcher", 1);
+    reconcile(&ctx, &state, "a").await;
+    assert_eq!(status(&state, "a").phase, Some(Phase::Ready));
+}
+
+#[tokio::test]
 async fn a_conflicting_finalizer_patch_is_an_error_not_a_panic() {
     let (ctx, state) = setup(1);
     add(&state, mi("a"));
@@ -437,7 +468,7 @@ fn served(ready: i32, desired: i32) -> MatchingIndexStatus {
 }
 
 fn built(build: Build) -> Facts {
-    Facts::Built { build, missing_secrets: Vec::new() }
+    Facts::Built { build, missing_secrets: Vec::new(), waiting: Vec::new() }
 }
 
 #[test]
