@@ -7,21 +7,11 @@
 #[path = "chart/support.rs"]
 mod support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{eventually, free_port, Cluster};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{eventually, free_port, redis_server, Cluster, Proc};
 
 fn operator(c: &Cluster, cleanup_timeout: &str) -> Proc {
     let log = std::fs::File::create(c.dir.path().join("operator.log")).unwrap();
@@ -37,21 +27,6 @@ fn operator(c: &Cluster, cleanup_timeout: &str) -> Proc {
         .spawn()
         .unwrap();
     Proc(child)
-}
-
-fn redis_server(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (Proc(child), port)
 }
 
 fn setup(ns: &str) -> Cluster {
@@ -165,7 +140,7 @@ fn a_gone_secret_blocks_once_then_the_redis_step_is_given_up_and_files_still_go(
 fn retain_keeps_keys_files_and_claims_and_delete_removes_them() {
     let ns = "keep";
     let c = setup(ns);
-    let (_redis, port) = redis_server(c.dir.path());
+    let (_redis, port) = redis_server(std::fs::File::create(c.dir.path().join("redis.log")).unwrap().into());
     let url = format!("{{url: \"redis://127.0.0.1:{port}\"}}");
     let mut r = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
     for label in ["kept", "dropped"] {

@@ -4,11 +4,11 @@
 //! in namespaced mode.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::{docs, eventually, free_port, ok, render, text, Cluster};
+use crate::support::{docs, eventually, free_port, ok, redis_server, render, text, Cluster, Proc};
 
 /// `kubectl apply --dry-run=server` of a YAML stream; returns how many objects it accepted.
 fn dry_run(c: &Cluster, yaml: &str, ns: Option<&str>) -> usize {
@@ -66,27 +66,6 @@ fn chart_base_and_samples_pass_server_side_dry_run() {
     assert!(c.get(&["deployment", "kim-operator", "-n", "kim-system"]).is_none());
     assert!(c.get(&["clusterrole", "kim-operator"]).is_none());
     assert!(c.get(&["crd", "matchingindexes.kim.dev"]).is_some());
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/deps.sh installs it)");
-    let p = Proc(child);
-    eventually(20, "redis-server up", || redis_cli(port, &["PING"]).ok().filter(|s| s == "PONG"));
-    (p, port)
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
@@ -176,7 +155,7 @@ fn events(c: &Cluster, ns: &str) -> Vec<String> {
 #[test]
 fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     let c = Cluster::up();
-    let (_redis, port) = redis_server();
+    let (_redis, port) = redis_server(Stdio::null());
     c.kubectl(&["create", "namespace", "kim-system"]);
     // No controller-manager in the core tier: the pods this test creates need the default SA.
     c.kubectl(&["create", "serviceaccount", "default", "-n", "kim-system"]);

@@ -2,7 +2,7 @@
 //! control plane from e2e/cluster.sh, and multi-document YAML parsing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,34 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A redis-server on a free loopback port, accepting connections when this returns; its output
+/// goes to `log`.
+pub fn redis_server(log: Stdio) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(log)
+        .spawn()
+        .expect("redis-server (scripts/deps.sh installs it)");
+    let p = Proc(child);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (p, port)
 }
 
 /// etcd + kube-apiserver on loopback (e2e/cluster.sh up core), stopped on drop.

@@ -68,16 +68,7 @@ fn events(state: &Shared, reason: &str) -> usize {
 }
 
 fn build_jobs(state: &Shared, mi: &str) -> Vec<String> {
-    let s = state.lock().unwrap();
-    s.objects
-        .iter()
-        .filter(|(k, v)| {
-            k.starts_with(&format!("{BATCH}/jobs/"))
-                && v["metadata"]["labels"]["kim.dev/matching-index"] == mi
-                && v["metadata"]["labels"]["kim.dev/component"] == "build"
-        })
-        .map(|(_, v)| v["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
+    jobs_of(state, mi, "build")
 }
 
 /// Plays kubelet and Job controller: a pod with the worker's report, then the Job's
