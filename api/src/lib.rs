@@ -336,12 +336,22 @@ pub struct LabelInfo {
     pub dimensions: usize,
     pub encoding: String,
     pub metric: String,
+    /// Vectors a search covers: the snapshot's, plus the tail, minus tombstones.
     pub vectors: usize,
     pub snapshot: String,
     /// Set when the snapshot CURRENT names failed verification on this matcher, which serves
     /// the older `snapshot` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// Deltas applied on top of the snapshot.
+    #[serde(default)]
+    pub deltas: u64,
+    /// Rows added by deltas, scanned exactly beside the graph.
+    #[serde(default)]
+    pub tail: usize,
+    /// Rows removed by deltas (filtered out of every search).
+    #[serde(default)]
+    pub tombstones: usize,
 }
 
 /// A LUNA-style request id: `"<unix seconds>,<uuid4>"`.

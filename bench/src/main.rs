@@ -4,6 +4,7 @@
 mod index;
 mod redis;
 mod sys;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Cmd {
     Search(index::SearchArgs),
     /// Serve the snapshot with real matchers behind redis-server and load them with kim-client.
     Redis(redis::RedisArgs),
+    /// Search cost of a refresh tail (1 % and 5 % of the snapshot) against none, one thread.
+    Tail(tail::TailArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build(a) => index::build(a)?,
         Cmd::Search(a) => index::search(a)?,
         Cmd::Redis(a) => redis::run(a)?,
+        Cmd::Tail(a) => tail::run(a)?,
     };
     println!("{out}");
     Ok(())

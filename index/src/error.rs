@@ -35,6 +35,10 @@ pub enum Error {
     /// A graph whose structure would let a search read out of bounds.
     #[error("{0}")]
     Graph(String),
+    /// A delta that does not fit the state it is applied to (out of order, removes an id that
+    /// is not live, adds one that is, or sizes that disagree).
+    #[error("{0}")]
+    Delta(String),
 }
 
 impl Error {

@@ -237,6 +237,13 @@ impl FlatIndex {
 
     /// Approximate k nearest rows, closest first. `ef` = beam width (0 = index default).
     pub fn search(&self, q: &Query, k: usize, ef: usize) -> Vec<Hit> {
+        self.search_where(q, k, ef, |_| true)
+    }
+
+    /// [`FlatIndex::search`] returning only rows for which `keep` holds. Rows left out still
+    /// carry the walk through the graph (they are visited, not returned), so up to `k` kept
+    /// rows come back even when many of the nearest are left out.
+    pub fn search_where(&self, q: &Query, k: usize, ef: usize, keep: impl Fn(u32) -> bool) -> Vec<Hit> {
         if self.is_empty() || k == 0 {
             return Vec::new();
         }
@@ -258,14 +265,14 @@ impl FlatIndex {
                         let i = i as usize;
                         1.0 - (dot(&b[i * d..(i + 1) * d], &qs) - corr) as f32 * qinv * v.inv_norm(i)
                     };
-                    return self.search_with(dist, pre, k, ef);
+                    return self.search_with(dist, pre, &keep, k, ef);
                 }
                 let dot = kern.dot_u8;
                 let dist = |i: u32| {
                     let i = i as usize;
                     1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
                 };
-                self.search_with(dist, pre, k, ef)
+                self.search_with(dist, pre, &keep, k, ef)
             }
             (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
                 let (dot, qinv) = (crate::kernels::active().dot_f32, p.inv_norm());
@@ -276,6 +283,7 @@ impl FlatIndex {
                 self.search_with(
                     dist,
                     |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)),
+                    &keep,
                     k,
                     ef,
                 )
@@ -288,7 +296,7 @@ impl FlatIndex {
                 let rows = |i: u32| i as usize * d..(i as usize + 1) * d;
                 let dist = |i: u32| 1.0 - approx(&hi[rows(i)], qf) * qinv * v.inv_norm(i as usize);
                 let pre = |i: u32| prefetch(hi.as_ptr().wrapping_add(i as usize * d) as *const u8, (2 * d).min(512));
-                let mut hits = self.search_with(dist, pre, ef, ef);
+                let mut hits = self.search_with(dist, pre, &keep, ef, ef);
                 for h in &mut hits {
                     let r = rows(h.row);
                     h.distance = 1.0 - exact(&hi[r.clone()], &lo[r], qf) * qinv * v.inv_norm(h.row as usize);
@@ -306,6 +314,7 @@ impl FlatIndex {
                 self.search_with(
                     |i| v.distance(&p, i as usize),
                     |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)),
+                    &keep,
                     k,
                     ef,
                 )
@@ -313,7 +322,14 @@ impl FlatIndex {
         }
     }
 
-    fn search_with(&self, dist: impl Fn(u32) -> f32, pre: impl Fn(u32), k: usize, ef: usize) -> Vec<Hit> {
+    fn search_with(
+        &self,
+        dist: impl Fn(u32) -> f32,
+        pre: impl Fn(u32),
+        keep: &impl Fn(u32) -> bool,
+        k: usize,
+        ef: usize,
+    ) -> Vec<Hit> {
         let g = &self.graph;
         let mut cur = g.entry;
         let mut cur_d = dist(cur);
@@ -331,17 +347,20 @@ impl FlatIndex {
                 }
             }
         }
-        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, &pre, Cand(cur_d, cur), ef, k))
+        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, &pre, keep, Cand(cur_d, cur), ef, k))
     }
 
-    /// Layer-0 beam search from `start`, returning the `k` best of the `ef` found, closest
-    /// first. The unvisited neighbours of a node are collected first and their rows prefetched,
-    /// so their loads overlap instead of stalling one distance at a time.
+    /// Layer-0 beam search from `start`, returning the `k` best of the `ef` kept rows found,
+    /// closest first. The unvisited neighbours of a node are collected first and their rows
+    /// prefetched, so their loads overlap instead of stalling one distance at a time. A row
+    /// `keep` rejects is walked through but never enters the results.
+    #[allow(clippy::too_many_arguments)]
     fn beam(
         &self,
         s: &mut Scratch,
         dist: &impl Fn(u32) -> f32,
         pre: &impl Fn(u32),
+        keep: &impl Fn(u32) -> bool,
         start: Cand,
         ef: usize,
         k: usize,
@@ -352,7 +371,9 @@ impl FlatIndex {
         frontier.clear();
         found.clear();
         frontier.push(Reverse(start));
-        found.push(start);
+        if keep(start.1) {
+            found.push(start);
+        }
         while let Some(Reverse(c)) = frontier.pop() {
             if found.len() >= ef && c.0 > found.peek().map_or(f32::INFINITY, |w: &Cand| w.0) {
                 break;
@@ -364,9 +385,11 @@ impl FlatIndex {
                 let d = dist(nb);
                 if found.len() < ef || d < found.peek().unwrap().0 {
                     frontier.push(Reverse(Cand(d, nb)));
-                    found.push(Cand(d, nb));
-                    if found.len() > ef {
-                        found.pop();
+                    if keep(nb) {
+                        found.push(Cand(d, nb));
+                        if found.len() > ef {
+                            found.pop();
+                        }
                     }
                 }
             }

@@ -6,6 +6,7 @@
 //! written as a snapshot and loaded back as a [`FlatIndex`] that answers searches.
 
 pub mod build;
+pub mod delta;
 pub mod descriptor;
 pub mod error;
 pub mod flat;
@@ -15,6 +16,7 @@ pub mod kernels;
 pub mod rng;
 pub mod snapshot;
 pub mod synth;
+pub mod tail;
 pub mod vectors;
 
 pub use descriptor::{DecodeError, DescriptorSpec, Encoding, Metric, Query};

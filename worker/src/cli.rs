@@ -30,6 +30,9 @@ pub enum Command {
     Gen(GenArgs),
     /// Build an index snapshot for one label and make it current.
     Index(IndexArgs),
+    /// Bring a label up to date with its source: write the changes since the live snapshot as a
+    /// delta matchers apply without reloading, or rebuild once the changes pass --max-tail.
+    Refresh(RefreshArgs),
     /// Serve matches for labels from Redis streams.
     Match(MatchArgs),
     /// Remove a label's snapshots from storage (run by the operator when a MatchingIndex goes).
@@ -119,11 +122,12 @@ pub struct IndexArgs {
     pub namespace: String,
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Descriptors: .npy (2-D), .fvecs or .kimv; or agents://HOST:PORT,... to read every
-    /// object of the online agents (f32; ids are the object ids).
+    /// Descriptors: .npy (2-D), .fvecs or .kimv; a directory of such files (read in name
+    /// order, ids from <stem>.ids beside each, else <stem>-<row>); or agents://HOST:PORT,... to
+    /// read every object of the online agents (f32; ids are the object ids).
     #[arg(long, env = "KIM_SOURCE")]
     pub source: PathBuf,
-    /// Ids, one per line, in row order (default: row numbers).
+    /// Ids of a single source file, one per line, in row order (default: row numbers).
     #[arg(long, env = "KIM_IDS")]
     pub ids: Option<PathBuf>,
     #[command(flatten)]
@@ -166,6 +170,17 @@ pub struct LabelArgs {
     pub namespace: String,
     #[arg(long, env = "KIM_LABEL")]
     pub label: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The label, its source and the build settings a rebuild uses (as for `index`).
+    #[command(flatten)]
+    pub index: IndexArgs,
+    /// Rebuild instead of writing a delta once the tail rows plus removed rows would pass this
+    /// fraction of the snapshot's vectors (0.05 = 5 %).
+    #[arg(long, env = "KIM_MAX_TAIL", default_value_t = 0.05)]
+    pub max_tail: f64,
 }
 
 #[derive(Debug, Args)]

@@ -11,11 +11,11 @@ use kim_api::build::{valid_label, BuildReport, Built, LABEL_RULE};
 use kim_index::build::build_graph;
 use kim_index::flat::Ids;
 use kim_index::snapshot::{self, Manifest};
-use kim_index::{FlatIndex, HnswParams, Matrix, VectorStore};
+use kim_index::{FlatIndex, HnswParams, VectorStore};
 
 use crate::cli::{CleanArgs, IndexArgs};
 use crate::exit::{Class, Classify, Failure};
-use crate::online::source::SourceError;
+use crate::source::{self, Source};
 use crate::storage::Store;
 
 pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
@@ -31,80 +31,55 @@ pub fn run(a: &IndexArgs) -> anyhow::Result<()> {
         }),
         Err(e) => BuildReport::Failed { error: format!("{e:#}") },
     };
-    let line = report.to_line();
-    if let Some(p) = &a.termination_message_path {
-        // Best effort: the exit code still tells the truth if this write fails.
-        if let Err(e) = std::fs::write(p, &line) {
-            tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
-        }
-    }
-    if outcome.is_ok() {
-        println!("{line}");
-    }
+    emit(&report.to_line(), outcome.is_ok(), a.termination_message_path.as_deref());
     outcome.map(|_| ()).map_err(anyhow::Error::from)
 }
 
-fn config(message: String) -> Failure {
+/// Writes a command's one-line outcome to the termination message file (when given) and, on
+/// success, to stdout, so callers never parse logs.
+pub fn emit(line: &str, ok: bool, termination: Option<&Path>) {
+    if let Some(p) = termination {
+        // Best effort: the exit code still tells the truth if this write fails.
+        if let Err(e) = std::fs::write(p, line) {
+            tracing::warn!(path = %p.display(), error = %e, "cannot write termination message");
+        }
+    }
+    if ok {
+        println!("{line}");
+    }
+}
+
+pub fn config(message: String) -> Failure {
     Failure { class: Class::Config, error: anyhow::Error::msg(message) }
 }
 
-/// Agents that cannot be reached may come back; agents holding nothing may be filled later;
-/// inconsistent objects stay inconsistent.
-fn source_class(e: &SourceError) -> Class {
-    match e {
-        SourceError::Agent { .. } | SourceError::Runtime(_) => Class::Transient,
-        SourceError::Empty => Class::NoInput,
-        SourceError::Dimensions { .. } => Class::Config,
-    }
-}
-
-/// An input file's I/O error, classified by its kind.
-fn input_error(e: std::io::Error, path: &Path, what: &str) -> Failure {
-    Failure {
-        class: Class::of_read(&e),
-        error: anyhow::Error::new(e).context(format!("reading {what} {}", path.display())),
-    }
-}
-
-fn build(a: &IndexArgs) -> Result<Manifest, Failure> {
-    let start = Instant::now();
+/// Label and namespace must be safe directory names.
+pub fn check_names(a: &IndexArgs) -> Result<(), Failure> {
     if !valid_label(&a.label) {
         return Err(config(format!("label {:?} must be {LABEL_RULE}", a.label)));
     }
     if !valid_label(&a.namespace) {
         return Err(config(format!("namespace {:?} is not a valid directory name", a.namespace)));
     }
+    Ok(())
+}
+
+fn build(a: &IndexArgs) -> Result<Manifest, Failure> {
+    let start = Instant::now();
+    check_names(a)?;
+    tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
+    let src = source::read(&a.source, a.ids.as_deref(), &a.agents_tls)?;
+    build_from(a, src, start)
+}
+
+/// Builds, verifies and publishes a snapshot of `src` (already read) for the label of `a`,
+/// then collects old snapshots and the deltas of snapshots that are gone.
+pub fn build_from(a: &IndexArgs, src: Source, start: Instant) -> Result<Manifest, Failure> {
     let spec = a.descriptor.spec();
     spec.validate().context("descriptor settings").class(Class::Config)?;
     let params = HnswParams { m: a.m, ef_construction: a.ef_construction, ef_search: a.ef_search };
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
-    // `agents://HOST:PORT,...`: the online agents' objects, ids = object ids.
-    let (source_bytes, matrix, agent_ids) = match crate::online::source::agents(&a.source) {
-        Some(agents) => {
-            let dialer = a.agents_tls.dialer().class(Class::Config)?;
-            crate::online::source::read(&agents, &dialer)
-                .map_err(|e| Failure { class: source_class(&e), error: e.into() })
-                .map(|(b, m, ids)| (b, m, Some(ids)))?
-        }
-        None => {
-            let bytes = std::fs::read(&a.source).map_err(|e| input_error(e, &a.source, "source"))?;
-            // The file was just readable: what fails now is its content.
-            (bytes, Matrix::read(&a.source).class(Class::Config)?, None)
-        }
-    };
-    let ids = match (&a.ids, agent_ids) {
-        (_, Some(ids)) => ids,
-        (Some(p), None) => {
-            std::fs::File::open(p).map_err(|e| input_error(e, p, "ids"))?;
-            kim_index::io::read_ids(p, matrix.rows).class(Class::Config)?
-        }
-        (None, None) => (0..matrix.rows).map(|i| i.to_string()).collect(),
-    };
-    let mut digest_input = source_bytes;
-    digest_input.extend(ids.join("\n").bytes());
-    let source_digest = format!("xxh3:{}", snapshot::hash_hex(&digest_input));
-    drop(digest_input);
+    let Source { matrix, ids, digest: source_digest } = src;
     let vectors = VectorStore::from_matrix(&spec, &matrix)
         .with_context(|| format!("source {}", a.source.display()))
         .class(Class::Config)?;
@@ -154,6 +129,7 @@ fn build(a: &IndexArgs) -> Result<Manifest, Failure> {
             anyhow::Ok(store.gc(ns, label, a.keep).await.context("collecting old snapshots")?)
         })
         .class(Class::Transient)?;
+    kim_index::delta::gc(&store.deltas_dir(ns, label)).context("collecting old deltas").class(Class::Transient)?;
     tracing::info!(snapshot = %written.id, vectors = written.vectors, secs = start.elapsed().as_secs_f64(), removed = removed.len(), "snapshot is current");
     Ok(written)
 }

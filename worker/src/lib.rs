@@ -7,6 +7,8 @@ pub mod gen;
 pub mod indexer;
 pub mod matcher;
 pub mod online;
+pub mod refresh;
 pub mod snapshots;
+pub mod source;
 pub mod storage;
 pub mod telemetry;

@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Gen(a) => kim_worker::gen::run(&a),
         Command::Index(a) => kim_worker::indexer::run(&a),
+        Command::Refresh(a) => kim_worker::refresh::run(&a),
         Command::Match(a) => kim_worker::matcher::run(a),
         Command::Clean(a) => kim_worker::indexer::clean(&a),
         Command::Snapshot(c) => kim_worker::snapshots::run(c),

@@ -26,11 +26,21 @@ async fn ready(State(m): State<Arc<Matcher>>) -> impl IntoResponse {
     if m.ready.load(Ordering::SeqCst) && m.reading.load(Ordering::SeqCst) && !m.stopping() {
         let mut body = format!("ready: {}\n", m.label_names().join(","));
         for s in m.label_names().iter().filter_map(|l| m.served(l)) {
+            let l = s.current.load();
+            let t = &l.tail;
+            body += &format!(
+                "{} snapshot={} deltas={} tail={} tombstones={} vectors={}\n",
+                s.label,
+                l.manifest.id,
+                t.deltas(),
+                t.rows(),
+                t.tombstones(),
+                t.live(&l.index)
+            );
             if let Some(bad) = s.rejected() {
-                let serving = &s.current.load().manifest.id;
                 body += &format!(
-                    "{}: CURRENT names {bad}, which failed verification (26308); serving {serving}\n",
-                    s.label
+                    "{}: CURRENT names {bad}, which failed verification (26308); serving {}\n",
+                    s.label, l.manifest.id
                 );
             }
         }

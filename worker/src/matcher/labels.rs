@@ -8,16 +8,18 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use kim_api::ErrorCode;
 use kim_index::snapshot::{self, Manifest, SnapshotError};
+use kim_index::tail::Tail;
 use kim_index::FlatIndex;
 use kim_redis::Conn;
 
 use super::retry::Tries;
 use super::{registry, Matcher};
 
-/// A snapshot in memory.
+/// A snapshot in memory, with the deltas applied to it so far.
 pub struct Loaded {
     pub manifest: Manifest,
-    pub index: FlatIndex,
+    pub index: Arc<FlatIndex>,
+    pub tail: Tail,
 }
 
 /// One label being served.
@@ -147,18 +149,25 @@ async fn load(m: &Matcher, label: &str, id: &str) -> Result<Loaded, SnapshotErro
     let started = Instant::now();
     let sdir = m.store.fetch(&m.args.namespace, label, id).await?;
     let sid = id.to_string();
-    let (manifest, mut index) = tokio::task::spawn_blocking(move || snapshot::load_from(&sdir, &sid))
-        .await
-        .map_err(|e| SnapshotError::Corrupt { id: id.to_string(), reason: format!("loader failed: {e}") })??;
-    if let Some(ef) = m.args.ef_search {
-        index.ef_search = ef as usize;
-    }
-    if manifest.label != label {
-        let reason = format!("snapshot belongs to label {:?}", manifest.label);
-        return Err(SnapshotError::Corrupt { id: id.to_string(), reason });
-    }
-    tracing::info!(label, snapshot = %manifest.id, vectors = manifest.vectors, secs = started.elapsed().as_secs_f64(), "snapshot loaded");
-    Ok(Loaded { manifest, index })
+    let ddir = m.store.deltas_dir(&m.args.namespace, label);
+    let (want, ef_search) = (label.to_string(), m.args.ef_search);
+    let loaded = tokio::task::spawn_blocking(move || {
+        let (manifest, mut index) = snapshot::load_from(&sdir, &sid)?;
+        if let Some(ef) = ef_search {
+            index.ef_search = ef as usize;
+        }
+        if manifest.label != want {
+            let reason = format!("snapshot belongs to label {:?}", manifest.label);
+            return Err(SnapshotError::Corrupt { id: sid, reason });
+        }
+        // The deltas already written for it, so a restart never serves a removed id again.
+        Ok(super::deltas::loaded(&ddir, manifest, index))
+    })
+    .await
+    .map_err(|e| SnapshotError::Corrupt { id: id.to_string(), reason: format!("loader failed: {e}") })??;
+    let (manifest, tail) = (&loaded.manifest, &loaded.tail);
+    tracing::info!(label, snapshot = %manifest.id, vectors = manifest.vectors, deltas = tail.deltas(), tail = tail.rows(), tombstones = tail.tombstones(), secs = started.elapsed().as_secs_f64(), "snapshot loaded");
+    Ok(loaded)
 }
 
 async fn install(
@@ -169,7 +178,7 @@ async fn install(
     loaded: Loaded,
     rejected: Option<String>,
 ) {
-    m.metrics.set_snapshot(label, &loaded.manifest.id, loaded.index.len());
+    m.metrics.set_snapshot(label, &loaded);
     m.metrics.set_ef_search(label, loaded.index.ef_search);
     m.metrics.set_fallback(label, rejected.is_some());
     match existing {

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::Loaded;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     label: String,
@@ -34,6 +36,10 @@ pub struct Metrics {
     rejected: Family<LabelOnly, Counter>,
     fallback: Family<LabelOnly, Gauge>,
     ef_search: Family<LabelOnly, Gauge>,
+    deltas: Family<LabelOnly, Gauge>,
+    tail: Family<LabelOnly, Gauge>,
+    tombstones: Family<LabelOnly, Gauge>,
+    deltas_rejected: Family<LabelOnly, Counter>,
 }
 
 impl Metrics {
@@ -59,7 +65,27 @@ impl Metrics {
             fallback.clone(),
         );
         registry.register("ef_search", "HNSW search beam (efSearch) searches of the label use", ef_search.clone());
-        Metrics { registry, requests, latency, batch, vectors, snapshot, rejected, fallback, ef_search }
+        let (deltas, tail, tombstones) = (Family::default(), Family::default(), Family::default());
+        let deltas_rejected = Family::<LabelOnly, Counter>::default();
+        registry.register("deltas_applied", "Deltas applied on top of the served snapshot", deltas.clone());
+        registry.register("tail_vectors", "Rows added by deltas, scanned exactly beside the graph", tail.clone());
+        registry.register("tombstones", "Rows removed by deltas, filtered out of searches", tombstones.clone());
+        registry.register("deltas_rejected", "Deltas that failed verification", deltas_rejected.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            batch,
+            vectors,
+            snapshot,
+            rejected,
+            fallback,
+            ef_search,
+            deltas,
+            tail,
+            tombstones,
+            deltas_rejected,
+        }
     }
 
     /// `n` requests of `label` answered with `status`.
@@ -75,9 +101,17 @@ impl Metrics {
     pub fn batch(&self, n: usize) {
         self.batch.observe(n as f64);
     }
-    pub fn set_snapshot(&self, label: &str, id: &str, vectors: usize) {
-        self.vectors.get_or_create(&LabelOnly { label: label.into() }).set(vectors as i64);
-        self.snapshot.get_or_create(&SnapshotLabels { label: label.into(), snapshot: id.into() }).set(1);
+    /// What `label` serves now: its snapshot and the deltas applied to it.
+    pub fn set_snapshot(&self, label: &str, l: &Loaded) {
+        let key = LabelOnly { label: label.into() };
+        self.vectors.get_or_create(&key).set(l.tail.live(&l.index) as i64);
+        self.snapshot.get_or_create(&SnapshotLabels { label: label.into(), snapshot: l.manifest.id.clone() }).set(1);
+        self.deltas.get_or_create(&key).set(l.tail.deltas() as i64);
+        self.tail.get_or_create(&key).set(l.tail.rows() as i64);
+        self.tombstones.get_or_create(&key).set(l.tail.tombstones() as i64);
+    }
+    pub fn delta_rejected(&self, label: &str) {
+        self.deltas_rejected.get_or_create(&LabelOnly { label: label.into() }).inc();
     }
     pub fn set_ef_search(&self, label: &str, ef: usize) {
         self.ef_search.get_or_create(&LabelOnly { label: label.into() }).set(ef as i64);

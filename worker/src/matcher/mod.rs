@@ -1,10 +1,12 @@
 //! `kim-worker match`: serves labels from snapshots on shared storage to Redis-stream clients.
 //!
 //! Tasks: a storage watcher (loads new labels, hot-swaps new snapshots, rejects corrupt ones),
+//! a delta watcher (applies the deltas of `kim-worker refresh` to served snapshots),
 //! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
 //! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
 //! (`XAUTOCLAIM` of entries abandoned by dead matchers) and the HTTP endpoints.
 
+mod deltas;
 mod http;
 mod labels;
 mod metrics;
@@ -104,12 +106,14 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     tokio::spawn(signals(stop_tx));
 
     let watcher = tokio::spawn(labels::watch(m.clone(), conn.clone()));
+    let delta_watcher = tokio::spawn(deltas::watch(m.clone(), conn.clone()));
     let heartbeat = tokio::spawn(registry::heartbeat(m.clone(), conn.clone()));
     let claimer = tokio::spawn(serve::claim_loop(m.clone(), conn.clone()));
     serve::read_loop(m.clone(), reader, conn.clone()).await;
     // The reader has finished its last batch; let the claimer finish its own, then leave.
     claimer.await.ok();
     watcher.abort();
+    delta_watcher.abort();
     heartbeat.abort();
     registry::unregister(&m, conn).await;
     m.ready.store(false, Ordering::SeqCst);

@@ -31,9 +31,12 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
             dimensions: d.dimensions,
             encoding: d.encoding.to_string(),
             metric: d.metric.to_string(),
-            vectors: cur.manifest.vectors,
+            vectors: cur.tail.live(&cur.index),
             snapshot: cur.manifest.id.clone(),
             rejected: s.rejected(),
+            deltas: cur.tail.deltas(),
+            tail: cur.tail.rows(),
+            tombstones: cur.tail.tombstones(),
         };
         let key = kim_api::registry_key(&m.args.prefix, &label, &m.id);
         pipe.cmd("SET").arg(key).arg(serde_json::to_string(&info).unwrap()).arg("PX").arg(ttl_ms).ignore();

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kim_api::{ErrorCode, MatchError, MatchRequest, MatchResponse, GROUP};
-use kim_index::flat::Ids;
 use kim_index::vectors::similarity;
 use kim_index::{DecodeError, Hit, Metric};
 use kim_redis::{Backoff, Conn};
@@ -322,15 +321,15 @@ fn triage(m: &Matcher, labels: &mut BatchLabels, e: &Entry, now_ms: u64) -> Work
 
 /// Search hits as the reply's `result`: `[[id, similarity], ...]`, serialised straight from
 /// the index (no `String` per id).
-struct HitsJson<'a> {
+struct HitsJson<'a, F: Fn(u32) -> &'a str> {
     hits: &'a [Hit],
-    ids: &'a Ids,
+    id: F,
     metric: Metric,
 }
 
-impl serde::Serialize for HitsJson<'_> {
+impl<'a, F: Fn(u32) -> &'a str> serde::Serialize for HitsJson<'a, F> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.hits.iter().map(|h| (self.ids.get(h.row as usize), similarity(self.metric, h.distance))))
+        s.collect_seq(self.hits.iter().map(|h| ((self.id)(h.row), similarity(self.metric, h.distance))))
     }
 }
 
@@ -379,8 +378,9 @@ fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
         Err(DecodeError::VersionMissing) => return failed(ErrorCode::ValidationFailed, kim_api::VERSION_NEEDED.into()),
         Err(e) => return failed(ErrorCode::DecodeFailed, e.to_string()),
     };
+    let (index, tail) = (&*loaded.index, &loaded.tail);
     let searched =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loaded.index.search(&q, req.limit as usize, 0)));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tail.search(index, &q, req.limit as usize, 0)));
     let Ok(mut hits) = searched else {
         return failed(ErrorCode::SearchFailed, "internal error during search".to_string());
     };
@@ -390,7 +390,7 @@ fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
         hits.truncate(keep);
     }
     let mut json = Vec::with_capacity(128 + 40 * hits.len());
-    let result = HitsJson { hits: &hits, ids: &loaded.index.ids, metric: spec.metric };
+    let result = HitsJson { hits: &hits, id: |row| tail.id(index, row), metric: spec.metric };
     kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, Some(&result), None);
     Reply {
         entry,
@@ -486,6 +486,7 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kim_index::flat::Ids;
     use redis::streams::StreamReadReply;
     use redis::FromRedisValue;
 
@@ -595,7 +596,7 @@ mod tests {
                 "rid",
                 "1,x",
                 kim_api::STATUS_OK,
-                Some(&HitsJson { hits: &hits, ids: &ids, metric }),
+                Some(&HitsJson { hits: &hits, id: |row| ids.get(row as usize), metric }),
                 None,
             );
             assert_eq!(String::from_utf8(got).unwrap(), want);

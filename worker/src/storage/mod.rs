@@ -92,6 +92,15 @@ impl Store {
         }
     }
 
+    /// The local directory whose `deltas/` holds the label's deltas (see `kim_index::delta`):
+    /// on files, the label directory itself, read and written by `refresh`, `index` and
+    /// matchers alike.
+    pub fn deltas_dir(&self, ns: &str, label: &str) -> PathBuf {
+        match self {
+            Store::Files(f) => f.label_dir(ns, label),
+        }
+    }
+
     /// Stores the complete, verified snapshot in local directory `sdir` as `id` (data files
     /// first, manifest last). A snapshot already stored under that id is left as it is.
     pub async fn put(&self, ns: &str, label: &str, id: &str, sdir: &Path) -> Result<(), StorageError> {

@@ -355,7 +355,9 @@ class MatcherClient:
 
     async def readLabelInfo(self, label: str) -> list[dict[str, Any]]:
         """What each live matcher reports for ``label``: dicts with version, dimensions,
-        encoding, metric, vectors and snapshot (one per matcher)."""
+        encoding, metric, vectors (live rows), snapshot, and the refresh state on top of the
+        snapshot: deltas (applied), tail (rows added) and tombstones (rows removed); one per
+        matcher."""
         out: list[dict[str, Any]] = []
         for key in await self._scan(protocol.registry_pattern(self._prefix, label), first_only=False):
             raw = await self._redis.get(key)
