@@ -123,7 +123,6 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(next_epoch.map_or(requeue, |n| requeue.min(n))))
 }
 
-/// Secrets the spec names that do not exist (matchers and agents cannot start without them).
 /// Matcher containers the kubelet reports as waiting for a reason other than starting.
 async fn matchers_waiting(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<Waiting>> {
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
@@ -146,6 +145,7 @@ async fn matchers_waiting(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result
     Ok(out)
 }
 
+/// Secrets the spec names that do not exist (matchers and agents cannot start without them).
 async fn missing_secrets(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<String>> {
     let r = &mi.spec.redis;
     let mut names: Vec<&str> = Vec::new();

@@ -172,18 +172,24 @@ impl Cluster {
         self.ok("kubectl", args, None)
     }
 
-    /// Waits until kim's CRDs are served. `kubectl wait` fails at once (not after its timeout)
-    /// while a just-created CRD has no status yet, so it is asked again for up to 30 s.
+    /// Waits until kim's CRDs are served and their schemas published. `kubectl wait` fails at
+    /// once (not after its timeout) while a just-created CRD has no status yet, and the OpenAPI
+    /// document `kubectl explain` reads is published a moment after Established, so each is
+    /// asked again for up to 30 s.
     pub fn wait_crds(&self) {
         let args = ["wait", "--for", "condition=Established", "crd/matchingindexes.kim.dev", "crd/indexers.kim.dev"];
+        let waits: [&[&str]; 3] =
+            [&[&args[..], &["--timeout=5s"]].concat(), &["explain", "matchingindex"], &["explain", "indexer"]];
         let t = std::time::Instant::now();
-        loop {
-            let out = self.run("kubectl", &[&args[..], &["--timeout=5s"]].concat(), None);
-            if out.status.success() {
-                return;
+        for w in waits {
+            loop {
+                let out = self.run("kubectl", w, None);
+                if out.status.success() {
+                    break;
+                }
+                assert!(t.elapsed() < std::time::Duration::from_secs(30), "kubectl {w:?}: {}", text(&out));
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            assert!(t.elapsed() < std::time::Duration::from_secs(30), "CRDs not established: {}", text(&out));
-            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
 
