@@ -57,7 +57,7 @@ async fn agents_source_builds_a_snapshot_the_matcher_serves() {
         "--metric",
         "cosine",
         "--threads",
-        "2",
+        "1",
     ]);
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(summary["vectors"], 400, "replicas merged by id: {summary}");
