@@ -10,13 +10,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::{DescriptorSpec, Encoding};
-use crate::snapshot::{hash_hex, FileSum, SnapshotError};
+use crate::snapshot::{hash_hex, io_err, sync_dir, write_synced, FileSum, SnapshotError};
 
 pub const FORMAT: u32 = 1;
 const FILES: [&str; 3] = ["added.txt", "vectors.bin", "removed.txt"];
@@ -66,20 +65,6 @@ pub fn dir(label_dir: &Path, snapshot: &str) -> PathBuf {
 
 fn seq_name(seq: u64) -> String {
     format!("{seq:08}")
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |err| SnapshotError::Io { path: path.to_path_buf(), err }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let mut f = fs::File::create(path).map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
 }
 
 fn lines(ids: &[String]) -> Vec<u8> {

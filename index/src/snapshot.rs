@@ -45,7 +45,7 @@ impl SnapshotError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |err| SnapshotError::Io { path: path.to_path_buf(), err }
 }
 
@@ -316,13 +316,13 @@ pub fn gc(dir: &Path, keep: usize) -> Result<Vec<String>, SnapshotError> {
     Ok(removed)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let mut f = fs::File::create(path).map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(dir))
 }
 
