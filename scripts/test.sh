@@ -9,6 +9,8 @@ timed "dependencies" bash scripts/deps.sh
 # kube-controller-manager, kube-scheduler, kwok and helm (e2e/tests/full.rs) built from their
 # Go modules (cached under $KIM_CACHE/bin; about 8 minutes on a fresh 2-core machine, instant after).
 timed "kubernetes binaries" bash e2e/tools.sh full
+# SeaweedFS, the S3-compatible server of worker/tests/object_storage.rs (about 4 minutes once).
+timed "seaweedfs" bash scripts/seaweedfs.sh
 timed "rust build" cargo build --release --workspace --bins --tests
 
 status=0; failed_tiers=()

@@ -156,9 +156,27 @@ pub struct IndexArgs {
 /// Where snapshots live; shared by every command that reads or writes them.
 #[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
-    /// Storage root: a directory shared by builds and matchers.
+    /// Storage root: a directory shared by builds and matchers, or s3://bucket/prefix
+    /// (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN).
     #[arg(long, env = "KIM_STORAGE")]
     pub storage: String,
+    /// S3 endpoint URL (default: AWS, or AWS_ENDPOINT).
+    #[arg(long, env = "KIM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, env = "KIM_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Allow a plain http:// S3 endpoint.
+    #[arg(long, env = "KIM_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+    /// PEM bundle of CAs trusted for the S3 endpoint, besides the system's.
+    #[arg(long, env = "KIM_S3_CA")]
+    pub s3_ca: Option<PathBuf>,
+    /// Object storage only: the local directory snapshots are downloaded into (matchers,
+    /// snapshot commands) or built in before upload (builds); files whose checksums hold are
+    /// reused, across restarts too (default: $TMPDIR/kim-cache/<bucket>/<prefix>).
+    #[arg(long, env = "KIM_SNAPSHOT_CACHE")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// One label's snapshots on storage.

@@ -120,6 +120,9 @@ fn refresh(a: &RefreshArgs) -> anyhow::Result<serde_json::Value> {
     let ddir = store.deltas_dir(&ia.namespace, &ia.label);
     tracing::info!(label = %ia.label, source = %ia.source.display(), "reading source");
     let src = source::read(&ia.source, ia.ids.as_deref(), &ia.agents_tls)?;
+    if !store.takes_deltas() {
+        return rebuild(a, src, start, "object storage carries no deltas: every refresh rebuilds");
+    }
     let live = match live_state(a, &store, &ddir) {
         Ok(l) => l,
         Err(why) => return rebuild(a, src, start, &why),

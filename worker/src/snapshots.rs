@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::cli::{ExportArgs, ImportArgs, LabelArgs, RollbackArgs, SnapshotCommand};
 use kim_api::build::valid_label as valid_name;
 
+use crate::exit::{Class, Classify};
 use crate::indexer::runtime;
 use crate::storage::Store;
 
@@ -28,7 +29,7 @@ pub fn run(c: SnapshotCommand) -> anyhow::Result<()> {
 fn open(a: &LabelArgs) -> anyhow::Result<Store> {
     anyhow::ensure!(valid_name(&a.label), "label {:?} is not a valid label name", a.label);
     anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
-    Ok(Store::open(&a.storage)?)
+    Ok(Store::open(&a.storage).class(Class::Config)?)
 }
 
 /// Fetches snapshot `id` and verifies it completely (checksums, graph structure, label).

@@ -6,6 +6,7 @@
 //! itself, on object storage a local cache the objects are downloaded into.
 
 mod files;
+mod s3;
 
 use std::path::{Path, PathBuf};
 
@@ -19,17 +20,23 @@ pub enum StorageError {
     Snapshot(#[from] SnapshotError),
     #[error("{0}")]
     Config(String),
+    #[error("object storage: {0}")]
+    Object(String),
 }
 
 /// The storage a command was pointed at.
 pub enum Store {
     Files(files::Files),
+    S3(s3::S3),
 }
 
 impl Store {
     pub fn open(a: &StorageArgs) -> Result<Store, StorageError> {
         if a.storage.is_empty() {
             return Err(StorageError::Config("--storage is empty".into()));
+        }
+        if a.storage.starts_with("s3://") {
+            return Ok(Store::S3(s3::S3::open(&a.storage, a)?));
         }
         Ok(Store::Files(files::Files::new(PathBuf::from(&a.storage))))
     }
@@ -38,6 +45,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::Files(f) => f.root().display().to_string(),
+            Store::S3(s) => s.url().to_string(),
         }
     }
 
@@ -45,6 +53,7 @@ impl Store {
     pub async fn labels(&self, namespace: &str) -> Result<Vec<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(f.labels(namespace)),
+            Store::S3(s) => s.labels(namespace).await,
         }
     }
 
@@ -52,6 +61,7 @@ impl Store {
     pub async fn current(&self, ns: &str, label: &str) -> Result<Option<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::current(&f.label_dir(ns, label))?),
+            Store::S3(s) => s.current(ns, label).await,
         }
     }
 
@@ -59,6 +69,7 @@ impl Store {
     pub async fn pinned(&self, ns: &str, label: &str) -> Result<Option<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::pinned(&f.label_dir(ns, label))?),
+            Store::S3(s) => s.pinned(ns, label).await,
         }
     }
 
@@ -66,6 +77,7 @@ impl Store {
     pub async fn list(&self, ns: &str, label: &str) -> Result<Vec<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::list(&f.label_dir(ns, label))?),
+            Store::S3(s) => s.list(ns, label).await,
         }
     }
 
@@ -73,6 +85,7 @@ impl Store {
     pub async fn manifest(&self, ns: &str, label: &str, id: &str) -> Result<Manifest, SnapshotError> {
         match self {
             Store::Files(f) => snapshot::read_manifest(&f.label_dir(ns, label).join("snapshots").join(id), id),
+            Store::S3(s) => s.manifest(ns, label, id).await,
         }
     }
 
@@ -81,6 +94,7 @@ impl Store {
     pub async fn fetch(&self, ns: &str, label: &str, id: &str) -> Result<PathBuf, SnapshotError> {
         match self {
             Store::Files(f) => Ok(f.label_dir(ns, label).join("snapshots").join(id)),
+            Store::S3(s) => s.fetch(ns, label, id).await,
         }
     }
 
@@ -89,16 +103,24 @@ impl Store {
     pub fn staging(&self, ns: &str, label: &str) -> PathBuf {
         match self {
             Store::Files(f) => f.label_dir(ns, label),
+            Store::S3(s) => s.staging(ns, label),
         }
     }
 
     /// The local directory whose `deltas/` holds the label's deltas (see `kim_index::delta`):
     /// on files, the label directory itself, read and written by `refresh`, `index` and
-    /// matchers alike.
+    /// matchers alike. Object storage carries no deltas (`refresh` refuses it): the label's
+    /// cache directory, where none appear.
     pub fn deltas_dir(&self, ns: &str, label: &str) -> PathBuf {
         match self {
             Store::Files(f) => f.label_dir(ns, label),
+            Store::S3(s) => s.staging(ns, label),
         }
+    }
+
+    /// Whether `refresh` can write deltas here (only on files).
+    pub fn takes_deltas(&self) -> bool {
+        matches!(self, Store::Files(_))
     }
 
     /// Stores the complete, verified snapshot in local directory `sdir` as `id` (data files
@@ -106,6 +128,7 @@ impl Store {
     pub async fn put(&self, ns: &str, label: &str, id: &str, sdir: &Path) -> Result<(), StorageError> {
         match self {
             Store::Files(f) => Ok(f.put(ns, label, id, sdir)?),
+            Store::S3(s) => s.put(ns, label, id, sdir).await,
         }
     }
 
@@ -113,6 +136,7 @@ impl Store {
     pub async fn publish(&self, ns: &str, label: &str, id: &str) -> Result<(), StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::publish(&f.label_dir(ns, label), id)?),
+            Store::S3(s) => s.publish(ns, label, id).await,
         }
     }
 
@@ -120,6 +144,7 @@ impl Store {
     pub async fn pin(&self, ns: &str, label: &str, id: &str) -> Result<(), StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::pin(&f.label_dir(ns, label), id)?),
+            Store::S3(s) => s.pin(ns, label, id).await,
         }
     }
 
@@ -127,6 +152,7 @@ impl Store {
     pub async fn gc(&self, ns: &str, label: &str, keep: usize) -> Result<Vec<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(snapshot::gc(&f.label_dir(ns, label), keep)?),
+            Store::S3(s) => s.gc(ns, label, keep).await,
         }
     }
 
@@ -135,6 +161,7 @@ impl Store {
     pub async fn remove_label(&self, ns: &str, label: &str) -> Result<String, StorageError> {
         match self {
             Store::Files(f) => Ok(f.remove_label(ns, label)?),
+            Store::S3(s) => s.remove_label(ns, label).await,
         }
     }
 }
