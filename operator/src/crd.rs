@@ -30,7 +30,7 @@ const LABEL_KEPT_RULE: &str = "has(self.spec.label) == has(oldSelf.spec.label) |
     group = "kim.dev",
     version = "v1alpha1",
     kind = "Indexer",
-    doc = "A pool that builds index snapshots onto one storage claim, for every MatchingIndex that names it.",
+    doc = "A pool that builds index snapshots onto one storage claim or bucket, for every MatchingIndex that names it.",
     namespaced,
     status = "IndexerStatus",
     shortname = "idx",
@@ -50,7 +50,8 @@ pub struct IndexerSpec {
     #[serde(default = "one")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 64").message("maxConcurrentBuilds must be 1..64"))]
     pub max_concurrent_builds: i32,
-    /// Storage claim the build Jobs write snapshots to and matchers read them from.
+    /// Where build Jobs write snapshots and matchers read them from: a storage claim, or
+    /// S3-compatible object storage.
     pub storage: StorageSpec,
     /// Resources of each build container (default: none set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,10 +72,10 @@ pub struct IndexerSpec {
     pub scheduling: Option<Scheduling>,
 }
 
-/// Where index files live: an existing claim, or one the operator creates.
+/// Where index files live: an existing claim, one the operator creates, or object storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.existingClaim) != has(self.size)").message("set exactly one of storage.existingClaim and storage.size"))]
+#[x_kube(validation = Rule::new("(has(self.existingClaim) ? 1 : 0) + (has(self.size) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1").message("set exactly one of storage.existingClaim, storage.size and storage.s3"))]
 pub struct StorageSpec {
     /// A PersistentVolumeClaim in the Indexer's namespace to use as is (set this or size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +91,43 @@ pub struct StorageSpec {
     /// while matchers on other nodes read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_modes: Vec<String>,
+    /// S3-compatible object storage instead of a claim (set this, existingClaim or size): build
+    /// Jobs upload snapshots, matchers download them into an emptyDir cache. No claim is
+    /// created or mounted, so no ReadWriteMany volume is needed; a MatchingIndex whose source
+    /// is a file then names the claim holding it in source.claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+/// An S3-compatible bucket and how to reach it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket and key prefix, "s3://bucket/prefix"; snapshots live under
+    /// <prefix>/<namespace>/<label>/.
+    pub url: String,
+    /// Endpoint URL of the S3 API, e.g. "https://minio.storage.svc:9000" (default: AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region (default: us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow a plain http:// endpoint (refused otherwise).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Secret in the Indexer's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    /// (and optionally AWS_SESSION_TOKEN), passed to build Jobs, cleanup Jobs and matchers as
+    /// environment variables. Unset: the pods' own AWS environment (e.g. web identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Secret in the Indexer's namespace whose key ca.crt holds the PEM CA certificates
+    /// trusted for the endpoint, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// Size limit of each matcher's and build's emptyDir snapshot cache, e.g. "20Gi" (default:
+    /// none); a matcher needs room for two snapshots of its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size_limit: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -110,10 +148,10 @@ pub struct Scheduling {
 #[serde(rename_all = "camelCase")]
 /// What the Indexer is doing: its claim, and the builds running and waiting.
 pub struct IndexerStatus {
-    /// `Ready`: the storage claim exists.
+    /// `Ready`: the storage claim exists (or object storage is configured).
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// The claim build Jobs and matchers mount.
+    /// The claim build Jobs and matchers mount (none on object storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_claim: Option<String>,
     /// Number of build Jobs running now.
@@ -242,7 +280,8 @@ pub struct DescriptorSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.path) != (has(self.agents) && self.agents)").message("set source.path or source.agents: true"))]
 pub struct SourceSpec {
-    /// Claim holding the file (default: the Indexer's storage claim).
+    /// Claim holding the file (default: the Indexer's storage claim; required when the
+    /// Indexer stores snapshots in object storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
     /// Path inside the claim: .npy, .fvecs or .kimv.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::crd::{IndexerSpec, MatchingIndex};
+use crate::crd::{IndexerSpec, MatchingIndex, S3Storage};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -27,13 +27,46 @@ fn claim_path(field: &str, p: &str) -> Result<(), InvalidSpec> {
 
 pub fn indexer(spec: &IndexerSpec) -> Result<Duration, InvalidSpec> {
     let s = &spec.storage;
-    if s.existing_claim.is_some() == s.size.is_some() {
-        return Err(InvalidSpec("set exactly one of storage.existingClaim and storage.size".into()));
+    if [s.existing_claim.is_some(), s.size.is_some(), s.s3.is_some()].iter().filter(|x| **x).count() != 1 {
+        return Err(InvalidSpec("set exactly one of storage.existingClaim, storage.size and storage.s3".into()));
+    }
+    if let Some(s3) = &s.s3 {
+        object_storage(s3)?;
     }
     if spec.max_concurrent_builds < 1 {
         return Err(InvalidSpec("maxConcurrentBuilds must be at least 1".into()));
     }
     duration("buildTimeout", &spec.build_timeout)
+}
+
+/// The settings the worker would refuse, refused here with the field's name.
+fn object_storage(s3: &S3Storage) -> Result<(), InvalidSpec> {
+    let bucket = s3.url.strip_prefix("s3://").map(|r| r.split('/').next().unwrap_or_default());
+    if bucket.is_none_or(str::is_empty) {
+        return Err(InvalidSpec(format!("storage.s3.url must be s3://bucket[/prefix], got {:?}", s3.url)));
+    }
+    if let Some(e) = &s3.endpoint {
+        match e.split_once("://").map(|(scheme, _)| scheme) {
+            Some("https") => {}
+            Some("http") if s3.allow_http => {}
+            Some("http") => {
+                return Err(InvalidSpec(format!("storage.s3.endpoint {e:?} is plain http: set storage.s3.allowHttp")))
+            }
+            _ => return Err(InvalidSpec(format!("storage.s3.endpoint must be an http(s):// URL, got {e:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Rules between a MatchingIndex and its Indexer: on object storage nothing is mounted at
+/// the storage path, so a file source names its own claim.
+pub fn on_indexer(mi: &MatchingIndex, ix: &IndexerSpec) -> Result<(), InvalidSpec> {
+    if ix.storage.s3.is_some() && mi.spec.source.path.is_some() && mi.spec.source.claim.is_none() {
+        return Err(InvalidSpec(
+            "the Indexer stores snapshots in object storage: set source.claim to the claim holding source.path".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Returns the rebuild interval, if any.

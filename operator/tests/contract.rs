@@ -167,3 +167,33 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
         (Some("agents.example"), None)
     );
 }
+
+#[test]
+fn object_storage_args_parse_with_the_worker() {
+    let (mi, mut ix) = fixtures();
+    ix.spec.storage = serde_json::from_value(json!({"s3": {
+        "url": "s3://snaps/kim", "endpoint": "http://seaweed:8333", "region": "eu-1", "allowHttp": true,
+        "caSecret": "s3-ca",
+    }}))
+    .unwrap();
+    let check = |s: &kim_worker::cli::StorageArgs| {
+        assert_eq!(s.storage, "s3://snaps/kim");
+        assert_eq!((s.s3_endpoint.as_deref(), s.s3_region.as_deref()), (Some("http://seaweed:8333"), Some("eu-1")));
+        assert!(s.s3_allow_http);
+        assert_eq!(s.s3_ca.as_ref().and_then(|p| p.to_str()), Some("/etc/kim/s3-ca/ca.crt"));
+        assert_eq!(s.cache_dir.as_ref().and_then(|p| p.to_str()), Some("/cache"));
+    };
+    let Command::Index(a) = parse(&build::index_args(&mi, &ix)).command else { panic!("not index") };
+    check(&a.storage);
+    assert_eq!(a.source.to_str(), Some("/source/in/base.npy"));
+    let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
+    let dep = build::matcher_deployment(&mi, &ix, &d);
+    let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+    std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
+    let Command::Match(m) = parse(&args).command else { panic!("not match") };
+    check(&m.storage);
+    let job = build::cleanup_job(&mi, &ix, &d);
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+    let Command::Clean(c) = parse(&args).command else { panic!("not clean") };
+    check(&c.storage);
+}

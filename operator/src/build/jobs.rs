@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use super::pod::{self, claim_volume, env, mount};
-use super::{enc, labels, metric, storage_claim, worker_image, Defaults, LABEL_HASH, SOURCE_MOUNT, STORAGE_MOUNT};
+use super::{
+    enc, labels, metric, storage_args, storage_claim, storage_parts, worker_image, Defaults, StorageParts, LABEL_HASH,
+    SOURCE_MOUNT, STORAGE_MOUNT,
+};
 use crate::crd::{Indexer, MatchingIndex};
 
 pub fn job_name(mi: &MatchingIndex, hash: &str) -> String {
@@ -18,18 +21,20 @@ pub fn job_name(mi: &MatchingIndex, hash: &str) -> String {
     format!("{}-build-{}", base.trim_end_matches('-'), hash.get(..10).unwrap_or(hash))
 }
 
-/// Where the source file is mounted, and the separate claim to mount there, if any.
-fn source_mount(mi: &MatchingIndex, storage_claim: &str) -> (&'static str, Option<String>) {
-    match &mi.spec.source.claim {
-        Some(c) if c != storage_claim => (SOURCE_MOUNT, Some(c.clone())),
-        _ => (STORAGE_MOUNT, None),
+/// Where the source file is mounted, and the separate claim to mount there, if any (always
+/// on object storage, where no storage claim is mounted).
+fn source_mount(mi: &MatchingIndex, ix: &Indexer) -> (&'static str, Option<String>) {
+    match (&mi.spec.source.claim, storage_claim(ix)) {
+        (Some(c), Some(storage)) if *c == storage => (STORAGE_MOUNT, None),
+        (Some(c), _) => (SOURCE_MOUNT, Some(c.clone())),
+        (None, _) => (STORAGE_MOUNT, None),
     }
 }
 
 /// `kim-worker index` arguments for a MatchingIndex (checked against the worker's parser in tests).
 pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     let s = &mi.spec;
-    let (src_root, _) = source_mount(mi, &storage_claim(ix));
+    let (src_root, _) = source_mount(mi, ix);
     let source = match &s.source.path {
         Some(p) => format!("{src_root}/{p}"),
         None => crate::online::agents_source(mi),
@@ -40,8 +45,6 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
         &mi.label(),
         "--namespace",
         &mi.namespace().unwrap_or_default(),
-        "--storage",
-        STORAGE_MOUNT,
         "--source",
         &source,
         "--version",
@@ -66,6 +69,7 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     .iter()
     .map(|x| x.to_string())
     .collect();
+    a.extend(storage_args(ix));
     if let Some(ids) = &s.source.ids_path {
         a.extend(["--ids".into(), format!("{src_root}/{ids}")]);
     }
@@ -77,10 +81,8 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
 
 /// The Job that builds one snapshot.
 pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i64, d: &Defaults) -> Job {
-    let claim = storage_claim(ix);
-    let (_, source_claim) = source_mount(mi, &claim);
-    let mut volumes = vec![claim_volume("storage", &claim, false)];
-    let mut mounts = vec![mount("storage", STORAGE_MOUNT, false)];
+    let (_, source_claim) = source_mount(mi, ix);
+    let StorageParts { mut volumes, mut mounts, env: storage_env } = storage_parts(ix, false);
     if let Some(c) = source_claim {
         volumes.push(claim_volume("source", &c, true));
         mounts.push(mount("source", SOURCE_MOUNT, true));
@@ -97,7 +99,7 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
         image: Some(worker_image(ix, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
         args: Some(index_args(mi, ix)),
-        env: Some(vec![env("KIM_LOG_FORMAT", "json")]),
+        env: Some([vec![env("KIM_LOG_FORMAT", "json")], storage_env].concat()),
         resources: ix.spec.build_resources.clone(),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -152,25 +154,22 @@ fn fail_fast() -> PodFailurePolicy {
 pub fn cleanup_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Job {
     let lbl = labels(mi, "cleanup");
     let name: String = format!("{}-cleanup", mi.name_any().chars().take(50).collect::<String>());
-    let args = [
-        "clean",
-        "--storage",
-        STORAGE_MOUNT,
-        "--namespace",
-        &mi.namespace().unwrap_or_default(),
-        "--label",
-        &mi.label(),
-    ];
+    let mut args: Vec<String> = ["clean", "--namespace", &mi.namespace().unwrap_or_default(), "--label", &mi.label()]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    args.extend(storage_args(ix));
+    let StorageParts { volumes, mounts, env } = storage_parts(ix, false);
     let container = Container {
         name: "cleanup".into(),
         image: Some(worker_image(ix, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(args.iter().map(|x| x.to_string()).collect()),
-        volume_mounts: Some(vec![mount("storage", STORAGE_MOUNT, false)]),
+        args: Some(args),
+        env: (!env.is_empty()).then_some(env),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let mut pod =
-        pod::pod(container, vec![claim_volume("storage", &storage_claim(ix), false)], ix.spec.scheduling.as_ref());
+    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
     pod.restart_policy = Some("Never".into());
     Job {
         metadata: pod::meta(name, mi.namespace(), &lbl, None),

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::pod::{self, claim_volume, env, env_from_field, env_from_secret, http_probe, mount, secret_volume};
-use super::{labels, selector_labels, storage_claim, worker_image, Defaults, MATCHER_PORT, STORAGE_MOUNT};
+use super::pod::{self, env, env_from_field, env_from_secret, http_probe, mount, secret_volume};
+use super::{labels, selector_labels, storage_args, storage_parts, worker_image, Defaults, StorageParts, MATCHER_PORT};
 use crate::crd::{Indexer, MatchingIndex};
 
 /// Where a matcher finds the Redis TLS Secret.
@@ -20,12 +20,10 @@ fn name(mi: &MatchingIndex) -> String {
     format!("{}-matcher", mi.name_any())
 }
 
-/// `kim-worker match` arguments for a MatchingIndex.
-pub fn match_args(mi: &MatchingIndex) -> Vec<String> {
+/// `kim-worker match` arguments for a MatchingIndex on its Indexer's storage.
+pub fn match_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     let mut a: Vec<String> = [
         "match",
-        "--storage",
-        STORAGE_MOUNT,
         "--namespace",
         &mi.namespace().unwrap_or_default(),
         "--label",
@@ -38,6 +36,7 @@ pub fn match_args(mi: &MatchingIndex) -> Vec<String> {
     .iter()
     .map(|x| x.to_string())
     .collect();
+    a.extend(storage_args(ix));
     if let Some(p) = &mi.spec.redis.key_prefix {
         a.extend(["--prefix".into(), p.clone()]);
     }
@@ -80,8 +79,8 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
     let mut env_vars =
         vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
     env_vars.extend(redis_secret_env(mi));
-    let mut volumes = vec![claim_volume("storage", &storage_claim(ix), true)];
-    let mut mounts = vec![mount("storage", STORAGE_MOUNT, true)];
+    let StorageParts { mut volumes, mut mounts, env: storage_env } = storage_parts(ix, true);
+    env_vars.extend(storage_env);
     if let Some(t) = &mi.spec.redis.tls {
         volumes.push(secret_volume("redis-tls", &t.secret_name));
         mounts.push(mount("redis-tls", REDIS_TLS_MOUNT, true));
@@ -90,7 +89,7 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
         name: "matcher".into(),
         image: Some(worker_image(ix, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(match_args(mi)),
+        args: Some(match_args(mi, ix)),
         env: Some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),

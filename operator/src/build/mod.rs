@@ -5,22 +5,24 @@
 mod jobs;
 mod matcher;
 pub mod pod;
+mod storage;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, VolumeResourceRequirements,
-};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
 pub use self::matcher::{match_args, matcher_deployment, matcher_pdb, REDIS_TLS_MOUNT};
+pub use self::storage::{
+    indexer_pvc, object_storage, storage_args, storage_claim, storage_parts, storage_place, StorageParts, CACHE_MOUNT,
+    S3_CA_MOUNT,
+};
 use crate::crd::{Encoding, HnswSpec, Indexer, MatchingIndex, Metric, REBUILD_ANNOTATION};
 
 pub const MANAGER: &str = "kim-operator";
@@ -59,32 +61,6 @@ pub fn selector_labels(mi: &MatchingIndex, component: &str) -> BTreeMap<String, 
 /// Label selector of every child the operator made for the MatchingIndex `name`.
 pub fn children_selector(name: &str) -> String {
     format!("{LABEL_MI}={name},{LABEL_MANAGED_BY}={MANAGER}")
-}
-
-/// Name of the claim an Indexer stores snapshots on.
-pub fn storage_claim(ix: &Indexer) -> String {
-    ix.spec.storage.existing_claim.clone().unwrap_or_else(|| format!("{}-storage", ix.name_any()))
-}
-
-/// The claim the operator creates for an Indexer, if it creates one.
-pub fn indexer_pvc(ix: &Indexer) -> Option<PersistentVolumeClaim> {
-    let s = &ix.spec.storage;
-    let size = s.size.as_ref()?;
-    let modes = if s.access_modes.is_empty() { vec!["ReadWriteMany".to_string()] } else { s.access_modes.clone() };
-    let lbl = BTreeMap::from([(LABEL_MANAGED_BY.into(), MANAGER.into()), (LABEL_INDEXER.into(), ix.name_any())]);
-    Some(PersistentVolumeClaim {
-        metadata: pod::meta(storage_claim(ix), ix.namespace(), &lbl, Some(pod::owner_ref(ix))),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(modes),
-            storage_class_name: s.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.clone()))])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
 }
 
 pub(crate) fn enc(e: Encoding) -> &'static str {

@@ -164,7 +164,7 @@ fn pvc_only_when_sized() {
     let mut existing = ix();
     existing.spec.storage = StorageSpec { existing_claim: Some("mine".into()), ..Default::default() };
     assert!(indexer_pvc(&existing).is_none());
-    assert_eq!(storage_claim(&existing), "mine");
+    assert_eq!(storage_claim(&existing).as_deref(), Some("mine"));
 }
 
 #[test]
@@ -185,6 +185,35 @@ fn validation_messages() {
     let mut i = ix();
     i.spec.build_timeout = "0s".into();
     assert!(validate::indexer(&i.spec).is_err());
+}
+
+#[test]
+fn object_storage_validation_messages() {
+    use crate::validate;
+    let with = |s3: serde_json::Value| {
+        let mut i = ix();
+        i.spec.storage = serde_json::from_value(json!({"s3": s3})).unwrap();
+        validate::indexer(&i.spec).map(|_| ()).map_err(|e| e.0)
+    };
+    assert_eq!(with(json!({"url": "s3://b/p", "endpoint": "https://s3:9000"})), Ok(()));
+    assert_eq!(with(json!({"url": "s3://b", "endpoint": "http://s3:9000", "allowHttp": true})), Ok(()));
+    assert!(with(json!({"url": "b/p"})).unwrap_err().contains("s3://bucket[/prefix]"));
+    assert!(with(json!({"url": "s3:///p"})).unwrap_err().contains("s3://bucket[/prefix]"));
+    let e = with(json!({"url": "s3://b", "endpoint": "http://s3:9000"})).unwrap_err();
+    assert!(e.contains("set storage.s3.allowHttp"), "{e}");
+    assert!(with(json!({"url": "s3://b", "endpoint": "s3:9000"})).unwrap_err().contains("http(s)://"));
+    let mut both = ix();
+    both.spec.storage.s3 = Some(S3Storage { url: "s3://b".into(), ..Default::default() });
+    assert!(validate::indexer(&both.spec).unwrap_err().0.contains("exactly one of"));
+    // A file source on object storage names its claim.
+    let mut i = ix();
+    i.spec.storage =
+        StorageSpec { s3: Some(S3Storage { url: "s3://b".into(), ..Default::default() }), ..Default::default() };
+    let mut m = mi("faces");
+    assert!(validate::on_indexer(&m, &i.spec).unwrap_err().0.contains("source.claim"));
+    m.spec.source.claim = Some("uploads".into());
+    assert_eq!(validate::on_indexer(&m, &i.spec), Ok(()));
+    assert_eq!(validate::on_indexer(&mi("faces"), &ix().spec), Ok(()));
 }
 
 #[test]

@@ -194,7 +194,7 @@ async fn agent_claims(
 }
 
 enum Files {
-    /// Where they were: `<namespace>/<label> on claim <claim>`.
+    /// Where they were: `<namespace>/<label> on claim <claim>` (or `on s3://…`).
     Removed(String),
     Running(String),
     NotRemoved(String),
@@ -210,10 +210,11 @@ async fn indexer(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Option<I
 
 /// Where the label's files are, for the Event.
 async fn files_place(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<String> {
-    let claim = indexer(mi, ctx, ns)
-        .await?
-        .map_or_else(|| format!("of Indexer {} (gone)", mi.spec.indexer_ref.name), |ix| build::storage_claim(&ix));
-    Ok(format!("{ns}/{} on claim {claim}", mi.label()))
+    let place = indexer(mi, ctx, ns).await?.map_or_else(
+        || format!("claim of Indexer {} (gone)", mi.spec.indexer_ref.name),
+        |ix| build::storage_place(&ix),
+    );
+    Ok(format!("{ns}/{} on {place}", mi.label()))
 }
 
 /// Runs the cleanup Job; it stays until the whole cleanup is done, so a later pass sees its
@@ -232,8 +233,8 @@ async fn clean_files(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<File
             // A namespace being deleted accepts no new objects; its claims go with it.
             Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
                 return Ok(Files::NotRemoved(format!(
-                    "namespace {ns} is being deleted, so no cleanup Job can run on claim {}",
-                    build::storage_claim(&ix)
+                    "namespace {ns} is being deleted, so no cleanup Job can run on {}",
+                    build::storage_place(&ix)
                 )));
             }
             Err(source) => return Err(Error::Apply { kind: "Job".into(), name, source }),
@@ -241,7 +242,7 @@ async fn clean_files(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<File
     };
     Ok(match jobs::state(&current) {
         JobState::Running => Files::Running(name),
-        JobState::Succeeded => Files::Removed(format!("{ns}/{} on claim {}", mi.label(), build::storage_claim(&ix))),
+        JobState::Succeeded => Files::Removed(format!("{ns}/{} on {}", mi.label(), build::storage_place(&ix))),
         JobState::Failed(why) => Files::NotRemoved(format!("cleanup Job {name} failed ({why})")),
     })
 }

@@ -47,8 +47,12 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
                     source,
                 })?;
             }
-            st.storage_claim = Some(build::storage_claim(&ix));
-            status::set(&mut st.conditions, "Ready", true, "Ready", "storage claim in place", gen);
+            st.storage_claim = build::storage_claim(&ix);
+            let ready = match build::object_storage(&ix) {
+                Some(s3) => format!("object storage {}", s3.url),
+                None => "storage claim in place".to_string(),
+            };
+            status::set(&mut st.conditions, "Ready", true, "Ready", ready, gen);
         }
     }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);

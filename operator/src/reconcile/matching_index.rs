@@ -66,7 +66,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         .get_opt(ix_name)
         .await
         .map_err(Error::reading(format!("Indexer {ns}/{ix_name}")))?;
-    let missing_secrets = missing_secrets(&ctx, &ns, &mi).await?;
+    let missing_secrets = missing_secrets(&ctx, &ns, &mi, ix.as_ref()).await?;
 
     // validate
     let checked = validate::matching_index(&mi).map_err(|e| Blocked::InvalidSpec(e.0)).and_then(|interval| {
@@ -74,6 +74,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
             ix.ok_or_else(|| Blocked::IndexerNotFound(format!("Indexer {ix_name:?} not found in namespace {ns:?}")))?;
         let deadline =
             validate::indexer(&ix.spec).map_err(|e| Blocked::IndexerInvalid(format!("Indexer {ix_name:?}: {e}")))?;
+        validate::on_indexer(&mi, &ix.spec).map_err(|e| Blocked::InvalidSpec(e.0))?;
         Ok((interval, ix, deadline))
     });
     let (interval, ix, deadline) = match checked {
@@ -145,10 +146,15 @@ async fn matchers_waiting(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result
     Ok(out)
 }
 
-/// Secrets the spec names that do not exist (matchers and agents cannot start without them).
-async fn missing_secrets(ctx: &Context, ns: &str, mi: &MatchingIndex) -> Result<Vec<String>> {
+/// Secrets the spec (and its Indexer's object storage) names that do not exist (matchers and
+/// agents cannot start without them).
+async fn missing_secrets(ctx: &Context, ns: &str, mi: &MatchingIndex, ix: Option<&Indexer>) -> Result<Vec<String>> {
     let r = &mi.spec.redis;
     let mut names: Vec<&str> = Vec::new();
+    if let Some(s3) = ix.and_then(build::object_storage) {
+        names.extend(s3.credentials_secret.as_deref());
+        names.extend(s3.ca_secret.as_deref());
+    }
     names.extend(r.secret_ref.as_ref().map(|s| s.name.as_str()));
     names.extend(r.auth.as_ref().map(|a| a.secret_name.as_str()));
     names.extend(r.tls.as_ref().map(|t| t.secret_name.as_str()));

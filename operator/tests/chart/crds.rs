@@ -1,5 +1,6 @@
 //! The chart's CRDs on a real kube-apiserver: `kubectl explain` documents the fields, the label
-//! cannot be renamed, and `kubectl scale` drives the matcher replicas.
+//! cannot be renamed, `kubectl scale` drives the matcher replicas, and an Indexer names exactly
+//! one storage.
 
 use serde_json::json;
 
@@ -114,4 +115,24 @@ fn kubectl_scale_sets_matcher_replicas() {
     assert!(!out.status.success() && text(&out).contains("matcher.replicas must be 0..1000"), "{}", text(&out));
     c.kubectl(&["scale", "mi", "faces", "-n", "api", "--replicas=0"]);
     assert_eq!(c.get(&["mi", "faces", "-n", "api"]).unwrap()["spec"]["matcher"]["replicas"], 0);
+}
+
+#[test]
+fn indexer_storage_is_exactly_one_of_claim_size_and_bucket() {
+    let c = crds_up();
+    let ix = |name: &str, storage: &str| {
+        format!("apiVersion: kim.dev/v1alpha1\nkind: Indexer\nmetadata: {{name: {name}, namespace: api}}\nspec:\n  storage: {storage}\n")
+    };
+    let bucket = r#"{s3: {url: "s3://snaps/kim", endpoint: "https://s3.example:9000", credentialsSecret: creds}}"#;
+    c.ok("kubectl", &["apply", "-f", "-"], Some(&ix("bucket", bucket)));
+    let got = c.get(&["idx", "bucket", "-n", "api"]).unwrap();
+    assert_eq!(got["spec"]["storage"]["s3"]["allowHttp"], json!(false), "{got}");
+    for (name, storage) in [("both", r#"{size: 1Gi, s3: {url: "s3://snaps/kim"}}"#), ("none", "{}")] {
+        let out = c.run("kubectl", &["apply", "-f", "-"], Some(&ix(name, storage)));
+        assert!(!out.status.success(), "{name} was accepted");
+        let t = text(&out);
+        assert!(t.contains("set exactly one of storage.existingClaim, storage.size and storage.s3"), "{name}: {t}");
+    }
+    let explain = c.kubectl(&["explain", "indexer.spec.storage.s3.credentialsSecret"]);
+    assert!(explain.contains("AWS_SECRET_ACCESS_KEY"), "{explain}");
 }

@@ -3,6 +3,7 @@
 //! the finalizer's cleanup and the sweep of children no longer desired. No cluster needed.
 
 mod fake;
+mod object_storage;
 
 use std::sync::Arc;
 use std::time::Duration;
