@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Annotation whose value change triggers a rebuild of a MatchingIndex.
 pub const REBUILD_ANNOTATION: &str = "kim.dev/rebuild";
+/// Annotation naming a snapshot id to roll the label back to (see `kim-worker snapshot list`).
+pub const ROLLBACK_ANNOTATION: &str = "kim.dev/rollback-to";
 
 /// The API server's answer to a change of the served label.
 const LABEL_IMMUTABLE: &str = "spec.label is immutable (it names the Redis stream and the index files): \
@@ -507,6 +509,24 @@ pub struct MatchingIndexStatus {
     /// HorizontalPodAutoscaler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matcher_selector: Option<String>,
+    /// The rollback the kim.dev/rollback-to annotation asked for, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The snapshot id the annotation names.
+    pub to: String,
+    /// The Job running `kim-worker snapshot rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Running, Succeeded or Failed.
+    pub state: String,
+    /// What happened, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]

@@ -197,3 +197,18 @@ fn object_storage_args_parse_with_the_worker() {
     let Command::Clean(c) = parse(&args).command else { panic!("not clean") };
     check(&c.storage);
 }
+
+#[test]
+fn rollback_args_parse_with_the_worker() {
+    let (mi, ix) = fixtures();
+    let args = build::rollback_args(&mi, &ix, "20261122t104825896z-688392");
+    let Command::Snapshot(kim_worker::cli::SnapshotCommand::Rollback(r)) = parse(&args).command else {
+        panic!("not snapshot rollback")
+    };
+    assert_eq!(
+        (r.to.as_str(), r.target.label.as_str(), r.target.namespace.as_str()),
+        ("20261122t104825896z-688392", "watch-list.v2", "team-a")
+    );
+    assert_eq!(r.target.storage.storage, "/storage");
+    assert_eq!(r.termination_message_path.unwrap().to_str(), Some("/dev/termination-log"));
+}

@@ -230,6 +230,9 @@ pub struct RollbackArgs {
     /// Snapshot id to make live (see `snapshot list`).
     #[arg(long, env = "KIM_TO")]
     pub to: String,
+    /// Also write the one-line JSON outcome (or error) here, for Kubernetes.
+    #[arg(long, env = "KIM_TERMINATION_MESSAGE_PATH")]
+    pub termination_message_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,15 @@ pub fn run(c: SnapshotCommand) -> anyhow::Result<()> {
     let rt = runtime()?;
     let line = match c {
         SnapshotCommand::List(a) => rt.block_on(list(&a))?,
-        SnapshotCommand::Rollback(a) => rt.block_on(rollback(&a))?,
+        SnapshotCommand::Rollback(a) => {
+            let outcome = rt.block_on(rollback(&a));
+            let line = match &outcome {
+                Ok(v) => v.to_string(),
+                Err(e) => json!({"error": format!("{e:#}")}).to_string(),
+            };
+            crate::indexer::emit(&line, outcome.is_ok(), a.termination_message_path.as_deref());
+            return outcome.map(|_| ());
+        }
         SnapshotCommand::Export(a) => rt.block_on(export(&a))?,
         SnapshotCommand::Import(a) => rt.block_on(import(&a))?,
     };
@@ -80,12 +88,14 @@ async fn rollback(a: &RollbackArgs) -> anyhow::Result<serde_json::Value> {
         "label {label} has no snapshot {:?} (see `kim-worker snapshot list`)",
         a.to
     );
-    verified(&store, t, &a.to).await?;
+    let (_, m) = verified(&store, t, &a.to).await?;
     store.pin(ns, label, &a.to).await?;
     anyhow::ensure!(listed(store.list(ns, label).await?), "snapshot {} was removed while rolling back", a.to);
     store.publish(ns, label, &a.to).await?;
     tracing::info!(label, from = ?from, to = %a.to, "rolled back");
-    Ok(json!({"namespace": ns, "label": label, "from": from, "to": a.to}))
+    Ok(
+        json!({"namespace": ns, "label": label, "from": from, "to": a.to, "vectors": m.vectors, "createdAt": m.created_at}),
+    )
 }
 
 async fn export(a: &ExportArgs) -> anyhow::Result<serde_json::Value> {

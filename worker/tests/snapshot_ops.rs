@@ -112,6 +112,7 @@ async fn rollback_under_load_fails_no_request_and_gc_keeps_the_target() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let out = snap(&["rollback", "--to", &first], &f.storage);
     assert_eq!((out["from"].as_str(), out["to"].as_str()), (Some(second.as_str()), Some(first.as_str())));
+    assert_eq!(out["vectors"].as_u64(), Some(f.lines("ids.txt").len() as u64), "{out}");
     let (answered, after, failed) = load.await.unwrap();
     assert!(failed.is_empty(), "{} of {answered} failed, first {:?}", failed.len(), failed.first());
     assert!(after >= 400, "{answered} answered, {after} after the rollback was served");
@@ -137,8 +138,13 @@ async fn rollback_under_load_fails_no_request_and_gc_keeps_the_target() {
     let mut b = std::fs::read(&vb).unwrap();
     b[100] ^= 1;
     std::fs::write(&vb, b).unwrap();
-    let err = snap_fails(&["rollback", "--to", &first], &f.storage);
+    let report = f.path().join("termination-log");
+    let err =
+        snap_fails(&["rollback", "--to", &first, "--termination-message-path", report.to_str().unwrap()], &f.storage);
     assert!(err.contains("corrupt") && err.contains("vectors.bin"), "{err}");
+    // The operator reads why from the termination message.
+    let written = json(&std::fs::read_to_string(&report).unwrap());
+    assert!(written["error"].as_str().unwrap().contains("vectors.bin"), "{written}");
     assert_eq!(snap(&["list"], &f.storage)["current"].as_str(), Some(fourth.as_str()));
     let err = worker_fails(&["snapshot", "list", "--storage", f.storage.to_str().unwrap(), "--label", "a/b"]);
     assert!(err.contains("label"), "{err}");

@@ -5,6 +5,7 @@
 mod jobs;
 mod matcher;
 pub mod pod;
+mod rollback;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use kube::ResourceExt;
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
 pub use self::matcher::{match_args, matcher_deployment, matcher_pdb, REDIS_TLS_MOUNT};
+pub use self::rollback::{rollback_args, rollback_job, rollback_job_name};
 pub use self::storage::{
     indexer_pvc, object_storage, storage_args, storage_claim, storage_parts, storage_place, StorageParts, CACHE_MOUNT,
     S3_CA_MOUNT,

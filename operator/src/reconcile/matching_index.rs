@@ -93,6 +93,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let (epoch, next_epoch) = interval_epoch(&mi, interval);
     let hash = build::build_hash(&mi, epoch);
     let build = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st).await?;
+    super::rollback::step(&mi, &ix, &ctx, &mut st).await?;
 
     // desired children, applied; the rest of this object's children deleted
     let want = build::children(&mi, &ix, &ctx.defaults, st.current_snapshot.is_some());

@@ -10,6 +10,7 @@ pub mod finalizer;
 pub mod indexer;
 pub mod jobs;
 pub mod matching_index;
+pub mod rollback;
 #[cfg(test)]
 mod tests;
 

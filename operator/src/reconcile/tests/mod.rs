@@ -4,6 +4,7 @@
 
 mod fake;
 mod object_storage;
+mod rollback;
 
 use std::sync::Arc;
 use std::time::Duration;
