@@ -32,12 +32,12 @@ pub struct BuildArgs {
     /// Integer encodings: real value = (stored − zero point) · scale.
     #[arg(long)]
     pub scale: Option<f32>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = HnswParams::default().m)]
     pub m: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
     pub ef_construction: usize,
     /// Beam width stored as the snapshot's default.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = HnswParams::default().ef_search)]
     pub ef_search: usize,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

@@ -19,7 +19,8 @@ use kim_index::{snapshot, HnswParams};
 use serde_json::{json, Value};
 
 use crate::index::{measure_qps, read_queries, read_truth, recalls, write_snapshot, NAMESPACE};
-use crate::sys::{cpu_seconds, free_port, http_get, latency_summary, self_cpu_seconds, wait_until, Proc};
+use crate::sys::{cpu_seconds, latency_summary, self_cpu_seconds};
+use kim_testkit::{http_get, poll_until, try_free_port, Proc};
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
@@ -133,8 +134,8 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
 
     let logs = a.work.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let port = free_port()?;
-    let mut redis = Proc::spawn(
+    let port = try_free_port()?;
+    let mut redis = Proc::try_spawn(
         "redis",
         Command::new(&a.redis_server).args([
             "--port",
@@ -151,7 +152,7 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
         &logs,
     )?;
     ensure!(
-        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        poll_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
         "redis-server did not start (see {})",
         logs.display()
     );
@@ -166,7 +167,7 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
         let mut matchers = Vec::new();
         let mut ports = Vec::new();
         for i in 0..s.matchers {
-            let http = free_port()?;
+            let http = try_free_port()?;
             let mut cmd = Command::new(&worker);
             cmd.args(["match", "--storage", path_str(&storage)?, "--redis", &url, "--label", &a.label])
                 .args([
@@ -178,11 +179,11 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
                     &format!("bench-{n}-{i}"),
                 ])
                 .env("KIM_LOG", "warn");
-            matchers.push(Proc::spawn(&format!("matcher-{label}-{i}"), &mut cmd, &logs)?);
+            matchers.push(Proc::try_spawn(&format!("matcher-{label}-{i}"), &mut cmd, &logs)?);
             ports.push(http);
         }
         for (m, p) in matchers.iter_mut().zip(&ports) {
-            let ready = wait_until(Duration::from_secs(60), || matches!(http_get(*p, "/readyz"), Some((200, _))));
+            let ready = poll_until(Duration::from_secs(60), || matches!(http_get(*p, "/readyz"), Some((200, _))));
             if !ready {
                 let alive = m.alive();
                 bail!("matcher {} not ready after 60 s (alive: {alive}; see {})", m.name, logs.display());

@@ -1,9 +1,5 @@
 //! Process measurements from /proc (Linux): resident memory and CPU time, plus latency stats.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 /// Resident set size of this process in bytes (VmRSS), 0 if /proc is unavailable.
 pub fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -68,84 +64,4 @@ pub fn latency_summary(mut us: Vec<f64>) -> serde_json::Value {
         "mean_us": mean,
         "max_us": us.last().copied().unwrap_or(f64::NAN),
     })
-}
-
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped; output goes to a log.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> anyhow::Result<Proc> {
-        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let child = cmd
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {name} ({:?}): {e}", cmd.get_program()))?;
-        Ok(Proc { child, name: name.to_string() })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL.
-    pub fn stop(&mut self, grace: Duration) {
-        if !self.alive() {
-            return;
-        }
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let t = Instant::now();
-        while t.elapsed() < grace {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
-    }
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Minimal HTTP/1.0 GET on loopback: (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Some((status, body))
-}
-
-/// Polls `f` every 25 ms until it is true or `limit` passes.
-pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
 }

@@ -9,12 +9,13 @@
 //! every binary before the tests; by hand: `cargo build --release -p kim-worker -p kim-operator`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kim_e2e::node::{Config, Harness, Image};
+use kim_testkit::{cache, repo, tool, Cluster, Profile, Redis};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
@@ -22,20 +23,6 @@ const NS: &str = "kim";
 const NODE: &str = "kim-harness-0";
 const LABEL: &str = "faces";
 const VERSION: u32 = 59;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn kim_cache() -> PathBuf {
-    std::env::var("KIM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kim"))
-}
-
-fn kim_bin() -> PathBuf {
-    std::env::var("KIM_BIN").map(PathBuf::from).unwrap_or_else(|_| kim_cache().join("bin"))
-}
 
 /// `target/<profile>`: this test binary lives in its `deps/`.
 fn profile_dir() -> PathBuf {
@@ -46,112 +33,24 @@ fn log(t0: Instant, what: &str) {
     eprintln!("[full {:>6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
+/// The full control plane, with the audit log recording every request of the operator's
+/// ServiceAccount (metadata only), for the RBAC check.
+fn cluster_up() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("audit-policy.yaml");
+    let sa = format!("system:serviceaccount:{NS}:kim-operator");
+    std::fs::write(&policy, format!("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"{sa}\"]\n- level: None\n")).unwrap();
+    Cluster::up_with(Profile::Full, dir, &[("KIM_AUDIT_POLICY", &policy)])
 }
 
-impl Cluster {
-    fn up(dir: tempfile::TempDir) -> Cluster {
-        let tools = Command::new("bash").arg(repo().join("e2e/tools.sh")).arg("full").output().unwrap();
-        assert!(tools.status.success(), "e2e/tools.sh full: {}", String::from_utf8_lossy(&tools.stderr));
-        let c = Cluster { dir };
-        // Metadata of every request the operator's ServiceAccount makes, for the RBAC check.
-        let policy = c.dir.path().join("audit-policy.yaml");
-        let sa = format!("system:serviceaccount:{NS}:kim-operator");
-        std::fs::write(&policy, format!("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"{sa}\"]\n- level: None\n")).unwrap();
-        let out = Command::new("bash")
-            .arg(repo().join("e2e/cluster.sh"))
-            .args(["up", "full"])
-            .env("KIM_CLUSTER_DIR", c.cluster_dir())
-            .env("KIM_AUDIT_POLICY", &policy)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cluster up full: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        c
-    }
-    fn cluster_dir(&self) -> PathBuf {
-        self.dir.path().join("cluster")
-    }
-    fn kubeconfig(&self) -> PathBuf {
-        self.cluster_dir().join("kubeconfig")
-    }
-    fn run(&self, tool: &str, args: &[&str]) -> Output {
-        Command::new(kim_bin().join(tool))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .env("HELM_CACHE_HOME", self.dir.path().join("helm/cache"))
-            .env("HELM_CONFIG_HOME", self.dir.path().join("helm/config"))
-            .env("HELM_DATA_HOME", self.dir.path().join("helm/data"))
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, tool: &str, args: &[&str]) -> String {
-        let out = self.run(tool, args);
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.ok("kubectl", args)
-    }
-    async fn client(&self) -> (Client, String, String) {
-        let kc = Kubeconfig::read_from(self.kubeconfig()).unwrap();
-        let cluster = kc.clusters[0].cluster.clone().unwrap();
-        let server = cluster.server.clone().unwrap();
-        let ca = cluster.certificate_authority_data.clone().unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
-        (Client::try_from(cfg).unwrap(), server, ca)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("e2e/cluster.sh"))
-            .arg("down")
-            .env("KIM_CLUSTER_DIR", self.cluster_dir())
-            .output();
-    }
-}
-
-struct Redis(Child, u16);
-
-impl Redis {
-    fn start(dir: &Path) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/deps.sh installs it)");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Redis(child, port)
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A client with the admin kubeconfig, plus the server URL and CA the harness hands to pods.
+async fn client(c: &Cluster) -> (Client, String, String) {
+    let kc = Kubeconfig::read_from(&c.kubeconfig).unwrap();
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    let server = cluster.server.clone().unwrap();
+    let ca = cluster.certificate_authority_data.clone().unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    (Client::try_from(cfg).unwrap(), server, ca)
 }
 
 /// Polls `f` until it returns Some, at most `secs` seconds; `why` explains a timeout.
@@ -203,7 +102,7 @@ fn logs(root: &Path, part: &str) -> String {
 
 /// One match through the Python client (clients/python in the test venv).
 fn python_match(redis_url: &str, descriptor: &[u8]) -> serde_json::Value {
-    let venv = kim_cache().join("venv/bin/python");
+    let venv = cache().join("venv/bin/python");
     let script = r#"
 import asyncio, json, sys
 from kim_client import MatcherClient, RawDescriptor
@@ -262,13 +161,12 @@ async fn match_loop(
 /// (apiGroup, resource[/subresource], verb)
 type Access = (String, String, String);
 
-/// What the chart's ClusterRole/Roles grant, from `helm template`.
+/// What the chart's ClusterRole/Roles grant the operator's ServiceAccount, from `helm template`
+/// (without the uninstall hook, whose roles are bound to its own ServiceAccount).
 fn granted(c: &Cluster, redis_url: &str) -> std::collections::BTreeSet<Access> {
     let chart = repo().join("charts/kim");
-    let yaml = c.ok(
-        "helm",
-        &["template", "kim", chart.to_str().unwrap(), "-n", NS, "--set", &format!("redis.url={redis_url}")],
-    );
+    let set = format!("redis.url={redis_url}");
+    let yaml = c.ok("helm", &["template", "kim", chart.to_str().unwrap(), "-n", NS, "--no-hooks", "--set", &set], None);
     let mut out = std::collections::BTreeSet::new();
     for doc in yaml.split("\n---") {
         let v: serde_json::Value = serde_yaml::from_str(doc).unwrap_or_default();
@@ -346,8 +244,68 @@ fn may_be_unused(a: &Access) -> Option<&'static str> {
 }
 
 fn field(c: &Cluster, kind: &str, name: &str, path: &str) -> String {
-    let out = c.run("kubectl", &["get", kind, name, "-n", NS, "-o", &format!("jsonpath={path}")]);
+    let out = c.run("kubectl", &["get", kind, name, "-n", NS, "-o", &format!("jsonpath={path}")], None);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A MatchingIndex on the samples' data with other settings, in the samples' Indexer.
+fn sample_mi(name: &str, dimensions: u32) -> String {
+    format!(
+        "apiVersion: kim.dev/v1alpha1\nkind: MatchingIndex\nmetadata: {{name: {name}}}\nspec:\n  indexerRef: {{name: kim-sample}}\n  descriptor: {{version: {VERSION}, dimensions: {dimensions}, encoding: u8, metric: cosine}}\n  source: {{path: data/base.npy, idsPath: data/ids.txt}}\n  matcher: {{replicas: 1, threads: 1}}\n  redis: {{secretRef: {{name: kim-redis, key: url}}}}\n"
+    )
+}
+
+/// A build that cannot succeed (the data has 128 dimensions, the spec says 64) exits with the
+/// configuration code; the Job's podFailurePolicy fails it on that first attempt instead of
+/// retrying, and the Indexer's only build slot goes at once to the build queued behind it.
+async fn fail_fast(c: &Cluster, root: &Path, t0: Instant) {
+    let applied = Instant::now();
+    c.ok("kubectl", &["apply", "-n", NS, "-f", "-"], Some(&sample_mi("wrong-dims", 64)));
+    let job_of = |mi: &str| {
+        let sel = format!("kim.dev/matching-index={mi},kim.dev/component=build");
+        let out =
+            c.run("kubectl", &["get", "jobs", "-n", NS, "-l", &sel, "-o", "jsonpath={.items[0].metadata.name}"], None);
+        Some(String::from_utf8_lossy(&out.stdout).into_owned()).filter(|j| !j.is_empty())
+    };
+    let why = || format!("{}\n{}", c.kubectl(&["get", "mi,jobs,pods", "-n", NS]), logs(root, "wrong-dims"));
+    let job = eventually(60, "the wrong-dims build Job", || job_of("wrong-dims"), why).await;
+    // Queued behind it: the Indexer allows one build at a time.
+    c.ok("kubectl", &["apply", "-n", NS, "-f", "-"], Some(&sample_mi("queued", 128)));
+    let message = eventually(
+        60,
+        "wrong-dims Failed",
+        || {
+            let m = field(c, "mi", "wrong-dims", r#"{.status.conditions[?(@.type=="BuildFailed")].message}"#);
+            (field(c, "mi", "wrong-dims", "{.status.phase}") == "Failed").then_some(m)
+        },
+        why,
+    )
+    .await;
+    let failed_after = applied.elapsed();
+    assert!(failed_after < Duration::from_secs(30), "the build took {failed_after:?} to fail: {message}");
+    assert!(message.contains("dimension"), "status message: {message}");
+    let reason = field(c, "job", &job, r#"{.status.conditions[?(@.type=="Failed")].reason}"#);
+    assert_eq!(reason, "PodFailurePolicy", "the Job should fail by its podFailurePolicy, not by retries");
+    assert_eq!(field(c, "job", &job, "{.status.failed}"), "1", "one attempt only");
+    let freed = Instant::now();
+    eventually(30, "the queued build started", || job_of("queued"), why).await;
+    let table = c.kubectl(&["get", "mi", "-n", NS]);
+    log(
+        t0,
+        &format!(
+            "wrong dimensions failed in {failed_after:?}; the queued build started {:?} later\n{table}",
+            freed.elapsed()
+        ),
+    );
+    // `queued` stays through `helm uninstall`: the chart's post-delete hook must release it.
+    c.kubectl(&["delete", "mi", "wrong-dims", "-n", NS, "--wait=false"]);
+    eventually(
+        120,
+        "wrong-dims deleted",
+        || c.run("kubectl", &["get", "mi", "wrong-dims", "-n", NS], None).status.code().filter(|&code| code != 0),
+        why,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,10 +320,10 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
             bins.join(b).display()
         );
     }
-    let c = Cluster::up(tempfile::tempdir().unwrap());
+    let c = cluster_up();
     log(t0, "cluster up (full)");
     let root = c.dir.path().join("harness");
-    let (client, server, ca_data) = c.client().await;
+    let (client, server, ca_data) = client(&c).await;
     let redis = Redis::start(c.dir.path());
 
     // Every pod goes to the harness node: the kwok node takes no new pods.
@@ -399,6 +357,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
             "--wait",
             "--timeout=120s",
         ],
+        None,
     );
     log(t0, "helm install --wait done");
     let holder = eventually(
@@ -485,6 +444,8 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     assert!(c.kubectl(&["get", "mi", "-n", NS]).contains("Ready"));
     log(t0, &format!("rebuild {snapshot} -> {new_snapshot} swapped in; {ok} matches, 0 failed"));
 
+    fail_fast(&c, &root, t0).await;
+
     // The operator ran as the chart's ServiceAccount, not as admin, and was never forbidden.
     let sa = format!("system:serviceaccount:{NS}:kim-operator");
     let kubeconfigs: Vec<PathBuf> = std::fs::read_dir(root.join("pods"))
@@ -496,7 +457,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
         .collect();
     assert_eq!(kubeconfigs.len(), 2, "operator pods' kubeconfigs: {kubeconfigs:?}");
     for kc in &kubeconfigs {
-        let who = Command::new(kim_bin().join("kubectl"))
+        let who = Command::new(tool("kubectl"))
             .arg("--kubeconfig")
             .arg(kc)
             .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
@@ -504,7 +465,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&who.stdout), sa, "{}", String::from_utf8_lossy(&who.stderr));
     }
-    assert_eq!(c.run("kubectl", &["auth", "can-i", "list", "secrets", "-n", NS, "--as", &sa]).stdout, b"no\n");
+    assert_eq!(c.run("kubectl", &["auth", "can-i", "list", "secrets", "-n", NS, "--as", &sa], None).stdout, b"no\n");
     let op_logs = logs(&root, "_kim-operator-");
     assert!(
         !op_logs.to_lowercase().contains("forbidden"),
@@ -516,7 +477,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     eventually(
         120,
         "MatchingIndex deleted",
-        || c.run("kubectl", &["get", "mi", LABEL, "-n", NS]).status.code().filter(|&code| code != 0),
+        || c.run("kubectl", &["get", "mi", LABEL, "-n", NS], None).status.code().filter(|&code| code != 0),
         || {
             format!(
                 "{}\n{}\n{}",
@@ -528,16 +489,18 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     )
     .await;
     log(t0, "MatchingIndex deleted (finalizer done)");
-    c.kubectl(&[
-        "delete",
-        "-n",
-        NS,
-        "-f",
-        repo().join("deploy/samples").to_str().unwrap(),
-        "--ignore-not-found",
-        "--timeout=60s",
-    ]);
-    c.ok("helm", &["uninstall", "kim", "-n", NS, "--wait", "--timeout=60s"]);
+    // Not waited for: the claim stays in use by `queued`'s pods until that MatchingIndex goes.
+    let samples = repo().join("deploy/samples");
+    c.kubectl(&["delete", "-n", NS, "-f", samples.to_str().unwrap(), "--ignore-not-found", "--wait=false"]);
+    assert_eq!(field(&c, "mi", "queued", "{.metadata.finalizers}"), r#"["kim.dev/cleanup"]"#);
+    c.ok("helm", &["uninstall", "kim", "-n", NS, "--wait", "--timeout=90s"], None);
+    // The post-delete hook released the MatchingIndex left behind: no finalizer waits for the
+    // operator that is gone, so deleting it (or the namespace) does not hang.
+    assert_eq!(field(&c, "mi", "queued", "{.metadata.finalizers}"), "", "{}", logs(&root, "kim-release"));
+    let events = c.kubectl(&["get", "events", "-n", NS, "--field-selector", "involvedObject.name=queued"]);
+    assert!(events.contains("FinalizerReleased"), "{events}");
+    c.kubectl(&["delete", "mi", "queued", "-n", NS, "--timeout=30s"]);
+    log(t0, "helm uninstall released the MatchingIndex left; it was deleted at once");
     let left = eventually(
         90,
         "no children left",
@@ -546,6 +509,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
                 &c.run(
                     "kubectl",
                     &["get", "jobs,deployments,replicasets,statefulsets,pvc,pods,mi,indexers", "-n", NS, "-o", "name"],
+                    None,
                 )
                 .stdout,
             )

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use kim_testkit::{repo, text};
 
 /// `target/release`, where kim-node was built and kim-worker and kim-operator must be.
 fn bin_dir() -> PathBuf {
@@ -25,10 +23,6 @@ fn local(dir: &Path, cmd: &str) -> Output {
         .env("CARGO_TARGET_DIR", bin_dir().parent().unwrap())
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Stops the cluster if the test fails half way.

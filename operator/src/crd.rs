@@ -181,6 +181,7 @@ pub struct IndexerStatus {
     shortname = "mi",
     category = "kim",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
     printcolumn(name = "Vectors", type_ = "integer", json_path = ".status.currentSnapshot.vectors"),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".status.currentSnapshot.id"),

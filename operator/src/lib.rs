@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 pub mod online;
 pub mod reconcile;
+pub mod release;
 pub mod run;
 pub mod status;
 #[cfg(test)]

@@ -40,8 +40,9 @@ pub struct Config {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
-    #[arg(long, env = "KIM_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = "KIM_LOG_FORMAT", value_enum, default_value_t = kim_runtime::LogFormat::Text)]
+    pub log_format: kim_runtime::LogFormat,
     /// Lease used for leader election.
     #[arg(long, env = "KIM_LEASE_NAME", default_value = "kim-operator")]
     pub lease_name: String,
@@ -57,6 +58,14 @@ pub struct Config {
     /// label's Redis keys before it gives that step up (files are removed regardless).
     #[arg(long, env = "KIM_CLEANUP_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
     pub cleanup_timeout: Duration,
+    /// Run once instead of operating: wait until the operator's Lease can be taken (no operator
+    /// left), remove kim's finalizer from every MatchingIndex, and exit. The chart's post-delete
+    /// hook runs this after `helm uninstall`, so leftover MatchingIndexes never block a deletion.
+    #[arg(long, env = "KIM_RELEASE_FINALIZERS")]
+    pub release_finalizers: bool,
+    /// How long --release-finalizers waits for the Lease.
+    #[arg(long, env = "KIM_RELEASE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub release_timeout: Duration,
 }
 
 /// Consecutive failures per object, for exponential backoff.
@@ -70,21 +79,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let defaults =
         Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
     let ctx = Context::new(client.clone(), defaults, &identity, cfg.cleanup_timeout);
+    let elector = Elector::new(client.clone(), &cfg.lease_namespace, &cfg.lease_name, &identity, cfg.lease_duration);
+    if cfg.release_finalizers {
+        let n = crate::release::run(&ctx, &elector, cfg.namespace.as_deref(), cfg.release_timeout).await?;
+        tracing::info!(released = n, "finalizers released; MatchingIndexes keep their files and Redis keys");
+        return Ok(());
+    }
     let leading = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(cfg.http).await?;
     tokio::spawn(serve_http(listener, ctx.clone(), leading.clone()));
 
-    let elector = Elector::new(client.clone(), &cfg.lease_namespace, &cfg.lease_name, &identity, cfg.lease_duration);
     tokio::select! {
         r = elector.acquire() => r?,
-        _ = shutdown_signal() => return Ok(()),
+        _ = kim_runtime::shutdown_signal() => return Ok(()),
     }
     leading.store(true, Ordering::SeqCst);
     let controllers = controllers(client, cfg.namespace.clone(), ctx);
     let outcome = tokio::select! {
         _ = controllers => Ok(()),
         _ = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so a fresh process can compete again")),
-        _ = shutdown_signal() => Ok(()),
+        _ = kim_runtime::shutdown_signal() => Ok(()),
     };
     leading.store(false, Ordering::SeqCst);
     elector.release().await;
@@ -222,45 +236,10 @@ fn error_policy<K: Resource<DynamicType = ()>>(
 }
 
 async fn serve_http(listener: tokio::net::TcpListener, ctx: Arc<Context>, leading: Arc<AtomicBool>) {
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .route(
-            "/leader",
-            get(move || {
-                let l = leading.load(Ordering::SeqCst);
-                async move {
-                    if l {
-                        "leader"
-                    } else {
-                        "standby"
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let body = ctx.metrics.encode();
-                async move { body }
-            }),
-        );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "http server stopped");
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutdown requested");
+    let leader = get(move || {
+        let role = if leading.load(Ordering::SeqCst) { "leader" } else { "standby" };
+        async move { role }
+    });
+    let probes = kim_runtime::probes(Arc::new(|| Some("ok".into())), Arc::new(move || ctx.metrics.encode()));
+    kim_runtime::serve_http(listener, probes.route("/leader", leader)).await
 }

@@ -3,34 +3,28 @@
 //! cannot reach Redis (its Secret is gone) says so once, names the way out, gives the Redis step
 //! up after `--cleanup-timeout` and still removes the files and the agents' claims.
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "chart/support.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{eventually, free_port, redis_server, Cluster, Proc};
+use support::{eventually, free_port, Cluster, Proc, Profile, Redis};
 
 fn operator(c: &Cluster, cleanup_timeout: &str) -> Proc {
-    let log = std::fs::File::create(c.dir.path().join("operator.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kim-operator"))
-        .args(["--http", &format!("127.0.0.1:{}", free_port()), "--identity", "t", "--lease-duration", "3s"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kim-operator"));
+    cmd.args(["--http", &format!("127.0.0.1:{}", free_port()), "--identity", "t", "--lease-duration", "3s"])
         .args(["--cleanup-timeout", cleanup_timeout])
         .env("KUBECONFIG", &c.kubeconfig)
         .env("KIM_WORKER_IMAGE", "kim-worker:test")
-        .env("KIM_LOG", "info,kube=warn")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+        .env("KIM_LOG", "info,kube=warn");
+    Proc::spawn("operator", &mut cmd, c.dir.path())
 }
 
 fn setup(ns: &str) -> Cluster {
-    let c = Cluster::up();
+    let c = Cluster::up(Profile::Core);
     c.kubectl(&["apply", "--server-side", "-f", "crds/"]);
     c.wait_crds();
     c.kubectl(&["create", "namespace", ns]);
@@ -140,7 +134,8 @@ fn a_gone_secret_blocks_once_then_the_redis_step_is_given_up_and_files_still_go(
 fn retain_keeps_keys_files_and_claims_and_delete_removes_them() {
     let ns = "keep";
     let c = setup(ns);
-    let (_redis, port) = redis_server(std::fs::File::create(c.dir.path().join("redis.log")).unwrap().into());
+    let redis = Redis::start(c.dir.path());
+    let port = redis.port;
     let url = format!("{{url: \"redis://127.0.0.1:{port}\"}}");
     let mut r = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
     for label in ["kept", "dropped"] {

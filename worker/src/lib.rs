@@ -11,4 +11,3 @@ pub mod refresh;
 pub mod snapshots;
 pub mod source;
 pub mod storage;
-pub mod telemetry;

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
             return code.into();
         }
     };
-    kim_worker::telemetry::init(cli.log_format);
+    kim_runtime::init_logging(cli.log_format, "info");
     let result = match cli.command {
         Command::Gen(a) => kim_worker::gen::run(&a),
         Command::Index(a) => kim_worker::indexer::run(&a),

@@ -333,7 +333,7 @@ async fn prepare(sh: &Shared, pod: &Pod, pod_dir: &Path) -> Result<Vec<Run>, Err
             .ports
             .iter()
             .flatten()
-            .map(|p| Ok((p.container_port, free_port()?)))
+            .map(|p| Ok((p.container_port, kim_testkit::try_free_port()?)))
             .collect::<Result<_, std::io::Error>>()?;
         let mut env = vec![
             ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
@@ -378,10 +378,6 @@ async fn prepare(sh: &Shared, pod: &Pod, pod_dir: &Path) -> Result<Vec<Run>, Err
         });
     }
     Ok(runs)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// httpGet and tcpSocket probes against the mapped port; without a probe, Ready once the

@@ -4,11 +4,11 @@
 //! in namespaced mode.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{docs, eventually, free_port, ok, redis_server, render, text, Cluster, Proc};
+use crate::support::{docs, eventually, free_port, ok, render, text, Cluster, Proc, Profile, Redis};
 
 /// `kubectl apply --dry-run=server` of a YAML stream; returns how many objects it accepted.
 fn dry_run(c: &Cluster, yaml: &str, ns: Option<&str>) -> usize {
@@ -22,7 +22,7 @@ fn dry_run(c: &Cluster, yaml: &str, ns: Option<&str>) -> usize {
 
 #[test]
 fn chart_base_and_samples_pass_server_side_dry_run() {
-    let c = Cluster::up();
+    let c = Cluster::up(Profile::Core);
     c.kubectl(&["create", "namespace", "kim-system"]);
     c.kubectl(&["create", "namespace", "team"]);
 
@@ -62,7 +62,9 @@ fn chart_base_and_samples_pass_server_side_dry_run() {
     assert!(!out.status.success() && text(&out).contains("hnsw.efSearch must be 1..4096"), "{}", text(&out));
 
     // Uninstall removes the release's objects but keeps the CRDs (and so every MatchingIndex).
-    c.ok("helm", &["uninstall", "kim", "-n", "kim-system", "--wait"], None);
+    // No Job controller runs in this tier, so the post-delete hook Job could never finish: the
+    // full e2e tier runs it.
+    c.ok("helm", &["uninstall", "kim", "-n", "kim-system", "--wait", "--no-hooks"], None);
     assert!(c.get(&["deployment", "kim-operator", "-n", "kim-system"]).is_none());
     assert!(c.get(&["clusterrole", "kim-operator"]).is_none());
     assert!(c.get(&["crd", "matchingindexes.kim.dev"]).is_some());
@@ -78,23 +80,19 @@ fn redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// The real operator binary authenticated only by `kubeconfig`, logging to `log`.
-fn operator(kubeconfig: &Path, log: &Path, watch: Option<&str>) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
+/// The real operator binary authenticated only by `kubeconfig`, logging to `dir/operator.log`.
+fn operator(kubeconfig: &Path, dir: &Path, watch: Option<&str>) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kim-operator"));
     cmd.args(["--http", &format!("127.0.0.1:{}", free_port()), "--identity", "op-0", "--lease-duration", "3s"])
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAMESPACE", "kim-system")
         .env("KIM_WORKER_IMAGE", "kim-worker:test")
         .env("KIM_LOG", "info,kube=warn")
-        .env_remove("KIM_WATCH_NAMESPACE")
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .stdin(Stdio::null());
+        .env_remove("KIM_WATCH_NAMESPACE");
     if let Some(ns) = watch {
         cmd.env("KIM_WATCH_NAMESPACE", ns);
     }
-    Proc(cmd.spawn().unwrap())
+    Proc::spawn("operator", &mut cmd, dir)
 }
 
 fn can_i(c: &Cluster, verb: &str, what: &str, ns: &str) -> bool {
@@ -154,8 +152,9 @@ fn events(c: &Cluster, ns: &str) -> Vec<String> {
 
 #[test]
 fn operator_works_under_the_chart_rbac_in_cluster_mode() {
-    let c = Cluster::up();
-    let (_redis, port) = redis_server(Stdio::null());
+    let c = Cluster::up(Profile::Core);
+    let redis = Redis::start(c.dir.path());
+    let port = redis.port;
     c.kubectl(&["create", "namespace", "kim-system"]);
     // No controller-manager in the core tier: the pods this test creates need the default SA.
     c.kubectl(&["create", "serviceaccount", "default", "-n", "kim-system"]);
@@ -183,8 +182,7 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     }
 
     let kc = c.service_account_kubeconfig("kim-system", "kim-operator");
-    let log = c.dir.path().join("operator.log");
-    let _op = operator(&kc, &log, None);
+    let _op = operator(&kc, c.dir.path(), None);
     eventually(30, "op-0 holds the Lease", || {
         let l = c.get(&["lease", "kim-operator", "-n", "kim-system"])?;
         (l["spec"]["holderIdentity"] == "op-0").then_some(())
@@ -227,13 +225,13 @@ fn operator_works_under_the_chart_rbac_in_cluster_mode() {
     assert!(c.get(&["deployment", "faces-matcher", "-n", "kim-system"]).is_none(), "matcher Deployment deleted");
     let jobs = c.get(&["jobs", "-n", "kim-system", "-l", "kim.dev/matching-index=faces"]).unwrap();
     assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "build and cleanup Jobs deleted");
-    let denied = forbidden(&log);
+    let denied = forbidden(&c.dir.path().join("operator.log"));
     assert!(denied.is_empty(), "the operator was denied something under the chart's RBAC:\n{}", denied.join("\n"));
 }
 
 #[test]
 fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
-    let c = Cluster::up();
+    let c = Cluster::up(Profile::Core);
     for ns in ["kim-system", "team", "other"] {
         c.kubectl(&["create", "namespace", ns]);
     }
@@ -259,8 +257,7 @@ fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
     assert!(c.get(&["clusterrole", "kim-operator"]).is_none());
 
     let kc = c.service_account_kubeconfig("kim-system", "kim-operator");
-    let log = c.dir.path().join("operator.log");
-    let _op = operator(&kc, &log, Some("team"));
+    let _op = operator(&kc, c.dir.path(), Some("team"));
     c.kubectl(&["apply", "-n", "other", "-f", "deploy/samples/"]);
     c.kubectl(&["apply", "-n", "team", "-f", "deploy/samples/"]);
     eventually(60, "the build Job in team", || build_job(&c, "team"));
@@ -279,6 +276,6 @@ fn operator_works_under_the_chart_rbac_in_namespaced_mode() {
         c.get(&["matchingindex", "faces", "-n", "team"]).is_none().then_some(())
     });
     assert_eq!(build_job(&c, "team"), None);
-    let denied = forbidden(&log);
+    let denied = forbidden(&c.dir.path().join("operator.log"));
     assert!(denied.is_empty(), "denied under the namespaced RBAC:\n{}", denied.join("\n"));
 }

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::support::{text, Cluster};
+use crate::support::{text, Cluster, Profile};
 
 const MI: &str = r#"
 apiVersion: kim.dev/v1alpha1
@@ -23,7 +23,7 @@ fn mi(name: &str, label: Option<&str>) -> String {
 }
 
 fn crds_up() -> Cluster {
-    let c = Cluster::up();
+    let c = Cluster::up(Profile::Core);
     c.kubectl(&["apply", "--server-side", "-f", "charts/kim/crds/"]);
     c.wait_crds();
     c.kubectl(&["create", "namespace", "api"]);

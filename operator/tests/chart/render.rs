@@ -520,3 +520,47 @@ fn kind_script_parses_and_refuses_bad_use() {
     let out = bash(&["--help"], "/usr/bin:/bin");
     assert!(out.status.success() && text(&out).contains("e2e/kind.sh down"), "{}", text(&out));
 }
+
+#[test]
+fn uninstall_hook_releases_finalizers_with_least_privilege() {
+    let d = docs(&render(&[]));
+    let job = find(&d, "Job", "kim-release");
+    let hook = |v: &Value| v["metadata"]["annotations"]["helm.sh/hook"].as_str().unwrap_or("").to_string();
+    for (kind, name) in [
+        ("Job", "kim-release"),
+        ("ServiceAccount", "kim-release"),
+        ("ClusterRole", "kim-release"),
+        ("ClusterRoleBinding", "kim-release"),
+        ("Role", "kim-release-lease"),
+        ("RoleBinding", "kim-release-lease"),
+    ] {
+        assert_eq!(hook(find(&d, kind, name)), "post-delete", "{kind}/{name}");
+    }
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "kim-release");
+    assert_eq!(pod["restartPolicy"], "Never");
+    // The operator's own parser accepts what the chart passes.
+    let args: Vec<String> =
+        pod["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let cfg = <kim_operator::run::Config as clap::Parser>::try_parse_from(
+        std::iter::once("kim-operator".to_string()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(cfg.release_finalizers, "{args:?}");
+    // Only what releasing needs: list and patch MatchingIndexes, Events, the one Lease.
+    let cr = rules(find(&d, "ClusterRole", "kim-release"));
+    assert!(grants(&cr, "kim.dev", "matchingindexes", "patch") && grants(&cr, "kim.dev", "matchingindexes", "list"));
+    assert!(grants(&cr, "events.k8s.io", "events", "create"));
+    for (g, res, verb) in
+        [("kim.dev", "matchingindexes", "delete"), ("", "secrets", "get"), ("batch", "jobs", "create")]
+    {
+        assert!(!grants(&cr, g, res, verb), "the hook needs no {verb} {g}/{res}");
+    }
+    assert!(grants(&rules(find(&d, "Role", "kim-release-lease")), "coordination.k8s.io", "leases", "update"));
+
+    // Namespaced mode: a Role in the watched namespace; and the hook can be turned off.
+    let d = docs(&render(&["--set", "watchNamespace=team"]));
+    assert_eq!(find(&d, "Role", "kim-release")["metadata"]["namespace"], "team");
+    let off = docs(&render(&["--set", "uninstall.releaseFinalizers=false"]));
+    assert!(!off.iter().any(|v| !hook(v).is_empty()), "{:?}", kinds(&off));
+}

@@ -103,7 +103,11 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
     tokio::spawn(http::serve(m.clone(), listener));
-    tokio::spawn(signals(stop_tx));
+    tokio::spawn(async move {
+        kim_runtime::shutdown_signal().await;
+        tracing::info!("finishing in-flight requests");
+        stop_tx.send(true).ok();
+    });
 
     let watcher = tokio::spawn(labels::watch(m.clone(), conn.clone()));
     let delta_watcher = tokio::spawn(deltas::watch(m.clone(), conn.clone()));
@@ -119,16 +123,4 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     m.ready.store(false, Ordering::SeqCst);
     tracing::info!(matcher = %m.id, "matcher stopped");
     Ok(())
-}
-
-async fn signals(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutdown requested: finishing in-flight requests");
-    stop.send(true).ok();
 }

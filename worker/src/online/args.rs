@@ -36,13 +36,13 @@ pub struct AgentArgs {
     #[arg(long, env = "KIM_ADVERTISE_IP")]
     pub advertise_ip: Option<String>,
     /// HNSW links per node.
-    #[arg(long, env = "KIM_HNSW_M", default_value_t = 16)]
+    #[arg(long, env = "KIM_HNSW_M", default_value_t = kim_api::build::DEFAULT_M)]
     pub m: usize,
     /// HNSW build beam width.
-    #[arg(long, env = "KIM_HNSW_EF_CONSTRUCTION", default_value_t = 200)]
+    #[arg(long, env = "KIM_HNSW_EF_CONSTRUCTION", default_value_t = kim_api::build::DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
     /// HNSW search beam width (at least the number of results asked for).
-    #[arg(long, env = "KIM_HNSW_EF_SEARCH", default_value_t = 96)]
+    #[arg(long, env = "KIM_HNSW_EF_SEARCH", default_value_t = kim_api::build::DEFAULT_EF_SEARCH)]
     pub ef_search: usize,
     /// How often to consider folding uncommitted writes into the graph and saving a
     /// snapshot (done when they are ≥ 5 % of the indexed rows).

@@ -100,13 +100,13 @@ async fn serve(a: VectorizeArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(true));
     let http_l = tokio::net::TcpListener::bind(http).await.with_context(|| format!("binding {http}"))?;
     let m = metrics.clone();
-    tokio::spawn(super::http::serve(http_l, ready.clone(), Arc::new(move || m.encode())));
+    tokio::spawn(super::http::serve(http_l, ready.clone(), Arc::new(move || m.encode()), axum::Router::new()));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let mut server = a.tls.builder().context("vectorizer TLS")?;
     tracing::info!(%listen, dims, grpc = a.tls.mode(), "vectorizer serving");
     server
         .add_service(FilterServer::new(Vectorizer { dims, metrics }))
-        .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
+        .serve_with_incoming_shutdown(super::incoming(listener), kim_runtime::shutdown_signal())
         .await?;
     ready.store(false, Ordering::SeqCst);
     Ok(())

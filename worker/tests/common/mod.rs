@@ -1,111 +1,14 @@
 //! Test harness: real `redis-server` and real `kim-worker` processes on loopback.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use kim_testkit::{free_port, http_get, wait_until, Proc, Redis};
 
 pub fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kim-worker"))
-}
-
-/// A child process killed on drop, with its output in a log file.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc { child, log, name: name.into() }
-    }
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    pub fn signal(&self, sig: &str) {
-        let ok =
-            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap().success();
-        assert!(ok, "kill -{sig} {}", self.name);
-    }
-    /// Waits for exit, up to `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub struct Redis {
-    pub port: u16,
-    pub proc: Proc,
-}
-
-impl Redis {
-    pub fn start(dir: &Path) -> Redis {
-        let port = free_port();
-        let proc = Proc::spawn(
-            "redis",
-            Command::new("redis-server").args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]),
-            dir,
-        );
-        let r = Redis { port, proc };
-        wait_until(Duration::from_secs(10), "redis-server to accept connections", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        r
-    }
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
-    }
-}
-
-pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 /// Runs `kim-worker` to completion and returns stdout; panics with stderr on failure.
@@ -167,19 +70,6 @@ impl Matcher {
         let (_, body) = self.get("/metrics").expect("metrics");
         body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
     }
-}
-
-/// Minimal HTTP/1.0 GET on loopback.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Some((status, body))
 }
 
 /// Generated data plus a built index for label `faces` (version 59, u8, cosine).

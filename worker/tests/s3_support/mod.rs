@@ -14,10 +14,7 @@ pub const SECRET_KEY: &str = "kimtest-secret-0123456789";
 pub const BUCKET: &str = "kim";
 
 pub fn weed_bin() -> PathBuf {
-    let cache = std::env::var_os("KIM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kim"));
-    let bin = std::env::var_os("KIM_WEED").map(PathBuf::from).unwrap_or_else(|| cache.join("bin/weed"));
+    let bin = std::env::var_os("KIM_WEED").map(PathBuf::from).unwrap_or_else(|| kim_testkit::tool("weed"));
     assert!(bin.is_file(), "{} is missing: run scripts/seaweedfs.sh (make test does)", bin.display());
     bin
 }

@@ -55,6 +55,7 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
         http,
         ready.clone(),
         Arc::new(move || m.get().map(|m| m.encode()).unwrap_or_default()),
+        axum::Router::new(),
     ));
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening the agent's data")?;
     let mut metrics = Metrics::new("kim_agent");
@@ -86,7 +87,7 @@ async fn serve(a: AgentArgs) -> anyhow::Result<()> {
         .add_service(IndexServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(FlushServer::new(svc.clone()).max_decoding_message_size(max).max_encoding_message_size(max))
         .add_service(AgentServer::new(svc).max_decoding_message_size(max).max_encoding_message_size(max))
-        .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
+        .serve_with_incoming_shutdown(super::incoming(listener), kim_runtime::shutdown_signal())
         .await?;
     // Every acknowledged write is already in the WAL, and replay is fast: no final build
     // that could outlast the pod's termination grace period.

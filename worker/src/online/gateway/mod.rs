@@ -126,7 +126,7 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
             async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
         }),
     );
-    tokio::spawn(super::http::serve_with(http, ready.clone(), Arc::new(move || m.encode()), status));
+    tokio::spawn(super::http::serve(http, ready.clone(), Arc::new(move || m.encode()), status));
     let vectorizer = a.vectorizer.clone().filter(|v| !v.is_empty());
     let configured = vectorizer.iter().chain(&a.ingress_filter).chain(&a.egress_filter);
     let allow = AllowList::new(configured.chain(&a.allow_targets).map(String::as_str));
@@ -162,7 +162,7 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
         .add_service(sized!(ObjectServer::new(svc.clone()), max))
         .add_service(sized!(IndexServer::new(svc.clone()), max))
         .add_service(sized!(FlushServer::new(svc), max))
-        .serve_with_incoming_shutdown(super::incoming(listener), super::shutdown_signal())
+        .serve_with_incoming_shutdown(super::incoming(listener), kim_runtime::shutdown_signal())
         .await?;
     ready.store(false, Ordering::SeqCst);
     Ok(())
