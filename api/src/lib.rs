@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 pub mod build;
+pub mod shard;
 
 /// Consumer group every matcher joins on a label's stream.
 pub const GROUP: &str = "kim-matchers";
@@ -352,6 +353,12 @@ pub struct LabelInfo {
     /// Rows removed by deltas (filtered out of every search).
     #[serde(default)]
     pub tombstones: usize,
+    /// The shard this matcher serves, when the label is split (absent when it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    /// How many shards the label is split into (absent when it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 /// A LUNA-style request id: `"<unix seconds>,<uuid4>"`.

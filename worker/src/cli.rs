@@ -107,7 +107,7 @@ pub struct GenArgs {
     pub seed: u64,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct IndexArgs {
     /// Label (matching list) the index serves.
     #[arg(long, env = "KIM_LABEL")]
@@ -127,6 +127,8 @@ pub struct IndexArgs {
     pub ids: Option<PathBuf>,
     #[command(flatten)]
     pub descriptor: DescriptorArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// TLS towards the agents of an agents:// source.
     #[command(flatten)]
     pub agents_tls: crate::online::tls::ClientTls,
@@ -146,6 +148,25 @@ pub struct IndexArgs {
     /// Also write the one-line JSON summary (or error) here, for Kubernetes.
     #[arg(long, env = "KIM_TERMINATION_MESSAGE_PATH")]
     pub termination_message_path: Option<PathBuf>,
+}
+
+/// Which part of a sharded label a build or a matcher handles. Shard `I` of `N` holds the ids
+/// whose xxh3-64 hash modulo `N` is `I`, stored as `<label>@shard-<I>-of-<N>`; `N = 1` is the
+/// unsharded label.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ShardArgs {
+    /// Shards the label is split into (1 = not split).
+    #[arg(long, env = "KIM_SHARDS", default_value_t = 1)]
+    pub shards: u32,
+    /// The shard (0-based, below --shards) this process builds or serves.
+    #[arg(long, env = "KIM_SHARD", default_value_t = 0)]
+    pub shard: u32,
+}
+
+impl ShardArgs {
+    pub fn sharded(&self) -> bool {
+        self.shards > 1
+    }
 }
 
 /// Where snapshots live; shared by every command that reads or writes them.
@@ -300,4 +321,12 @@ pub struct MatchArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "KIM_HTTP", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
+    /// Serve one shard of each label: its snapshot `<label>@shard-<I>-of-<N>`, read in the
+    /// consumer group `kim-matchers-<I>-of-<N>`, partial answers merged into one reply.
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Sharded labels only: how long after it was added a request without a `deadline` field
+    /// may wait for every shard before it is answered with 26309 (timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", env = "KIM_SHARD_DEADLINE")]
+    pub shard_deadline: Duration,
 }

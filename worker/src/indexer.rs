@@ -12,6 +12,7 @@ use kim_index::build::build_graph;
 use kim_index::flat::Ids;
 use kim_index::snapshot::{self, Manifest};
 use kim_index::{FlatIndex, HnswParams, VectorStore};
+use serde_json::json;
 
 use crate::cli::{CleanArgs, IndexArgs};
 use crate::exit::{Class, Classify, Failure};
@@ -53,23 +54,27 @@ pub fn config(message: String) -> Failure {
     Failure { class: Class::Config, error: anyhow::Error::msg(message) }
 }
 
-/// Label and namespace must be safe directory names.
-pub fn check_names(a: &IndexArgs) -> Result<(), Failure> {
+/// Label and namespace must be safe directory names, and the shard setting valid. Returns the
+/// arguments as the build uses them: `label` is where the snapshots go, the label itself or,
+/// for a shard, its storage name `<label>@shard-<I>-of-<N>` (also the snapshot's label).
+pub fn check_names(a: &IndexArgs) -> Result<IndexArgs, Failure> {
     if !valid_label(&a.label) {
         return Err(config(format!("label {:?} must be {LABEL_RULE}", a.label)));
     }
     if !valid_label(&a.namespace) {
         return Err(config(format!("namespace {:?} is not a valid directory name", a.namespace)));
     }
-    Ok(())
+    let name = kim_api::shard::checked_storage_name(&a.label, a.shard.shard, a.shard.shards)
+        .map_err(|e| config(e.to_string()))?;
+    Ok(IndexArgs { label: name, ..a.clone() })
 }
 
 fn build(a: &IndexArgs) -> Result<Manifest, Failure> {
     let start = Instant::now();
-    check_names(a)?;
+    let a = &check_names(a)?;
     tracing::info!(label = %a.label, source = %a.source.display(), "reading source");
     let src = source::read(&a.source, a.ids.as_deref(), &a.agents_tls)?;
-    build_from(a, src, start)
+    build_from(a, source::keep_shard(src, a.shard.shard, a.shard.shards), start)
 }
 
 /// Builds, verifies and publishes a snapshot of `src` (already read) for the label of `a`,
@@ -139,7 +144,8 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-/// Removes `<storage>/<namespace>/<label>`; a label that is already gone is not an error.
+/// Removes `<storage>/<namespace>/<label>` and the shards of the label found there; a label
+/// that is already gone is not an error.
 pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
     if !(valid_label(&a.label) && valid_label(&a.namespace)) {
         return Err(config("invalid label or namespace name".into()).into());
@@ -147,8 +153,17 @@ pub fn clean(a: &CleanArgs) -> anyhow::Result<()> {
     let store = Store::open(&a.storage).class(Class::Config)?;
     let removed = runtime()
         .class(Class::Transient)?
-        .block_on(store.remove_label(&a.namespace, &a.label))
+        .block_on(async {
+            let mut removed = vec![store.remove_label(&a.namespace, &a.label).await?];
+            for name in store.labels(&a.namespace).await? {
+                if kim_api::shard::parse_storage_name(&name).is_some_and(|(l, _, _)| l == a.label) {
+                    removed.push(store.remove_label(&a.namespace, &name).await?);
+                }
+            }
+            Ok::<_, crate::storage::StorageError>(removed)
+        })
         .class(Class::Transient)?;
-    println!("{}", serde_json::json!({"removed": removed}));
+    let removed = if removed.len() == 1 { json!(removed[0]) } else { json!(removed) };
+    println!("{}", json!({"removed": removed}));
     Ok(())
 }

@@ -17,7 +17,7 @@ use kim_index::tail::Tail;
 use kim_index::{FlatIndex, VectorStore};
 use serde_json::json;
 
-use crate::cli::RefreshArgs;
+use crate::cli::{IndexArgs, RefreshArgs};
 use crate::exit::{Class, Classify};
 use crate::indexer;
 use crate::source::{self, Source};
@@ -41,9 +41,9 @@ struct Live {
 }
 
 /// The served state, or why the label cannot take a delta (it is rebuilt instead).
-fn live_state(a: &RefreshArgs, store: &Store, ddir: &Path) -> Result<Live, String> {
-    let (ns, label) = (a.index.namespace.as_str(), a.index.label.as_str());
-    let spec = a.index.descriptor.spec();
+fn live_state(ia: &IndexArgs, store: &Store, ddir: &Path) -> Result<Live, String> {
+    let (ns, label) = (ia.namespace.as_str(), ia.label.as_str());
+    let spec = ia.descriptor.spec();
     let rt = indexer::runtime().map_err(|e| e.to_string())?;
     let snapshot = match rt.block_on(store.current(ns, label)) {
         Ok(Some(id)) => id,
@@ -109,8 +109,7 @@ fn diff(live: &Live, src: &Source, src_raw: &[u8], width: usize) -> Diff {
 
 fn refresh(a: &RefreshArgs) -> anyhow::Result<serde_json::Value> {
     let start = Instant::now();
-    let ia = &a.index;
-    indexer::check_names(ia)?;
+    let ia = &indexer::check_names(&a.index)?;
     if !(0.0..=1.0).contains(&a.max_tail) {
         return Err(indexer::config(format!("--max-tail must be a fraction in [0, 1], got {}", a.max_tail)).into());
     }
@@ -120,12 +119,13 @@ fn refresh(a: &RefreshArgs) -> anyhow::Result<serde_json::Value> {
     let ddir = store.deltas_dir(&ia.namespace, &ia.label);
     tracing::info!(label = %ia.label, source = %ia.source.display(), "reading source");
     let src = source::read(&ia.source, ia.ids.as_deref(), &ia.agents_tls)?;
+    let src = source::keep_shard(src, ia.shard.shard, ia.shard.shards);
     if !store.takes_deltas() {
-        return rebuild(a, src, start, "object storage carries no deltas: every refresh rebuilds");
+        return rebuild(ia, src, start, "object storage carries no deltas: every refresh rebuilds");
     }
-    let live = match live_state(a, &store, &ddir) {
+    let live = match live_state(ia, &store, &ddir) {
         Ok(l) => l,
-        Err(why) => return rebuild(a, src, start, &why),
+        Err(why) => return rebuild(ia, src, start, &why),
     };
     let width = spec.dimensions * delta::stored_width(spec.encoding);
     let src_raw = VectorStore::from_matrix(&spec, &src.matrix)
@@ -149,7 +149,7 @@ fn refresh(a: &RefreshArgs) -> anyhow::Result<serde_json::Value> {
             a.max_tail,
             base.len()
         );
-        return rebuild(a, src, start, &why);
+        return rebuild(ia, src, start, &why);
     }
     let seq = tail.deltas() + 1;
     let manifest = DeltaManifest {
@@ -191,9 +191,9 @@ fn refresh(a: &RefreshArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn rebuild(a: &RefreshArgs, src: Source, start: Instant, why: &str) -> anyhow::Result<serde_json::Value> {
-    tracing::info!(label = %a.index.label, reason = why, "rebuilding instead of writing a delta");
-    let m = indexer::build_from(&a.index, src, start)?;
+fn rebuild(ia: &IndexArgs, src: Source, start: Instant, why: &str) -> anyhow::Result<serde_json::Value> {
+    tracing::info!(label = %ia.label, reason = why, "rebuilding instead of writing a delta");
+    let m = indexer::build_from(ia, src, start)?;
     Ok(json!({
         "mode": "rebuild", "reason": why, "label": m.label, "namespace": m.namespace, "snapshot": m.id,
         "vectors": m.vectors, "buildSeconds": m.build_seconds, "createdAt": m.created_at,

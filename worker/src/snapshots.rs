@@ -35,7 +35,11 @@ pub fn run(c: SnapshotCommand) -> anyhow::Result<()> {
 }
 
 fn open(a: &LabelArgs) -> anyhow::Result<Store> {
-    anyhow::ensure!(valid_name(&a.label), "label {:?} is not a valid label name", a.label);
+    anyhow::ensure!(
+        kim_api::shard::valid_storage_name(&a.label),
+        "label {:?} is neither a valid label name nor a shard's <label>@shard-<I>-of-<N>",
+        a.label
+    );
     anyhow::ensure!(valid_name(&a.namespace), "namespace {:?} is not a valid directory name", a.namespace);
     Ok(Store::open(&a.storage).class(Class::Config)?)
 }

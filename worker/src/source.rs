@@ -23,6 +23,26 @@ pub struct Source {
     pub digest: String,
 }
 
+/// The rows of `src` whose ids belong to shard `shard` of `shards` (`kim_api::shard::shard_of`),
+/// in source order; everything when the label is not split. The digest names the shard too.
+pub fn keep_shard(src: Source, shard: u32, shards: u32) -> Source {
+    if shards <= 1 {
+        return src;
+    }
+    let Source { matrix, ids, digest } = src;
+    let row = matrix.data.len().checked_div(matrix.rows).unwrap_or(0);
+    let mut data = Vec::new();
+    let mut kept = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        if kim_api::shard::shard_of(&id, shards) == shard {
+            data.extend_from_slice(&matrix.data[i * row..(i + 1) * row]);
+            kept.push(id);
+        }
+    }
+    let matrix = Matrix { rows: kept.len(), data, ..matrix };
+    Source { matrix, ids: kept, digest: format!("{digest}/shard-{shard}-of-{shards}") }
+}
+
 /// Agents that cannot be reached may come back; agents holding nothing may be filled later;
 /// inconsistent objects stay inconsistent.
 fn source_class(e: &SourceError) -> Class {

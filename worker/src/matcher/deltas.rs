@@ -65,7 +65,7 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
         for label in m.label_names() {
             let Some(served) = m.served(&label) else { continue };
             let cur = served.current.load_full();
-            let dir = m.store.deltas_dir(&m.args.namespace, &label);
+            let dir = m.store.deltas_dir(&m.args.namespace, &m.storage_name(&label));
             let probe = cur.clone();
             let Ok((next, failed)) = tokio::task::spawn_blocking(move || catch_up(&dir, &probe)).await else {
                 continue;

@@ -51,17 +51,27 @@ async fn wanted(m: &Matcher) -> Vec<String> {
     if !m.args.labels.is_empty() {
         return m.args.labels.clone();
     }
-    m.store.labels(&m.args.namespace).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot list labels");
-        // Keep serving what is served; a label is never dropped for a listing failure.
-        m.label_names()
-    })
+    match m.store.labels(&m.args.namespace).await {
+        // The labels stored whole, or those this matcher's shard is stored for.
+        Ok(names) => names
+            .iter()
+            .filter_map(|n| match kim_api::shard::parse_storage_name(n) {
+                None => (!m.args.shard.sharded()).then(|| n.clone()),
+                Some((label, i, s)) => (i == m.args.shard.shard && s == m.args.shard.shards).then(|| label.to_string()),
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list labels");
+            // Keep serving what is served; a label is never dropped for a listing failure.
+            m.label_names()
+        }
+    }
 }
 
 async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, tries: &mut Tries) {
     let wanted = wanted(m).await;
     for label in &wanted {
-        let id = match m.store.current(&m.args.namespace, label).await {
+        let id = match m.store.current(&m.args.namespace, &m.storage_name(label)).await {
             Ok(Some(id)) => id,
             Ok(None) => continue,
             Err(e) => {
@@ -124,7 +134,7 @@ fn reject(m: &Matcher, label: &str, id: &str, e: &SnapshotError, existing: Optio
 /// CURRENT of a label this matcher does not serve yet failed verification: serve the newest
 /// intact snapshot older than it, and say so (registry value, /readyz, metrics).
 async fn fall_back(m: &Arc<Matcher>, conn: &mut Conn, label: &str, bad: &str) {
-    let ids = match m.store.list(&m.args.namespace, label).await {
+    let ids = match m.store.list(&m.args.namespace, &m.storage_name(label)).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::warn!(label, error = %e, "cannot list snapshots to fall back to");
@@ -147,10 +157,11 @@ async fn fall_back(m: &Arc<Matcher>, conn: &mut Conn, label: &str, bad: &str) {
 /// Fetches snapshot `id` of `label` from storage, verifies and loads it.
 async fn load(m: &Matcher, label: &str, id: &str) -> Result<Loaded, SnapshotError> {
     let started = Instant::now();
-    let sdir = m.store.fetch(&m.args.namespace, label, id).await?;
+    let name = m.storage_name(label);
+    let sdir = m.store.fetch(&m.args.namespace, &name, id).await?;
     let sid = id.to_string();
-    let ddir = m.store.deltas_dir(&m.args.namespace, label);
-    let (want, ef_search) = (label.to_string(), m.args.ef_search);
+    let ddir = m.store.deltas_dir(&m.args.namespace, &name);
+    let (want, ef_search) = (name, m.args.ef_search);
     let loaded = tokio::task::spawn_blocking(move || {
         let (manifest, mut index) = snapshot::load_from(&sdir, &sid)?;
         if let Some(ef) = ef_search {
@@ -189,7 +200,7 @@ async fn install(
             m.metrics.clear_snapshot(label, &old.manifest.id);
         }
         None => {
-            if let Err(e) = super::serve::ensure_group(conn, &m.args.prefix, label).await {
+            if let Err(e) = super::serve::ensure_group(m, conn, label).await {
                 tracing::warn!(label, error = %e, "cannot create consumer group yet; will retry on read");
             }
             let s = Arc::new(Served {

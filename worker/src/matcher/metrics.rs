@@ -40,6 +40,9 @@ pub struct Metrics {
     tail: Family<LabelOnly, Gauge>,
     tombstones: Family<LabelOnly, Gauge>,
     deltas_rejected: Family<LabelOnly, Counter>,
+    shard_partials: Family<LabelOnly, Counter>,
+    shard_merges: Family<LabelOnly, Counter>,
+    shard_timeouts: Family<LabelOnly, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +74,14 @@ impl Metrics {
         registry.register("tail_vectors", "Rows added by deltas, scanned exactly beside the graph", tail.clone());
         registry.register("tombstones", "Rows removed by deltas, filtered out of searches", tombstones.clone());
         registry.register("deltas_rejected", "Deltas that failed verification", deltas_rejected.clone());
+        let (shard_partials, shard_merges, shard_timeouts) = (Family::default(), Family::default(), Family::default());
+        registry.register("shard_partials", "Partial answers this shard stored for merging", shard_partials.clone());
+        registry.register("shard_merges", "Merged replies of every shard this matcher published", shard_merges.clone());
+        registry.register(
+            "shard_timeouts",
+            "Requests of a split label this matcher answered 26309 because a shard missed the deadline",
+            shard_timeouts.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -85,6 +96,9 @@ impl Metrics {
             tail,
             tombstones,
             deltas_rejected,
+            shard_partials,
+            shard_merges,
+            shard_timeouts,
         }
     }
 
@@ -124,6 +138,15 @@ impl Metrics {
     }
     pub fn set_fallback(&self, label: &str, on: bool) {
         self.fallback.get_or_create(&LabelOnly { label: label.into() }).set(i64::from(on));
+    }
+    pub fn shard_partial(&self, label: &str) {
+        self.shard_partials.get_or_create(&LabelOnly { label: label.into() }).inc();
+    }
+    pub fn shard_merge(&self, label: &str) {
+        self.shard_merges.get_or_create(&LabelOnly { label: label.into() }).inc();
+    }
+    pub fn shard_timeout(&self, label: &str) {
+        self.shard_timeouts.get_or_create(&LabelOnly { label: label.into() }).inc();
     }
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -4,7 +4,9 @@
 //! a delta watcher (applies the deltas of `kim-worker refresh` to served snapshots),
 //! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
 //! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
-//! (`XAUTOCLAIM` of entries abandoned by dead matchers) and the HTTP endpoints.
+//! (`XAUTOCLAIM` of entries abandoned by dead matchers) and the HTTP endpoints. Serving one
+//! shard of split labels (`--shards`), replies go through the merge gate of `shards` instead,
+//! whose deadline timers are one more task.
 
 mod deltas;
 mod http;
@@ -13,6 +15,7 @@ mod metrics;
 mod registry;
 mod retry;
 mod serve;
+mod shards;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +43,10 @@ pub struct Matcher {
     /// Set once the reader has issued its first read over the loaded labels, so `/readyz`
     /// never routes traffic to a matcher that is not consuming yet.
     pub reading: AtomicBool,
+    /// Consumer group on every label stream: `kim-matchers`, or the shard's own group.
+    pub group: String,
+    /// Set when serving one shard of split labels: how partial answers become one reply.
+    gate: Option<shards::Gate>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -49,6 +56,10 @@ impl Matcher {
     }
     pub fn label_names(&self) -> Vec<String> {
         self.labels.read().unwrap().keys().cloned().collect()
+    }
+    /// Where `label`'s snapshots are stored: the label itself, or this matcher's shard of it.
+    pub fn storage_name(&self, label: &str) -> String {
+        kim_api::shard::storage_name(label, self.args.shard.shard, self.args.shard.shards)
     }
     pub fn stopping(&self) -> bool {
         *self.shutdown.borrow()
@@ -80,6 +91,13 @@ fn default_id() -> String {
 
 async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    kim_api::shard::check(args.shard.shard, args.shard.shards)?;
+    let (gate, timers) = if args.shard.sharded() {
+        let (g, rx) = shards::Gate::new();
+        (Some(g), Some(rx))
+    } else {
+        (None, None)
+    };
     let store = Store::open(&args.storage)?;
     let id = args.matcher_id.clone().unwrap_or_else(default_id);
     let target = Arc::new(Target::new(&args.redis)?);
@@ -95,11 +113,13 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
         metrics: Metrics::new(),
         ready: AtomicBool::new(false),
         reading: AtomicBool::new(false),
+        group: kim_api::shard::group(args.shard.shard, args.shard.shards),
+        gate,
         shutdown: stop_rx,
         store,
         args,
     });
-    tracing::info!(matcher = %m.id, storage = %m.store.describe(), namespace = %m.args.namespace, "matcher starting");
+    tracing::info!(matcher = %m.id, storage = %m.store.describe(), namespace = %m.args.namespace, group = %m.group, "matcher starting");
     let listener =
         tokio::net::TcpListener::bind(m.args.http).await.with_context(|| format!("binding {}", m.args.http))?;
     tokio::spawn(http::serve(m.clone(), listener));
@@ -113,12 +133,16 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let delta_watcher = tokio::spawn(deltas::watch(m.clone(), conn.clone()));
     let heartbeat = tokio::spawn(registry::heartbeat(m.clone(), conn.clone()));
     let claimer = tokio::spawn(serve::claim_loop(m.clone(), conn.clone()));
+    let timers = timers.map(|rx| tokio::spawn(shards::timers(m.clone(), rx, conn.clone())));
     serve::read_loop(m.clone(), reader, conn.clone()).await;
     // The reader has finished its last batch; let the claimer finish its own, then leave.
     claimer.await.ok();
     watcher.abort();
     delta_watcher.abort();
     heartbeat.abort();
+    if let Some(t) = timers {
+        t.abort();
+    }
     registry::unregister(&m, conn).await;
     m.ready.store(false, Ordering::SeqCst);
     tracing::info!(matcher = %m.id, "matcher stopped");

@@ -37,6 +37,8 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
             deltas: cur.tail.deltas(),
             tail: cur.tail.rows(),
             tombstones: cur.tail.tombstones(),
+            shard: m.args.shard.sharded().then_some(m.args.shard.shard),
+            shards: m.args.shard.sharded().then_some(m.args.shard.shards),
         };
         let key = kim_api::registry_key(&m.args.prefix, &label, &m.id);
         pipe.cmd("SET").arg(key).arg(serde_json::to_string(&info).unwrap()).arg("PX").arg(ttl_ms).ignore();

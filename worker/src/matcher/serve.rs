@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kim_api::{ErrorCode, MatchError, MatchRequest, MatchResponse, GROUP};
+use kim_api::{ErrorCode, MatchError, MatchRequest, MatchResponse};
 use kim_index::vectors::similarity;
 use kim_index::{DecodeError, Hit, Metric};
 use kim_redis::{Backoff, Conn};
@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions};
 use redis::Value;
 
+use super::shards::{self, Outcome, Req};
 use super::{registry, Loaded, Matcher};
 
 /// One stream entry of a label. The field names and values are moved out of the Redis reply,
@@ -117,11 +118,16 @@ fn parse_read_reply(v: Value) -> redis::RedisResult<Vec<(String, Entries)>> {
     Ok(out)
 }
 
-/// Creates the label's consumer group (and stream) if missing.
-pub async fn ensure_group(conn: &mut Conn, prefix: &str, label: &str) -> redis::RedisResult<()> {
-    let key = kim_api::stream_key(prefix, label);
-    match redis::cmd("XGROUP").arg("CREATE").arg(&key).arg(GROUP).arg("0").arg("MKSTREAM").query_async::<()>(conn).await
-    {
+/// Creates the matcher's consumer group on the label's stream (and the stream) if missing:
+/// `kim-matchers` from the stream's start; a shard's group from the entries of the last
+/// minute (`shards::GROUP_LOOKBACK_MS`), so shards starting one after another all see the
+/// requests added meanwhile without re-reading old history.
+pub async fn ensure_group(m: &Matcher, conn: &mut Conn, label: &str) -> redis::RedisResult<()> {
+    let key = kim_api::stream_key(&m.args.prefix, label);
+    let start = shards::group_start(m.args.shard.sharded());
+    let mut create = redis::cmd("XGROUP");
+    create.arg("CREATE").arg(&key).arg(&m.group).arg(start).arg("MKSTREAM");
+    match create.query_async::<()>(conn).await {
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
@@ -152,7 +158,7 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
             .iter()
             .map(|k| if recovering { after.get(k).cloned().unwrap_or_else(|| "0".into()) } else { ">".into() })
             .collect();
-        let mut opts = StreamReadOptions::default().group(GROUP, &m.id).count(m.args.batch);
+        let mut opts = StreamReadOptions::default().group(&m.group, &m.id).count(m.args.batch);
         if !recovering {
             opts = opts.block(m.args.block.as_millis() as usize);
         }
@@ -205,7 +211,7 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("consumer group missing (stream deleted or Redis restarted empty); recreating");
                 for l in &labels {
-                    ensure_group(&mut conn, &m.args.prefix, l).await.ok();
+                    ensure_group(&m, &mut conn, l).await.ok();
                 }
                 failed = true;
             }
@@ -230,7 +236,7 @@ pub async fn claim_loop(m: Arc<Matcher>, mut conn: Conn) {
             loop {
                 let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
                     .arg(&key)
-                    .arg(GROUP)
+                    .arg(&m.group)
                     .arg(&m.id)
                     .arg(m.args.claim_idle.as_millis() as u64)
                     .arg(&cursor)
@@ -288,7 +294,7 @@ impl BatchLabels {
 }
 
 fn triage(m: &Matcher, labels: &mut BatchLabels, e: &Entry, now_ms: u64) -> Work {
-    let req = match MatchRequest::parse_with(|k| e.field(k)) {
+    let mut req = match MatchRequest::parse_with(|k| e.field(k)) {
         Ok(r) => r,
         Err(rej) => {
             if rej.response_channel.is_none() {
@@ -309,6 +315,11 @@ fn triage(m: &Matcher, labels: &mut BatchLabels, e: &Entry, now_ms: u64) -> Work
             ErrorCode::ValidationFailed,
             format!("label field {:?} differs from stream label {:?}", req.label, e.label),
         );
+    }
+    if m.args.shard.sharded() && req.deadline.is_none() {
+        // Every shard must answer by then, or the reply is 26309.
+        let added = e.added_ms().unwrap_or(now_ms);
+        req.deadline = Some(added.saturating_add(m.args.shard_deadline.as_millis() as u64));
     }
     if req.deadline.is_some_and(|d| d <= now_ms) {
         return fail(ErrorCode::Timeout, "deadline passed before the search started".into());
@@ -344,6 +355,15 @@ struct Reply {
     luna_request_id: String,
     hits: usize,
     error: Option<MatchError>,
+    /// Set when `json` is a shard's partial answer (`[[id, similarity], ...]`) of this request.
+    partial: Option<Partial>,
+}
+
+/// What merging a shard's partial answer needs of its request.
+struct Partial {
+    limit: u32,
+    threshold: Option<f64>,
+    deadline: u64,
 }
 
 impl Reply {
@@ -358,12 +378,14 @@ impl Reply {
             luna_request_id: resp.luna_request_id,
             hits: resp.result.len(),
             error: resp.error,
+            partial: None,
         }
     }
 }
 
-/// Decodes and searches one request and writes its reply; never panics.
-fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
+/// Decodes and searches one request and writes its reply (or, for a shard, its partial
+/// answer); never panics.
+fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded, sharded: bool) -> Reply {
     let spec = loaded.index.vectors.spec;
     let failed = |code: ErrorCode, detail: String| {
         Reply::from_response(
@@ -391,7 +413,20 @@ fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
     }
     let mut json = Vec::with_capacity(128 + 40 * hits.len());
     let result = HitsJson { hits: &hits, id: |row| tail.id(index, row), metric: spec.metric };
-    kim_api::write_response_json(&mut json, &req.rid, &req.luna_request_id, kim_api::STATUS_OK, Some(&result), None);
+    let partial = sharded.then(|| {
+        serde_json::to_writer(&mut json, &result).expect("hits serialise");
+        Partial { limit: req.limit, threshold: req.threshold, deadline: req.deadline.unwrap_or(0) }
+    });
+    if partial.is_none() {
+        kim_api::write_response_json(
+            &mut json,
+            &req.rid,
+            &req.luna_request_id,
+            kim_api::STATUS_OK,
+            Some(&result),
+            None,
+        );
+    }
     Reply {
         entry,
         channel: Some(req.response_channel),
@@ -401,16 +436,20 @@ fn search_reply(entry: usize, req: MatchRequest, loaded: &Loaded) -> Reply {
         luna_request_id: req.luna_request_id,
         hits: hits.len(),
         error: None,
+        partial,
     }
 }
 
 /// Searches on the rayon pool (the search threads) and hands the replies back; `None` when
 /// the search task died, so its entries stay pending for a retry.
-async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>) -> Option<Vec<Reply>> {
+async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>, sharded: bool) -> Option<Vec<Reply>> {
     let (tx, rx) = futures::channel::oneshot::channel();
     rayon::spawn(move || {
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            searches.into_par_iter().map(|(entry, req, loaded)| search_reply(entry, req, &loaded)).collect::<Vec<_>>()
+            searches
+                .into_par_iter()
+                .map(|(entry, req, loaded)| search_reply(entry, req, &loaded, sharded))
+                .collect::<Vec<_>>()
         }));
         tx.send(done).ok();
     });
@@ -423,8 +462,9 @@ async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>) -> Opti
     }
 }
 
-/// Answers a batch: searches in parallel, then one pipeline of PUBLISH + XACK. Entries without
-/// an answer (their search task died) are not acknowledged, so the claimer retries them.
+/// Answers a batch: searches in parallel, then one pipeline of PUBLISH + XACK (for a shard: the
+/// merge gate, `shards::deliver`). Entries without an answer (their search task died) are not
+/// acknowledged, so the claimer retries them.
 /// Returns false when the replies could not be delivered (the entries stay pending).
 async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool {
     let now_ms = kim_api::unix_ms();
@@ -440,24 +480,37 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
     }
     drop(labels);
     if !searches.is_empty() {
-        if let Some(mut r) = search_batch(searches).await {
+        if let Some(mut r) = search_batch(searches, m.gate.is_some()).await {
             replies.append(&mut r);
         }
     }
-    let mut pipe = redis::pipe();
     let mut acks: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &replies {
-        if let Some(ch) = &r.channel {
-            pipe.cmd("PUBLISH").arg(ch).arg(&r.json[..]).ignore();
-        }
         let e = &entries[r.entry];
         acks.entry(&e.label).or_default().push(e.id.as_str());
     }
-    for (label, ids) in &acks {
-        pipe.cmd("XACK").arg(kim_api::stream_key(&m.args.prefix, label)).arg(GROUP).arg(ids).ignore();
-    }
-    if let Err(e) = pipe.query_async::<()>(conn).await {
-        tracing::warn!(error = %e, entries = entries.len(), "cannot deliver replies; entries stay pending and will be retried");
+    let delivered = match &m.gate {
+        Some(gate) => shards::deliver(m, gate, conn, outcomes(&entries, &replies), &acks).await,
+        None => {
+            let mut pipe = redis::pipe();
+            for r in &replies {
+                if let Some(ch) = &r.channel {
+                    pipe.cmd("PUBLISH").arg(ch).arg(&r.json[..]).ignore();
+                }
+            }
+            for (label, ids) in &acks {
+                pipe.cmd("XACK").arg(kim_api::stream_key(&m.args.prefix, label)).arg(&m.group).arg(ids).ignore();
+            }
+            match pipe.query_async::<()>(conn).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = entries.len(), "cannot deliver replies; entries stay pending and will be retried");
+                    false
+                }
+            }
+        }
+    };
+    if !delivered {
         return false;
     }
     let now = kim_api::unix_ms();
@@ -481,6 +534,34 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
         m.metrics.requests(label, status, n);
     }
     true
+}
+
+/// A shard's answers as the merge gate takes them: partial answers to offer, and replies
+/// (errors, timeouts) to publish once for every shard.
+fn outcomes<'a>(entries: &'a [Entry], replies: &'a [Reply]) -> Vec<Outcome<'a>> {
+    let mut out = Vec::with_capacity(replies.len());
+    for r in replies {
+        let e = &entries[r.entry];
+        let Some(channel) = r.channel.as_deref() else { continue };
+        let (label, entry, json) = (&e.label, e.id.as_str(), r.json.as_slice());
+        out.push(match &r.partial {
+            Some(p) => {
+                let (rid, luna_request_id) = (r.rid.as_str(), r.luna_request_id.as_str());
+                let (limit, threshold, deadline) = (p.limit, p.threshold, p.deadline);
+                Outcome::Partial {
+                    label,
+                    entry,
+                    json,
+                    req: Req { rid, luna_request_id, channel, limit, threshold, deadline },
+                }
+            }
+            None => {
+                let timeout = r.error.as_ref().is_some_and(|e| e.error_code == ErrorCode::Timeout.code());
+                Outcome::Final { label, entry, channel, json, timeout }
+            }
+        });
+    }
+    out
 }
 
 #[cfg(test)]

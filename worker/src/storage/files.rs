@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use kim_index::snapshot::{self, SnapshotError};
 
-use kim_api::build::valid_label as valid_name;
+use kim_api::shard::valid_storage_name as valid_name;
 
 pub struct Files {
     root: PathBuf,

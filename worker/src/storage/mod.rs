@@ -49,7 +49,8 @@ impl Store {
         }
     }
 
-    /// Labels with a CURRENT under the namespace.
+    /// Labels, and shards of split labels (`<label>@shard-<I>-of-<N>`), with a CURRENT under
+    /// the namespace.
     pub async fn labels(&self, namespace: &str) -> Result<Vec<String>, StorageError> {
         match self {
             Store::Files(f) => Ok(f.labels(namespace)),

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::StorageError;
 use crate::cli::StorageArgs;
-use kim_api::build::valid_label as valid_name;
+use kim_api::shard::valid_storage_name as valid_name;
 
 pub struct S3 {
     store: Arc<dyn ObjectStore>,
