@@ -465,6 +465,29 @@ fn a_request_answered_twice_by_a_shard_gets_one_reply() {
     let merges = a.metric("kim_matcher_shard_merges_total{label=\"faces\"}")
         + b.metric("kim_matcher_shard_merges_total{label=\"faces\"}");
     assert_eq!(merges, n as f64);
+    // An error every shard sees alike (a descriptor of the wrong length) is published once.
+    let bad = std::thread::scope(|scope| {
+        let listener = scope.spawn(|| {
+            let stop_after = std::cell::Cell::new(None::<Instant>);
+            collect_replies(redis, "bad", Duration::from_secs(10), |g| {
+                if g.len() >= 5 && stop_after.get().is_none() {
+                    stop_after.set(Some(Instant::now()));
+                }
+                stop_after.get().is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..5 {
+            add(redis, &[1, 2, 3], &format!("bad{i}"), "bad", 4, None);
+        }
+        listener.join().unwrap()
+    });
+    assert_eq!(bad.len(), 5);
+    for (rid, replies) in &bad {
+        assert_eq!(replies.len(), 1, "{rid}: {replies:?}");
+        assert_eq!(replies[0]["error"]["error_code"], 26302, "{}", replies[0]);
+        assert!(replies[0]["result"].is_null());
+    }
 }
 
 #[test]
