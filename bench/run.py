@@ -11,7 +11,8 @@ For each data set: exact ground truth (cosine, float64, brute force), then for e
 build (3 by default, --quick 1): build with 2 threads, save, load in a fresh process (load time,
 resident memory added), and sweep ef with ONE search thread measuring recall@1, recall@10 and QPS.
 Medians over builds; QPS at recall@10 0.90/0.95/0.99 is interpolated on the median curve. Then the
-Redis path (kim-bench redis) on the face data. Output: a table on stdout and in
+Redis path (kim-bench redis) on the face data, and the
+u8 label split into 4 shards beside the unsharded one (--redis-shards). Output: a table on stdout and in
 <out>/table.txt, <out>/results.json and <out>/recall-qps.png (see docs/benchmarks.md).
 """
 
@@ -487,12 +488,59 @@ def table(res: dict) -> str:
             "  /CPU-s = requests per CPU-second the matcher processes used ÷ in-process queries per search-thread CPU-second"
         )
         L.append("  (robust to a shared machine).")
+        shard_rows = [r for r in res["redis"] if r.get("sharded")]
+        if shard_rows:
+            L.append("")
+            L.append("== Sharded label beside the unsharded one (same probes, same search threads in all)")
+            L.extend(shard_table(shard_rows))
     if res.get("acceptance"):
         L.append("")
         L.append("== performance targets (reported, not asserted)")
         for t in res["acceptance"]:
             L.append(f"  [{t['verdict']:^7}] {t['target']}: {t['measured']}")
     return "\n".join(L)
+
+
+def shard_table(rows: list[dict]) -> list[str]:
+    """The sharded comparison of `kim-bench redis --shards N`: one line per set-up, then the
+    ratios sharded / unsharded, build and memory figures."""
+    L = []
+    hdr = (
+        f"{'index':<14} {'set-up':>14} {'recall@10':>9} {'same top-10':>11} {'1-flight p50':>12} {'p99':>7} "
+        f"{'batched QPS':>11} {'p50':>7} {'p99':>7} {'QPS/CPU-s':>9} {'RSS MiB':>8}"
+    )
+    L.append(hdr)
+    L.append("-" * len(hdr))
+    for r in rows:
+        sh = r["sharded"]
+        name = f"{r['dataset']}/{r['encoding']}"
+        for what, c in (("unsharded", sh["unsharded"]), (f"{sh['shards']} shards", sh["sharded"])):
+            s, bt = c["serial"], c["batched"]
+            setup = f"{what} {c['matchers']}×{c['threads_per_matcher']}"
+            L.append(
+                f"{name:<14} {setup:>14} {fmt(bt['recall10'], '.4f'):>9} {bt['agreement_with_in_process']:>11.1%} "
+                f"{s['latency']['p50_us']:>10.0f}µs {s['latency']['p99_us']:>7.0f} {bt['throughput']:>11.0f} "
+                f"{bt['latency']['p50_us']:>7.0f} {bt['latency']['p99_us']:>7.0f} {bt['per_matcher_cpu_second_qps']:>9.0f} "
+                f"{sum(c['matcher_rss_bytes']) / 2**20:>8.1f}"
+            )
+        q = sh["ratio"]
+        L.append(
+            f"{name:<14} {'ratio':>14} {fmt(q['recall10'], '.3f'):>9} {'':>11} {fmt(q['serial_p50'], '.2f'):>11}× "
+            f"{fmt(q['serial_p99'], '.2f'):>6}× {fmt(q['throughput'], '.2f'):>10}× {fmt(q['batched_p50'], '.2f'):>6}× "
+            f"{fmt(q['batched_p99'], '.2f'):>6}× {fmt(q['per_matcher_cpu_second_qps'], '.2f'):>8}×"
+        )
+        b, d, m = sh["build"], sh["disk"], sh["memory"]
+        L.append(
+            f"  {name}: {sh['vectors']} vectors at ef {sh['ef']}; shards {b['shard_vectors']} built in {b['seconds']:.1f} s "
+            f"({b['threads']} threads; unsharded {b['unsharded_seconds']:.1f} s), {b['cpu_seconds_per_vector'] * 1e6:.0f} CPU-µs/vector; "
+            f"disk {d['unsharded_bytes_per_vector']:.0f} B/vector unsharded, {d['sharded_bytes_per_vector']:.0f} sharded; "
+            f"matcher RSS added {m['unsharded_rss_added_per_vector']:.0f} B/vector unsharded, "
+            f"{m['sharded_rss_added_per_vector']:.0f} sharded (empty matcher {m['empty_matcher_rss_bytes'] / 2**20:.1f} MiB)"
+        )
+    L.append("  ratio = sharded ÷ unsharded; same top-10 = answers identical to the unsharded in-process search;")
+    L.append("  QPS/CPU-s = answered requests per CPU-second of all matcher processes (a sharded request costs one")
+    L.append("  search per shard).")
+    return L
 
 
 def acceptance(res: dict) -> list[dict]:
@@ -660,6 +708,15 @@ def main() -> None:
     ap.add_argument("--redis-configs", default="1x1,2x1,4x1")
     ap.add_argument("--redis-inflight", type=int, default=64)
     ap.add_argument("--redis-seconds", type=float, default=10.0, help="time limit of each Redis load phase")
+    ap.add_argument(
+        "--redis-shards",
+        type=int,
+        default=4,
+        help="also serve the label split into this many shards beside the unsharded label (0 = off)",
+    )
+    ap.add_argument(
+        "--redis-shard-encodings", default="u8", help="encodings the sharded comparison runs for (of --redis-encodings)"
+    )
     ap.add_argument("--step-timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=str(ROOT / "target" / "bench"))
     ap.add_argument(
@@ -782,6 +839,10 @@ def main() -> None:
                         5000,
                         "--batched-requests",
                         200000,
+                        "--shards",
+                        a.redis_shards if enc in a.redis_shard_encodings.split(",") else 0,
+                        "--build-threads",
+                        a.threads,
                     ],
                     timeout=a.step_timeout,
                 )

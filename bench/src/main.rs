@@ -3,6 +3,7 @@
 
 mod index;
 mod redis;
+mod sharded;
 mod sys;
 mod tail;
 

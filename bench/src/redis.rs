@@ -19,7 +19,7 @@ use kim_index::{snapshot, HnswParams};
 use serde_json::{json, Value};
 
 use crate::index::{measure_qps, read_queries, read_truth, recalls, write_snapshot, NAMESPACE};
-use crate::sys::{cpu_seconds, latency_summary, self_cpu_seconds};
+use crate::sys::{cpu_seconds, latency_summary, rss_of, self_cpu_seconds};
 use kim_testkit::{http_get, poll_until, try_free_port, Proc};
 
 #[derive(Debug, Args)]
@@ -66,6 +66,16 @@ pub struct RedisArgs {
     /// Requests sent (and not measured) before each phase.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
+    /// Also split the label into this many shards (2 or more; 0 = off) and compare N matchers,
+    /// one per shard, with one unsharded matcher on the same cores.
+    #[arg(long, default_value_t = 0)]
+    pub shards: u32,
+    /// Search threads in all for the sharded comparison (0 = this machine's cores).
+    #[arg(long, default_value_t = 0)]
+    pub shard_cores: usize,
+    /// Threads building the shards' graphs.
+    #[arg(long, default_value_t = 2)]
+    pub build_threads: usize,
 }
 
 struct Setup {
@@ -160,67 +170,146 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
     let payloads: Vec<Vec<u8>> = (0..qm.rows).map(|i| qm.row(i).to_vec()).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
+    let env = Env {
+        a,
+        worker: &worker,
+        storage: &storage,
+        url: &url,
+        logs: &logs,
+        rt: &rt,
+        payloads: Arc::new(payloads),
+        local: &local,
+        truth: truth.as_ref(),
+        version: spec.version,
+        redis_pid: redis.pid(),
+        qps,
+        cpu_qps,
+        local_p50: in_process["latency"]["p50_us"].as_f64().unwrap_or(f64::NAN),
+    };
     let mut results = Vec::new();
     for (n, s) in setups.iter().enumerate() {
-        let label = format!("{}x{}", s.matchers, s.threads);
-        eprintln!("[kim-bench redis] {label}: {} matcher(s) × {} search thread(s)", s.matchers, s.threads);
+        let name = format!("{}x{}", s.matchers, s.threads);
+        eprintln!("[kim-bench redis] {name}: {} matcher(s) × {} search thread(s)", s.matchers, s.threads);
+        let plan: Vec<MatcherPlan> = (0..s.matchers)
+            .map(|i| MatcherPlan { id: format!("bench-{n}-{i}"), threads: s.threads, shard: None })
+            .collect();
+        let mut matchers = env.start(&name, &plan, &storage, &a.label)?;
+        let (v, _) = env.measure(&name, &matchers, s.matchers * s.threads)?;
+        results.push(v);
+        for m in &mut matchers {
+            m.stop(Duration::from_secs(15));
+        }
+    }
+    let sharded = if a.shards >= 2 {
+        let snap = snapshot::label_dir(&storage, NAMESPACE, &a.label);
+        Some(crate::sharded::run(&env, &snap, a.shards)?)
+    } else {
+        None
+    };
+    redis.stop(Duration::from_secs(5));
+    Ok(json!({
+        "engine": "kim", "path": "redis", "encoding": spec.encoding, "vectors": manifest.vectors, "queries": qs.len(), "k": a.k,
+        "in_process": in_process, "configs": results, "sharded": sharded,
+        "redis_server": redis_version(&a.redis_server),
+    }))
+}
+
+/// What every matcher set-up of one run shares: the served storage, redis-server, the probes
+/// and the in-process answers they are compared with.
+pub(crate) struct Env<'a> {
+    pub a: &'a RedisArgs,
+    pub worker: &'a Path,
+    pub storage: &'a Path,
+    pub url: &'a str,
+    pub logs: &'a Path,
+    pub rt: &'a tokio::runtime::Runtime,
+    pub payloads: Arc<Vec<Vec<u8>>>,
+    pub local: &'a [Vec<u32>],
+    pub truth: Option<&'a Vec<Vec<u32>>>,
+    pub version: u32,
+    pub redis_pid: u32,
+    pub qps: f64,
+    pub cpu_qps: f64,
+    pub local_p50: f64,
+}
+
+/// One matcher process to start: its id, search threads and (shard, shards) if it serves one.
+pub(crate) struct MatcherPlan {
+    pub id: String,
+    pub threads: usize,
+    pub shard: Option<(u32, u32)>,
+}
+
+impl Env<'_> {
+    /// Starts the planned `kim-worker match` processes on `storage` and waits until all are
+    /// ready (60 s at most each).
+    pub fn start(&self, name: &str, plan: &[MatcherPlan], storage: &Path, label: &str) -> anyhow::Result<Vec<Proc>> {
         let mut matchers = Vec::new();
         let mut ports = Vec::new();
-        for i in 0..s.matchers {
+        for (i, p) in plan.iter().enumerate() {
             let http = try_free_port()?;
-            let mut cmd = Command::new(&worker);
-            cmd.args(["match", "--storage", path_str(&storage)?, "--redis", &url, "--label", &a.label])
+            let mut cmd = Command::new(self.worker);
+            cmd.args(["match", "--storage", path_str(storage)?, "--redis", self.url, "--label", label])
                 .args([
                     "--threads",
-                    &s.threads.to_string(),
+                    &p.threads.to_string(),
                     "--http",
                     &format!("127.0.0.1:{http}"),
                     "--matcher-id",
-                    &format!("bench-{n}-{i}"),
+                    &p.id,
                 ])
                 .env("KIM_LOG", "warn");
-            matchers.push(Proc::try_spawn(&format!("matcher-{label}-{i}"), &mut cmd, &logs)?);
+            if let Some((shard, shards)) = p.shard {
+                cmd.args(["--shards", &shards.to_string(), "--shard", &shard.to_string()]);
+            }
+            matchers.push(Proc::try_spawn(&format!("matcher-{name}-{i}"), &mut cmd, self.logs)?);
             ports.push(http);
         }
         for (m, p) in matchers.iter_mut().zip(&ports) {
             let ready = poll_until(Duration::from_secs(60), || matches!(http_get(*p, "/readyz"), Some((200, _))));
             if !ready {
                 let alive = m.alive();
-                bail!("matcher {} not ready after 60 s (alive: {alive}; see {})", m.name, logs.display());
+                bail!("matcher {} not ready after 60 s (alive: {alive}; see {})", m.name, self.logs.display());
             }
         }
-        let client = rt.block_on(Client::connect(&url))?;
+        Ok(matchers)
+    }
+
+    /// One in flight, then `inflight` in flight, against `matchers` (using `cores` search
+    /// threads in all). Returns the set-up's JSON and the matchers' resident bytes after the load.
+    pub fn measure(&self, name: &str, matchers: &[Proc], cores: usize) -> anyhow::Result<(Value, Vec<u64>)> {
+        let a = self.a;
+        let client = self.rt.block_on(Client::connect(self.url))?;
         let ctx =
-            Ctx { client, label: a.label.clone(), version: spec.version, k: a.k, payloads: Arc::new(payloads.clone()) };
+            Ctx { client, label: a.label.clone(), version: self.version, k: a.k, payloads: self.payloads.clone() };
 
-        rt.block_on(drive(&ctx, 1, a.warmup, 30.0));
-        let serial = rt.block_on(drive(&ctx, 1, a.serial_requests, a.max_seconds));
+        self.rt.block_on(drive(&ctx, 1, a.warmup, 30.0));
+        let serial = self.rt.block_on(drive(&ctx, 1, a.serial_requests, a.max_seconds));
 
-        rt.block_on(drive(&ctx, a.inflight, a.warmup.max(a.inflight * 2), 30.0));
+        self.rt.block_on(drive(&ctx, a.inflight, a.warmup.max(a.inflight * 2), 30.0));
         let pids: Vec<u32> = matchers.iter().map(Proc::pid).collect();
         let cpu0: f64 = pids.iter().filter_map(|p| cpu_seconds(*p)).sum();
-        let redis_cpu0 = cpu_seconds(redis.pid()).unwrap_or(0.0);
+        let redis_cpu0 = cpu_seconds(self.redis_pid).unwrap_or(0.0);
         let self_cpu0 = self_cpu_seconds();
-        let batched = rt.block_on(drive(&ctx, a.inflight, a.batched_requests, a.max_seconds));
+        let batched = self.rt.block_on(drive(&ctx, a.inflight, a.batched_requests, a.max_seconds));
         let matcher_cpu = pids.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>() - cpu0;
-        let redis_cpu = cpu_seconds(redis.pid()).unwrap_or(0.0) - redis_cpu0;
+        let redis_cpu = cpu_seconds(self.redis_pid).unwrap_or(0.0) - redis_cpu0;
         let client_cpu = self_cpu_seconds() - self_cpu0;
+        let rss: Vec<u64> = pids.iter().map(|p| rss_of(*p).unwrap_or(0)).collect();
 
-        let agree = |p: &Phase| agreement(&p.rows, &local);
-        let recall = |p: &Phase| truth.as_ref().map(|t| phase_recall(&p.rows, t, a.k));
+        let agree = |p: &Phase| agreement(&p.rows, self.local);
+        let recall = |p: &Phase| self.truth.map(|t| phase_recall(&p.rows, t, a.k));
         let serial_p50 = crate::sys::percentile(&sorted(&serial.latencies_us), 50.0);
-        let local_p50 = in_process["latency"]["p50_us"].as_f64().unwrap_or(f64::NAN);
         let throughput = batched.ok as f64 / batched.seconds.max(1e-9);
-        let cores = (s.matchers * s.threads) as f64;
-        let per_core_wall = throughput / cores;
+        let per_core_wall = throughput / cores as f64;
         let per_cpu_second = batched.ok as f64 / matcher_cpu.max(1e-9);
-        results.push(json!({
-            "config": label, "matchers": s.matchers, "threads_per_matcher": s.threads,
+        let v = json!({
+            "config": name, "matchers": matchers.len(), "threads_per_matcher": cores / matchers.len().max(1),
             "serial": {
                 "inflight": 1, "ok": serial.ok, "failed": serial.failed, "seconds": serial.seconds,
                 "throughput": serial.ok as f64 / serial.seconds.max(1e-9),
                 "latency": latency_summary(serial.latencies_us.clone()),
-                "added_p50_us": serial_p50 - local_p50,
+                "added_p50_us": serial_p50 - self.local_p50,
                 "agreement_with_in_process": agree(&serial), "recall10": recall(&serial),
             },
             "batched": {
@@ -228,33 +317,25 @@ pub fn run(a: &RedisArgs) -> anyhow::Result<Value> {
                 "throughput": throughput,
                 "latency": latency_summary(batched.latencies_us.clone()),
                 "per_matcher_core_qps": per_core_wall,
-                "per_matcher_core_vs_in_process": per_core_wall / qps,
+                "per_matcher_core_vs_in_process": per_core_wall / self.qps,
                 "matcher_cpu_seconds": matcher_cpu,
                 "per_matcher_cpu_second_qps": per_cpu_second,
-                "per_matcher_cpu_second_vs_in_process": per_cpu_second / cpu_qps,
+                "per_matcher_cpu_second_vs_in_process": per_cpu_second / self.cpu_qps,
                 "redis_cpu_seconds": redis_cpu,
                 "client_cpu_seconds": client_cpu,
                 "agreement_with_in_process": agree(&batched), "recall10": recall(&batched),
             },
-        }));
+            "matcher_rss_bytes": rss,
+        });
         eprintln!(
-            "[kim-bench redis] {label}: 1 in flight p50 {:.0} µs (+{:.0} µs over in-process); {} in flight {:.0} req/s = {:.0}/matcher core ({:.0} per matcher CPU-second)",
-            serial_p50, serial_p50 - local_p50, a.inflight, throughput, per_core_wall, per_cpu_second
+            "[kim-bench redis] {name}: 1 in flight p50 {:.0} µs (+{:.0} µs over in-process); {} in flight {:.0} req/s = {:.0}/matcher core ({:.0} per matcher CPU-second)",
+            serial_p50, serial_p50 - self.local_p50, a.inflight, throughput, per_core_wall, per_cpu_second
         );
-        drop(ctx);
-        for m in &mut matchers {
-            m.stop(Duration::from_secs(15));
-        }
+        Ok((v, rss))
     }
-    redis.stop(Duration::from_secs(5));
-    Ok(json!({
-        "engine": "kim", "path": "redis", "encoding": spec.encoding, "vectors": manifest.vectors, "queries": qs.len(), "k": a.k,
-        "in_process": in_process, "configs": results,
-        "redis_server": redis_version(&a.redis_server),
-    }))
 }
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
+pub(crate) fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
 }
 

@@ -2,11 +2,16 @@
 
 /// Resident set size of this process in bytes (VmRSS), 0 if /proc is unavailable.
 pub fn rss_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of(std::process::id()).unwrap_or(0)
+}
+
+/// Resident set size (VmRSS) of process `pid` in bytes; None once it is gone.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .map(|kb| kb * 1024)
 }
 
 /// User + system CPU seconds a process has used so far (None once it is gone).
