@@ -25,7 +25,8 @@ enum Cmd {
     Build(index::BuildArgs),
     /// Load a snapshot (timed, with its RSS) and sweep ef with one search thread.
     Search(index::SearchArgs),
-    /// Serve the snapshot with real matchers behind redis-server and load them with kim-client.
+    /// Serve the snapshot with real matchers behind redis-server and load them with kim-client
+    /// (with --shards N, also the snapshot split into N shards beside one unsharded matcher).
     Redis(redis::RedisArgs),
     /// Search cost of a refresh tail (1 % and 5 % of the snapshot) against none, one thread.
     Tail(tail::TailArgs),

@@ -233,6 +233,12 @@ pub(crate) struct Env<'a> {
     pub local_p50: f64,
 }
 
+/// Resident bytes of each matcher of a set-up: once ready, and after the load.
+pub(crate) struct Rss {
+    pub ready: Vec<u64>,
+    pub loaded: Vec<u64>,
+}
+
 /// One matcher process to start: its id, search threads and (shard, shards) if it serves one.
 pub(crate) struct MatcherPlan {
     pub id: String,
@@ -276,9 +282,11 @@ impl Env<'_> {
     }
 
     /// One in flight, then `inflight` in flight, against `matchers` (using `cores` search
-    /// threads in all). Returns the set-up's JSON and the matchers' resident bytes after the load.
-    pub fn measure(&self, name: &str, matchers: &[Proc], cores: usize) -> anyhow::Result<(Value, Vec<u64>)> {
+    /// threads in all). Returns the set-up's JSON and the matchers' resident bytes when ready
+    /// (before any request) and after the load.
+    pub fn measure(&self, name: &str, matchers: &[Proc], cores: usize) -> anyhow::Result<(Value, Rss)> {
         let a = self.a;
+        let ready_rss: Vec<u64> = matchers.iter().map(|m| rss_of(m.pid()).unwrap_or(0)).collect();
         let client = self.rt.block_on(Client::connect(self.url))?;
         let ctx =
             Ctx { client, label: a.label.clone(), version: self.version, k: a.k, payloads: self.payloads.clone() };
@@ -326,12 +334,13 @@ impl Env<'_> {
                 "agreement_with_in_process": agree(&batched), "recall10": recall(&batched),
             },
             "matcher_rss_bytes": rss,
+            "matcher_rss_ready_bytes": ready_rss.clone(),
         });
         eprintln!(
             "[kim-bench redis] {name}: 1 in flight p50 {:.0} µs (+{:.0} µs over in-process); {} in flight {:.0} req/s = {:.0}/matcher core ({:.0} per matcher CPU-second)",
             serial_p50, serial_p50 - self.local_p50, a.inflight, throughput, per_core_wall, per_cpu_second
         );
-        Ok((v, rss))
+        Ok((v, Rss { ready: ready_rss, loaded: rss }))
     }
 }
 
