@@ -100,6 +100,8 @@ struct Phase {
     failed: usize,
     seconds: f64,
     latencies_us: Vec<f64>,
+    /// When each answered request was sent, seconds after the phase began (same order).
+    sent_at: Vec<f64>,
     rows: Vec<(usize, Vec<u32>)>,
 }
 
@@ -324,6 +326,7 @@ impl Env<'_> {
                 "inflight": a.inflight, "ok": batched.ok, "failed": batched.failed, "seconds": batched.seconds,
                 "throughput": throughput,
                 "latency": latency_summary(batched.latencies_us.clone()),
+                "slowest": slowest(&batched.sent_at, &batched.latencies_us, 5),
                 "per_matcher_core_qps": per_core_wall,
                 "per_matcher_core_vs_in_process": per_core_wall / self.qps,
                 "matcher_cpu_seconds": matcher_cpu,
@@ -405,6 +408,7 @@ async fn drive(ctx: &Ctx, inflight: usize, requests: usize, max_seconds: f64) ->
                     Ok(resp) if resp.error.is_none() => {
                         o.ok += 1;
                         o.latencies_us.push(us);
+                        o.sent_at.push((t - start).as_secs_f64());
                         o.rows.push((q, resp.result.iter().filter_map(|(id, _)| id.parse().ok()).collect()));
                     }
                     _ => o.failed += 1,
@@ -420,6 +424,15 @@ async fn drive(ctx: &Ctx, inflight: usize, requests: usize, max_seconds: f64) ->
     p
 }
 
+/// The `n` slowest requests as `[sent at (s into the phase), latency (µs)]`, slowest first:
+/// whether a tail is one stall (sent together) or spread over the phase.
+pub(crate) fn slowest(sent_at: &[f64], latencies_us: &[f64], n: usize) -> Vec<[f64; 2]> {
+    let mut v: Vec<[f64; 2]> = sent_at.iter().zip(latencies_us).map(|(s, l)| [*s, *l]).collect();
+    v.sort_by(|a, b| b[1].total_cmp(&a[1]));
+    v.truncate(n);
+    v
+}
+
 /// Fraction of answers whose rows equal the in-process result for the same query.
 fn agreement(rows: &[(usize, Vec<u32>)], local: &[Vec<u32>]) -> f64 {
     if rows.is_empty() {
@@ -432,4 +445,18 @@ fn phase_recall(rows: &[(usize, Vec<u32>)], truth: &[Vec<u32>], k: usize) -> f64
     let got: Vec<Vec<u32>> = rows.iter().map(|(_, r)| r.clone()).collect();
     let want: Vec<Vec<u32>> = rows.iter().map(|(q, _)| truth[*q].clone()).collect();
     recalls(&got, &want, k).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slowest_keeps_the_n_longest_with_when_they_were_sent() {
+        let sent = [0.0, 0.5, 1.0, 1.5];
+        let lat = [10.0, 500_000.0, 20.0, 400_000.0];
+        assert_eq!(slowest(&sent, &lat, 2), vec![[0.5, 500_000.0], [1.5, 400_000.0]]);
+        assert_eq!(slowest(&sent, &lat, 9).len(), 4);
+        assert!(slowest(&[], &[], 3).is_empty());
+    }
 }
