@@ -534,8 +534,8 @@ def shard_table(rows: list[dict]) -> list[str]:
             f"  {name}: {sh['vectors']} vectors at ef {sh['ef']}; shards {b['shard_vectors']} built in {b['seconds']:.1f} s "
             f"({b['threads']} threads; unsharded {b['unsharded_seconds']:.1f} s), {b['cpu_seconds_per_vector'] * 1e6:.0f} CPU-µs/vector; "
             f"disk {d['unsharded_bytes_per_vector']:.0f} B/vector unsharded, {d['sharded_bytes_per_vector']:.0f} sharded; "
-            f"matcher RSS added once ready {m['unsharded_rss_ready_added_per_vector']:.0f} B/vector unsharded, "
-            f"{m['sharded_rss_ready_added_per_vector']:.0f} sharded; after the load {m['unsharded_rss_added_per_vector']:.0f} "
+            f"matcher RSS added once ready {fmt(m.get('unsharded_rss_ready_added_per_vector'))} B/vector unsharded, "
+            f"{fmt(m.get('sharded_rss_ready_added_per_vector'))} sharded; after the load {m['unsharded_rss_added_per_vector']:.0f} "
             f"and {m['sharded_rss_added_per_vector']:.0f} (empty matcher {m['empty_matcher_rss_bytes'] / 2**20:.1f} MiB)"
         )
     L.append("  ratio = sharded ÷ unsharded; same top-10 = answers identical to the unsharded in-process search;")
