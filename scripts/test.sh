@@ -11,6 +11,8 @@ timed "dependencies" bash scripts/deps.sh
 timed "kubernetes binaries" bash e2e/tools.sh full
 # SeaweedFS, the S3-compatible server of worker/tests/object_storage.rs (about 4 minutes once).
 timed "seaweedfs" bash scripts/seaweedfs.sh
+# KEDA's ScaledObject CRD, from its Go module (operator/tests/autoscaling.rs).
+timed "keda crd" bash scripts/keda-crd.sh
 timed "rust build" cargo build --release --workspace --bins --tests
 
 status=0; failed_tiers=()

@@ -239,6 +239,7 @@ fn may_be_unused(a: &Access) -> Option<&'static str> {
         }
         ("events.k8s.io", "events", "patch") => Some("only when the same event repeats (event series)"),
         ("coordination.k8s.io", "leases", "create") => Some("only the first replica ever creates the Lease"),
+        ("keda.sh", "scaledobjects", _) => Some("matcher.autoscaling.keda, not in the samples"),
         _ => None,
     }
 }
@@ -275,8 +276,11 @@ async fn fail_fast(c: &Cluster, root: &Path, t0: Instant) {
         60,
         "wrong-dims Failed",
         || {
-            let m = field(c, "mi", "wrong-dims", r#"{.status.conditions[?(@.type=="BuildFailed")].message}"#);
-            (field(c, "mi", "wrong-dims", "{.status.phase}") == "Failed").then_some(m)
+            // One read of both fields: the phase and the message come from the same status write.
+            let both = r#"{.status.phase}{"\n"}{.status.conditions[?(@.type=="BuildFailed")].message}"#;
+            let out = field(c, "mi", "wrong-dims", both);
+            let (phase, m) = out.split_once('\n').unwrap_or((&out, ""));
+            (phase == "Failed").then(|| m.to_string())
         },
         why,
     )

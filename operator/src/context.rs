@@ -20,13 +20,17 @@ pub struct Context {
     pub admission: Mutex<()>,
     /// How long after a deletion the finalizer keeps trying to remove the label's Redis keys.
     pub cleanup_timeout: Duration,
+    /// How often a MatchingIndex with backlog autoscaling reads its backlog.
+    pub autoscale_interval: Duration,
     reporter: Reporter,
     /// Last note recorded per (object uid, reason): an Event is recorded once per change.
     recorded: StdMutex<HashMap<(String, String), String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, defaults: Defaults, identity: &str, cleanup_timeout: Duration) -> Arc<Context> {
+    /// `timing`: the cleanup timeout and the autoscaling interval.
+    pub fn new(client: Client, defaults: Defaults, identity: &str, timing: (Duration, Duration)) -> Arc<Context> {
+        let (cleanup_timeout, autoscale_interval) = timing;
         let reporter = Reporter { controller: crate::build::MANAGER.into(), instance: Some(identity.into()) };
         Arc::new(Context {
             client,
@@ -34,6 +38,7 @@ impl Context {
             metrics: Metrics::default(),
             admission: Mutex::new(()),
             cleanup_timeout,
+            autoscale_interval,
             reporter,
             recorded: StdMutex::default(),
         })

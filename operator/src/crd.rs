@@ -344,12 +344,43 @@ pub struct MatcherSpec {
     /// Search threads per matcher (default: the container's cores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<i32>,
+    /// Scale the matchers on the label's stream backlog instead of a fixed `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 impl Default for MatcherSpec {
     fn default() -> Self {
-        MatcherSpec { replicas: 1, resources: None, threads: None }
+        MatcherSpec { replicas: 1, resources: None, threads: None, autoscaling: None }
     }
+}
+
+/// Backlog autoscaling of the matcher Deployment. The backlog is the matchers' consumer group's
+/// lag (requests not yet read) plus its pending entries (read, not yet answered); the operator
+/// wants `ceil(backlog / targetBacklog)` matchers within `minReplicas..maxReplicas`, scales up at
+/// once and down only after `cooldown` without a scale change.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest matchers, also with no backlog (default 1).
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("autoscaling.minReplicas must be 1..1000"))]
+    pub min_replicas: i32,
+    /// Most matchers.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("autoscaling.maxReplicas must be 1..1000"))]
+    pub max_replicas: i32,
+    /// Backlog one matcher is expected to carry (default 100 requests).
+    #[serde(default = "hundred")]
+    #[x_kube(validation = Rule::new("self >= 1").message("autoscaling.targetBacklog must be at least 1"))]
+    pub target_backlog: i64,
+    /// How long after a scale change the matchers may be scaled down, as a duration (default "5m").
+    #[serde(default = "five_minutes")]
+    pub cooldown: String,
+    /// Emit a KEDA ScaledObject (redis-streams scaler on the group's lag) and let KEDA scale
+    /// the Deployment, for clusters that run KEDA; the operator then leaves `replicas` alone.
+    #[serde(default)]
+    pub keda: bool,
 }
 
 /// Optional Vald-style online path: agents + Filter gateway.
@@ -513,6 +544,30 @@ pub struct MatchingIndexStatus {
     /// The rollback the kim.dev/rollback-to annotation asked for, and how it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+    /// The backlog autoscaler's last reading and decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Matchers the autoscaler wants.
+    pub replicas: i32,
+    /// Requests the matchers' consumer group has not read yet (its lag), at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Requests read and not yet answered (the group's pending entries), at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+    /// When `replicas` last changed (RFC 3339); the cool-down counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Why `replicas` is what it is, or why the backlog could not be read.
+    pub message: String,
+    /// The KEDA ScaledObject the operator manages (with `autoscaling.keda`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_object: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -599,6 +654,12 @@ pub struct MatchersStatus {
 
 fn one() -> i32 {
     1
+}
+fn hundred() -> i64 {
+    100
+}
+fn five_minutes() -> String {
+    "5m".into()
 }
 fn two() -> i32 {
     2

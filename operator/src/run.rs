@@ -58,6 +58,10 @@ pub struct Config {
     /// label's Redis keys before it gives that step up (files are removed regardless).
     #[arg(long, env = "KIM_CLEANUP_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
     pub cleanup_timeout: Duration,
+    /// How often a MatchingIndex with `matcher.autoscaling` (without KEDA) reads its matchers'
+    /// backlog from Redis and rescales.
+    #[arg(long, env = "KIM_AUTOSCALE_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub autoscale_interval: Duration,
     /// Run once instead of operating: wait until the operator's Lease can be taken (no operator
     /// left), remove kim's finalizer from every MatchingIndex, and exit. The chart's post-delete
     /// hook runs this after `helm uninstall`, so leftover MatchingIndexes never block a deletion.
@@ -78,7 +82,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let defaults =
         Defaults { worker_image: cfg.worker_image.clone(), image_pull_policy: cfg.image_pull_policy.clone() };
-    let ctx = Context::new(client.clone(), defaults, &identity, cfg.cleanup_timeout);
+    let ctx = Context::new(client.clone(), defaults, &identity, (cfg.cleanup_timeout, cfg.autoscale_interval));
     let elector = Elector::new(client.clone(), &cfg.lease_namespace, &cfg.lease_name, &identity, cfg.lease_duration);
     if cfg.release_finalizers {
         let n = crate::release::run(&ctx, &elector, cfg.namespace.as_deref(), cfg.release_timeout).await?;

@@ -9,7 +9,7 @@ use crate::crd::{IndexerSpec, MatchingIndex, S3Storage};
 #[error("{0}")]
 pub struct InvalidSpec(pub String);
 
-fn duration(field: &str, v: &str) -> Result<Duration, InvalidSpec> {
+pub fn duration(field: &str, v: &str) -> Result<Duration, InvalidSpec> {
     let d = humantime::parse_duration(v).map_err(|e| InvalidSpec(format!("{field}: {v:?} is not a duration ({e})")))?;
     if d.is_zero() {
         return Err(InvalidSpec(format!("{field} must be positive")));
@@ -124,6 +124,15 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
                 o.agents, o.replicas
             )));
         }
+    }
+    if let Some(a) = &s.matcher.autoscaling {
+        if a.min_replicas < 1 || a.max_replicas < a.min_replicas || a.target_backlog < 1 {
+            return Err(InvalidSpec(format!(
+                "matcher.autoscaling needs 1 ≤ minReplicas ≤ maxReplicas and targetBacklog ≥ 1, got {}..{} and {}",
+                a.min_replicas, a.max_replicas, a.target_backlog
+            )));
+        }
+        duration("matcher.autoscaling.cooldown", &a.cooldown)?;
     }
     s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()
 }

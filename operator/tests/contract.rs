@@ -53,8 +53,12 @@ fn index_args_parse_with_the_worker() {
 #[test]
 fn match_and_clean_args_parse_with_the_worker() {
     let (mi, ix) = fixtures();
-    let dep =
-        build::matcher_deployment(&mi, &ix, &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() });
+    let dep = build::matcher_deployment(
+        &mi,
+        &ix,
+        &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() },
+        Some(1),
+    );
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     // The Redis URL comes from the environment in the pod.
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
@@ -187,7 +191,7 @@ fn object_storage_args_parse_with_the_worker() {
     check(&a.storage);
     assert_eq!(a.source.to_str(), Some("/source/in/base.npy"));
     let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
-    let dep = build::matcher_deployment(&mi, &ix, &d);
+    let dep = build::matcher_deployment(&mi, &ix, &d, Some(1));
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
     let Command::Match(m) = parse(&args).command else { panic!("not match") };

@@ -192,6 +192,18 @@ impl Target {
         matches!(self.addr, Addr::Sentinel { .. })
     }
 
+    /// `host:port` of a direct TCP target, the form other tools (KEDA's scalers) take; None for
+    /// Sentinel and Unix-socket targets.
+    pub fn host_port(&self) -> Option<String> {
+        let Addr::Direct(info) = &self.addr else { return None };
+        match &info.addr {
+            redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                Some(format!("{host}:{port}"))
+            }
+            _ => None,
+        }
+    }
+
     /// A client for one host, with this target's TLS material and the given credentials.
     pub(crate) fn client_for(
         &self,

@@ -4,12 +4,14 @@
 //! after every lost connection). Credentials come from the environment or mounted files, never
 //! from flags, and every URL shown in a log line or error is redacted.
 
+mod backlog;
 mod backoff;
 mod config;
 mod conn;
 mod redact;
 mod sentinel;
 
+pub use backlog::{backlog, Backlog};
 pub use backoff::Backoff;
 pub use config::{Credentials, RedisArgs, Target};
 pub use conn::{connect_checked, retryable, Conn};

@@ -253,6 +253,30 @@ async fn protocol_scenarios_on_20k() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_groups_backlog_is_exported() {
+    let f = Fixture::new(500);
+    let redis = Redis::start(f.path());
+    let m = Matcher::start("m", f.path(), &f.storage, &redis, &["--claim-idle", "120s"]);
+    m.wait_ready();
+    // Three requests read by a consumer that never answers (in one transaction, so the live
+    // matcher never sees them): pending with the group until claimed, 120 s from now.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for i in 0..3 {
+        pipe.cmd("XADD").arg("faces").arg("*").arg("rid").arg(i).ignore();
+    }
+    pipe.cmd("XREADGROUP").arg("GROUP").arg("kim-matchers").arg("ghost").arg("COUNT").arg(3);
+    pipe.arg("STREAMS").arg("faces").arg(">").ignore();
+    pipe.exec(&mut redis.conn()).unwrap();
+    assert_eq!(pending(&redis), 3);
+    wait_until(Duration::from_secs(12), "the pending count exported", || {
+        m.metric("kim_matcher_stream_pending{label=\"faces\"}") == 3.0
+    });
+    assert_eq!(m.metric("kim_matcher_stream_lag{label=\"faces\"}"), 0.0);
+    assert!(m.get("/metrics").unwrap().1.contains("kim_matcher_stream_lag{label=\"faces\"} 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_matcher_requests_are_answered_by_another() {
     let f = Fixture::new(500);
     let redis = Redis::start(f.path());

@@ -184,36 +184,14 @@ async fn snapshots_on_s3_build_serve_reject_roll_back_cache_export_and_clean() {
 
     // Rollback on S3 under a bounded load: no request fails.
     let rows: Vec<Vec<u8>> = (0..200).map(|i| base.row(i).to_vec()).collect();
-    let load = {
-        let (c, first) = (client.clone(), first.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (mut answered, mut failed, mut after) = (0usize, Vec::new(), 0usize);
-            while started.elapsed() < Duration::from_secs(30) && answered < 20_000 && after < 200 {
-                let batch: Vec<_> =
-                    (0..8).map(|k| c.match_descriptor(ask(rows[(answered + k) % 200].clone()))).collect();
-                for r in futures::future::join_all(batch).await {
-                    match r {
-                        Ok(r) if r.status_code == 201 => {}
-                        other => failed.push(format!("{other:?}")),
-                    }
-                    answered += 1;
-                }
-                if c.label_info("faces").await.unwrap()[0].snapshot == first {
-                    after += 8;
-                }
-            }
-            (answered, after, failed)
-        })
-    };
+    let load = load_until_serving(&client, rows, ask, ("faces", &first), 200, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (out, _) =
         on_s3(&weed, &tools, &["snapshot", "rollback", "--storage", STORAGE, "--label", "faces", "--to", &first]);
     assert_eq!(out["to"].as_str(), Some(first.as_str()));
-    let (answered, after, failed) = load.await.unwrap();
-    assert!(failed.is_empty(), "{} of {answered} failed, first {:?}", failed.len(), failed.first());
-    assert!(after >= 200, "{answered} answered, {after} after the rollback");
-    eprintln!("rollback on S3 under load: {answered} requests, 0 failed");
+    let load = load.await.unwrap();
+    load.assert_clean(200);
+    eprintln!("rollback on S3 under load: {} requests, 0 failed", load.answered);
     wait_served(&client, (&first, None), Duration::from_secs(5), "the rollback target").await;
     let (list, _) = on_s3(&weed, &tools, &["snapshot", "list", "--storage", STORAGE, "--label", "faces"]);
     assert_eq!((list["current"].as_str(), list["pinned"].as_str()), (Some(first.as_str()), Some(first.as_str())));

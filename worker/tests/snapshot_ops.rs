@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use kim_client::{Client, Match};
@@ -87,36 +87,14 @@ async fn rollback_under_load_fails_no_request_and_gc_keeps_the_target() {
     // Bounded load (count and time) while the label rolls back: every request answered.
     let probes = f.matrix("mated.npy");
     let rows: Vec<Vec<u8>> = (0..probes.rows).map(|i| probes.row(i).to_vec()).collect();
-    let load = {
-        let (c, first) = (client.clone(), first.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (mut answered, mut failed, mut after) = (0usize, Vec::new(), 0usize);
-            while started.elapsed() < Duration::from_secs(20) && answered < 20_000 && after < 400 {
-                let batch: Vec<_> =
-                    (0..8).map(|k| c.match_descriptor(ask(rows[(answered + k) % rows.len()].clone()))).collect();
-                for r in futures::future::join_all(batch).await {
-                    match r {
-                        Ok(r) if r.status_code == 201 => {}
-                        other => failed.push(format!("{other:?}")),
-                    }
-                    answered += 1;
-                }
-                if c.label_info("faces").await.unwrap()[0].snapshot == first {
-                    after += 8;
-                }
-            }
-            (answered, after, failed)
-        })
-    };
+    let load = load_until_serving(&client, rows, ask, ("faces", &first), 400, Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let out = snap(&["rollback", "--to", &first], &f.storage);
     assert_eq!((out["from"].as_str(), out["to"].as_str()), (Some(second.as_str()), Some(first.as_str())));
     assert_eq!(out["vectors"].as_u64(), Some(f.lines("ids.txt").len() as u64), "{out}");
-    let (answered, after, failed) = load.await.unwrap();
-    assert!(failed.is_empty(), "{} of {answered} failed, first {:?}", failed.len(), failed.first());
-    assert!(after >= 400, "{answered} answered, {after} after the rollback was served");
-    eprintln!("rollback under load: {answered} requests, 0 failed");
+    let load = load.await.unwrap();
+    load.assert_clean(400);
+    eprintln!("rollback under load: {} requests, 0 failed", load.answered);
     assert!(m.proc.log_text().contains("snapshot swapped in"));
     let list = snap(&["list"], &f.storage);
     assert_eq!((list["current"].as_str(), list["pinned"].as_str()), (Some(first.as_str()), Some(first.as_str())));

@@ -1,11 +1,13 @@
-//! The build Job (one snapshot of a MatchingIndex) and the cleanup Job (its files, on
-//! deletion).
+//! The build Job (one snapshot of a MatchingIndex), the cleanup Job (its files, on deletion)
+//! and what every `kim-worker` Job shares.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
     PodFailurePolicyRule,
 };
-use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
@@ -94,28 +96,64 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
     }
     let mut lbl = labels(mi, "build");
     lbl.insert(LABEL_HASH.into(), hash.into());
+    let run = Run {
+        name: job_name(mi, hash),
+        container: "index",
+        labels: lbl,
+        args: index_args(mi, ix),
+        storage: StorageParts { volumes, mounts, env: storage_env },
+        resources: ix.spec.build_resources.clone(),
+        owned: true,
+        backoff_limit: ix.spec.retry_limit,
+        deadline_secs,
+        ttl_secs: 3600,
+    };
+    worker_job(mi, ix, d, run)
+}
+
+/// One `kim-worker` run as a Job: what the build, cleanup and rollback Jobs differ in.
+pub(super) struct Run {
+    pub name: String,
+    pub container: &'static str,
+    pub labels: BTreeMap<String, String>,
+    pub args: Vec<String>,
+    pub storage: StorageParts,
+    pub resources: Option<ResourceRequirements>,
+    /// Owned by the MatchingIndex (garbage-collected with it); the cleanup Job is not, as it
+    /// runs while its MatchingIndex is being deleted.
+    pub owned: bool,
+    pub backoff_limit: i32,
+    pub deadline_secs: i64,
+    pub ttl_secs: i32,
+}
+
+/// The worker's Job: its image and pull policy, JSON logs, the storage's env and mounts, the
+/// termination message the operator reads back, no restarts in place, and the fail-fast policy.
+pub(super) fn worker_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, run: Run) -> Job {
+    let StorageParts { volumes, mounts, env: storage_env } = run.storage;
     let container = Container {
-        name: "index".into(),
+        name: run.container.into(),
         image: Some(worker_image(ix, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(index_args(mi, ix)),
+        args: Some(run.args),
         env: Some([vec![env("KIM_LOG_FORMAT", "json")], storage_env].concat()),
-        resources: ix.spec.build_resources.clone(),
+        resources: run.resources,
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
     let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
     pod.restart_policy = Some("Never".into());
+    let owner = run.owned.then(|| pod::owner_ref(mi));
     Job {
-        metadata: pod::meta(job_name(mi, hash), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        metadata: pod::meta(run.name, mi.namespace(), &run.labels, owner),
         spec: Some(JobSpec {
-            backoff_limit: Some(ix.spec.retry_limit),
-            pod_failure_policy: Some(fail_fast()),
-            active_deadline_seconds: Some(deadline_secs),
-            ttl_seconds_after_finished: Some(3600),
+            backoff_limit: Some(run.backoff_limit),
+            pod_failure_policy: Some(fail_fast(run.container)),
+            active_deadline_seconds: Some(run.deadline_secs),
+            ttl_seconds_after_finished: Some(run.ttl_secs),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
+                metadata: Some(ObjectMeta { labels: Some(run.labels), ..Default::default() }),
                 spec: Some(pod),
             },
             ..Default::default()
@@ -126,13 +164,13 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
 
 /// A configuration error (`kim-worker` exits `CONFIG`) fails the Job at once instead of
 /// retrying it `retryLimit` times; a pod evicted or preempted is retried without counting.
-fn fail_fast() -> PodFailurePolicy {
+fn fail_fast(container: &str) -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
             PodFailurePolicyRule {
                 action: "FailJob".into(),
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                    container_name: Some("index".into()),
+                    container_name: Some(container.into()),
                     operator: "In".into(),
                     values: vec![i32::from(kim_api::exit::CONFIG)],
                 }),
@@ -152,36 +190,22 @@ fn fail_fast() -> PodFailurePolicy {
 
 /// The Job that removes a label's files from storage when its MatchingIndex is deleted.
 pub fn cleanup_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Job {
-    let lbl = labels(mi, "cleanup");
-    let name: String = format!("{}-cleanup", mi.name_any().chars().take(50).collect::<String>());
     let mut args: Vec<String> = ["clean", "--namespace", &mi.namespace().unwrap_or_default(), "--label", &mi.label()]
         .iter()
         .map(|x| x.to_string())
         .collect();
     args.extend(storage_args(ix));
-    let StorageParts { volumes, mounts, env } = storage_parts(ix, false);
-    let container = Container {
-        name: "cleanup".into(),
-        image: Some(worker_image(ix, d)),
-        image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(args),
-        env: (!env.is_empty()).then_some(env),
-        volume_mounts: Some(mounts),
-        ..Default::default()
+    let run = Run {
+        name: format!("{}-cleanup", mi.name_any().chars().take(50).collect::<String>()),
+        container: "cleanup",
+        labels: labels(mi, "cleanup"),
+        args,
+        storage: storage_parts(ix, false),
+        resources: None,
+        owned: false,
+        backoff_limit: 3,
+        deadline_secs: 1800,
+        ttl_secs: 600,
     };
-    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
-    pod.restart_policy = Some("Never".into());
-    Job {
-        metadata: pod::meta(name, mi.namespace(), &lbl, None),
-        spec: Some(JobSpec {
-            backoff_limit: Some(3),
-            ttl_seconds_after_finished: Some(600),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(lbl), ..Default::default() }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    worker_job(mi, ix, d, run)
 }

@@ -16,7 +16,8 @@ use crate::crd::{Indexer, MatchingIndex};
 /// Where a matcher finds the Redis TLS Secret.
 pub const REDIS_TLS_MOUNT: &str = "/etc/kim/redis-tls";
 
-fn name(mi: &MatchingIndex) -> String {
+/// The matcher Deployment's name (and its disruption budget's and ScaledObject's).
+pub fn matcher_name(mi: &MatchingIndex) -> String {
     format!("{}-matcher", mi.name_any())
 }
 
@@ -74,7 +75,8 @@ fn redis_secret_env(mi: &MatchingIndex) -> Vec<EnvVar> {
 }
 
 /// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
-pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
+/// `replicas` None leaves the field to whoever else scales it (KEDA's autoscaler).
+pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, replicas: Option<i32>) -> Deployment {
     let lbl = labels(mi, "matcher");
     let mut env_vars =
         vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
@@ -109,9 +111,9 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
         ("prometheus.io/port".to_string(), MATCHER_PORT.to_string()),
     ]);
     Deployment {
-        metadata: pod::meta(name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        metadata: pod::meta(matcher_name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
         spec: Some(DeploymentSpec {
-            replicas: Some(mi.spec.matcher.replicas),
+            replicas,
             selector: pod::selector(selector_labels(mi, "matcher")),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(lbl), annotations: Some(annotations), ..Default::default() }),
@@ -138,5 +140,5 @@ pub(crate) fn pdb(mi: &MatchingIndex, name: String, component: &str, max_unavail
 
 /// Voluntary disruptions (node drains) take one matcher at a time, so the others keep serving.
 pub fn matcher_pdb(mi: &MatchingIndex) -> PodDisruptionBudget {
-    pdb(mi, name(mi), "matcher", 1)
+    pdb(mi, matcher_name(mi), "matcher", 1)
 }

@@ -3,6 +3,7 @@
 //! unit-tested.
 
 mod jobs;
+pub mod keda;
 mod matcher;
 pub mod pod;
 mod rollback;
@@ -19,7 +20,7 @@ use kube::ResourceExt;
 
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
-pub use self::matcher::{match_args, matcher_deployment, matcher_pdb, REDIS_TLS_MOUNT};
+pub use self::matcher::{match_args, matcher_deployment, matcher_name, matcher_pdb, REDIS_TLS_MOUNT};
 pub use self::rollback::{rollback_args, rollback_job, rollback_job_name};
 pub use self::storage::{
     indexer_pvc, object_storage, storage_args, storage_claim, storage_parts, storage_place, StorageParts, CACHE_MOUNT,
@@ -113,9 +114,20 @@ pub struct Children {
     pub disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
+/// How many matchers a MatchingIndex runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matchers {
+    /// None before a snapshot exists.
+    NotYet,
+    /// This many: the spec's count, or the backlog autoscaler's.
+    Fixed(i32),
+    /// As many as KEDA's autoscaler says: the Deployment's `replicas` is left to it.
+    External,
+}
+
 /// Online agents, their Services and gateway with `spec.online`; matchers once a snapshot
-/// exists (`serving`). Anything of this MatchingIndex not in the result is to be deleted.
-pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, serving: bool) -> Children {
+/// exists. Anything of this MatchingIndex not in the result is to be deleted.
+pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matchers) -> Children {
     let mut c = Children::default();
     if mi.spec.online.is_some() {
         c.services = vec![crate::online::agent_service(mi), crate::online::gateway_service(mi)];
@@ -123,9 +135,12 @@ pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, serving: bool) -
         c.deployments.push(crate::online::gateway_deployment(mi, ix, d));
         c.disruption_budgets.push(crate::online::agent_pdb(mi));
     }
-    if serving {
-        c.deployments.push(matcher_deployment(mi, ix, d));
-        c.disruption_budgets.push(matcher_pdb(mi));
-    }
+    let replicas = match matchers {
+        Matchers::NotYet => return c,
+        Matchers::Fixed(n) => Some(n),
+        Matchers::External => None,
+    };
+    c.deployments.push(matcher_deployment(mi, ix, d, replicas));
+    c.disruption_budgets.push(matcher_pdb(mi));
     c
 }

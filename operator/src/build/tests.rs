@@ -73,7 +73,7 @@ fn build_hash_tracks_build_inputs_only() {
 fn matcher_deployment_shape() {
     let mut m = mi("faces");
     m.spec.matcher.replicas = 3;
-    let dep = matcher_deployment(&m, &ix(), &d());
+    let dep = matcher_deployment(&m, &ix(), &d(), Some(m.spec.matcher.replicas));
     let spec = dep.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
     let pod = spec.template.spec.unwrap();
@@ -88,7 +88,7 @@ fn matcher_deployment_shape() {
         key_prefix: Some("p:".into()),
         ..Default::default()
     };
-    let dep = matcher_deployment(&m, &ix(), &d());
+    let dep = matcher_deployment(&m, &ix(), &d(), Some(1));
     let c = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
     assert_eq!(c.env.unwrap()[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "r");
     assert!(c.args.unwrap().windows(2).any(|w| w == ["--prefix", "p:"]));
@@ -96,7 +96,7 @@ fn matcher_deployment_shape() {
 
 #[test]
 fn matcher_redis_secrets() {
-    let plain = matcher_deployment(&mi("faces"), &ix(), &d()).spec.unwrap().template.spec.unwrap();
+    let plain = matcher_deployment(&mi("faces"), &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(plain.containers[0]
         .env
         .as_ref()
@@ -109,7 +109,7 @@ fn matcher_redis_secrets() {
     m.spec.redis.url = Some("rediss://redis:6380".into());
     m.spec.redis.auth = Some(serde_json::from_value(json!({"secretName": "redis-auth"})).unwrap());
     m.spec.redis.tls = Some(RedisTls { secret_name: "redis-tls".into(), client_certificate: true });
-    let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
     let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> =
         c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
@@ -147,7 +147,7 @@ fn matcher_redis_secrets() {
 
     // Without a client certificate only the CA is mounted and named.
     m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
-    let pod = matcher_deployment(&m, &ix(), &d()).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(pod.containers[0]
         .env
         .as_ref()
@@ -246,7 +246,7 @@ fn online_children_have_their_own_resources_and_scheduling() {
     );
     let mut i = ix();
     i.spec.scheduling = Some(serde_json::from_value(json!({"nodeSelector": {"pool": "build"}})).unwrap());
-    let c = children(&m, &i, &d(), true);
+    let c = children(&m, &i, &d(), Matchers::Fixed(1));
     let names = |v: Vec<String>| v.join(",");
     assert_eq!(
         names(c.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect()),
@@ -276,14 +276,14 @@ fn online_children_have_their_own_resources_and_scheduling() {
     assert_eq!(matcher_pdb.max_unavailable, Some(IntOrString::Int(1)));
 
     // Without online and before a snapshot: nothing long-lived is wanted.
-    let c = children(&mi("faces"), &i, &d(), false);
+    let c = children(&mi("faces"), &i, &d(), Matchers::NotYet);
     assert!(c.services.is_empty() && c.stateful_sets.is_empty() && c.deployments.is_empty());
     assert!(c.disruption_budgets.is_empty());
 }
 
 #[test]
 fn children_serialize_with_kind_and_without_empty_fields() {
-    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d())).unwrap();
+    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d(), Some(1))).unwrap();
     assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
     let pod = &v["spec"]["template"]["spec"];
     assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
@@ -291,4 +291,29 @@ fn children_serialize_with_kind_and_without_empty_fields() {
     let pvc = serde_json::to_value(indexer_pvc(&ix()).unwrap()).unwrap();
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
     assert_eq!(pvc["metadata"]["ownerReferences"][0]["kind"], "Indexer");
+}
+
+#[test]
+fn matcher_replicas_come_from_the_decision_and_keda_owns_them_when_external() {
+    let count = |m: Matchers| {
+        let c = children(&mi("faces"), &ix(), &d(), m);
+        let v = serde_json::to_value(&c.deployments[0]).unwrap();
+        (v["spec"].get("replicas").cloned(), c.disruption_budgets.len())
+    };
+    assert_eq!(count(Matchers::Fixed(3)), (Some(json!(3)), 1));
+    assert_eq!(count(Matchers::External), (None, 1), "the applied Deployment must not claim replicas");
+}
+
+#[test]
+fn autoscaling_bounds_and_cool_down_are_validated() {
+    let with = |a: serde_json::Value| {
+        let mut m = mi("faces");
+        m.spec.matcher.autoscaling = Some(serde_json::from_value(a).unwrap());
+        crate::validate::matching_index(&m).map_err(|e| e.0)
+    };
+    assert_eq!(with(json!({"maxReplicas": 4})), Ok(None), "defaults: min 1, target 100, cool-down 5m");
+    let e = with(json!({"minReplicas": 5, "maxReplicas": 4})).unwrap_err();
+    assert!(e.contains("1 ≤ minReplicas ≤ maxReplicas") && e.contains("5..4"), "{e}");
+    let e = with(json!({"maxReplicas": 4, "cooldown": "soon"})).unwrap_err();
+    assert!(e.contains("matcher.autoscaling.cooldown"), "{e}");
 }

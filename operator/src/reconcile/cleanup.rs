@@ -10,8 +10,6 @@
 //! Annotate `kim.dev/skip-cleanup: "true"` to let a deletion through at once when Redis or the
 //! storage is gone for good.
 
-mod redis;
-
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -20,6 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 
 use super::jobs::{self, JobState};
+use super::redis;
 use super::{apply, not_found, Error, Result};
 use crate::build::{self, Children, LABEL_COMPONENT, LABEL_MI};
 use crate::context::Context;

@@ -95,13 +95,19 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let build = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st).await?;
     super::rollback::step(&mi, &ix, &ctx, &mut st).await?;
 
+    // how many matchers: none before a snapshot, else the spec's or the autoscaler's count
+    let matchers = match st.current_snapshot {
+        None => build::Matchers::NotYet,
+        Some(_) => super::autoscale::step(&mi, &ctx, &ns, &mut st).await,
+    };
+
     // desired children, applied; the rest of this object's children deleted
-    let want = build::children(&mi, &ix, &ctx.defaults, st.current_snapshot.is_some());
+    let want = build::children(&mi, &ix, &ctx.defaults, matchers);
     let synced = children::sync_all(&ctx.client, &ns, &mi.name_any(), &want).await?;
     report_children(&mi, &ctx, &synced).await;
-    let matcher = format!("{}-matcher", mi.name_any());
+    let matcher = build::matcher_name(&mi);
     st.matchers = synced.deployments.iter().find(|d| d.name_any() == matcher).map(|d| {
-        let desired = mi.spec.matcher.replicas;
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(mi.spec.matcher.replicas);
         let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
         MatchersStatus { desired, ready, summary: format!("{ready}/{desired}") }
     });
@@ -118,7 +124,11 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         Vec::new()
     };
     let facts = Facts::Built { build, missing_secrets, waiting };
-    let requeue = summarize(&mut st, &facts, mi.spec.matcher.replicas, gen).unwrap_or(Duration::from_secs(300));
+    let wanted = st.matchers.as_ref().map_or(mi.spec.matcher.replicas, |m| m.desired);
+    let mut requeue = summarize(&mut st, &facts, wanted, gen).unwrap_or(Duration::from_secs(300));
+    if matches!(matchers, build::Matchers::Fixed(_)) && mi.spec.matcher.autoscaling.is_some() {
+        requeue = requeue.min(ctx.autoscale_interval);
+    }
     warn_not_ready(&mi, &ctx, &st).await;
     write_status(&api, mi.as_ref(), &st).await?;
     ctx.metrics.index.observe(&ns, &mi.name_any(), &st);

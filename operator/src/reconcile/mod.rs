@@ -4,12 +4,14 @@
 //! Each step that can fail has its own [`Error`] variant; waiting for something is an
 //! `Ok(Action::requeue(..))`, never an error.
 
+pub mod autoscale;
 pub mod children;
 pub mod cleanup;
 pub mod finalizer;
 pub mod indexer;
 pub mod jobs;
 pub mod matching_index;
+pub mod redis;
 pub mod rollback;
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,8 @@ pub struct Metrics {
     shard_partials: Family<LabelOnly, Counter>,
     shard_merges: Family<LabelOnly, Counter>,
     shard_timeouts: Family<LabelOnly, Counter>,
+    lag: Family<LabelOnly, Gauge>,
+    pending: Family<LabelOnly, Gauge>,
 }
 
 impl Metrics {
@@ -82,6 +84,9 @@ impl Metrics {
             "Requests of a split label this matcher answered 26309 because a shard missed the deadline",
             shard_timeouts.clone(),
         );
+        let (lag, pending) = (Family::default(), Family::default());
+        registry.register("stream_lag", "Requests on the label's stream its consumer group has not read", lag.clone());
+        registry.register("stream_pending", "Requests the consumer group read and has not answered", pending.clone());
         Metrics {
             registry,
             requests,
@@ -99,6 +104,8 @@ impl Metrics {
             shard_partials,
             shard_merges,
             shard_timeouts,
+            lag,
+            pending,
         }
     }
 
@@ -147,6 +154,12 @@ impl Metrics {
     }
     pub fn shard_timeout(&self, label: &str) {
         self.shard_timeouts.get_or_create(&LabelOnly { label: label.into() }).inc();
+    }
+    /// The label's consumer group backlog, as last read.
+    pub fn set_backlog(&self, label: &str, lag: i64, pending: i64) {
+        let key = LabelOnly { label: label.into() };
+        self.lag.get_or_create(&key).set(lag);
+        self.pending.get_or_create(&key).set(pending);
     }
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -4,10 +4,12 @@
 //! a delta watcher (applies the deltas of `kim-worker refresh` to served snapshots),
 //! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
 //! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
-//! (`XAUTOCLAIM` of entries abandoned by dead matchers) and the HTTP endpoints. Serving one
-//! shard of split labels (`--shards`), replies go through the merge gate of `shards` instead,
-//! whose deadline timers are one more task.
+//! (`XAUTOCLAIM` of entries abandoned by dead matchers), a backlog reader (the group's lag and
+//! pending count as metrics) and the HTTP endpoints. Serving one shard of split labels
+//! (`--shards`), replies go through the merge gate of `shards` instead, whose deadline timers
+//! are one more task.
 
+mod backlog;
 mod deltas;
 mod http;
 mod labels;
@@ -132,6 +134,7 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let watcher = tokio::spawn(labels::watch(m.clone(), conn.clone()));
     let delta_watcher = tokio::spawn(deltas::watch(m.clone(), conn.clone()));
     let heartbeat = tokio::spawn(registry::heartbeat(m.clone(), conn.clone()));
+    let backlog = tokio::spawn(backlog::watch(m.clone(), conn.clone()));
     let claimer = tokio::spawn(serve::claim_loop(m.clone(), conn.clone()));
     let timers = timers.map(|rx| tokio::spawn(shards::timers(m.clone(), rx, conn.clone())));
     serve::read_loop(m.clone(), reader, conn.clone()).await;
@@ -143,6 +146,7 @@ async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     if let Some(t) = timers {
         t.abort();
     }
+    backlog.abort();
     registry::unregister(&m, conn).await;
     m.ready.store(false, Ordering::SeqCst);
     tracing::info!(matcher = %m.id, "matcher stopped");

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod load;
+
 pub use kim_testkit::{free_port, http_get, wait_until, Proc, Redis};
+pub use load::{load_until_serving, Load};
 
 pub fn worker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kim-worker"))

@@ -31,7 +31,10 @@ fn setup(max_builds: i32) -> (Arc<Context>, Shared) {
     let mut i = ix();
     i.spec.max_concurrent_builds = max_builds;
     state.lock().unwrap().put(KIM, "indexers", serde_json::to_value(i).unwrap());
-    (Context::new(client, d(), "test", std::time::Duration::from_secs(120)), state)
+    (
+        Context::new(client, d(), "test", (std::time::Duration::from_secs(120), std::time::Duration::from_secs(15))),
+        state,
+    )
 }
 
 fn add(state: &Shared, mut m: MatchingIndex) {

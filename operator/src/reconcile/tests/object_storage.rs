@@ -22,7 +22,7 @@ fn s3_setup() -> (Arc<Context>, Shared) {
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}),
         );
     }
-    (Context::new(client, d(), "test", Duration::from_secs(120)), state)
+    (Context::new(client, d(), "test", (Duration::from_secs(120), Duration::from_secs(15))), state)
 }
 
 fn object(state: &Shared, prefix: &str, resource: &str, name: &str) -> Value {

@@ -1,7 +1,7 @@
-//! The Redis step of the finalizer: delete the label's stream and registry keys, reading the
-//! same URL, credentials and TLS material from the MatchingIndex's Secrets as the matchers.
-//! Every way it can fail is a [`Problem`] that names its cause, so the finalizer can tell the
-//! user what to fix.
+//! What the operator itself does in a MatchingIndex's Redis, with the same URL, credentials and
+//! TLS material the matchers read from its Secrets: the finalizer's removal of the label's
+//! stream and registry keys, and the autoscaler's reading of the matchers' backlog. Every way
+//! it can fail is a [`Problem`] that names its cause, so status can tell the user what to fix.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::context::Context;
 use crate::crd::MatchingIndex;
 
 /// One attempt's bound: connecting, scanning and deleting together.
-const ATTEMPT: Duration = Duration::from_secs(10);
+pub const ATTEMPT: Duration = Duration::from_secs(10);
 
 /// Why the Redis keys could not be removed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,7 +82,7 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Problem> {
 }
 
 /// The same Redis target the matchers use.
-async fn target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_redis::Target, Problem> {
+pub async fn target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_redis::Target, Problem> {
     let r = &mi.spec.redis;
     let url = match (&r.url, &r.secret_ref) {
         (Some(u), _) => u.clone(),
