@@ -335,6 +335,7 @@ const API_TYPES: &[(&str, &str)] = &[
     ("Pod", "pods"),
     ("Secret", "secrets"),
     ("Lease", "leases"),
+    ("ScaledObject", "scaledobjects"),
     ("K", ""),
 ];
 

@@ -47,9 +47,13 @@ impl Matcher {
             "--http",
             &format!("127.0.0.1:{http}"),
         ])
-        .args(["--claim-idle", "1s", "--claim-interval", "200ms", "--reload-interval", "200ms", "--matcher-id", name])
+        .args(["--claim-interval", "200ms", "--reload-interval", "200ms", "--matcher-id", name])
         .args(extra)
         .env("KIM_LOG", "info,hnsw_rs=warn");
+        // Entries abandoned by a killed matcher are taken over after 1 s unless a test says otherwise.
+        if !extra.contains(&"--claim-idle") {
+            cmd.args(["--claim-idle", "1s"]);
+        }
         Matcher { proc: Proc::spawn(name, &mut cmd, dir), http }
     }
     pub fn signal_stop(&self) {
