@@ -101,7 +101,7 @@ fn logs(root: &Path, part: &str) -> String {
 }
 
 /// One match through the Python client (clients/python in the test venv).
-fn python_match(redis_url: &str, descriptor: &[u8]) -> serde_json::Value {
+fn python_match(redis_url: &str, label: &str, descriptor: &[u8]) -> serde_json::Value {
     let venv = cache().join("venv/bin/python");
     let script = r#"
 import asyncio, json, sys
@@ -114,7 +114,7 @@ asyncio.run(main())
 "#;
     let hex: String = descriptor.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new(venv)
-        .args(["-c", script, redis_url, &hex, &VERSION.to_string(), LABEL])
+        .args(["-c", script, redis_url, &hex, &VERSION.to_string(), label])
         .env("PYTHONPATH", repo().join("clients/python/src"))
         .output()
         .unwrap();
@@ -254,6 +254,55 @@ fn sample_mi(name: &str, dimensions: u32) -> String {
     format!(
         "apiVersion: kim.dev/v1alpha1\nkind: MatchingIndex\nmetadata: {{name: {name}}}\nspec:\n  indexerRef: {{name: kim-sample}}\n  descriptor: {{version: {VERSION}, dimensions: {dimensions}, encoding: u8, metric: cosine}}\n  source: {{path: data/base.npy, idsPath: data/ids.txt}}\n  matcher: {{replicas: 1, threads: 1}}\n  redis: {{secretRef: {{name: kim-redis, key: url}}}}\n"
     )
+}
+
+/// A label split in two shards: one Indexed build Job through the real Job controller (each
+/// pod builds the shard of its completion index), a matcher Deployment per shard, and the
+/// unchanged Python client gets one merged answer; deleting it runs the cleanup of every shard.
+async fn split_label(c: &Cluster, root: &Path, t0: Instant, redis_url: &str, (probe, expected): (&[u8], &str)) {
+    let yaml = sample_mi("split", 128).replace("spec:\n", "spec:\n  shards: 2\n");
+    c.ok("kubectl", &["apply", "-n", NS, "-f", "-"], Some(&yaml));
+    let why = || format!("{}\n{}", c.kubectl(&["get", "mi,jobs,pods", "-n", NS]), logs(root, "split"));
+    let shards = eventually(
+        180,
+        "split Ready",
+        || {
+            let both = "{.status.phase}{\"\\n\"}{.status.currentSnapshot.shards[*].vectors}";
+            let out = field(c, "mi", "split", both);
+            let (phase, vectors) = out.split_once('\n').unwrap_or((&out, ""));
+            (phase == "Ready").then(|| vectors.to_string())
+        },
+        why,
+    )
+    .await;
+    let per_shard: Vec<u64> = shards.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!((per_shard.len(), per_shard.iter().sum::<u64>()), (2, 2000), "shards' vectors: {shards}");
+    let sel = "kim.dev/matching-index=split,kim.dev/component=build";
+    let job = c.kubectl(&[
+        "get",
+        "jobs",
+        "-n",
+        NS,
+        "-l",
+        sel,
+        "-o",
+        "jsonpath={.items[0].spec.completionMode} {.items[0].status.succeeded}",
+    ]);
+    assert_eq!(job.trim(), "Indexed 2", "the split label's build Job");
+    let deployments = c.kubectl(&["get", "deployments", "-n", NS, "-l", "kim.dev/matching-index=split", "-o", "name"]);
+    assert_eq!(deployments.lines().count(), 2, "{deployments}");
+    let got = python_match(redis_url, "split", probe);
+    assert!(got["error"].is_null(), "python client on the split label: {got}");
+    assert_eq!(got["result"][0][0], expected, "python client on the split label: {got}");
+    log(t0, &format!("split label Ready with shards of {shards} vectors; python client -> {}", got["result"][0]));
+    c.kubectl(&["delete", "mi", "split", "-n", NS, "--wait=false"]);
+    eventually(
+        120,
+        "split deleted",
+        || c.run("kubectl", &["get", "mi", "split", "-n", NS], None).status.code().filter(|&code| code != 0),
+        why,
+    )
+    .await;
 }
 
 /// A build that cannot succeed (the data has 128 dimensions, the spec says 64) exits with the
@@ -413,7 +462,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     let row = 1234;
     let probe = npy_row(&data.join("base.npy"), row);
     let expected = std::fs::read_to_string(data.join("ids.txt")).unwrap().lines().nth(row).unwrap().to_string();
-    let got = python_match(&redis.url(), &probe);
+    let got = python_match(&redis.url(), LABEL, &probe);
     assert!(got["error"].is_null(), "python client: {got}");
     assert_eq!(got["result"][0][0], expected.as_str(), "python client: {got}");
     log(t0, &format!("python client matched row {row} -> {}", got["result"][0]));
@@ -449,6 +498,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     log(t0, &format!("rebuild {snapshot} -> {new_snapshot} swapped in; {ok} matches, 0 failed"));
 
     fail_fast(&c, &root, t0).await;
+    split_label(&c, &root, t0, &redis.url(), (&probe, &expected)).await;
 
     // The operator ran as the chart's ServiceAccount, not as admin, and was never forbidden.
     let sa = format!("system:serviceaccount:{NS}:kim-operator");

@@ -216,7 +216,14 @@ pub struct MatchingIndexSpec {
     /// When to rebuild besides a change of the build-relevant spec.
     #[serde(default)]
     pub rebuild: RebuildSpec,
-    /// The matcher Deployment serving the label from Redis.
+    /// Partitions of the label by a stable hash of the id (1 = unsharded). Each shard is built
+    /// by one index of an Indexed build Job (at most the Indexer's maxConcurrentBuilds at once)
+    /// and served by its own matcher Deployment; every shard answers every request and the
+    /// matchers merge the answers into one reply. Changing it rebuilds the label.
+    #[serde(default = "one")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1024").message("shards must be 1..1024"))]
+    pub shards: i32,
+    /// The matcher Deployment serving the label from Redis (one per shard).
     #[serde(default)]
     pub matcher: MatcherSpec,
     /// Optional Vald-compatible online path (agents and a gateway) for this index.
@@ -620,6 +627,20 @@ pub struct SnapshotStatus {
     pub build_seconds: Option<f64>,
     /// Digest of the build-relevant spec this snapshot was built from.
     pub build_hash: String,
+    /// A sharded label's snapshot per shard (`id` and `vectors` above: shard 0's id and the sum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardSnapshot>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSnapshot {
+    /// The shard (0-based).
+    pub shard: i32,
+    /// Its snapshot id, under `<label>@shard-<shard>-of-<shards>` on the storage.
+    pub id: String,
+    /// Descriptors in the shard.
+    pub vectors: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -75,6 +75,7 @@ mod tests {
                 built_at: built_at.map(String::from),
                 build_seconds: None,
                 build_hash: "h".into(),
+                shards: Vec::new(),
             }),
             matchers: Some(MatchersStatus { desired: 3, ready, summary: format!("{ready}/3") }),
             ..Default::default()

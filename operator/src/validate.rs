@@ -125,6 +125,9 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
             )));
         }
     }
+    if !(1..=kim_api::shard::MAX_SHARDS as i32).contains(&s.shards) {
+        return Err(InvalidSpec(format!("shards must be 1..{}, got {}", kim_api::shard::MAX_SHARDS, s.shards)));
+    }
     if let Some(a) = &s.matcher.autoscaling {
         if a.min_replicas < 1 || a.max_replicas < a.min_replicas || a.target_backlog < 1 {
             return Err(InvalidSpec(format!(

@@ -57,6 +57,7 @@ fn match_and_clean_args_parse_with_the_worker() {
         &mi,
         &ix,
         &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() },
+        0,
         Some(1),
     );
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
@@ -69,6 +70,40 @@ fn match_and_clean_args_parse_with_the_worker() {
     let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     let Command::Clean(c) = parse(&args).command else { panic!("not clean") };
     assert_eq!((c.label.as_str(), c.namespace.as_str()), ("watch-list.v2", "team-a"));
+}
+
+#[test]
+fn a_split_label_gives_an_indexed_build_and_one_matcher_per_shard_the_worker_accepts() {
+    let (mut mi, ix) = fixtures();
+    mi.spec.shards = 3;
+    let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
+    let job = build::build_job(&mi, &ix, "0123456789abcdef", 600, &d);
+    let spec = job.spec.unwrap();
+    assert_eq!((spec.completion_mode.as_deref(), spec.completions), (Some("Indexed"), Some(3)));
+    assert_eq!(spec.parallelism, Some(3.min(ix.spec.max_concurrent_builds)));
+    let c = &spec.template.spec.unwrap().containers[0];
+    let shard_env = c.env.as_ref().unwrap().iter().find(|e| e.name == "KIM_SHARD").expect("KIM_SHARD");
+    let field = shard_env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    assert_eq!(field.field_path, "metadata.annotations['batch.kubernetes.io/job-completion-index']");
+    // The completion index arrives as KIM_SHARD, which the worker reads as --shard (set here as
+    // the flag: the environment is shared with the other tests of this binary).
+    let mut args = c.args.clone().unwrap();
+    args.extend(["--shard".to_string(), "2".to_string()]);
+    let Command::Index(a) = parse(&args).command else { panic!("not index") };
+    assert_eq!((a.shard.shards, a.shard.shard), (3, 2));
+    std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
+    let children = build::children(&mi, &ix, &d, build::Matchers::Fixed(2));
+    let names: Vec<String> = children.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["faces-matcher-0", "faces-matcher-1", "faces-matcher-2"].map(String::from));
+    for (i, dep) in children.deployments.iter().enumerate() {
+        let spec = dep.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.selector.match_labels.unwrap()["kim.dev/shard"], i.to_string());
+        let args = spec.template.spec.unwrap().containers[0].args.clone().unwrap();
+        let Command::Match(m) = parse(&args).command else { panic!("not match") };
+        assert_eq!((m.shard.shards, m.shard.shard), (3, i as u32));
+    }
+    assert_eq!(children.disruption_budgets.len(), 1, "one budget over every shard's matchers");
 }
 
 #[test]
@@ -191,7 +226,7 @@ fn object_storage_args_parse_with_the_worker() {
     check(&a.storage);
     assert_eq!(a.source.to_str(), Some("/source/in/base.npy"));
     let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
-    let dep = build::matcher_deployment(&mi, &ix, &d, Some(1));
+    let dep = build::matcher_deployment(&mi, &ix, &d, 0, Some(1));
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
     let Command::Match(m) = parse(&args).command else { panic!("not match") };

@@ -78,8 +78,15 @@ pub fn index_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     if s.source.path.is_none() {
         a.extend(crate::online::tls_client_args(mi));
     }
+    // Each pod of the Indexed Job builds the shard of its completion index (KIM_SHARD).
+    if s.shards > 1 {
+        a.extend(["--shards".into(), s.shards.to_string()]);
+    }
     a
 }
+
+/// The annotation the Job controller gives each pod of an Indexed Job: its completion index.
+const COMPLETION_INDEX: &str = "metadata.annotations['batch.kubernetes.io/job-completion-index']";
 
 /// The Job that builds one snapshot.
 pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i64, d: &Defaults) -> Job {
@@ -108,7 +115,17 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
         deadline_secs,
         ttl_secs: 3600,
     };
-    worker_job(mi, ix, d, run)
+    let mut job = worker_job(mi, ix, d, run);
+    let shards = mi.spec.shards;
+    if let (true, Some(spec)) = (shards > 1, job.spec.as_mut()) {
+        spec.completion_mode = Some("Indexed".into());
+        spec.completions = Some(shards);
+        spec.parallelism = Some(shards.min(ix.spec.max_concurrent_builds.max(1)));
+        if let Some(c) = spec.template.spec.as_mut().and_then(|p| p.containers.first_mut()) {
+            c.env.get_or_insert_with(Vec::new).push(pod::env_from_field("KIM_SHARD", COMPLETION_INDEX));
+        }
+    }
+    job
 }
 
 /// One `kim-worker` run as a Job: what the build, cleanup and rollback Jobs differ in.

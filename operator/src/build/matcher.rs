@@ -10,7 +10,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::pod::{self, env, env_from_field, env_from_secret, http_probe, mount, secret_volume};
-use super::{labels, selector_labels, storage_args, storage_parts, worker_image, Defaults, StorageParts, MATCHER_PORT};
+use super::{
+    labels, selector_labels, storage_args, storage_parts, worker_image, Defaults, StorageParts, LABEL_SHARD,
+    MATCHER_PORT,
+};
 use crate::crd::{Indexer, MatchingIndex};
 
 /// Where a matcher finds the Redis TLS Secret.
@@ -21,8 +24,17 @@ pub fn matcher_name(mi: &MatchingIndex) -> String {
     format!("{}-matcher", mi.name_any())
 }
 
-/// `kim-worker match` arguments for a MatchingIndex on its Indexer's storage.
-pub fn match_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
+/// The Deployment serving `shard`: the matcher Deployment itself when the label is not split,
+/// `<name>-matcher-<shard>` otherwise.
+pub fn shard_deployment_name(mi: &MatchingIndex, shard: i32) -> String {
+    match mi.spec.shards {
+        n if n > 1 => format!("{}-{shard}", matcher_name(mi)),
+        _ => matcher_name(mi),
+    }
+}
+
+/// `kim-worker match` arguments for one shard of a MatchingIndex on its Indexer's storage.
+pub fn match_args(mi: &MatchingIndex, ix: &Indexer, shard: i32) -> Vec<String> {
     let mut a: Vec<String> = [
         "match",
         "--namespace",
@@ -43,6 +55,9 @@ pub fn match_args(mi: &MatchingIndex, ix: &Indexer) -> Vec<String> {
     }
     if let Some(t) = mi.spec.matcher.threads {
         a.extend(["--threads".into(), t.to_string()]);
+    }
+    if mi.spec.shards > 1 {
+        a.extend(["--shards".into(), mi.spec.shards.to_string(), "--shard".into(), shard.to_string()]);
     }
     a
 }
@@ -76,8 +91,19 @@ fn redis_secret_env(mi: &MatchingIndex) -> Vec<EnvVar> {
 
 /// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
 /// `replicas` None leaves the field to whoever else scales it (KEDA's autoscaler).
-pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, replicas: Option<i32>) -> Deployment {
-    let lbl = labels(mi, "matcher");
+pub fn matcher_deployment(
+    mi: &MatchingIndex,
+    ix: &Indexer,
+    d: &Defaults,
+    shard: i32,
+    replicas: Option<i32>,
+) -> Deployment {
+    let mut lbl = labels(mi, "matcher");
+    let mut selector = selector_labels(mi, "matcher");
+    if mi.spec.shards > 1 {
+        lbl.insert(LABEL_SHARD.into(), shard.to_string());
+        selector.insert(LABEL_SHARD.into(), shard.to_string());
+    }
     let mut env_vars =
         vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
     env_vars.extend(redis_secret_env(mi));
@@ -91,7 +117,7 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, replic
         name: "matcher".into(),
         image: Some(worker_image(ix, d)),
         image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(match_args(mi, ix)),
+        args: Some(match_args(mi, ix, shard)),
         env: Some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
@@ -111,10 +137,10 @@ pub fn matcher_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, replic
         ("prometheus.io/port".to_string(), MATCHER_PORT.to_string()),
     ]);
     Deployment {
-        metadata: pod::meta(matcher_name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
+        metadata: pod::meta(shard_deployment_name(mi, shard), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
         spec: Some(DeploymentSpec {
             replicas,
-            selector: pod::selector(selector_labels(mi, "matcher")),
+            selector: pod::selector(selector),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(lbl), annotations: Some(annotations), ..Default::default() }),
                 spec: Some(pod),

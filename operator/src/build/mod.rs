@@ -20,7 +20,9 @@ use kube::ResourceExt;
 
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
-pub use self::matcher::{match_args, matcher_deployment, matcher_name, matcher_pdb, REDIS_TLS_MOUNT};
+pub use self::matcher::{
+    match_args, matcher_deployment, matcher_name, matcher_pdb, shard_deployment_name, REDIS_TLS_MOUNT,
+};
 pub use self::rollback::{rollback_args, rollback_job, rollback_job_name};
 pub use self::storage::{
     indexer_pvc, object_storage, storage_args, storage_claim, storage_parts, storage_place, StorageParts, CACHE_MOUNT,
@@ -34,6 +36,8 @@ pub const LABEL_MI: &str = "kim.dev/matching-index";
 pub const LABEL_INDEXER: &str = "kim.dev/indexer";
 pub const LABEL_COMPONENT: &str = "kim.dev/component";
 pub const LABEL_HASH: &str = "kim.dev/build-hash";
+/// The shard a matcher Deployment of a split label serves.
+pub const LABEL_SHARD: &str = "kim.dev/shard";
 pub const STORAGE_MOUNT: &str = "/storage";
 pub const SOURCE_MOUNT: &str = "/source";
 pub const MATCHER_PORT: i32 = 8080;
@@ -94,9 +98,14 @@ pub fn build_hash(mi: &MatchingIndex, interval_epoch: u64) -> String {
     // for every MatchingIndex with the default efSearch.
     let graph = HnswSpec { ef_search: HnswSpec::default().ef_search, ..s.hnsw.clone() };
     // Through a JSON value (object keys sorted) so the digest does not depend on field order.
-    let input = serde_json::to_value((mi.label(), &s.descriptor, &s.source, &graph, trigger, interval_epoch))
-        .map(|v| v.to_string())
-        .unwrap_or_default();
+    // The shard count enters only when the label is split, which keeps every unsharded digest.
+    let parts = (mi.label(), &s.descriptor, &s.source, &graph, trigger, interval_epoch);
+    let input = match s.shards {
+        1 => serde_json::to_value(parts),
+        n => serde_json::to_value((parts, n)),
+    }
+    .map(|v| v.to_string())
+    .unwrap_or_default();
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(input.as_bytes()))
 }
 
@@ -140,7 +149,7 @@ pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matche
         Matchers::Fixed(n) => Some(n),
         Matchers::External => None,
     };
-    c.deployments.push(matcher_deployment(mi, ix, d, replicas));
+    c.deployments.extend((0..mi.spec.shards.max(1)).map(|shard| matcher_deployment(mi, ix, d, shard, replicas)));
     c.disruption_budgets.push(matcher_pdb(mi));
     c
 }

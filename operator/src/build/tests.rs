@@ -73,7 +73,7 @@ fn build_hash_tracks_build_inputs_only() {
 fn matcher_deployment_shape() {
     let mut m = mi("faces");
     m.spec.matcher.replicas = 3;
-    let dep = matcher_deployment(&m, &ix(), &d(), Some(m.spec.matcher.replicas));
+    let dep = matcher_deployment(&m, &ix(), &d(), 0, Some(m.spec.matcher.replicas));
     let spec = dep.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
     let pod = spec.template.spec.unwrap();
@@ -88,7 +88,7 @@ fn matcher_deployment_shape() {
         key_prefix: Some("p:".into()),
         ..Default::default()
     };
-    let dep = matcher_deployment(&m, &ix(), &d(), Some(1));
+    let dep = matcher_deployment(&m, &ix(), &d(), 0, Some(1));
     let c = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
     assert_eq!(c.env.unwrap()[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "r");
     assert!(c.args.unwrap().windows(2).any(|w| w == ["--prefix", "p:"]));
@@ -96,7 +96,7 @@ fn matcher_deployment_shape() {
 
 #[test]
 fn matcher_redis_secrets() {
-    let plain = matcher_deployment(&mi("faces"), &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
+    let plain = matcher_deployment(&mi("faces"), &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(plain.containers[0]
         .env
         .as_ref()
@@ -109,7 +109,7 @@ fn matcher_redis_secrets() {
     m.spec.redis.url = Some("rediss://redis:6380".into());
     m.spec.redis.auth = Some(serde_json::from_value(json!({"secretName": "redis-auth"})).unwrap());
     m.spec.redis.tls = Some(RedisTls { secret_name: "redis-tls".into(), client_certificate: true });
-    let pod = matcher_deployment(&m, &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
     let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> =
         c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
@@ -147,7 +147,7 @@ fn matcher_redis_secrets() {
 
     // Without a client certificate only the CA is mounted and named.
     m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
-    let pod = matcher_deployment(&m, &ix(), &d(), Some(1)).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(pod.containers[0]
         .env
         .as_ref()
@@ -283,7 +283,7 @@ fn online_children_have_their_own_resources_and_scheduling() {
 
 #[test]
 fn children_serialize_with_kind_and_without_empty_fields() {
-    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d(), Some(1))).unwrap();
+    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d(), 0, Some(1))).unwrap();
     assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
     let pod = &v["spec"]["template"]["spec"];
     assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());

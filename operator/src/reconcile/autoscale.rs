@@ -82,14 +82,27 @@ pub fn decide(
 }
 
 /// Reads the backlog of the label's matchers: the group's `lag` and `pending` from
-/// `XINFO GROUPS`. No stream or no group yet (no matcher has started) is an empty backlog.
+/// `XINFO GROUPS` (of a split label, the shard group with the most). No stream or no group yet
+/// (no matcher has started) is an empty backlog.
 pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Backlog, Problem> {
     let target = Arc::new(store::target(mi, ctx, ns).await?);
     let shown = target.to_string();
     let stream = store::keys_of(mi).0;
+    // Every shard's group sees every request: the slowest shard's backlog decides.
+    let groups: Vec<String> = match u32::try_from(mi.spec.shards).unwrap_or(1) {
+        n if n > 1 => (0..n).map(|i| kim_api::shard::group(i, n)).collect(),
+        _ => vec![kim_api::GROUP.to_string()],
+    };
     let work = async {
         let mut conn = kim_redis::Conn::lazy(target, READ_BOUND);
-        kim_redis::backlog(&mut conn, &stream, kim_api::GROUP).await
+        let mut worst = Backlog::default();
+        for g in &groups {
+            let b = kim_redis::backlog(&mut conn, &stream, g).await?;
+            if b.total() > worst.total() {
+                worst = b;
+            }
+        }
+        Ok::<Backlog, ::redis::RedisError>(worst)
     };
     let unreachable = |error: String| Problem::Unreachable { target: shown.clone(), error };
     match tokio::time::timeout(READ_BOUND, work).await {
@@ -139,6 +152,7 @@ async fn keda(
     let fallback = mi.spec.matcher.replicas.clamp(spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
     let mut status = AutoscalingStatus { replicas: fallback, ..Default::default() };
     let address = match store::target(mi, ctx, ns).await.map(|t| t.host_port()) {
+        _ if mi.spec.shards > 1 => Err("autoscaling.keda does not scale a split label yet (use keda: false)".into()),
         Ok(Some(a)) => Ok(a),
         Ok(None) => Err("KEDA's redis-streams scaler needs a host:port Redis URL, not Sentinel".to_string()),
         Err(p) => Err(p.to_string()),

@@ -3,7 +3,9 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kim_api::build::BuildReport;
+use std::collections::BTreeMap;
+
+use kim_api::build::{BuildReport, Built};
 use kube::api::{Api, ListParams};
 
 use super::{Error, Result};
@@ -43,6 +45,25 @@ pub fn attempt(job: &Job) -> (i32, i32) {
 /// The worker's report from the newest terminated container of the Job's pods (successful
 /// pods first); `None` when no pod left one.
 pub async fn report(pods: &Api<Pod>, job: &str) -> Result<Option<BuildReport>> {
+    Ok(reports(pods, job).await?.into_iter().find_map(|(_, _, m)| BuildReport::parse(&m)))
+}
+
+/// A sharded build's snapshot per shard: the report of each successful pod, by the shard its
+/// storage name says (`<label>@shard-<I>-of-<N>`), the newest when a shard ran twice.
+pub async fn shard_reports(pods: &Api<Pod>, job: &str) -> Result<BTreeMap<u32, Built>> {
+    let mut out = BTreeMap::new();
+    for (ok, _, m) in reports(pods, job).await?.into_iter().rev() {
+        if let (true, Some(BuildReport::Built(b))) = (ok, BuildReport::parse(&m)) {
+            if let Some((_, shard, _)) = kim_api::shard::parse_storage_name(&b.label) {
+                out.insert(shard, b);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Termination messages of the Job's pods, successful first, then the newest.
+async fn reports(pods: &Api<Pod>, job: &str) -> Result<Vec<(bool, Option<k8s_openapi::jiff::Timestamp>, String)>> {
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
@@ -59,7 +80,6 @@ pub async fn report(pods: &Api<Pod>, job: &str) -> Result<Option<BuildReport>> {
             })
         })
         .collect();
-    // Successful first, then the newest.
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
-    Ok(found.into_iter().find_map(|(_, _, m)| BuildReport::parse(&m)))
+    Ok(found)
 }

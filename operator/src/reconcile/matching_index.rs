@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kim_api::build::BuildReport;
+use std::collections::BTreeMap;
+
+use kim_api::build::{BuildReport, Built};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
@@ -15,7 +17,9 @@ use super::jobs::{self, JobState};
 use super::{apply, children, write_status, Error, Result};
 use crate::build;
 use crate::context::Context;
-use crate::crd::{BuildStatus, Indexer, MatchersStatus, MatchingIndex, MatchingIndexStatus, Phase, SnapshotStatus};
+use crate::crd::{
+    BuildStatus, Indexer, MatchersStatus, MatchingIndex, MatchingIndexStatus, Phase, ShardSnapshot, SnapshotStatus,
+};
 use crate::{status, validate};
 
 /// Why nothing can be built or served right now.
@@ -105,14 +109,20 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let want = build::children(&mi, &ix, &ctx.defaults, matchers);
     let synced = children::sync_all(&ctx.client, &ns, &mi.name_any(), &want).await?;
     report_children(&mi, &ctx, &synced).await;
-    let matcher = build::matcher_name(&mi);
-    st.matchers = synced.deployments.iter().find(|d| d.name_any() == matcher).map(|d| {
-        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(mi.spec.matcher.replicas);
-        let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let names: Vec<String> = (0..mi.spec.shards.max(1)).map(|i| build::shard_deployment_name(&mi, i)).collect();
+    let serving: Vec<_> = synced.deployments.iter().filter(|d| names.contains(&d.name_any())).collect();
+    // A shard's extra ready pods (a rollout's surge) do not make up for another shard's missing ones.
+    st.matchers = (!serving.is_empty()).then(|| {
+        let (mut desired, mut ready) = (0, 0);
+        for d in &serving {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(mi.spec.matcher.replicas);
+            desired += want;
+            ready += d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0).min(want);
+        }
         MatchersStatus { desired, ready, summary: format!("{ready}/{desired}") }
     });
     if let Some(m) = &st.matchers {
-        let note = format!("matcher Deployment {matcher} wants {} replicas", m.desired);
+        let note = format!("matcher Deployments {} want {} replicas", names.join(", "), m.desired);
         ctx.event(mi.as_ref(), false, "MatchersScaled", "Scale", note).await;
     }
 
@@ -133,6 +143,23 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     write_status(&api, mi.as_ref(), &st).await?;
     ctx.metrics.index.observe(&ns, &mi.name_any(), &st);
     Ok(Action::requeue(next_epoch.map_or(requeue, |n| requeue.min(n))))
+}
+
+/// The snapshot of a split label from its shards' reports: shard 0's id, every shard's
+/// vectors added up, the slowest shard's build time and the last one's finish.
+pub fn sharded_snapshot(shards: BTreeMap<u32, Built>, hash: &str) -> SnapshotStatus {
+    let mut snap = SnapshotStatus { build_hash: hash.into(), ..Default::default() };
+    snap.id = shards.values().next().map_or_else(|| "unreported".into(), |b| b.snapshot.clone());
+    for (shard, b) in shards {
+        snap.vectors += b.vectors as i64;
+        snap.build_seconds = match (snap.build_seconds, b.build_seconds) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        snap.built_at = snap.built_at.max(b.created_at);
+        snap.shards.push(ShardSnapshot { shard: shard as i32, id: b.snapshot, vectors: b.vectors as i64 });
+    }
+    snap
 }
 
 /// Matcher containers the kubelet reports as waiting for a reason other than starting.
@@ -269,15 +296,20 @@ async fn build_step(
             Ok(Build::Running { job: name, attempt, attempts })
         }
         JobState::Succeeded => {
-            let snap = match jobs::report(&pods, &name).await? {
-                Some(BuildReport::Built(b)) => SnapshotStatus {
-                    id: b.snapshot,
-                    vectors: b.vectors as i64,
-                    built_at: b.created_at,
-                    build_seconds: b.build_seconds,
-                    build_hash: hash.into(),
-                },
-                _ => SnapshotStatus { id: "unreported".into(), build_hash: hash.into(), ..Default::default() },
+            let snap = if mi.spec.shards > 1 {
+                sharded_snapshot(jobs::shard_reports(&pods, &name).await?, hash)
+            } else {
+                match jobs::report(&pods, &name).await? {
+                    Some(BuildReport::Built(b)) => SnapshotStatus {
+                        id: b.snapshot,
+                        vectors: b.vectors as i64,
+                        built_at: b.created_at,
+                        build_seconds: b.build_seconds,
+                        build_hash: hash.into(),
+                        shards: Vec::new(),
+                    },
+                    _ => SnapshotStatus { id: "unreported".into(), build_hash: hash.into(), ..Default::default() },
+                }
             };
             if st.current_snapshot.as_ref() != Some(&snap) {
                 ctx.metrics.build("succeeded");

@@ -22,8 +22,20 @@ pub async fn step(mi: &MatchingIndex, ix: &Indexer, ctx: &Context, st: &mut Matc
     if st.rollback.as_ref().is_some_and(|r| r.to == to && r.state != "Running") {
         return Ok(());
     }
-    if !valid_id(&to) {
-        let message = format!("{ROLLBACK_ANNOTATION}: {to:?} is not a snapshot id");
+    let refused = if !valid_id(&to) {
+        Some(format!("{ROLLBACK_ANNOTATION}: {to:?} is not a snapshot id"))
+    } else if mi.spec.shards > 1 {
+        // Each shard has its own snapshots; rolling one label back means one id per shard.
+        Some(format!(
+            "{ROLLBACK_ANNOTATION} rolls back an unsharded label; this one has {} shards: use `kim-worker snapshot rollback --label {}@shard-<I>-of-{}` per shard",
+            mi.spec.shards,
+            mi.label(),
+            mi.spec.shards
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = refused {
         ctx.event(mi, true, "RollbackFailed", "Rollback", message.clone()).await;
         st.rollback = Some(RollbackStatus { to, job: None, state: "Failed".into(), message: Some(message) });
         return Ok(());

@@ -5,6 +5,7 @@
 mod fake;
 mod object_storage;
 mod rollback;
+mod shards;
 
 use std::sync::Arc;
 use std::time::Duration;
