@@ -256,6 +256,14 @@ fn sample_mi(name: &str, dimensions: u32) -> String {
     )
 }
 
+/// Deletes a MatchingIndex and waits (2 minutes at most) until the API server no longer has it,
+/// i.e. its finalizer's cleanup is done.
+async fn delete_mi(c: &Cluster, name: &str, why: impl Fn() -> String) {
+    c.kubectl(&["delete", "mi", name, "-n", NS, "--wait=false"]);
+    let gone = || c.run("kubectl", &["get", "mi", name, "-n", NS], None).status.code().filter(|&code| code != 0);
+    eventually(120, &format!("MatchingIndex {name} deleted"), gone, why).await;
+}
+
 /// A label split in two shards: one Indexed build Job through the real Job controller (each
 /// pod builds the shard of its completion index), a matcher Deployment per shard, and the
 /// unchanged Python client gets one merged answer; deleting it runs the cleanup of every shard.
@@ -295,14 +303,7 @@ async fn split_label(c: &Cluster, root: &Path, t0: Instant, redis_url: &str, (pr
     assert!(got["error"].is_null(), "python client on the split label: {got}");
     assert_eq!(got["result"][0][0], expected, "python client on the split label: {got}");
     log(t0, &format!("split label Ready with shards of {shards} vectors; python client -> {}", got["result"][0]));
-    c.kubectl(&["delete", "mi", "split", "-n", NS, "--wait=false"]);
-    eventually(
-        120,
-        "split deleted",
-        || c.run("kubectl", &["get", "mi", "split", "-n", NS], None).status.code().filter(|&code| code != 0),
-        why,
-    )
-    .await;
+    delete_mi(c, "split", why).await;
 }
 
 /// A build that cannot succeed (the data has 128 dimensions, the spec says 64) exits with the
@@ -351,14 +352,7 @@ async fn fail_fast(c: &Cluster, root: &Path, t0: Instant) {
         ),
     );
     // `queued` stays through `helm uninstall`: the chart's post-delete hook must release it.
-    c.kubectl(&["delete", "mi", "wrong-dims", "-n", NS, "--wait=false"]);
-    eventually(
-        120,
-        "wrong-dims deleted",
-        || c.run("kubectl", &["get", "mi", "wrong-dims", "-n", NS], None).status.code().filter(|&code| code != 0),
-        why,
-    )
-    .await;
+    delete_mi(c, "wrong-dims", why).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,20 +521,14 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
     );
 
     // Deleting the CR runs the cleanup Job and removes its children; uninstall leaves nothing.
-    c.kubectl(&["delete", "mi", LABEL, "-n", NS, "--wait=false"]);
-    eventually(
-        120,
-        "MatchingIndex deleted",
-        || c.run("kubectl", &["get", "mi", LABEL, "-n", NS], None).status.code().filter(|&code| code != 0),
-        || {
-            format!(
-                "{}\n{}\n{}",
-                c.kubectl(&["get", "mi,jobs,pods", "-n", NS, "-o", "wide"]),
-                field(&c, "mi", LABEL, "{.status}"),
-                logs(&root, "")
-            )
-        },
-    )
+    delete_mi(&c, LABEL, || {
+        format!(
+            "{}\n{}\n{}",
+            c.kubectl(&["get", "mi,jobs,pods", "-n", NS, "-o", "wide"]),
+            field(&c, "mi", LABEL, "{.status}"),
+            logs(&root, "")
+        )
+    })
     .await;
     log(t0, "MatchingIndex deleted (finalizer done)");
     // Not waited for: the claim stays in use by `queued`'s pods until that MatchingIndex goes.

@@ -151,11 +151,15 @@ async fn keda(
 ) -> Matchers {
     let fallback = mi.spec.matcher.replicas.clamp(spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
     let mut status = AutoscalingStatus { replicas: fallback, ..Default::default() };
-    let address = match store::target(mi, ctx, ns).await.map(|t| t.host_port()) {
-        _ if mi.spec.shards > 1 => Err("autoscaling.keda does not scale a split label yet (use keda: false)".into()),
-        Ok(Some(a)) => Ok(a),
-        Ok(None) => Err("KEDA's redis-streams scaler needs a host:port Redis URL, not Sentinel".to_string()),
-        Err(p) => Err(p.to_string()),
+    // A split label is refused before its Secrets are read.
+    let address = if mi.spec.shards > 1 {
+        Err("autoscaling.keda does not scale a split label yet (use keda: false)".to_string())
+    } else {
+        match store::target(mi, ctx, ns).await.map(|t| t.host_port()) {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => Err("KEDA's redis-streams scaler needs a host:port Redis URL, not Sentinel".to_string()),
+            Err(p) => Err(p.to_string()),
+        }
     };
     let applied = match address {
         Err(why) => Err(why),
