@@ -4,6 +4,13 @@
 cd "$KIM_ROOT"
 out="$KIM_CACHE/test-logs"; mkdir -p "$out"; rm -f "$out"/*.log
 
+# A cold build of the workspace with its tests takes about 6 GiB under target/; a disk that
+# fills during the link fails with a linker crash (SIGBUS) that names no cause, so say it first.
+free_gib=$(df -Pk "$KIM_ROOT" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "${free_gib:-0}" -lt 8 ]; then
+  log "only ${free_gib} GiB free on the disk of $KIM_ROOT; the build needs about 6 GiB more than target/ holds now (cargo clean elsewhere, or free space)"
+fi
+
 timed "dependencies" bash scripts/deps.sh
 # The Kubernetes tiers need etcd, kube-apiserver and kubectl (operator tests) plus
 # kube-controller-manager, kube-scheduler, kwok and helm (e2e/tests/full.rs) built from their

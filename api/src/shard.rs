@@ -101,10 +101,18 @@ pub fn partials_key(prefix: &str, label: &str, entry: &str, shards: u32) -> Stri
     format!("{prefix}kim:partials:{{{label}:{entry}}}:{shards}")
 }
 
-/// Set once a request of a sharded label has been answered, whatever the shard count: the
-/// gate that lets exactly one reply out.
+/// Set once a request has been answered, whatever the shard count (1 included): the gate
+/// that lets exactly one reply out.
 pub fn done_key(prefix: &str, label: &str, entry: &str) -> String {
     format!("{prefix}kim:done:{{{label}:{entry}}}")
+}
+
+/// SCAN patterns of every done key and partials hash of `label` (what the gate leaves behind
+/// for up to two minutes after each request), for removing a label's keys.
+pub fn gate_patterns(prefix: &str, label: &str) -> [String; 2] {
+    let (p, l) = (crate::glob_escape(prefix), crate::glob_escape(label));
+    // Entry ids start with a digit: `{<label>:[0-9]*` does not reach into a label `<label>:x`.
+    [format!("{p}kim:done:{{{l}:[0-9]*"), format!("{p}kim:partials:{{{l}:[0-9]*")]
 }
 
 /// A shard's partial answer as stored for the merge: the reply's `result` shape,

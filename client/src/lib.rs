@@ -282,24 +282,7 @@ impl Client {
     }
 
     async fn scan(&self, pattern: &str, first_only: bool) -> Result<Vec<String>, ClientError> {
-        let mut conn = self.conn.clone();
-        let mut cursor = 0u64;
-        let mut found = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            found.extend(keys);
-            if next == 0 || (first_only && !found.is_empty()) {
-                return Ok(found);
-            }
-            cursor = next;
-        }
+        Ok(kim_redis::scan(&mut self.conn.clone(), pattern, first_only).await?)
     }
 }
 

@@ -125,6 +125,7 @@ asyncio.run(main())
 /// Matches `probe` in a loop until `stop` (bounded by count and time); returns (ok, failed, errors).
 async fn match_loop(
     url: String,
+    label: &'static str,
     probe: Vec<u8>,
     expected: String,
     stop: Arc<AtomicBool>,
@@ -136,7 +137,7 @@ async fn match_loop(
         let m = kim_client::Match {
             descriptor: probe.clone(),
             version: VERSION,
-            label: LABEL.into(),
+            label: label.into(),
             limit: 1,
             threshold: None,
             luna_request_id: None,
@@ -303,6 +304,69 @@ async fn split_label(c: &Cluster, root: &Path, t0: Instant, redis_url: &str, (pr
     assert!(got["error"].is_null(), "python client on the split label: {got}");
     assert_eq!(got["result"][0][0], expected, "python client on the split label: {got}");
     log(t0, &format!("split label Ready with shards of {shards} vectors; python client -> {}", got["result"][0]));
+
+    // 2 → 3 shards under a steady load: the 2-shard matchers answer until all 3-shard ones are
+    // ready, then go; not one request fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping =
+        tokio::spawn(match_loop(redis_url.to_string(), "split", probe.to_vec(), expected.to_string(), stop.clone()));
+    let switched = Instant::now();
+    c.ok("kubectl", &["patch", "mi", "split", "-n", NS, "--type", "merge", "-p", r#"{"spec":{"shards":3}}"#], None);
+    let names = || c.kubectl(&["get", "deployments", "-n", NS, "-l", "kim.dev/matching-index=split", "-o", "name"]);
+    let want = "deployment.apps/split-matcher-0-of-3\ndeployment.apps/split-matcher-1-of-3\ndeployment.apps/split-matcher-2-of-3";
+    eventually(
+        240,
+        "split switched to 3 shards",
+        || (names().trim() == want && field(c, "mi", "split", "{.status.phase}") == "Ready").then_some(()),
+        why,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed, errors) = looping.await.unwrap();
+    assert_eq!(failed, 0, "requests failed while the label changed its split: {errors:?}");
+    assert!(ok > 0);
+    let vectors = field(c, "mi", "split", "{.status.currentSnapshot.shards[*].vectors}");
+    let per_shard: Vec<u64> = vectors.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!((per_shard.len(), per_shard.iter().sum::<u64>()), (3, 2000), "shards' vectors: {vectors}");
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        "involvedObject.name=split",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    for reason in ["SwitchingShards", "ShardsSwitched"] {
+        assert!(events.contains(reason), "{reason} among the Events: {events}");
+    }
+    // The 2-shard layout's consumer groups go once its pods are gone.
+    eventually(
+        60,
+        "the retired groups destroyed",
+        || field(c, "mi", "split", "{.status.retiredGroups}").is_empty().then_some(()),
+        why,
+    )
+    .await;
+    let groups: Vec<String> = {
+        let mut conn = redis::Client::open(redis_url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let info: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg("split").query_async(&mut conn).await.unwrap();
+        info.groups.into_iter().map(|g| g.name).collect()
+    };
+    assert_eq!(
+        groups,
+        ["kim-matchers-0-of-3", "kim-matchers-1-of-3", "kim-matchers-2-of-3"],
+        "groups left on the stream"
+    );
+    log(
+        t0,
+        &format!(
+            "split label switched 2 -> 3 shards ({vectors}) in {:?}; {ok} requests meanwhile, none failed",
+            switched.elapsed()
+        ),
+    );
     delete_mi(c, "split", why).await;
 }
 
@@ -463,7 +527,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
 
     // Rebuild with new HNSW parameters while a bounded match loop runs: no failed match.
     let stop = Arc::new(AtomicBool::new(false));
-    let looping = tokio::spawn(match_loop(redis.url(), probe.clone(), expected.clone(), stop.clone()));
+    let looping = tokio::spawn(match_loop(redis.url(), LABEL, probe.clone(), expected.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.kubectl(&["patch", "mi", LABEL, "-n", NS, "--type=merge", "-p", r#"{"spec":{"hnsw":{"efConstruction":120}}}"#]);
     let new_snapshot = eventually(

@@ -554,6 +554,10 @@ pub struct MatchingIndexStatus {
     /// The backlog autoscaler's last reading and decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// Consumer groups of a layout the label no longer serves (after a change of
+    /// `spec.shards`), destroyed in Redis once that layout's matchers have stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_groups: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -572,9 +576,10 @@ pub struct AutoscalingStatus {
     pub last_scale_time: Option<String>,
     /// Why `replicas` is what it is, or why the backlog could not be read.
     pub message: String,
-    /// The KEDA ScaledObject the operator manages (with `autoscaling.keda`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaled_object: Option<String>,
+    /// The KEDA ScaledObjects the operator manages (with `autoscaling.keda`): one per matcher
+    /// Deployment, so one per shard of a split label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaled_objects: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -630,6 +635,13 @@ pub struct SnapshotStatus {
     /// A sharded label's snapshot per shard (`id` and `vectors` above: shard 0's id and the sum).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardSnapshot>,
+}
+
+impl SnapshotStatus {
+    /// How many shards the snapshot was built in (1: not split): the layout its matchers serve.
+    pub fn layout(&self) -> i32 {
+        i32::try_from(self.shards.len()).unwrap_or(i32::MAX).max(1)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -150,7 +150,7 @@ fn backlog_scales_matchers_up_and_back_after_the_cool_down_and_keda_gets_a_scale
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    assert!(blocked["scaledObject"].is_null(), "{blocked}");
+    assert!(blocked["scaledObjects"].is_null(), "{blocked}");
     assert!(events(&c, "AutoscalingBlocked").iter().any(|m| m.contains("KEDA is not installed")));
 
     // ...and with KEDA's published CRD the API server accepts the ScaledObject it renders.
@@ -173,7 +173,7 @@ fn backlog_scales_matchers_up_and_back_after_the_cool_down_and_keda_gets_a_scale
     assert_eq!(so["metadata"]["ownerReferences"][0]["kind"], "MatchingIndex");
     let st = eventually(10, "status names it", || {
         let st = autoscaling_status(&c);
-        (st["scaledObject"] == "faces-matcher").then_some(st)
+        (st["scaledObjects"] == serde_json::json!(["faces-matcher"])).then_some(st)
     });
     assert!(st["message"].as_str().unwrap().contains("KEDA scales the matchers"), "{st}");
     // Turning KEDA off again deletes it.

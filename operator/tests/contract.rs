@@ -57,7 +57,7 @@ fn match_and_clean_args_parse_with_the_worker() {
         &mi,
         &ix,
         &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() },
-        0,
+        build::Shard::WHOLE,
         Some(1),
     );
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
@@ -92,13 +92,15 @@ fn a_split_label_gives_an_indexed_build_and_one_matcher_per_shard_the_worker_acc
     let Command::Index(a) = parse(&args).command else { panic!("not index") };
     assert_eq!((a.shard.shards, a.shard.shard), (3, 2));
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
-    let children = build::children(&mi, &ix, &d, build::Matchers::Fixed(2));
+    // Matchers follow the layout of the snapshot served (3 shards once it is built).
+    let children = build::children(&mi, &ix, &d, build::Matchers::Fixed(2), 3);
     let names: Vec<String> = children.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
-    assert_eq!(names, ["faces-matcher-0", "faces-matcher-1", "faces-matcher-2"].map(String::from));
+    assert_eq!(names, ["faces-matcher-0-of-3", "faces-matcher-1-of-3", "faces-matcher-2-of-3"].map(String::from));
     for (i, dep) in children.deployments.iter().enumerate() {
         let spec = dep.spec.clone().unwrap();
         assert_eq!(spec.replicas, Some(2));
-        assert_eq!(spec.selector.match_labels.unwrap()["kim.dev/shard"], i.to_string());
+        let selector = spec.selector.match_labels.unwrap();
+        assert_eq!((&selector["kim.dev/shard"], &selector["kim.dev/shards"]), (&i.to_string(), &"3".to_string()));
         let args = spec.template.spec.unwrap().containers[0].args.clone().unwrap();
         let Command::Match(m) = parse(&args).command else { panic!("not match") };
         assert_eq!((m.shard.shards, m.shard.shard), (3, i as u32));
@@ -226,7 +228,7 @@ fn object_storage_args_parse_with_the_worker() {
     check(&a.storage);
     assert_eq!(a.source.to_str(), Some("/source/in/base.npy"));
     let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
-    let dep = build::matcher_deployment(&mi, &ix, &d, 0, Some(1));
+    let dep = build::matcher_deployment(&mi, &ix, &d, build::Shard::WHOLE, Some(1));
     let args = dep.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
     let Command::Match(m) = parse(&args).command else { panic!("not match") };

@@ -134,7 +134,7 @@ fn matcher_selector_selects_the_matcher_pods_only() {
     };
     let pod_labels =
         |t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>| t.unwrap().metadata.unwrap().labels.unwrap();
-    let matcher = build::matcher_deployment(&mi, &ix, &d, 0, Some(1)).spec.unwrap().template;
+    let matcher = build::matcher_deployment(&mi, &ix, &d, build::Shard::WHOLE, Some(1)).spec.unwrap().template;
     assert!(matches(pod_labels(Some(matcher))), "matcher pods not selected by {selector}");
     let builder = build::build_job(&mi, &ix, &build::build_hash(&mi, 0), 60, &d).spec.unwrap().template;
     assert!(!matches(pod_labels(Some(builder))), "build pods selected by {selector}");

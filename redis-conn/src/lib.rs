@@ -9,6 +9,7 @@ mod backoff;
 mod config;
 mod conn;
 mod redact;
+mod scan;
 mod sentinel;
 
 pub use backlog::{backlog, Backlog};
@@ -16,6 +17,7 @@ pub use backoff::Backoff;
 pub use config::{Credentials, RedisArgs, Target};
 pub use conn::{connect_checked, retryable, Conn};
 pub use redact::redact;
+pub use scan::scan;
 
 /// Why a Redis target cannot be used.
 #[derive(Debug, thiserror::Error)]

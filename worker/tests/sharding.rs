@@ -282,6 +282,17 @@ fn collect_replies(
     got
 }
 
+/// Every one of `n` requests got exactly one reply, a complete top 5.
+fn answered_once_complete(got: &HashMap<String, Vec<serde_json::Value>>, n: usize) {
+    assert_eq!(got.len(), n, "every request answered");
+    for (rid, replies) in got {
+        assert_eq!(replies.len(), 1, "{rid} answered exactly once: {replies:?}");
+        let r = &replies[0];
+        assert_eq!(r["status_code"], 201, "{r}");
+        assert_eq!(r["result"].as_array().unwrap().len(), 5, "complete: {r}");
+    }
+}
+
 /// XADDs a request for `faces` with a raw descriptor, replying on `channel`.
 fn add(redis: &Redis, d: &[u8], rid: &str, channel: &str, limit: u32, deadline: Option<u64>) {
     let mut cmd = redis::cmd("XADD");
@@ -390,13 +401,7 @@ fn a_shard_matcher_killed_mid_load_still_yields_one_complete_reply_per_request()
     });
     a.proc.wait_exit(Duration::from_secs(5)).unwrap();
     assert!(b.proc.log_text().contains("claimed entries abandoned"), "b took over a's entries");
-    assert_eq!(got.len(), n, "every request answered");
-    for (rid, replies) in &got {
-        assert_eq!(replies.len(), 1, "{rid} answered exactly once: {replies:?}");
-        let r = &replies[0];
-        assert_eq!(r["status_code"], 201, "{r}");
-        assert_eq!(r["result"].as_array().unwrap().len(), 5, "complete: {r}");
-    }
+    answered_once_complete(&got, n);
 }
 
 #[test]
@@ -488,6 +493,88 @@ fn a_request_answered_twice_by_a_shard_gets_one_reply() {
         assert_eq!(replies[0]["error"]["error_code"], 26302, "{}", replies[0]);
         assert!(replies[0]["result"].is_null());
     }
+}
+
+/// A label changing its split under load, as the operator switches it: the new layout's
+/// matchers start while the old layout serves, the old ones are stopped (SIGTERM) once the new
+/// ones are ready and their consumer group is destroyed. 1 → 2 → 1 shards: every request is
+/// answered exactly once, complete, though both layouts read the stream for a while and the
+/// last layout's new group reads the stream again from its start.
+#[test]
+fn changing_the_shard_count_under_load_answers_every_request_once() {
+    let s = Small::new(2);
+    index(&s.data, &s.storage, "faces", 64, 0, 1);
+    let whole =
+        |name: &str| Matcher::start(name, s.dir.path(), &s.storage, &s.redis, &["--label", "faces", "--threads", "1"]);
+    let stop = |mut m: Matcher| {
+        m.proc.signal("TERM");
+        assert!(m.proc.wait_exit(Duration::from_secs(15)).is_some(), "{} stops", m.proc.name);
+    };
+    let destroy = |group: &str| {
+        let n: i64 = redis::cmd("XGROUP").arg("DESTROY").arg("faces").arg(group).query(&mut s.redis.conn()).unwrap();
+        assert_eq!(n, 1, "group {group} existed");
+    };
+    let one = whole("one");
+    one.wait_ready();
+    let probes = s.probes();
+    let redis = &s.redis;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let (got, merged) = std::thread::scope(|scope| {
+        let listener = scope.spawn(|| {
+            let quiet = std::cell::Cell::new(None::<Instant>);
+            collect_replies(redis, "ch", Duration::from_secs(90), |g| {
+                // Once the load stopped and all are in, keep listening a little for duplicates.
+                let all = done.load(std::sync::atomic::Ordering::SeqCst)
+                    && g.len() >= sent.load(std::sync::atomic::Ordering::SeqCst);
+                if all && quiet.get().is_none() {
+                    quiet.set(Some(Instant::now()));
+                }
+                quiet.get().is_some_and(|t| t.elapsed() > Duration::from_secs(3))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let load = scope.spawn(|| {
+            let t = Instant::now();
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && i < 5_000 && t.elapsed() < Duration::from_secs(60)
+            {
+                let deadline = kim_api::unix_ms() + 20_000;
+                add(redis, probes.row(i % probes.rows), &format!("r{i}"), "ch", 5, Some(deadline));
+                i += 1;
+                sent.store(i, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let settle = || std::thread::sleep(Duration::from_millis(700));
+        settle();
+        // 1 → 2: both layouts read the stream until the old one is stopped.
+        let (a, b) = (s.matcher("a", 0, 2, &[]), s.matcher("b", 1, 2, &[]));
+        a.wait_ready();
+        b.wait_ready();
+        settle();
+        stop(one);
+        destroy("kim-matchers");
+        settle();
+        let merged = a.metric("kim_matcher_shard_merges_total{label=\"faces\"}")
+            + b.metric("kim_matcher_shard_merges_total{label=\"faces\"}");
+        // 2 → 1: the new unsharded group starts at the stream's beginning.
+        let again = whole("again");
+        again.wait_ready();
+        settle();
+        stop(a);
+        stop(b);
+        destroy("kim-matchers-0-of-2");
+        destroy("kim-matchers-1-of-2");
+        settle();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap();
+        (listener.join().unwrap(), merged)
+    });
+    let n = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n > 300, "a steady load ran through both switches: {n}");
+    assert!(merged > 0.0, "the 2-shard layout answered some requests");
+    answered_once_complete(&got, n);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The KEDA ScaledObject of a MatchingIndex with `matcher.autoscaling.keda`: KEDA's
-//! redis-streams scaler on the matchers' consumer group lag, targeting the matcher Deployment.
+//! The KEDA ScaledObjects of a MatchingIndex with `matcher.autoscaling.keda`: KEDA's
+//! redis-streams scaler on the matchers' consumer group lag, one per matcher Deployment (one per
+//! shard of a split label, each on its shard's group).
 //! Only the fields the operator sets are modelled; KEDA's own CRD validates the object.
 
 use std::collections::BTreeMap;
@@ -7,7 +8,7 @@ use std::collections::BTreeMap;
 use kube::{CustomResource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use super::{labels, matcher_name, pod};
+use super::{labels, pod, shard_deployment_name, Shard};
 use crate::crd::{AutoscalingSpec, MatchingIndex};
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -37,15 +38,16 @@ pub struct Trigger {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// The ScaledObject for `mi`, whose Redis is at `address` (`host:port`). Credentials come from
-/// the matcher container's own environment (`KIM_REDIS_USERNAME`, `KIM_REDIS_PASSWORD`).
-pub fn scaled_object(mi: &MatchingIndex, a: &AutoscalingSpec, address: &str) -> ScaledObject {
+/// The ScaledObject of the matchers of `shard`, named like their Deployment, for `mi` whose
+/// Redis is at `address` (`host:port`). Credentials come from the matcher container's own
+/// environment (`KIM_REDIS_USERNAME`, `KIM_REDIS_PASSWORD`).
+pub fn scaled_object(mi: &MatchingIndex, a: &AutoscalingSpec, address: &str, shard: Shard) -> ScaledObject {
     let r = &mi.spec.redis;
     let prefix = r.key_prefix.clone().unwrap_or_default();
     let mut metadata = BTreeMap::from([
         ("address".to_string(), address.to_string()),
         ("stream".to_string(), kim_api::stream_key(&prefix, &mi.label())),
-        ("consumerGroup".to_string(), kim_api::GROUP.to_string()),
+        ("consumerGroup".to_string(), shard.group()),
         ("lagCount".to_string(), a.target_backlog.to_string()),
     ]);
     if let Some(auth) = &r.auth {
@@ -58,7 +60,7 @@ pub fn scaled_object(mi: &MatchingIndex, a: &AutoscalingSpec, address: &str) -> 
         metadata.insert("enableTLS".into(), "true".into());
     }
     let cooldown = crate::validate::duration("autoscaling.cooldown", &a.cooldown).map_or(300, |d| d.as_secs());
-    let name = matcher_name(mi);
+    let name = shard_deployment_name(mi, shard);
     let mut obj = ScaledObject::new(
         &name,
         ScaledObjectSpec {
@@ -85,7 +87,7 @@ mod tests {
         m.spec.redis.key_prefix = Some("kim:".into());
         let a =
             AutoscalingSpec { min_replicas: 1, max_replicas: 5, target_backlog: 40, cooldown: "2m".into(), keda: true };
-        let so = scaled_object(&m, &a, "redis.kim:6379");
+        let so = scaled_object(&m, &a, "redis.kim:6379", Shard::WHOLE);
         assert_eq!(so.name_any(), "faces-matcher");
         assert_eq!(so.spec.scale_target_ref.name, "faces-matcher");
         assert_eq!((so.spec.min_replica_count, so.spec.max_replica_count, so.spec.cooldown_period), (1, 5, 120));
@@ -99,5 +101,14 @@ mod tests {
         let v = serde_json::to_value(&so).unwrap();
         assert_eq!(v["apiVersion"], "keda.sh/v1alpha1");
         assert_eq!(v["spec"]["triggers"][0]["type"], "redis-streams");
+
+        // Shard 2 of 3: its own Deployment, on its own group.
+        let so = scaled_object(&m, &a, "redis.kim:6379", Shard { index: 2, of: 3 });
+        assert_eq!(
+            (so.name_any(), so.spec.scale_target_ref.name.as_str()),
+            ("faces-matcher-2-of-3".into(), "faces-matcher-2-of-3")
+        );
+        assert_eq!(so.spec.triggers[0].metadata["consumerGroup"], "kim-matchers-2-of-3");
+        assert_eq!(so.spec.triggers[0].metadata["stream"], "kim:faces", "every shard reads the one stream");
     }
 }

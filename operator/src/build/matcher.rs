@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use super::pod::{self, env, env_from_field, env_from_secret, http_probe, mount, secret_volume};
 use super::{
     labels, selector_labels, storage_args, storage_parts, worker_image, Defaults, StorageParts, LABEL_SHARD,
-    MATCHER_PORT,
+    LABEL_SHARDS, MATCHER_PORT,
 };
 use crate::crd::{Indexer, MatchingIndex};
 
@@ -24,17 +24,42 @@ pub fn matcher_name(mi: &MatchingIndex) -> String {
     format!("{}-matcher", mi.name_any())
 }
 
+/// Shard `index` of the `of` a label is served in (`of` 1: the label is not split). The layout
+/// is the served snapshot's, not the spec's: a changed `spec.shards` is served once it is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: i32,
+    pub of: i32,
+}
+
+impl Shard {
+    /// The whole of a label that is not split.
+    pub const WHOLE: Shard = Shard { index: 0, of: 1 };
+
+    /// Every shard of a split into `of` (one, the whole, for `of` ≤ 1).
+    pub fn all(of: i32) -> impl Iterator<Item = Shard> {
+        let of = of.max(1);
+        (0..of).map(move |index| Shard { index, of })
+    }
+
+    /// The consumer group its matchers read the label's stream in.
+    pub fn group(&self) -> String {
+        kim_api::shard::group(self.index.max(0) as u32, self.of.max(1) as u32)
+    }
+}
+
 /// The Deployment serving `shard`: the matcher Deployment itself when the label is not split,
-/// `<name>-matcher-<shard>` otherwise.
-pub fn shard_deployment_name(mi: &MatchingIndex, shard: i32) -> String {
-    match mi.spec.shards {
-        n if n > 1 => format!("{}-{shard}", matcher_name(mi)),
+/// `<name>-matcher-<I>-of-<N>` otherwise, so two layouts of one label never share a name and
+/// the old one can serve while the new one starts.
+pub fn shard_deployment_name(mi: &MatchingIndex, shard: Shard) -> String {
+    match shard.of {
+        n if n > 1 => format!("{}-{}-of-{n}", matcher_name(mi), shard.index),
         _ => matcher_name(mi),
     }
 }
 
 /// `kim-worker match` arguments for one shard of a MatchingIndex on its Indexer's storage.
-pub fn match_args(mi: &MatchingIndex, ix: &Indexer, shard: i32) -> Vec<String> {
+pub fn match_args(mi: &MatchingIndex, ix: &Indexer, shard: Shard) -> Vec<String> {
     let mut a: Vec<String> = [
         "match",
         "--namespace",
@@ -56,8 +81,8 @@ pub fn match_args(mi: &MatchingIndex, ix: &Indexer, shard: i32) -> Vec<String> {
     if let Some(t) = mi.spec.matcher.threads {
         a.extend(["--threads".into(), t.to_string()]);
     }
-    if mi.spec.shards > 1 {
-        a.extend(["--shards".into(), mi.spec.shards.to_string(), "--shard".into(), shard.to_string()]);
+    if shard.of > 1 {
+        a.extend(["--shards".into(), shard.of.to_string(), "--shard".into(), shard.index.to_string()]);
     }
     a
 }
@@ -95,14 +120,16 @@ pub fn matcher_deployment(
     mi: &MatchingIndex,
     ix: &Indexer,
     d: &Defaults,
-    shard: i32,
+    shard: Shard,
     replicas: Option<i32>,
 ) -> Deployment {
     let mut lbl = labels(mi, "matcher");
     let mut selector = selector_labels(mi, "matcher");
-    if mi.spec.shards > 1 {
-        lbl.insert(LABEL_SHARD.into(), shard.to_string());
-        selector.insert(LABEL_SHARD.into(), shard.to_string());
+    if shard.of > 1 {
+        for (k, v) in [(LABEL_SHARD, shard.index), (LABEL_SHARDS, shard.of)] {
+            lbl.insert(k.into(), v.to_string());
+            selector.insert(k.into(), v.to_string());
+        }
     }
     let mut env_vars =
         vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];

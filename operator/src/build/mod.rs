@@ -21,7 +21,7 @@ use kube::ResourceExt;
 pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
 pub(crate) use self::matcher::pdb;
 pub use self::matcher::{
-    match_args, matcher_deployment, matcher_name, matcher_pdb, shard_deployment_name, REDIS_TLS_MOUNT,
+    match_args, matcher_deployment, matcher_name, matcher_pdb, shard_deployment_name, Shard, REDIS_TLS_MOUNT,
 };
 pub use self::rollback::{rollback_args, rollback_job, rollback_job_name};
 pub use self::storage::{
@@ -38,6 +38,8 @@ pub const LABEL_COMPONENT: &str = "kim.dev/component";
 pub const LABEL_HASH: &str = "kim.dev/build-hash";
 /// The shard a matcher Deployment of a split label serves.
 pub const LABEL_SHARD: &str = "kim.dev/shard";
+/// How many shards the layout of a split label's matcher Deployment has.
+pub const LABEL_SHARDS: &str = "kim.dev/shards";
 pub const STORAGE_MOUNT: &str = "/storage";
 pub const SOURCE_MOUNT: &str = "/source";
 pub const MATCHER_PORT: i32 = 8080;
@@ -121,6 +123,9 @@ pub struct Children {
     pub stateful_sets: Vec<StatefulSet>,
     pub deployments: Vec<Deployment>,
     pub disruption_budgets: Vec<PodDisruptionBudget>,
+    /// Deployments left as they are, neither applied nor deleted: the matchers of the layout
+    /// served before a change of `spec.shards`, while the new layout's start.
+    pub draining: Vec<String>,
 }
 
 /// How many matchers a MatchingIndex runs.
@@ -135,8 +140,9 @@ pub enum Matchers {
 }
 
 /// Online agents, their Services and gateway with `spec.online`; matchers once a snapshot
-/// exists. Anything of this MatchingIndex not in the result is to be deleted.
-pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matchers) -> Children {
+/// exists, one Deployment per shard of the layout it was built in (`shards`). Anything of this
+/// MatchingIndex not in the result is to be deleted.
+pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matchers, shards: i32) -> Children {
     let mut c = Children::default();
     if mi.spec.online.is_some() {
         c.services = vec![crate::online::agent_service(mi), crate::online::gateway_service(mi)];
@@ -149,7 +155,7 @@ pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matche
         Matchers::Fixed(n) => Some(n),
         Matchers::External => None,
     };
-    c.deployments.extend((0..mi.spec.shards.max(1)).map(|shard| matcher_deployment(mi, ix, d, shard, replicas)));
+    c.deployments.extend(Shard::all(shards).map(|shard| matcher_deployment(mi, ix, d, shard, replicas)));
     c.disruption_budgets.push(matcher_pdb(mi));
     c
 }

@@ -73,7 +73,7 @@ fn build_hash_tracks_build_inputs_only() {
 fn matcher_deployment_shape() {
     let mut m = mi("faces");
     m.spec.matcher.replicas = 3;
-    let dep = matcher_deployment(&m, &ix(), &d(), 0, Some(m.spec.matcher.replicas));
+    let dep = matcher_deployment(&m, &ix(), &d(), Shard::WHOLE, Some(m.spec.matcher.replicas));
     let spec = dep.spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
     let pod = spec.template.spec.unwrap();
@@ -88,7 +88,7 @@ fn matcher_deployment_shape() {
         key_prefix: Some("p:".into()),
         ..Default::default()
     };
-    let dep = matcher_deployment(&m, &ix(), &d(), 0, Some(1));
+    let dep = matcher_deployment(&m, &ix(), &d(), Shard::WHOLE, Some(1));
     let c = dep.spec.unwrap().template.spec.unwrap().containers[0].clone();
     assert_eq!(c.env.unwrap()[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "r");
     assert!(c.args.unwrap().windows(2).any(|w| w == ["--prefix", "p:"]));
@@ -96,7 +96,8 @@ fn matcher_deployment_shape() {
 
 #[test]
 fn matcher_redis_secrets() {
-    let plain = matcher_deployment(&mi("faces"), &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
+    let plain =
+        matcher_deployment(&mi("faces"), &ix(), &d(), Shard::WHOLE, Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(plain.containers[0]
         .env
         .as_ref()
@@ -109,7 +110,7 @@ fn matcher_redis_secrets() {
     m.spec.redis.url = Some("rediss://redis:6380".into());
     m.spec.redis.auth = Some(serde_json::from_value(json!({"secretName": "redis-auth"})).unwrap());
     m.spec.redis.tls = Some(RedisTls { secret_name: "redis-tls".into(), client_certificate: true });
-    let pod = matcher_deployment(&m, &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), Shard::WHOLE, Some(1)).spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
     let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> =
         c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
@@ -147,7 +148,7 @@ fn matcher_redis_secrets() {
 
     // Without a client certificate only the CA is mounted and named.
     m.spec.redis.tls.as_mut().unwrap().client_certificate = false;
-    let pod = matcher_deployment(&m, &ix(), &d(), 0, Some(1)).spec.unwrap().template.spec.unwrap();
+    let pod = matcher_deployment(&m, &ix(), &d(), Shard::WHOLE, Some(1)).spec.unwrap().template.spec.unwrap();
     assert!(pod.containers[0]
         .env
         .as_ref()
@@ -246,7 +247,7 @@ fn online_children_have_their_own_resources_and_scheduling() {
     );
     let mut i = ix();
     i.spec.scheduling = Some(serde_json::from_value(json!({"nodeSelector": {"pool": "build"}})).unwrap());
-    let c = children(&m, &i, &d(), Matchers::Fixed(1));
+    let c = children(&m, &i, &d(), Matchers::Fixed(1), 1);
     let names = |v: Vec<String>| v.join(",");
     assert_eq!(
         names(c.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect()),
@@ -276,14 +277,14 @@ fn online_children_have_their_own_resources_and_scheduling() {
     assert_eq!(matcher_pdb.max_unavailable, Some(IntOrString::Int(1)));
 
     // Without online and before a snapshot: nothing long-lived is wanted.
-    let c = children(&mi("faces"), &i, &d(), Matchers::NotYet);
+    let c = children(&mi("faces"), &i, &d(), Matchers::NotYet, 1);
     assert!(c.services.is_empty() && c.stateful_sets.is_empty() && c.deployments.is_empty());
     assert!(c.disruption_budgets.is_empty());
 }
 
 #[test]
 fn children_serialize_with_kind_and_without_empty_fields() {
-    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d(), 0, Some(1))).unwrap();
+    let v = serde_json::to_value(matcher_deployment(&mi("faces"), &ix(), &d(), Shard::WHOLE, Some(1))).unwrap();
     assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
     let pod = &v["spec"]["template"]["spec"];
     assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
@@ -296,7 +297,7 @@ fn children_serialize_with_kind_and_without_empty_fields() {
 #[test]
 fn matcher_replicas_come_from_the_decision_and_keda_owns_them_when_external() {
     let count = |m: Matchers| {
-        let c = children(&mi("faces"), &ix(), &d(), m);
+        let c = children(&mi("faces"), &ix(), &d(), m, 1);
         let v = serde_json::to_value(&c.deployments[0]).unwrap();
         (v["spec"].get("replicas").cloned(), c.disruption_budgets.len())
     };

@@ -5,7 +5,6 @@
 //! With `autoscaling.keda` the operator applies a KEDA ScaledObject instead and leaves the
 //! Deployment's `replicas` to KEDA.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -84,17 +83,11 @@ pub fn decide(
 /// Reads the backlog of the label's matchers: the group's `lag` and `pending` from
 /// `XINFO GROUPS` (of a split label, the shard group with the most). No stream or no group yet
 /// (no matcher has started) is an empty backlog.
-pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Backlog, Problem> {
-    let target = Arc::new(store::target(mi, ctx, ns).await?);
-    let shown = target.to_string();
+pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str, shards: i32) -> Result<Backlog, Problem> {
     let stream = store::keys_of(mi).0;
     // Every shard's group sees every request: the slowest shard's backlog decides.
-    let groups: Vec<String> = match u32::try_from(mi.spec.shards).unwrap_or(1) {
-        n if n > 1 => (0..n).map(|i| kim_api::shard::group(i, n)).collect(),
-        _ => vec![kim_api::GROUP.to_string()],
-    };
-    let work = async {
-        let mut conn = kim_redis::Conn::lazy(target, READ_BOUND);
+    let groups: Vec<String> = build::Shard::all(shards).map(|s| s.group()).collect();
+    store::run(mi, ctx, ns, READ_BOUND, |mut conn| async move {
         let mut worst = Backlog::default();
         for g in &groups {
             let b = kim_redis::backlog(&mut conn, &stream, g).await?;
@@ -102,14 +95,9 @@ pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Backlog
                 worst = b;
             }
         }
-        Ok::<Backlog, ::redis::RedisError>(worst)
-    };
-    let unreachable = |error: String| Problem::Unreachable { target: shown.clone(), error };
-    match tokio::time::timeout(READ_BOUND, work).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {READ_BOUND:?}"))),
-    }
+        Ok(worst)
+    })
+    .await
 }
 
 /// One reading's bound: an unreachable Redis must not hold the reconcile for long.
@@ -120,17 +108,18 @@ const READ_BOUND: Duration = Duration::from_secs(3);
 pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut MatchingIndexStatus) -> Matchers {
     let fixed = mi.spec.matcher.replicas;
     let Some(spec) = mi.spec.matcher.autoscaling.as_ref() else {
-        remove_scaled_object(mi, ctx, ns, st).await;
+        remove_scaled_objects(mi, ctx, ns, st, &[]).await;
         st.autoscaling = None;
         return Matchers::Fixed(fixed);
     };
     if spec.keda {
         return keda(mi, spec, ctx, ns, st).await;
     }
-    remove_scaled_object(mi, ctx, ns, st).await;
+    remove_scaled_objects(mi, ctx, ns, st, &[]).await;
     let cooldown =
         crate::validate::duration("autoscaling.cooldown", &spec.cooldown).unwrap_or(Duration::from_secs(300));
-    let reading = read(mi, ctx, ns).await.map_err(|p| p.to_string());
+    let shards = st.current_snapshot.as_ref().map_or(1, |s| s.layout());
+    let reading = read(mi, ctx, ns, shards).await.map_err(|p| p.to_string());
     let (next, change) = decide(spec, cooldown, fixed, st.autoscaling.as_ref(), reading, Timestamp::now());
     if let Some((reason, note)) = change {
         ctx.event(mi, false, reason, "Scale", note).await;
@@ -140,8 +129,9 @@ pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut Matching
     Matchers::Fixed(replicas)
 }
 
-/// Applies the ScaledObject; KEDA then owns the Deployment's replicas. Without KEDA's CRD in
-/// the cluster the matchers keep a fixed count and status says why.
+/// Applies a ScaledObject per matcher Deployment of the served layout; KEDA then owns their
+/// replicas. Without KEDA's CRD in the cluster the matchers keep a fixed count and status says
+/// why. ScaledObjects of an earlier layout are deleted.
 async fn keda(
     mi: &MatchingIndex,
     spec: &AutoscalingSpec,
@@ -151,35 +141,41 @@ async fn keda(
 ) -> Matchers {
     let fallback = mi.spec.matcher.replicas.clamp(spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
     let mut status = AutoscalingStatus { replicas: fallback, ..Default::default() };
-    // A split label is refused before its Secrets are read.
-    let address = if mi.spec.shards > 1 {
-        Err("autoscaling.keda does not scale a split label yet (use keda: false)".to_string())
-    } else {
-        match store::target(mi, ctx, ns).await.map(|t| t.host_port()) {
-            Ok(Some(a)) => Ok(a),
-            Ok(None) => Err("KEDA's redis-streams scaler needs a host:port Redis URL, not Sentinel".to_string()),
-            Err(p) => Err(p.to_string()),
-        }
+    let shards = st.current_snapshot.as_ref().map_or(1, |s| s.layout());
+    let address = match store::target(mi, ctx, ns).await.map(|t| t.host_port()) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err("KEDA's redis-streams scaler needs a host:port Redis URL, not Sentinel".to_string()),
+        Err(p) => Err(p.to_string()),
     };
     let applied = match address {
         Err(why) => Err(why),
         Ok(address) => {
-            let obj = build::keda::scaled_object(mi, spec, &address);
-            let name = obj.name_any();
             let api: Api<ScaledObject> = Api::namespaced(ctx.client.clone(), ns);
-            match apply(&api, &name, &obj).await {
-                Ok(_) => Ok(name),
-                Err(e) if missing(&e) => {
-                    Err("KEDA is not installed: no ScaledObject resource (keda.sh/v1alpha1)".into())
+            let mut names = Vec::new();
+            let mut failed = None;
+            for shard in build::Shard::all(shards) {
+                let obj = build::keda::scaled_object(mi, spec, &address, shard);
+                let name = obj.name_any();
+                match apply(&api, &name, &obj).await {
+                    Ok(_) => names.push(name),
+                    Err(e) if missing(&e) => {
+                        failed = Some("KEDA is not installed: no ScaledObject resource (keda.sh/v1alpha1)".into());
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(format!("applying ScaledObject {name}: {e}"));
+                        break;
+                    }
                 }
-                Err(e) => Err(format!("applying ScaledObject {name}: {e}")),
             }
+            failed.map_or(Ok(names), Err)
         }
     };
     let matchers = match applied {
-        Ok(name) => {
-            status.message = format!("KEDA scales the matchers through ScaledObject {name}");
-            status.scaled_object = Some(name);
+        Ok(names) => {
+            status.message = format!("KEDA scales the matchers through ScaledObject {}", names.join(", "));
+            remove_scaled_objects(mi, ctx, ns, st, &names).await;
+            status.scaled_objects = names;
             Matchers::External
         }
         Err(why) => {
@@ -192,14 +188,17 @@ async fn keda(
     matchers
 }
 
-/// Deletes the ScaledObject a former `autoscaling.keda` left (status names it).
-async fn remove_scaled_object(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &MatchingIndexStatus) {
-    let Some(name) = st.autoscaling.as_ref().and_then(|a| a.scaled_object.clone()) else { return };
+/// Deletes the ScaledObjects status names that are not in `keep` (a former `autoscaling.keda`,
+/// or an earlier shard layout).
+async fn remove_scaled_objects(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &MatchingIndexStatus, keep: &[String]) {
+    let named = st.autoscaling.as_ref().map(|a| a.scaled_objects.clone()).unwrap_or_default();
     let api: Api<ScaledObject> = Api::namespaced(ctx.client.clone(), ns);
-    match api.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => ctx.event(mi, false, "ScaledObjectRemoved", "Scale", format!("deleted ScaledObject {name}")).await,
-        Err(e) if missing(&e) => {}
-        Err(e) => tracing::warn!(mi = %mi.name_any(), error = %e, "deleting ScaledObject {name}"),
+    for name in named.into_iter().filter(|n| !keep.contains(n)) {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => ctx.event(mi, false, "ScaledObjectRemoved", "Scale", format!("deleted ScaledObject {name}")).await,
+            Err(e) if missing(&e) => {}
+            Err(e) => tracing::warn!(mi = %mi.name_any(), error = %e, "deleting ScaledObject {name}"),
+        }
     }
 }
 

@@ -23,8 +23,8 @@ pub struct Synced<K> {
 }
 
 /// Applies `want` and deletes the objects of kind `K` labelled as children of the
-/// MatchingIndex `owner` whose names are not in `want`.
-pub async fn sync<K>(client: &Client, ns: &str, owner: &str, want: &[K]) -> Result<Synced<K>>
+/// MatchingIndex `owner` whose names are neither in `want` nor in `keep`.
+pub async fn sync<K>(client: &Client, ns: &str, owner: &str, want: &[K], keep: &[String]) -> Result<Synced<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -56,7 +56,7 @@ where
         out.applied.push(applied);
     }
     for name in existing {
-        if want.iter().any(|o| o.name_any() == name) {
+        if want.iter().any(|o| o.name_any() == name) || keep.contains(&name) {
             continue;
         }
         match api.delete(&name, &DeleteParams::background()).await {
@@ -84,13 +84,13 @@ pub async fn sync_all(client: &Client, ns: &str, owner: &str, want: &Children) -
         out.created.extend(created.into_iter().map(|n| format!("{kind}/{n}")));
         out.removed.extend(removed.into_iter().map(|n| format!("{kind}/{n}")));
     };
-    let s = sync(client, ns, owner, &want.services).await?;
+    let s = sync(client, ns, owner, &want.services, &[]).await?;
     note("Service", s.created, s.removed);
-    let s = sync(client, ns, owner, &want.stateful_sets).await?;
+    let s = sync(client, ns, owner, &want.stateful_sets, &[]).await?;
     note("StatefulSet", s.created, s.removed);
-    let d = sync(client, ns, owner, &want.deployments).await?;
+    let d = sync(client, ns, owner, &want.deployments, &want.draining).await?;
     note("Deployment", d.created, d.removed);
-    let s = sync(client, ns, owner, &want.disruption_budgets).await?;
+    let s = sync(client, ns, owner, &want.disruption_budgets, &[]).await?;
     note("PodDisruptionBudget", s.created, s.removed);
     out.deployments = d.applied;
     Ok(out)

@@ -46,7 +46,8 @@ pub async fn cleanup(mi: &MatchingIndex, ctx: &Context) -> Result<Progress> {
     let skip = mi.annotations().get(SKIP_ANNOTATION).is_some_and(|v| v == "true");
     let retain = mi.spec.deletion_policy == DeletionPolicy::Retain;
     delete_children(mi, ctx, &ns).await?;
-    let (stream, pattern) = redis::keys_of(mi);
+    let (stream, patterns) = redis::keys_of(mi);
+    let pattern = patterns.join(", ");
     let mut done = vec!["removed its Deployments, StatefulSets, Services, disruption budgets and Jobs".to_string()];
     let mut left = Vec::new();
     if retain || skip {

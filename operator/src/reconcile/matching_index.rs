@@ -43,7 +43,13 @@ pub enum Build {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Facts {
     Blocked(Blocked),
-    Built { build: Build, missing_secrets: Vec<String>, waiting: Vec<Waiting> },
+    /// `switch`: a change of shard layout in progress (the old layout still answers).
+    Built {
+        build: Build,
+        missing_secrets: Vec<String>,
+        waiting: Vec<Waiting>,
+        switch: Option<super::layout::Switch>,
+    },
 }
 
 /// A matcher container that does not run, and why (what `kubectl describe pod` would show).
@@ -105,11 +111,17 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         Some(_) => super::autoscale::step(&mi, &ctx, &ns, &mut st).await,
     };
 
-    // desired children, applied; the rest of this object's children deleted
-    let want = build::children(&mi, &ix, &ctx.defaults, matchers);
+    // desired children (matchers in the served snapshot's layout; another layout's kept until
+    // this one's are ready), applied; the rest of this object's children deleted
+    let shards = st.current_snapshot.as_ref().map_or(1, |s| s.layout());
+    let mut want = build::children(&mi, &ix, &ctx.defaults, matchers, shards);
+    let switch = match matchers {
+        build::Matchers::NotYet => None,
+        _ => super::layout::step(&mi, &ctx, &ns, shards, &mut want, &mut st).await?,
+    };
     let synced = children::sync_all(&ctx.client, &ns, &mi.name_any(), &want).await?;
     report_children(&mi, &ctx, &synced).await;
-    let names: Vec<String> = (0..mi.spec.shards.max(1)).map(|i| build::shard_deployment_name(&mi, i)).collect();
+    let names: Vec<String> = build::Shard::all(shards).map(|s| build::shard_deployment_name(&mi, s)).collect();
     let serving: Vec<_> = synced.deployments.iter().filter(|d| names.contains(&d.name_any())).collect();
     // A shard's extra ready pods (a rollout's surge) do not make up for another shard's missing ones.
     st.matchers = (!serving.is_empty()).then(|| {
@@ -133,11 +145,15 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     } else {
         Vec::new()
     };
-    let facts = Facts::Built { build, missing_secrets, waiting };
+    let facts = Facts::Built { build, missing_secrets, waiting, switch };
     let wanted = st.matchers.as_ref().map_or(mi.spec.matcher.replicas, |m| m.desired);
     let mut requeue = summarize(&mut st, &facts, wanted, gen).unwrap_or(Duration::from_secs(300));
     if matches!(matchers, build::Matchers::Fixed(_)) && mi.spec.matcher.autoscaling.is_some() {
         requeue = requeue.min(ctx.autoscale_interval);
+    }
+    if !st.retired_groups.is_empty() {
+        // Until the retired layout's pods are gone and its groups destroyed.
+        requeue = requeue.min(Duration::from_secs(10));
     }
     warn_not_ready(&mi, &ctx, &st).await;
     write_status(&api, mi.as_ref(), &st).await?;
@@ -402,7 +418,7 @@ async fn admit(
 pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen: Option<i64>) -> Option<Duration> {
     let serving = st.current_snapshot.is_some();
     let secs = |s: u64| Some(Duration::from_secs(s));
-    let (build, (missing, waiting)) = match facts {
+    let (build, (missing, waiting, switch)) = match facts {
         Facts::Blocked(b) => {
             // Whatever waited in the Indexer's queue leaves it.
             st.current_build = None;
@@ -423,7 +439,7 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
             st.reason = Some(reason.into());
             return requeue;
         }
-        Facts::Built { build, missing_secrets, waiting } => (build, (missing_secrets, waiting)),
+        Facts::Built { build, missing_secrets, waiting, switch } => (build, (missing_secrets, waiting, switch)),
     };
     status::set(&mut st.conditions, "SpecValid", true, "Valid", "spec is valid", gen);
     let ready = st.matchers.as_ref().map_or(0, |m| m.ready);
@@ -440,6 +456,9 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
             status::set(&mut st.conditions, "BuildFailed", false, "UpToDate", "", gen);
             if all_ready {
                 (Phase::Ready, "Ready", "Ready".into(), format!("serving with {ready}/{desired} matchers ready"), 300)
+            } else if let Some(s) = switch {
+                let short = format!("{}/{} shards ready", s.ready, s.to);
+                (Phase::Deploying, "SwitchingShards", short, s.message(), 10)
             } else {
                 let short = format!("{ready}/{desired} matchers ready");
                 (Phase::Deploying, "MatchersStarting", short.clone(), short, 10)
@@ -469,8 +488,11 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
             (phase, "BuildFailed", "BuildFailed".into(), msg, 300)
         }
     };
-    // Serving the previous snapshot while rebuilding counts as ready once matchers are.
-    let ok = phase == Phase::Ready || (phase == Phase::Rebuilding && all_ready);
+    // Serving the previous snapshot while rebuilding counts as ready once matchers are, and so
+    // does a switch of shard layout: the old layout answers until the new one is ready.
+    let ok = phase == Phase::Ready
+        || (phase == Phase::Rebuilding && all_ready)
+        || (phase == Phase::Deploying && switch.is_some());
     let (reason, short, msg, requeue) = if phase == Phase::Deploying && !missing.is_empty() {
         let m = format!("Secret {} not found in the namespace", missing.join(", "));
         ("SecretNotFound", "SecretNotFound".to_string(), m, 15)

@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod finalizer;
 pub mod indexer;
 pub mod jobs;
+pub mod layout;
 pub mod matching_index;
 pub mod redis;
 pub mod rollback;

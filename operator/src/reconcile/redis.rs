@@ -106,46 +106,64 @@ pub async fn target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_r
     kim_redis::Target::from_parts(&url, creds, ca, client).map_err(|e| Problem::Invalid(e.to_string()))
 }
 
-/// The keys a label owns in Redis, as shown to a user who must remove them by hand.
-pub fn keys_of(mi: &MatchingIndex) -> (String, String) {
-    let prefix = mi.spec.redis.key_prefix.clone().unwrap_or_default();
-    (kim_api::stream_key(&prefix, &mi.label()), kim_api::registry_pattern(&prefix, &mi.label()))
+/// The keys a label owns in Redis: its stream, and the SCAN patterns of its registry keys and
+/// of what the matchers' reply gate keeps for a while after each request.
+pub fn keys_of(mi: &MatchingIndex) -> (String, Vec<String>) {
+    let (prefix, label) = (mi.spec.redis.key_prefix.clone().unwrap_or_default(), mi.label());
+    let mut patterns = vec![kim_api::registry_pattern(&prefix, &label)];
+    patterns.extend(kim_api::shard::gate_patterns(&prefix, &label));
+    (kim_api::stream_key(&prefix, &label), patterns)
 }
 
-/// Deletes the label's stream and every registry key of it; returns how many keys were named.
-pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize, Problem> {
+/// Runs `work` on a connection to the label's Redis, all within `bound`: a Redis error or no
+/// answer in time is [`Problem::Unreachable`].
+pub async fn run<T, F, Fut>(mi: &MatchingIndex, ctx: &Context, ns: &str, bound: Duration, work: F) -> Result<T, Problem>
+where
+    F: FnOnce(kim_redis::Conn) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
     let target = Arc::new(target(mi, ctx, ns).await?);
     let shown = target.to_string();
-    let (stream, pattern) = keys_of(mi);
-    let work = async {
-        let mut conn = kim_redis::Conn::lazy(target, ATTEMPT);
-        let mut keys: Vec<String> = vec![stream];
-        let mut cursor = 0u64;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(found);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
-        Ok::<usize, redis::RedisError>(keys.len())
-    };
     let unreachable = |error: String| Problem::Unreachable { target: shown.clone(), error };
-    match tokio::time::timeout(ATTEMPT, work).await {
-        Ok(Ok(n)) => {
-            tracing::info!(label = %mi.label(), keys = n, redis = %shown, "removed Redis keys");
-            Ok(n)
-        }
+    match tokio::time::timeout(bound, work(kim_redis::Conn::lazy(target, bound))).await {
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {ATTEMPT:?}"))),
+        Err(_) => Err(unreachable(format!("no answer within {bound:?}"))),
     }
+}
+
+/// Deletes the label's stream and every key of its patterns; returns how many keys were named.
+pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize, Problem> {
+    let (stream, patterns) = keys_of(mi);
+    let n = run(mi, ctx, ns, ATTEMPT, |mut conn| async move {
+        let mut keys: Vec<String> = vec![stream];
+        for pattern in &patterns {
+            keys.extend(kim_redis::scan(&mut conn, pattern, false).await?);
+        }
+        for batch in keys.chunks(1000) {
+            redis::cmd("DEL").arg(batch).query_async::<()>(&mut conn).await?;
+        }
+        Ok(keys.len())
+    })
+    .await?;
+    tracing::info!(label = %mi.label(), keys = n, "removed Redis keys");
+    Ok(n)
+}
+
+/// Destroys consumer groups of the label's stream; a group (or stream) already gone is fine.
+pub async fn destroy_groups(mi: &MatchingIndex, ctx: &Context, ns: &str, groups: &[String]) -> Result<(), Problem> {
+    let stream = keys_of(mi).0;
+    run(mi, ctx, ns, ATTEMPT, |mut conn| async move {
+        let exists: bool = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await?;
+        if !exists {
+            return Ok(());
+        }
+        for g in groups {
+            let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(&stream).arg(g).query_async(&mut conn).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(label = %mi.label(), groups = %groups.join(","), "destroyed the consumer groups of a retired layout");
+    Ok(())
 }

@@ -5,9 +5,11 @@
 //! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
 //! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
 //! (`XAUTOCLAIM` of entries abandoned by dead matchers), a backlog reader (the group's lag and
-//! pending count as metrics) and the HTTP endpoints. Serving one shard of split labels
-//! (`--shards`), replies go through the merge gate of `shards` instead, whose deadline timers
-//! are one more task.
+//! pending count as metrics) and the HTTP endpoints. Every reply leaves through the gate of
+//! `shards`, which publishes one reply per request whatever answers it (a reclaimed entry, or
+//! the matchers of another shard count while a label changes its split); serving one shard of
+//! a split label (`--shards`), partial answers meet there too, and its deadline timers are one
+//! more task.
 
 mod backlog;
 mod deltas;
@@ -47,8 +49,8 @@ pub struct Matcher {
     pub reading: AtomicBool,
     /// Consumer group on every label stream: `kim-matchers`, or the shard's own group.
     pub group: String,
-    /// Set when serving one shard of split labels: how partial answers become one reply.
-    gate: Option<shards::Gate>,
+    /// How replies (and a shard's partial answers) become exactly one reply per request.
+    gate: shards::Gate,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -94,12 +96,8 @@ fn default_id() -> String {
 async fn serve_until_signal(args: MatchArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     kim_api::shard::check(args.shard.shard, args.shard.shards)?;
-    let (gate, timers) = if args.shard.sharded() {
-        let (g, rx) = shards::Gate::new();
-        (Some(g), Some(rx))
-    } else {
-        (None, None)
-    };
+    let (gate, timers) = shards::Gate::new();
+    let timers = args.shard.sharded().then_some(timers);
     let store = Store::open(&args.storage)?;
     let id = args.matcher_id.clone().unwrap_or_else(default_id);
     let target = Arc::new(Target::new(&args.redis)?);

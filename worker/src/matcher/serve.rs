@@ -462,8 +462,8 @@ async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>, sharded
     }
 }
 
-/// Answers a batch: searches in parallel, then one pipeline of PUBLISH + XACK (for a shard: the
-/// merge gate, `shards::deliver`). Entries without an answer (their search task died) are not
+/// Answers a batch: searches in parallel, then delivers the replies through the gate
+/// (`shards::deliver`: one round trip that publishes and acknowledges; two for a shard's partials). Entries without an answer (their search task died) are not
 /// acknowledged, so the claimer retries them.
 /// Returns false when the replies could not be delivered (the entries stay pending).
 async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool {
@@ -480,7 +480,7 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
     }
     drop(labels);
     if !searches.is_empty() {
-        if let Some(mut r) = search_batch(searches, m.gate.is_some()).await {
+        if let Some(mut r) = search_batch(searches, m.args.shard.sharded()).await {
             replies.append(&mut r);
         }
     }
@@ -489,27 +489,7 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
         let e = &entries[r.entry];
         acks.entry(&e.label).or_default().push(e.id.as_str());
     }
-    let delivered = match &m.gate {
-        Some(gate) => shards::deliver(m, gate, conn, outcomes(&entries, &replies), &acks).await,
-        None => {
-            let mut pipe = redis::pipe();
-            for r in &replies {
-                if let Some(ch) = &r.channel {
-                    pipe.cmd("PUBLISH").arg(ch).arg(&r.json[..]).ignore();
-                }
-            }
-            for (label, ids) in &acks {
-                pipe.cmd("XACK").arg(kim_api::stream_key(&m.args.prefix, label)).arg(&m.group).arg(ids).ignore();
-            }
-            match pipe.query_async::<()>(conn).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(error = %e, entries = entries.len(), "cannot deliver replies; entries stay pending and will be retried");
-                    false
-                }
-            }
-        }
-    };
+    let delivered = shards::deliver(m, &m.gate, conn, outcomes(&entries, &replies), &acks).await;
     if !delivered {
         return false;
     }
@@ -536,8 +516,8 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
     true
 }
 
-/// A shard's answers as the merge gate takes them: partial answers to offer, and replies
-/// (errors, timeouts) to publish once for every shard.
+/// The answers as the gate takes them: a shard's partial answers to offer, and replies
+/// (every unsharded reply; a shard's errors and timeouts) to publish once.
 fn outcomes<'a>(entries: &'a [Entry], replies: &'a [Reply]) -> Vec<Outcome<'a>> {
     let mut out = Vec::with_capacity(replies.len());
     for r in replies {

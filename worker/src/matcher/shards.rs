@@ -1,6 +1,11 @@
-//! Serving one shard of split labels: every shard's matchers answer every request of the
-//! label's stream with their top `limit` (a *partial*), and one reply leaves Redis through a
-//! gate, whatever happens to the matchers.
+//! The reply gate, and serving one shard of split labels: every shard's matchers answer every
+//! request of the label's stream with their top `limit` (a *partial*), and one reply leaves
+//! Redis through a gate, whatever happens to the matchers.
+//!
+//! Unsharded matchers finish every reply through the same gate (one more shard count sharing
+//! the done key): a reclaimed entry is not answered twice, and while a label changes its
+//! split the old and the new layout's matchers both read its stream, yet each request gets
+//! one reply, from whichever layout finishes first.
 //!
 //! * `offer` (Lua, atomic): if the request is done, nothing; else the partial is stored in the
 //!   request's hash (`kim_api::shard::partials_key`, field = shard number, so a shard that
@@ -170,8 +175,9 @@ fn merged_reply(pairs: Vec<Value>, req: &Req) -> (Vec<u8>, bool) {
     (json, true)
 }
 
-/// Offers and finishes a batch's outcomes, then acknowledges `acks` (label, entry ids) in the
-/// same second round trip. Returns false when Redis failed (the entries stay pending).
+/// Offers and finishes a batch's outcomes and acknowledges `acks` (label, entry ids): in one
+/// round trip without partials, else in a second one that also finishes the complete sets.
+/// Returns false when Redis failed (the entries stay pending).
 pub async fn deliver(
     m: &Matcher,
     gate: &Gate,
@@ -180,6 +186,9 @@ pub async fn deliver(
     acks: &BTreeMap<&str, Vec<&str>>,
 ) -> bool {
     let (prefix, shard, shards) = (m.args.prefix.as_str(), m.args.shard.shard, m.args.shard.shards);
+    if outcomes.is_empty() && acks.is_empty() {
+        return true;
+    }
     let now = kim_api::unix_ms();
     let mut first = redis::pipe();
     for o in &outcomes {
@@ -201,19 +210,26 @@ pub async fn deliver(
             }
         }
     }
-    let results = if outcomes.is_empty() {
-        Vec::new()
-    } else {
-        match run_scripts(gate, conn, &first).await {
-            Ok(r) if r.len() == outcomes.len() => r,
-            Ok(r) => {
-                tracing::warn!(got = r.len(), want = outcomes.len(), "unexpected reply to the shard gate");
-                return false;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, entries = outcomes.len(), "cannot offer partial answers; entries stay pending");
-                return false;
-            }
+    // Without partials (every unsharded batch) nothing waits on the first round trip's
+    // answers: the acknowledgements go with it.
+    let partials = outcomes.iter().any(|o| matches!(o, Outcome::Partial { .. }));
+    let ack = |pipe: &mut redis::Pipeline| {
+        for (label, ids) in acks {
+            pipe.cmd("XACK").arg(kim_api::stream_key(prefix, label)).arg(&m.group).arg(ids).ignore();
+        }
+    };
+    if !partials {
+        ack(&mut first);
+    }
+    let results = match run_scripts(gate, conn, &first).await {
+        Ok(r) if r.len() == outcomes.len() => r,
+        Ok(r) => {
+            tracing::warn!(got = r.len(), want = outcomes.len(), "unexpected reply to the reply gate");
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, entries = outcomes.len(), "cannot deliver replies; entries stay pending and will be retried");
+            return false;
         }
     };
     let mut second = redis::pipe();
@@ -223,7 +239,7 @@ pub async fn deliver(
     for (o, r) in outcomes.iter().zip(results) {
         match o {
             Outcome::Final { label, timeout, .. } => {
-                if *timeout && matches!(r, Value::Int(1)) {
+                if *timeout && shards > 1 && matches!(r, Value::Int(1)) {
                     m.metrics.shard_timeout(label);
                 }
             }
@@ -258,9 +274,10 @@ pub async fn deliver(
             },
         }
     }
-    for (label, ids) in acks {
-        second.cmd("XACK").arg(kim_api::stream_key(prefix, label)).arg(&m.group).arg(ids).ignore();
+    if !partials {
+        return true;
     }
+    ack(&mut second);
     let done = match run_scripts(gate, conn, &second).await {
         Ok(d) => d,
         Err(e) => {
@@ -286,7 +303,7 @@ pub async fn deliver(
 /// Finishes every request whose timer is due with 26309 (a no-op for those already done),
 /// until shutdown.
 pub async fn timers(m: Arc<Matcher>, mut rx: mpsc::UnboundedReceiver<Timer>, mut conn: Conn) {
-    let Some(gate) = m.gate.as_ref() else { return };
+    let gate = &m.gate;
     let mut due: BTreeMap<(u64, u64), Timer> = BTreeMap::new();
     let mut seq = 0u64;
     let mut shutdown = m.shutdown.clone();

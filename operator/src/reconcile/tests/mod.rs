@@ -103,7 +103,10 @@ fn finish(state: &Shared, job: &str, outcome: Option<bool>, failed_attempts: i32
 
 fn set_ready(state: &Shared, deployment: &str, ready: i32) {
     let mut s = state.lock().unwrap();
-    s.get_mut(APPS, "deployments", deployment).unwrap()["status"] = json!({"readyReplicas": ready});
+    let d = s.get_mut(APPS, "deployments", deployment).unwrap();
+    // As the Deployment controller reports a finished rollout.
+    let gen = d["metadata"]["generation"].clone();
+    d["status"] = json!({"readyReplicas": ready, "updatedReplicas": ready, "observedGeneration": gen});
 }
 
 const BUILT: &str = r#"{"snapshot":"s1","label":"a","namespace":"team","vectors":50,"buildSeconds":1.5}"#;
@@ -465,7 +468,7 @@ fn served(ready: i32, desired: i32) -> MatchingIndexStatus {
 }
 
 fn built(build: Build) -> Facts {
-    Facts::Built { build, missing_secrets: Vec::new(), waiting: Vec::new() }
+    Facts::Built { build, missing_secrets: Vec::new(), waiting: Vec::new(), switch: None }
 }
 
 #[test]
