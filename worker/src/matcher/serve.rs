@@ -463,8 +463,9 @@ async fn search_batch(searches: Vec<(usize, MatchRequest, Arc<Loaded>)>, sharded
 }
 
 /// Answers a batch: searches in parallel, then delivers the replies through the gate
-/// (`shards::deliver`: one round trip that publishes and acknowledges; two for a shard's partials). Entries without an answer (their search task died) are not
-/// acknowledged, so the claimer retries them.
+/// (`shards::deliver`: one round trip that publishes and acknowledges; two for a shard's
+/// partials). Entries without an answer (their search task died) are not acknowledged, so the
+/// claimer retries them.
 /// Returns false when the replies could not be delivered (the entries stay pending).
 async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool {
     let now_ms = kim_api::unix_ms();
