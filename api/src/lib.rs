@@ -308,6 +308,23 @@ pub fn registry_pattern(prefix: &str, label: &str) -> String {
     format!("{}matching_label__{}__*", glob_escape(prefix), glob_escape(label))
 }
 
+/// The hash of what every matcher of `label` serves: field = matcher id, value = [`Served`]
+/// JSON, refreshed with the registry key. One key per label, so the operator reads a label's
+/// matchers with one HGETALL rather than a SCAN of the keyspace.
+pub fn served_key(prefix: &str, label: &str) -> String {
+    format!("{prefix}kim:served:{{{label}}}")
+}
+
+/// A matcher's entry in [`served_key`]: its registry value and when the entry goes stale (a
+/// matcher that stopped refreshing it, e.g. one that crashed, is not serving any more).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    #[serde(flatten)]
+    pub info: LabelInfo,
+    /// Unix ms after which the entry no longer counts.
+    pub until: u64,
+}
+
 /// SCAN pattern for all registry keys.
 pub fn registry_pattern_all(prefix: &str) -> String {
     format!("{}matching_label__*", glob_escape(prefix))
@@ -534,5 +551,16 @@ mod tests {
         let (secs, uuid) = id.split_once(',').unwrap();
         assert!(secs.parse::<u64>().unwrap() > 1_600_000_000);
         assert_eq!(uuid.len(), 36);
+    }
+
+    #[test]
+    fn served_entries_carry_the_registry_value_flat() {
+        assert_eq!(served_key("p:", "faces"), "p:kim:served:{faces}");
+        let json = r#"{"version":59,"dimensions":8,"encoding":"u8","metric":"cosine","vectors":3,"snapshot":"a","rejected":"b","until":7}"#;
+        let s: Served = serde_json::from_str(json).unwrap();
+        assert_eq!((s.info.snapshot.as_str(), s.info.rejected.as_deref(), s.until), ("a", Some("b"), 7));
+        let back: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!((back["until"].as_u64(), back["vectors"].as_u64()), (Some(7), Some(3)), "{back}");
+        assert!(serde_json::from_str::<Served>(&json.replace(r#","until":7"#, "")).is_err(), "until is required");
     }
 }

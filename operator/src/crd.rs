@@ -335,6 +335,23 @@ pub struct RebuildSpec {
     /// Rebuild this often, as a duration ("24h"); absent = only on change or annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Between builds, bring the served snapshot up to date with the source in small deltas
+    /// (`kim-worker refresh`): ids added to the source become matchable, and ids removed from
+    /// it stop being returned, within one interval and without reloading the matchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshSpec {
+    /// How often the source is compared with what is served, as a duration ("1m", at least
+    /// "10s").
+    pub interval: String,
+    /// Rebuild instead of writing a delta once the rows added and removed since the last build
+    /// would pass this fraction of the snapshot (0.05 = 5 %; 0 < maxTail ≤ 1).
+    #[serde(default = "five_percent")]
+    pub max_tail: f64,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -558,6 +575,37 @@ pub struct MatchingIndexStatus {
     /// `spec.shards`), destroyed in Redis once that layout's matchers have stopped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_groups: Vec<String>,
+    /// The refresh Job of the current refresh interval and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshStatus>,
+    /// Matchers that rejected the snapshot CURRENT names (it failed verification on them) and
+    /// serve an older intact one instead, as they report it in Redis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_snapshots: Vec<RejectedSnapshot>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshStatus {
+    /// The Job running `kim-worker refresh`.
+    pub job: String,
+    /// Running, Succeeded or Failed.
+    pub state: String,
+    /// What it did: the delta it wrote (rows added and removed, the tail after it), that the
+    /// source was unchanged, the rebuild it ran instead and why, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedSnapshot {
+    /// The matcher's id (its pod name, process id and a random suffix).
+    pub matcher: String,
+    /// The snapshot that failed verification on it.
+    pub rejected: String,
+    /// The older snapshot it serves instead.
+    pub serving: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
@@ -635,6 +683,13 @@ pub struct SnapshotStatus {
     /// A sharded label's snapshot per shard (`id` and `vectors` above: shard 0's id and the sum).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardSnapshot>,
+    /// Deltas the matchers apply on top of the snapshot (`kim-worker refresh`), as they report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deltas: Option<i64>,
+    /// Rows those deltas added, searched exactly beside the graph until the next build folds
+    /// them in (of a split label: the largest shard's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_rows: Option<i64>,
 }
 
 impl SnapshotStatus {
@@ -687,6 +742,9 @@ pub struct MatchersStatus {
 
 fn one() -> i32 {
     1
+}
+fn five_percent() -> f64 {
+    0.05
 }
 fn hundred() -> i64 {
     100

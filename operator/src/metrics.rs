@@ -73,9 +73,8 @@ mod tests {
                 id: "s1".into(),
                 vectors,
                 built_at: built_at.map(String::from),
-                build_seconds: None,
                 build_hash: "h".into(),
-                shards: Vec::new(),
+                ..Default::default()
             }),
             matchers: Some(MatchersStatus { desired: 3, ready, summary: format!("{ready}/3") }),
             ..Default::default()

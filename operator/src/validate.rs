@@ -137,5 +137,18 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
         }
         duration("matcher.autoscaling.cooldown", &a.cooldown)?;
     }
+    if let Some(r) = &s.rebuild.refresh {
+        let every = duration("rebuild.refresh.interval", &r.interval)?;
+        let least = crate::reconcile::refresh::MIN_INTERVAL;
+        if every < least {
+            return Err(InvalidSpec(format!(
+                "rebuild.refresh.interval must be at least {least:?}, got {:?}",
+                r.interval
+            )));
+        }
+        if !(r.max_tail > 0.0 && r.max_tail <= 1.0) {
+            return Err(InvalidSpec(format!("rebuild.refresh.maxTail must be in (0, 1], got {}", r.max_tail)));
+        }
+    }
     s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()
 }

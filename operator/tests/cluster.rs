@@ -525,3 +525,108 @@ async fn api_server_restart_resumes_reconcile_without_duplicate_jobs() {
     assert!(!op.log().contains("panicked"), "{}", op.log());
     op.stop("TERM");
 }
+
+/// Plays a matcher's heartbeat: its entry in the label's served hash (serving with 2 deltas
+/// and a tail of 5 rows, or having rejected a snapshot).
+fn serve_entry(r: &mut redis::Connection, label: &str, matcher: &str, snapshot: &str, rejected: Option<&str>) {
+    let info = json!({"version": 59, "dimensions": 512, "encoding": "u8", "metric": "cosine", "vectors": 10,
+        "snapshot": snapshot, "rejected": rejected, "until": kim_api::unix_ms() + 60_000,
+        "deltas": if rejected.is_some() { 0 } else { 2 }, "tail": if rejected.is_some() { 0 } else { 5 }});
+    let _: () =
+        redis::cmd("HSET").arg(kim_api::served_key("", label)).arg(matcher).arg(info.to_string()).query(r).unwrap();
+}
+
+/// The name of the `n`th build Job of `faces`, once it exists.
+async fn nth_build(client: &Client, ns: &str, n: usize) -> String {
+    eventually_async(30, "build Job", || async {
+        let mut jobs = build_jobs(client, ns, "faces").await;
+        jobs.sort_by_key(|j| j.metadata.creation_timestamp.clone());
+        (jobs.len() == n).then(|| jobs.last().unwrap().name_any())
+    })
+    .await
+}
+
+/// A matcher that finds the new snapshot corrupt keeps serving the old one and says so in
+/// Redis; the operator, which looks again while a matcher has not moved to the new snapshot,
+/// turns that into status (Degraded, SnapshotRejected, which matcher serves what) and a
+/// Warning Event, and back to Ready once the matcher serves a good build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matcher_that_rejects_the_new_snapshot_is_in_status_until_a_good_build_is_served() {
+    let c = Cluster::up(Profile::Core);
+    let client = c.client().await;
+    let ns = "verify";
+    crds_established(&c);
+    c.namespace(ns);
+    let redis = Redis::start(c.dir.path());
+    let mut r = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let _op = operator(&c, "op-1");
+    assert!(apply_yaml(&c, &indexer_yaml(ns, 1)).status.success());
+    assert!(apply_yaml(&c, &mi_yaml(ns, "faces", 16, 1, &redis.url(), "data/base.npy")).status.success());
+    let report = |id: &str| {
+        let at = k8s_openapi::jiff::Timestamp::now().to_string();
+        json!({"snapshot": id, "label": "faces", "namespace": ns, "vectors": 10, "createdAt": at}).to_string()
+    };
+    let job = nth_build(&client, ns, 1).await;
+    finish_job(&client, ns, &job, true, &report("s1")).await;
+    // Plays the Deployment controller: the matcher is ready.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let ready = |gen: i64| json!({"status": {"observedGeneration": gen, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1}});
+    let d =
+        eventually_async(30, "matcher Deployment", || async { deployments.get_opt("faces-matcher").await.unwrap() })
+            .await;
+    serve_entry(&mut r, "faces", "m-1", "s1", None);
+    deployments
+        .patch_status("faces-matcher", &PatchParams::default(), &Patch::Merge(&ready(d.metadata.generation.unwrap())))
+        .await
+        .unwrap();
+    let phase = |want: Phase| {
+        let client = client.clone();
+        async move { mi_status(&client, ns, "faces").await.filter(|s| s.phase == Some(want)) }
+    };
+    eventually_async(30, "Ready on s1", || phase(Phase::Ready)).await;
+
+    // A rebuild publishes s2; the matcher still serves s1 when the Job completes, then rejects s2.
+    c.kubectl(&["annotate", "mi", "faces", "-n", ns, "kim.dev/rebuild=2"]);
+    let job = nth_build(&client, ns, 2).await;
+    finish_job(&client, ns, &job, true, &report("s2")).await;
+    eventually_async(30, "status names s2", || async {
+        mi_status(&client, ns, "faces").await.filter(|s| s.current_snapshot.as_ref().is_some_and(|c| c.id == "s2"))
+    })
+    .await;
+    let t = Instant::now();
+    serve_entry(&mut r, "faces", "m-1", "s1", Some("s2"));
+    let st = eventually_async(30, "SnapshotRejected", || phase(Phase::Degraded)).await;
+    eprintln!("the rejection reached status {:?} after the matcher reported it", t.elapsed());
+    assert_eq!(st.reason.as_deref(), Some("SnapshotRejected"));
+    let rejected = &st.rejected_snapshots;
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(
+        (rejected[0].matcher.as_str(), rejected[0].rejected.as_str(), rejected[0].serving.as_str()),
+        ("m-1", "s2", "s1")
+    );
+    let cond = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(cond.status, "False");
+    assert!(cond.message.contains("snapshot s2 failed verification on matcher m-1"), "{}", cond.message);
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=SnapshotRejected",
+        "-o",
+        "jsonpath={.items[*].type}",
+    ]);
+    assert_eq!(events.trim(), "Warning", "one Warning Event");
+
+    // A good build (s3), served: Ready again, nothing rejected.
+    c.kubectl(&["annotate", "mi", "faces", "-n", ns, "--overwrite", "kim.dev/rebuild=3"]);
+    let job = nth_build(&client, ns, 3).await;
+    finish_job(&client, ns, &job, true, &report("s3")).await;
+    serve_entry(&mut r, "faces", "m-1", "s3", None);
+    let st = eventually_async(30, "Ready on s3", || phase(Phase::Ready)).await;
+    assert!(st.rejected_snapshots.is_empty(), "{:?}", st.rejected_snapshots);
+    // What the matcher serves on top of the snapshot (deltas of `kim-worker refresh`).
+    let snap = st.current_snapshot.unwrap();
+    assert_eq!((snap.id.as_str(), snap.deltas, snap.tail_rows), ("s3", Some(2), Some(5)));
+}

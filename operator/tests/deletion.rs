@@ -141,7 +141,12 @@ fn retain_keeps_keys_files_and_claims_and_delete_removes_them() {
     for label in ["kept", "dropped"] {
         let _: () = redis::cmd("SET").arg(kim_api::registry_key("", label, "m1")).arg("{}").query(&mut r).unwrap();
         let _: String = redis::cmd("XADD").arg(label).arg("*").arg("k").arg("v").query(&mut r).unwrap();
+        let _: () = redis::cmd("HSET").arg(kim_api::served_key("", label)).arg("m1").arg("{}").query(&mut r).unwrap();
     }
+    let exist = |r: &mut redis::Connection, label: &str| -> i64 {
+        let keys = [label.to_string(), kim_api::registry_key("", label, "m1"), kim_api::served_key("", label)];
+        redis::cmd("EXISTS").arg(&keys).query(r).unwrap()
+    };
     let _op = operator(&c, "2m");
     apply_mi(&c, ns, "kept", &url, "Retain");
     apply_mi(&c, ns, "dropped", &url, "Delete");
@@ -152,9 +157,7 @@ fn retain_keeps_keys_files_and_claims_and_delete_removes_them() {
     c.kubectl(&["delete", "mi", "kept", "-n", ns, "--wait=false"]);
     eventually(30, "kept released", || c.get(&["mi", "kept", "-n", ns]).is_none().then_some(()));
     assert!(c.get(&["job", "kept-cleanup", "-n", ns]).is_none(), "Retain ran the cleanup Job");
-    let exists: i64 =
-        redis::cmd("EXISTS").arg("kept").arg(kim_api::registry_key("", "kept", "m1")).query(&mut r).unwrap();
-    assert_eq!(exists, 2, "Retain removed Redis keys");
+    assert_eq!(exist(&mut r, "kept"), 3, "Retain removed Redis keys");
     assert!(!deleted(&c, "pvc", ns, &kept_claim), "Retain deleted the agent claim");
     let ev = events(&c, ns, "CleanedUp");
     let note = ev.iter().find_map(|e| e["message"].as_str().filter(|m| m.contains("label kept"))).unwrap();
@@ -171,9 +174,7 @@ fn retain_keeps_keys_files_and_claims_and_delete_removes_them() {
     eventually(30, "cleanup Job", || c.get(&["job", "dropped-cleanup", "-n", ns]));
     complete_job(&c, ns, "dropped-cleanup");
     eventually(30, "dropped released", || c.get(&["mi", "dropped", "-n", ns]).is_none().then_some(()));
-    let exists: i64 =
-        redis::cmd("EXISTS").arg("dropped").arg(kim_api::registry_key("", "dropped", "m1")).query(&mut r).unwrap();
-    assert_eq!(exists, 0, "Delete left Redis keys");
+    assert_eq!(exist(&mut r, "dropped"), 0, "Delete left Redis keys");
     assert!(deleted(&c, "pvc", ns, &dropped_claim), "Delete kept the agent claim");
     let ev = events(&c, ns, "CleanedUp");
     let note = ev.iter().find_map(|e| e["message"].as_str().filter(|m| m.contains("label dropped"))).unwrap();

@@ -130,6 +130,14 @@ async fn matcher_started_on_a_corrupt_current_serves_the_previous_snapshot() {
     m.wait_ready();
     let client = Client::connect(&redis.url()).await.unwrap();
     assert_eq!(served(&client).await, vec![(first.clone(), Some(bad.clone()))]);
+    // The label's served hash says the same, for the operator's status.
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, String)> =
+        redis::cmd("HGETALL").arg(kim_api::served_key("", "faces")).query_async(&mut conn).await.unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry: kim_api::Served = serde_json::from_str(&entries[0].1).unwrap();
+    assert_eq!((entry.info.snapshot.as_str(), entry.info.rejected.as_deref()), (first.as_str(), Some(bad.as_str())));
+    assert!(entry.until > kim_api::unix_ms(), "a live matcher's entry is fresh: {entry:?}");
     let (code, body) = m.get("/readyz").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains(&format!("CURRENT names {bad}")) && body.contains(&format!("serving {first}")), "{body}");

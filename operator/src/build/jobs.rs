@@ -90,6 +90,40 @@ const COMPLETION_INDEX: &str = "metadata.annotations['batch.kubernetes.io/job-co
 
 /// The Job that builds one snapshot.
 pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i64, d: &Defaults) -> Job {
+    label_job(mi, ix, d, (job_name(mi, hash), "build", hash), index_args(mi, ix), deadline_secs, 3600)
+}
+
+/// The name of the refresh Job of `epoch` (the refresh interval's count since the
+/// MatchingIndex was created) for the build `hash`.
+pub fn refresh_job_name(mi: &MatchingIndex, hash: &str, epoch: u64) -> String {
+    let base: String = mi.name_any().chars().take(40).collect();
+    let digest = xxhash_rust::xxh3::xxh3_64(format!("{hash}/{epoch}").as_bytes());
+    format!("{}-refresh-{:010x}", base.trim_end_matches('-'), digest & 0xff_ffff_ffff)
+}
+
+/// `kim-worker refresh` over the build's source and settings: a delta beside the served
+/// snapshot, or a rebuild past `maxTail`. Kept ten minutes after it finishes (its outcome is
+/// in status by then); every shard of a split label refreshes its own snapshot.
+pub fn refresh_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, epoch: u64, deadline_secs: i64, d: &Defaults) -> Job {
+    let max_tail = mi.spec.rebuild.refresh.as_ref().map_or(0.05, |r| r.max_tail);
+    let mut args = index_args(mi, ix);
+    args[0] = "refresh".into();
+    args.extend(["--max-tail".into(), max_tail.to_string()]);
+    label_job(mi, ix, d, (refresh_job_name(mi, hash, epoch), "refresh", hash), args, deadline_secs, 600)
+}
+
+/// A Job that reads the label's source and writes its storage (a build or a refresh): the
+/// source and storage mounts, the agents' TLS for an `agents://` source, and one pod per shard
+/// of a split label (an Indexed Job; each pod's completion index is its shard).
+fn label_job(
+    mi: &MatchingIndex,
+    ix: &Indexer,
+    d: &Defaults,
+    (name, component, hash): (String, &'static str, &str),
+    args: Vec<String>,
+    deadline_secs: i64,
+    ttl_secs: i32,
+) -> Job {
     let (_, source_claim) = source_mount(mi, ix);
     let StorageParts { mut volumes, mut mounts, env: storage_env } = storage_parts(ix, false);
     if let Some(c) = source_claim {
@@ -101,19 +135,19 @@ pub fn build_job(mi: &MatchingIndex, ix: &Indexer, hash: &str, deadline_secs: i6
         volumes.extend(v);
         mounts.extend(m);
     }
-    let mut lbl = labels(mi, "build");
+    let mut lbl = labels(mi, component);
     lbl.insert(LABEL_HASH.into(), hash.into());
     let run = Run {
-        name: job_name(mi, hash),
+        name,
         container: "index",
         labels: lbl,
-        args: index_args(mi, ix),
+        args,
         storage: StorageParts { volumes, mounts, env: storage_env },
         resources: ix.spec.build_resources.clone(),
         owned: true,
         backoff_limit: ix.spec.retry_limit,
         deadline_secs,
-        ttl_secs: 3600,
+        ttl_secs,
     };
     let mut job = worker_job(mi, ix, d, run);
     let shards = mi.spec.shards;

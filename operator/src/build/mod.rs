@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 
-pub use self::jobs::{build_job, cleanup_job, index_args, job_name};
+pub use self::jobs::{build_job, cleanup_job, index_args, job_name, refresh_job, refresh_job_name};
 pub(crate) use self::matcher::pdb;
 pub use self::matcher::{
     match_args, matcher_deployment, matcher_name, matcher_pdb, shard_deployment_name, Shard, REDIS_TLS_MOUNT,

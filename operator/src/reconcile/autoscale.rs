@@ -87,7 +87,7 @@ pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str, shards: i32) -> R
     let stream = store::keys_of(mi).0;
     // Every shard's group sees every request: the slowest shard's backlog decides.
     let groups: Vec<String> = build::Shard::all(shards).map(|s| s.group()).collect();
-    store::run(mi, ctx, ns, READ_BOUND, |mut conn| async move {
+    store::run(mi, ctx, ns, store::READ_BOUND, |mut conn| async move {
         let mut worst = Backlog::default();
         for g in &groups {
             let b = kim_redis::backlog(&mut conn, &stream, g).await?;
@@ -99,9 +99,6 @@ pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str, shards: i32) -> R
     })
     .await
 }
-
-/// One reading's bound: an unreachable Redis must not hold the reconcile for long.
-const READ_BOUND: Duration = Duration::from_secs(3);
 
 /// The autoscaling step of a serving MatchingIndex: how many matchers its Deployment gets, with
 /// `status.autoscaling` and an Event for each change.

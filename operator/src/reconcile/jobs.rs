@@ -1,5 +1,5 @@
-//! Reading build Jobs: their state, their attempts, and the report the worker left as the
-//! termination message of its container.
+//! Reading build and refresh Jobs: their state, their attempts, and the report the worker left
+//! as the termination message of its container.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -46,6 +46,13 @@ pub fn attempt(job: &Job) -> (i32, i32) {
 /// pods first); `None` when no pod left one.
 pub async fn report(pods: &Api<Pod>, job: &str) -> Result<Option<BuildReport>> {
     Ok(reports(pods, job).await?.into_iter().find_map(|(_, _, m)| BuildReport::parse(&m)))
+}
+
+/// The newest report of the Job's pods as JSON (a refresh says more than a build's
+/// [`BuildReport`] holds: what it wrote and why).
+pub async fn report_json(pods: &Api<Pod>, job: &str) -> Result<Option<serde_json::Value>> {
+    let parse = |m: &str| serde_json::from_str::<serde_json::Value>(m.trim()).ok().filter(|v| v.is_object());
+    Ok(reports(pods, job).await?.into_iter().find_map(|(_, _, m)| parse(&m)))
 }
 
 /// A sharded build's snapshot per shard: the report of each successful pod, by the shard its

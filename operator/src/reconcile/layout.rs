@@ -48,9 +48,9 @@ fn shards(n: i32) -> String {
     }
 }
 
-/// The layout a matcher Deployment serves (its `kim.dev/shards` label; none: unsplit).
-pub fn layout_of(d: &Deployment) -> i32 {
-    d.labels().get(LABEL_SHARDS).and_then(|v| v.parse().ok()).unwrap_or(1)
+/// The layout a matcher Deployment or pod serves (its `kim.dev/shards` label; none: unsplit).
+pub fn layout_of(o: &impl ResourceExt) -> i32 {
+    o.labels().get(LABEL_SHARDS).and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
 /// Every replica wanted is ready and up to date.
@@ -79,9 +79,9 @@ pub fn decide(
     let ready = wanted.iter().filter(|n| existing.iter().any(|d| d.name_any() == **n && all_ready(d))).count();
     if ready < wanted.len() {
         want.draining = old.iter().map(|d| d.name_any()).collect();
-        return (Some(Switch { from: layout_of(first), to: shards.max(1), ready }), Vec::new());
+        return (Some(Switch { from: layout_of(*first), to: shards.max(1), ready }), Vec::new());
     }
-    let mut retired: Vec<i32> = old.iter().map(|d| layout_of(d)).collect();
+    let mut retired: Vec<i32> = old.iter().map(|d| layout_of(*d)).collect();
     retired.sort_unstable();
     retired.dedup();
     (None, retired)
@@ -93,10 +93,13 @@ fn groups(shards: i32) -> Vec<String> {
 }
 
 /// Lists the matcher Deployments, decides (see [`decide`]) and records the switch's start and
-/// end in Events. A retired layout's consumer groups go to `status.retiredGroups` and are
-/// destroyed once none of its matcher pods is left: a matcher still running would create its
-/// group again. A group left behind would only make a later return to that layout replay old
-/// entries, which the reply gate keeps from being answered twice.
+/// end in Events. Once no switch is in progress, the consumer groups on the label's stream
+/// that belong to another layout are retired: listed in `status.retiredGroups` and destroyed
+/// once none of that layout's matcher pods is left (a matcher still running would create its
+/// group again). The stream, not status, says which groups are left, so a status written from
+/// a stale copy of the object cannot lose one. A group left behind would only make a later
+/// return to that layout replay old entries, which the reply gate keeps from being answered
+/// twice.
 pub async fn step(
     mi: &MatchingIndex,
     ctx: &Context,
@@ -115,6 +118,7 @@ pub async fn step(
     let (switch, retired) = decide(mi, shards, &existing, want);
     if let Some(s) = &switch {
         ctx.event(mi, false, "SwitchingShards", "Scale", s.message()).await;
+        return Ok(switch);
     }
     for from in retired {
         let note = format!(
@@ -125,22 +129,24 @@ pub async fn step(
         ctx.event(mi, false, "ShardsSwitched", "Scale", note).await;
         st.retired_groups.extend(groups(from));
     }
-    // A return to a layout before its groups went keeps them.
     let serving = groups(shards);
+    match super::redis::matcher_groups(mi, ctx, ns).await {
+        Ok(on_stream) => st.retired_groups = on_stream,
+        Err(e) => tracing::warn!(label = %mi.label(), problem = %e, "cannot list the consumer groups of the stream"),
+    }
     st.retired_groups.retain(|g| !serving.contains(g));
     st.retired_groups.sort();
     st.retired_groups.dedup();
-    if st.retired_groups.is_empty() || switch.is_some() {
-        return Ok(switch);
+    if st.retired_groups.is_empty() {
+        return Ok(None);
     }
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .list(&listed)
         .await
         .map_err(Error::reading(format!("matcher pods of {}", mi.name_any())))?
         .items;
-    let layout = |p: &Pod| p.labels().get(LABEL_SHARDS).and_then(|v| v.parse().ok()).unwrap_or(1);
-    if pods.iter().any(|p| layout(p) != shards.max(1)) {
-        return Ok(switch);
+    if pods.iter().any(|p| layout_of(p) != shards.max(1)) {
+        return Ok(None);
     }
     match super::redis::destroy_groups(mi, ctx, ns, &st.retired_groups).await {
         Ok(()) => st.retired_groups.clear(),
@@ -152,5 +158,5 @@ pub async fn step(
             ctx.event(mi, true, "ShardsSwitched", "Scale", note).await;
         }
     }
-    Ok(switch)
+    Ok(None)
 }

@@ -104,6 +104,7 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let hash = build::build_hash(&mi, epoch);
     let build = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st).await?;
     super::rollback::step(&mi, &ix, &ctx, &mut st).await?;
+    let next_refresh = super::refresh::step(&mi, &ix, &ctx, &hash, deadline.as_secs() as i64, &mut st).await?;
 
     // how many matchers: none before a snapshot, else the spec's or the autoscaler's count
     let matchers = match st.current_snapshot {
@@ -138,6 +139,12 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
         ctx.event(mi.as_ref(), false, "MatchersScaled", "Scale", note).await;
     }
 
+    // what the matchers serve (one of them may have rejected the current snapshot)
+    let served_again = match matchers {
+        build::Matchers::NotYet => None,
+        _ => super::served::step(&mi, &ctx, &ns, &mut st).await,
+    };
+
     // status
     let desired = st.matchers.as_ref().map_or(0, |m| m.desired);
     let waiting = if st.matchers.as_ref().is_some_and(|m| m.ready < desired) {
@@ -151,6 +158,9 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     if matches!(matchers, build::Matchers::Fixed(_)) && mi.spec.matcher.autoscaling.is_some() {
         requeue = requeue.min(ctx.autoscale_interval);
     }
+    for again in [served_again, next_refresh].into_iter().flatten() {
+        requeue = requeue.min(again);
+    }
     if !st.retired_groups.is_empty() {
         // Until the retired layout's pods are gone and its groups destroyed.
         requeue = requeue.min(Duration::from_secs(10));
@@ -159,6 +169,30 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     write_status(&api, mi.as_ref(), &st).await?;
     ctx.metrics.index.observe(&ns, &mi.name_any(), &st);
     Ok(Action::requeue(next_epoch.map_or(requeue, |n| requeue.min(n))))
+}
+
+/// The snapshot a build or refresh Job's reports describe (of a split label, every shard's
+/// that reported); `None` when no pod left a report of a snapshot.
+pub(super) async fn reported_snapshot(
+    mi: &MatchingIndex,
+    pods: &Api<Pod>,
+    job: &str,
+    hash: &str,
+) -> Result<Option<SnapshotStatus>> {
+    if mi.spec.shards > 1 {
+        return Ok(Some(sharded_snapshot(jobs::shard_reports(pods, job).await?, hash)));
+    }
+    Ok(match jobs::report(pods, job).await? {
+        Some(BuildReport::Built(b)) => Some(SnapshotStatus {
+            id: b.snapshot,
+            vectors: b.vectors as i64,
+            built_at: b.created_at,
+            build_seconds: b.build_seconds,
+            build_hash: hash.into(),
+            ..Default::default()
+        }),
+        _ => None,
+    })
 }
 
 /// The snapshot of a split label from its shards' reports: shard 0's id, every shard's
@@ -256,7 +290,12 @@ async fn warn_not_ready(mi: &MatchingIndex, ctx: &Context, st: &MatchingIndexSta
     for c in ["Ready", "SecretsFound"].iter().filter_map(|t| status::get(&st.conditions, t)) {
         let cause = matches!(
             c.reason.as_str(),
-            "InvalidSpec" | "IndexerNotFound" | "IndexerInvalid" | "SecretNotFound" | "MatchersWaiting"
+            "InvalidSpec"
+                | "IndexerNotFound"
+                | "IndexerInvalid"
+                | "SecretNotFound"
+                | "MatchersWaiting"
+                | "SnapshotRejected"
         );
         if c.status == "False" && cause {
             ctx.event(mi, true, &c.reason, "Reconcile", c.message.clone()).await;
@@ -265,7 +304,7 @@ async fn warn_not_ready(mi: &MatchingIndex, ctx: &Context, st: &MatchingIndexSta
 }
 
 /// Epoch of the rebuild interval (0 without one) and the time until the next epoch starts.
-fn interval_epoch(mi: &MatchingIndex, interval: Option<Duration>) -> (u64, Option<Duration>) {
+pub(super) fn interval_epoch(mi: &MatchingIndex, interval: Option<Duration>) -> (u64, Option<Duration>) {
     let Some(iv) = interval else { return (0, None) };
     let created = mi.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
     let age = (k8s_openapi::jiff::Timestamp::now().as_second() - created).max(0) as u64;
@@ -312,21 +351,11 @@ async fn build_step(
             Ok(Build::Running { job: name, attempt, attempts })
         }
         JobState::Succeeded => {
-            let snap = if mi.spec.shards > 1 {
-                sharded_snapshot(jobs::shard_reports(&pods, &name).await?, hash)
-            } else {
-                match jobs::report(&pods, &name).await? {
-                    Some(BuildReport::Built(b)) => SnapshotStatus {
-                        id: b.snapshot,
-                        vectors: b.vectors as i64,
-                        built_at: b.created_at,
-                        build_seconds: b.build_seconds,
-                        build_hash: hash.into(),
-                        shards: Vec::new(),
-                    },
-                    _ => SnapshotStatus { id: "unreported".into(), build_hash: hash.into(), ..Default::default() },
-                }
-            };
+            let snap = reported_snapshot(mi, &pods, &name, hash).await?.unwrap_or_else(|| SnapshotStatus {
+                id: "unreported".into(),
+                build_hash: hash.into(),
+                ..Default::default()
+            });
             if st.current_snapshot.as_ref() != Some(&snap) {
                 ctx.metrics.build("succeeded");
             }
@@ -454,11 +483,23 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
         Build::UpToDate => {
             status::set(&mut st.conditions, "Building", false, "UpToDate", "snapshot matches the spec", gen);
             status::set(&mut st.conditions, "BuildFailed", false, "UpToDate", "", gen);
-            if all_ready {
-                (Phase::Ready, "Ready", "Ready".into(), format!("serving with {ready}/{desired} matchers ready"), 300)
-            } else if let Some(s) = switch {
+            // A switch is decided over the Deployments as listed before this reconcile applied
+            // them: the new layout's matchers may look all ready here while the old layout
+            // still runs, and Ready then would come before the old layout went.
+            if let Some(s) = switch {
                 let short = format!("{}/{} shards ready", s.ready, s.to);
                 (Phase::Deploying, "SwitchingShards", short, s.message(), 10)
+            } else if let (true, Some(r)) = (all_ready, st.rejected_snapshots.first()) {
+                let more = st.rejected_snapshots.len() - 1;
+                let more = if more > 0 { format!(" (and on {more} more)") } else { String::new() };
+                let msg = format!(
+                    "snapshot {} failed verification on matcher {}{more}, which serves the older {} instead; \
+                     build again (kim.dev/rebuild) or roll back (kim.dev/rollback-to)",
+                    r.rejected, r.matcher, r.serving
+                );
+                (Phase::Degraded, "SnapshotRejected", "SnapshotRejected".into(), msg, 10)
+            } else if all_ready {
+                (Phase::Ready, "Ready", "Ready".into(), format!("serving with {ready}/{desired} matchers ready"), 300)
             } else {
                 let short = format!("{ready}/{desired} matchers ready");
                 (Phase::Deploying, "MatchersStarting", short.clone(), short, 10)

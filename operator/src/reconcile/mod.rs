@@ -13,7 +13,9 @@ pub mod jobs;
 pub mod layout;
 pub mod matching_index;
 pub mod redis;
+pub mod refresh;
 pub mod rollback;
+pub mod served;
 #[cfg(test)]
 mod tests;
 

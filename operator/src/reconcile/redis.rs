@@ -15,6 +15,8 @@ use crate::crd::MatchingIndex;
 
 /// One attempt's bound: connecting, scanning and deleting together.
 pub const ATTEMPT: Duration = Duration::from_secs(10);
+/// One reading's bound: an unreachable Redis must not hold a reconcile for long.
+pub const READ_BOUND: Duration = Duration::from_secs(3);
 
 /// Why the Redis keys could not be removed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -132,11 +134,13 @@ where
     }
 }
 
-/// Deletes the label's stream and every key of its patterns; returns how many keys were named.
+/// Deletes the label's stream, its served hash and every key of its patterns; returns how many
+/// keys were named.
 pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize, Problem> {
     let (stream, patterns) = keys_of(mi);
+    let served = kim_api::served_key(&mi.spec.redis.key_prefix.clone().unwrap_or_default(), &mi.label());
     let n = run(mi, ctx, ns, ATTEMPT, |mut conn| async move {
-        let mut keys: Vec<String> = vec![stream];
+        let mut keys: Vec<String> = vec![stream, served];
         for pattern in &patterns {
             keys.extend(kim_redis::scan(&mut conn, pattern, false).await?);
         }
@@ -166,4 +170,22 @@ pub async fn destroy_groups(mi: &MatchingIndex, ctx: &Context, ns: &str, groups:
     .await?;
     tracing::info!(label = %mi.label(), groups = %groups.join(","), "destroyed the consumer groups of a retired layout");
     Ok(())
+}
+
+/// The matchers' consumer groups on the label's stream (`kim-matchers`, `kim-matchers-<I>-of-<N>`;
+/// groups of anything else are left alone); none when the stream does not exist yet.
+pub async fn matcher_groups(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Vec<String>, Problem> {
+    let stream = keys_of(mi).0;
+    run(mi, ctx, ns, READ_BOUND, |mut conn| async move {
+        let exists: bool = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let info: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await?;
+        let base = kim_api::shard::group(0, 1);
+        let ours = |g: &String| *g == base || g.starts_with(&format!("{base}-"));
+        Ok(info.groups.into_iter().map(|g| g.name).filter(ours).collect())
+    })
+    .await
 }

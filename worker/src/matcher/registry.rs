@@ -1,5 +1,7 @@
 //! Label registry: one TTL key per served label, `matching_label__<label>__<matcher id>`,
-//! whose value describes what is served. Clients list labels from these keys.
+//! whose value describes what is served. Clients list labels from these keys. The same value
+//! goes into the label's served hash (`kim_api::served_key`), where the operator reads every
+//! matcher of a label at once.
 
 use std::sync::Arc;
 
@@ -42,6 +44,10 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
         };
         let key = kim_api::registry_key(&m.args.prefix, &label, &m.id);
         pipe.cmd("SET").arg(key).arg(serde_json::to_string(&info).unwrap()).arg("PX").arg(ttl_ms).ignore();
+        let served = kim_api::served_key(&m.args.prefix, &label);
+        let entry = kim_api::Served { info, until: kim_api::unix_ms() + ttl_ms };
+        pipe.cmd("HSET").arg(&served).arg(&m.id).arg(serde_json::to_string(&entry).unwrap()).ignore();
+        pipe.cmd("PEXPIRE").arg(&served).arg(ttl_ms).ignore();
     }
     if let Err(e) = pipe.query_async::<()>(conn).await {
         tracing::warn!(error = %e, "cannot refresh label registry");
@@ -50,11 +56,17 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
 
 /// Removes this matcher's keys so clients stop routing to it at once.
 pub async fn unregister(m: &Matcher, mut conn: Conn) {
-    let keys: Vec<String> = m.label_names().iter().map(|l| kim_api::registry_key(&m.args.prefix, l, &m.id)).collect();
-    if keys.is_empty() {
+    let labels = m.label_names();
+    if labels.is_empty() {
         return;
     }
-    if let Err(e) = redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await {
+    let keys: Vec<String> = labels.iter().map(|l| kim_api::registry_key(&m.args.prefix, l, &m.id)).collect();
+    let mut pipe = redis::pipe();
+    pipe.cmd("DEL").arg(&keys).ignore();
+    for l in &labels {
+        pipe.cmd("HDEL").arg(kim_api::served_key(&m.args.prefix, l)).arg(&m.id).ignore();
+    }
+    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
         tracing::warn!(error = %e, "cannot remove label registry keys");
     }
 }

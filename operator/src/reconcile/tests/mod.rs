@@ -4,6 +4,7 @@
 
 mod fake;
 mod object_storage;
+mod refresh;
 mod rollback;
 mod shards;
 
@@ -467,6 +468,72 @@ fn served(ready: i32, desired: i32) -> MatchingIndexStatus {
     }
 }
 
+/// Served, with one matcher that rejected snapshot `s` and serves `r` instead.
+fn rejecting() -> MatchingIndexStatus {
+    let rejected =
+        vec![crate::crd::RejectedSnapshot { matcher: "m-1".into(), rejected: "s".into(), serving: "r".into() }];
+    MatchingIndexStatus { rejected_snapshots: rejected, ..served(2, 2) }
+}
+
+#[test]
+fn a_rejected_snapshot_says_where_and_what_to_do() {
+    let mut st = rejecting();
+    summarize(&mut st, &built(Build::UpToDate), 2, Some(1));
+    let ready = crate::status::get(&st.conditions, "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "SnapshotRejected"));
+    for part in ["snapshot s failed verification on matcher m-1", "serves the older r", "kim.dev/rollback-to"] {
+        assert!(ready.message.contains(part), "{part:?} in {:?}", ready.message);
+    }
+    // A rejection found while the matchers are still starting does not hide why they are not ready.
+    let mut st = MatchingIndexStatus { rejected_snapshots: rejecting().rejected_snapshots, ..served(1, 2) };
+    summarize(&mut st, &built(Build::UpToDate), 2, Some(1));
+    assert_eq!(st.reason.as_deref(), Some("1/2 matchers ready"));
+}
+
+#[test]
+fn served_entries_report_rejections_and_matchers_still_moving() {
+    use crate::reconcile::served::report;
+    let entry = |snapshot: &str, rejected: Option<&str>, until: u64| kim_api::Served {
+        info: kim_api::LabelInfo {
+            version: 59,
+            dimensions: 8,
+            encoding: "u8".into(),
+            metric: "cosine".into(),
+            vectors: 1,
+            snapshot: snapshot.into(),
+            rejected: rejected.map(str::to_string),
+            deltas: 0,
+            tail: 0,
+            tombstones: 0,
+            shard: None,
+            shards: None,
+        },
+        until,
+    };
+    let current = SnapshotStatus { id: "new".into(), ..Default::default() };
+    let mut entries = vec![
+        ("b".to_string(), entry("old", Some("new"), 100)),
+        ("a".to_string(), entry("new", None, 100)),
+        ("c".to_string(), entry("old", None, 100)),
+        ("dead".to_string(), entry("old", Some("new"), 99)),
+    ];
+    (entries[1].1.info.deltas, entries[1].1.info.tail) = (2, 7);
+    let r = report(&current, &entries, 100);
+    assert_eq!(r.behind, 1, "c still serves old without having rejected new");
+    assert_eq!(r.deltas, Some((2, 7)), "what a matcher serving the current snapshot applied");
+    assert_eq!(report(&current, &entries[..1], 100).deltas, None, "nobody serves it");
+    assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
+    assert_eq!((r.rejected[0].matcher.as_str(), r.rejected[0].serving.as_str()), ("b", "old"));
+    // A split label's shards each have their own id.
+    let split = SnapshotStatus {
+        id: "s0".into(),
+        shards: vec![crate::crd::ShardSnapshot { shard: 1, id: "s1".into(), vectors: 1 }],
+        ..Default::default()
+    };
+    let r = report(&split, &[("a".into(), entry("s1", None, 5))], 5);
+    assert_eq!((r.behind, r.rejected.len()), (0, 0));
+}
+
 fn built(build: Build) -> Facts {
     Facts::Built { build, missing_secrets: Vec::new(), waiting: Vec::new(), switch: None }
 }
@@ -476,6 +543,22 @@ fn built(build: Build) -> Facts {
 fn summaries() {
     let cases: Vec<(MatchingIndexStatus, Facts, Phase, &str, bool, Option<u64>)> = vec![
         (served(2, 2), built(Build::UpToDate), Phase::Ready, "Ready", true, Some(300)),
+        (rejecting(), built(Build::UpToDate), Phase::Degraded, "SnapshotRejected", false, Some(10)),
+        // The switch's decision saw a new shard not ready; the applied Deployments (read later)
+        // are all ready: still switching until a reconcile removes the old layout.
+        (
+            served(3, 3),
+            Facts::Built {
+                build: Build::UpToDate,
+                missing_secrets: Vec::new(),
+                waiting: Vec::new(),
+                switch: Some(crate::reconcile::layout::Switch { from: 2, to: 3, ready: 2 }),
+            },
+            Phase::Deploying,
+            "2/3 shards ready",
+            true,
+            Some(10),
+        ),
         (served(1, 2), built(Build::UpToDate), Phase::Deploying, "1/2 matchers ready", false, Some(10)),
         (Default::default(), built(Build::Queued { running: 1, max: 1 }), Phase::Queued, "Queued", false, Some(5)),
         (served(2, 2), built(Build::Queued { running: 1, max: 1 }), Phase::Rebuilding, "Queued", true, Some(5)),
