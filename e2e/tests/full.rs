@@ -379,6 +379,104 @@ async fn split_label(c: &Cluster, root: &Path, t0: Instant, redis_url: &str, (pr
     delete_mi(c, "split", why).await;
 }
 
+/// Writes `rows` (whole rows of `template`'s width, appended to its data) as a 2-D u8 .npy at
+/// `dst`, atomically (a temp file renamed): `template`'s header with the new row count.
+fn write_npy_with(template: &Path, dst: &Path, rows: &[u8]) {
+    let b = std::fs::read(template).unwrap();
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = String::from_utf8_lossy(&b[10..10 + hlen]).into_owned();
+    let shape = header.split("shape': (").nth(1).unwrap().split(')').next().unwrap().to_string();
+    let (n, d) = shape.split_once(',').unwrap();
+    let (n, d): (usize, usize) = (n.trim().parse().unwrap(), d.trim().parse().unwrap());
+    assert_eq!(rows.len() % d, 0);
+    let grown = header.replacen(&format!("({n}, {d})"), &format!("({}, {d})", n + rows.len() / d), 1);
+    assert_eq!(grown.len(), header.len(), "the row count keeps its width in the header");
+    let mut out = b[..10].to_vec();
+    out.extend_from_slice(grown.as_bytes());
+    out.extend_from_slice(&b[10 + hlen..]);
+    out.extend_from_slice(rows);
+    let tmp = dst.with_extension("tmp");
+    std::fs::write(&tmp, out).unwrap();
+    std::fs::rename(tmp, dst).unwrap();
+}
+
+/// `rebuild.refresh` on the real cluster: a MatchingIndex over its own copy of the sample
+/// data refreshes every 10 s; a descriptor enrolled in the source (appended to the .npy and
+/// the ids) is written as a delta by the operator's refresh Job, applied by the running
+/// matcher without a reload, and found by the Python client; status says what the Job did and
+/// what the matcher applies.
+async fn refresh_label(c: &Cluster, root: &Path, t0: Instant, redis_url: &str, data: &Path, probe: &[u8]) {
+    std::fs::copy(data.join("base.npy"), data.join("watch.npy")).unwrap();
+    std::fs::copy(data.join("ids.txt"), data.join("watch-ids.txt")).unwrap();
+    let yaml = sample_mi("watch", 128)
+        .replace("data/base.npy", "data/watch.npy")
+        .replace("data/ids.txt", "data/watch-ids.txt")
+        .replace("spec:\n", "spec:\n  rebuild: {refresh: {interval: 10s}}\n");
+    c.ok("kubectl", &["apply", "-n", NS, "-f", "-"], Some(&yaml));
+    let why = || {
+        format!(
+            "{}\n{}\n{}",
+            c.kubectl(&["get", "mi,jobs,pods", "-n", NS]),
+            field(c, "mi", "watch", "{.status}"),
+            logs(root, "watch")
+        )
+    };
+    eventually(120, "watch Ready", || (field(c, "mi", "watch", "{.status.phase}") == "Ready").then_some(()), why).await;
+    let snapshot = field(c, "mi", "watch", "{.status.currentSnapshot.id}");
+
+    // Enrol one descriptor: a changed copy of the probe, under a new id.
+    let enrolled: Vec<u8> =
+        probe.iter().enumerate().map(|(i, b)| if i < 32 { b.wrapping_add(40) } else { *b }).collect();
+    write_npy_with(&data.join("watch.npy"), &data.join("watch.npy"), &enrolled);
+    let ids = std::fs::read_to_string(data.join("watch-ids.txt")).unwrap();
+    std::fs::write(data.join("watch-ids.tmp"), format!("{}\nenrolled-0001\n", ids.trim_end())).unwrap();
+    std::fs::rename(data.join("watch-ids.tmp"), data.join("watch-ids.txt")).unwrap();
+    let enrolled_at = Instant::now();
+    let message = eventually(
+        60,
+        "a refresh that wrote the delta",
+        || Some(field(c, "mi", "watch", "{.status.refresh.message}")).filter(|m| m.contains("1 rows added")),
+        why,
+    )
+    .await;
+    let got = eventually(
+        30,
+        "the enrolled descriptor found",
+        || Some(python_match(redis_url, "watch", &enrolled)).filter(|g| g["result"][0][0] == "enrolled-0001"),
+        why,
+    )
+    .await;
+    let found_in = enrolled_at.elapsed();
+    assert!(got["result"][0][1].as_f64().unwrap() > 0.999, "{got}");
+    assert_eq!(field(c, "mi", "watch", "{.status.currentSnapshot.id}"), snapshot, "a delta, not a rebuild");
+    eventually(
+        30,
+        "status with the delta the matcher applies",
+        || {
+            (field(c, "mi", "watch", "{.status.currentSnapshot.deltas} {.status.currentSnapshot.tailRows}") == "1 1")
+                .then_some(())
+        },
+        why,
+    )
+    .await;
+    let matcher_log: String = std::fs::read_dir(root.join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("watch-matcher"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert_eq!(matcher_log.matches("snapshot loaded").count(), 1, "loaded once, at start:\n{matcher_log}");
+    assert!(!matcher_log.contains("snapshot swapped in"), "the matcher reloaded:\n{matcher_log}");
+    log(
+        t0,
+        &format!(
+            "refresh: {message}; the enrolled descriptor matched {found_in:?} after it was written -> {}",
+            got["result"][0]
+        ),
+    );
+    delete_mi(c, "watch", why).await;
+}
+
 /// A build that cannot succeed (the data has 128 dimensions, the spec says 64) exits with the
 /// configuration code; the Job's podFailurePolicy fails it on that first attempt instead of
 /// retrying, and the Indexer's only build slot goes at once to the build queued behind it.
@@ -566,6 +664,7 @@ async fn helm_install_samples_match_rebuild_and_uninstall() {
 
     fail_fast(&c, &root, t0).await;
     split_label(&c, &root, t0, &redis.url(), (&probe, &expected)).await;
+    refresh_label(&c, &root, t0, &redis.url(), &data, &probe).await;
 
     // The operator ran as the chart's ServiceAccount, not as admin, and was never forbidden.
     let sa = format!("system:serviceaccount:{NS}:kim-operator");
