@@ -89,9 +89,9 @@ pub fn report(current: &SnapshotStatus, entries: &[(String, Served)], now: u64) 
     out
 }
 
-/// Updates `status.rejectedSnapshots`; returns how soon to look again (a matcher is still
-/// moving to the current snapshot, or one rejected it). An unreadable hash leaves status as
-/// it was: the autoscaler's and the finalizer's readings say why Redis cannot be reached.
+/// Updates `status.rejectedSnapshots` and the current snapshot's deltas and tail; returns how
+/// soon to look again (a matcher is still moving to the current snapshot, or one rejected
+/// it). An unreadable hash leaves status as it was (and is logged).
 pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut MatchingIndexStatus) -> Option<Duration> {
     let current = st.current_snapshot.clone()?;
     match read(mi, ctx, ns).await {

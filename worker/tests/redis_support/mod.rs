@@ -220,12 +220,17 @@ pub fn start_sentinel(dir: &Path, master_port: u16) -> (u16, Proc) {
 }
 
 pub fn plain_conn(port: u16) -> redis::Connection {
-    redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap()
+    try_conn(port).unwrap()
+}
+
+/// A connection, or `None` while the server refuses or resets it (a fail-over kills clients).
+pub fn try_conn(port: u16) -> Option<redis::Connection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?.get_connection().ok()
 }
 
 /// The master port a sentinel reports.
 pub fn sentinel_master(sentinel: u16) -> Option<u16> {
     let r: Option<(String, u16)> =
-        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kimmaster").query(&mut plain_conn(sentinel)).ok()?;
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("kimmaster").query(&mut try_conn(sentinel)?).ok()?;
     r.map(|(_, p)| p)
 }
