@@ -366,7 +366,9 @@ async fn listen(
                     None => break,
                 },
                 _ = tokio::time::sleep(SUB_PING) => {
-                    match tokio::time::timeout(SUB_PING, sink.ping::<String>()).await {
+                    // A subscribed connection answers PING with the array ["pong", ""], so the
+                    // reply is taken as any value: only silence or an error means it is dead.
+                    match tokio::time::timeout(SUB_PING, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => continue,
                         _ => break,
                     }

@@ -588,3 +588,41 @@ async fn f32_index_answers_with_exact_similarities() {
     eprintln!("f32 recall@10 through redis: {recall:.4}");
     assert!(recall >= 0.95, "recall {recall}");
 }
+
+/// A reply that takes longer than the client's idle-subscription ping (5 s) still arrives: the
+/// ping must keep the subscription, not tear it down and fail the waiting call early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_slower_than_the_subscription_ping_still_arrives() {
+    let f = Fixture::new(200);
+    let redis = Redis::start(f.path());
+    let m = Matcher::start("slow", f.path(), &f.storage, &redis, &[]);
+    m.wait_ready();
+    let client = Client::connect(&redis.url()).await.unwrap();
+    let probe = f.matrix("mated.npy").row(0).to_vec();
+    assert_eq!(client.match_descriptor(req(probe.clone(), "faces", 1)).await.unwrap().status_code, 201);
+    let connections = |redis: &Redis| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut redis.conn()).unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix("total_connections_received:")).unwrap();
+        line.trim().parse().unwrap()
+    };
+    m.signal_stop();
+    let before = connections(&redis);
+    let started = Instant::now();
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut slow = req(probe, "faces", 1);
+            slow.timeout = Duration::from_secs(40);
+            client.match_descriptor(slow).await.unwrap()
+        })
+    };
+    // Two ping periods and more pass while the only matcher is stopped.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(!call.is_finished(), "the call ended while its matcher was stopped: {:?}", call.await.unwrap());
+    // One connection is the INFO probe itself; a torn-down subscription would add one per ping.
+    assert_eq!(connections(&redis), before + 1, "the client re-subscribed while its call was waiting");
+    m.proc.signal("CONT");
+    let r = call.await.unwrap();
+    assert_eq!(r.status_code, 201, "{r:?}");
+    assert!(started.elapsed() >= Duration::from_secs(12));
+}
