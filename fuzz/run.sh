@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 root=$(cd .. && pwd)
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-"descriptor stream_entry partial snapshot wal"}
+targets=${FUZZ_TARGETS:-"descriptor stream_entry partial snapshot wal grpc_request"}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR="$root/target/fuzz"
 # The flags cargo-fuzz passes, all stable. --target keeps them off build scripts and proc macros.

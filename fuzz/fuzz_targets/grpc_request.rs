@@ -13,26 +13,34 @@ use kim_proto::payload::v1::{filter, insert, object, remove, search, update};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
-/// The worker's modules at the paths they have there, so `crate::online::...` and
-/// `super::...` resolve as in the worker.
+// The worker's modules, compiled in from their files. They are declared at the crate root (a
+// `#[path]` inside an inline module resolves through a directory that does not exist here) and
+// re-exported where the worker has them, so their `crate::online::...` and `super::...` paths
+// resolve as there.
 #[allow(dead_code)]
-mod online {
-    #[path = "../../../worker/src/online/limits.rs"]
-    pub mod limits;
+#[path = "../../worker/src/online/limits.rs"]
+pub mod limits;
+#[allow(dead_code)]
+#[path = "../../worker/src/online/agent/request.rs"]
+pub mod request;
+#[allow(dead_code)]
+#[path = "../../worker/src/online/agent/store.rs"]
+pub mod store;
+#[allow(dead_code)]
+#[path = "../../worker/src/online/agent/wal.rs"]
+pub mod wal;
+
+pub mod online {
+    pub use crate::limits;
     pub mod agent {
-        #[path = "../../../../worker/src/online/agent/request.rs"]
-        pub mod request;
-        #[path = "../../../../worker/src/online/agent/store.rs"]
-        pub mod store;
-        #[path = "../../../../worker/src/online/agent/wal.rs"]
-        pub mod wal;
+        pub use crate::{request, store, wal};
     }
 }
 
-use online::agent::request::{Mode, Rules};
-use online::agent::store::{Segment, Store};
-use online::agent::wal::Record;
-use online::limits::{self, AllowList, Limits};
+use limits::{AllowList, Limits};
+use request::{Mode, Rules};
+use store::{Segment, Store};
+use wal::Record;
 
 const DIMS: usize = 4;
 const ROWS: usize = 64;
