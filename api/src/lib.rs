@@ -315,6 +315,13 @@ pub fn served_key(prefix: &str, label: &str) -> String {
     format!("{prefix}kim:served:{{{label}}}")
 }
 
+/// The set of labels a matcher pool serves (`kim-worker match --pool <name>`): the operator
+/// adds a label that opted into the pool once it has a snapshot and removes it when the label
+/// leaves; the pool's matchers load the members and drop the rest.
+pub fn pool_key(prefix: &str, pool: &str) -> String {
+    format!("{prefix}kim:pool:{{{pool}}}")
+}
+
 /// A matcher's entry in [`served_key`]: its registry value and when the entry goes stale (a
 /// matcher that stopped refreshing it, e.g. one that crashed, is not serving any more).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -556,6 +563,7 @@ mod tests {
     #[test]
     fn served_entries_carry_the_registry_value_flat() {
         assert_eq!(served_key("p:", "faces"), "p:kim:served:{faces}");
+        assert_eq!(pool_key("p:", "ix"), "p:kim:pool:{ix}");
         let json = r#"{"version":59,"dimensions":8,"encoding":"u8","metric":"cosine","vectors":3,"snapshot":"a","rejected":"b","until":7}"#;
         let s: Served = serde_json::from_str(json).unwrap();
         assert_eq!((s.info.snapshot.as_str(), s.info.rejected.as_deref(), s.until), ("a", Some("b"), 7));

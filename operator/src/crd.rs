@@ -72,6 +72,30 @@ pub struct IndexerSpec {
     /// Node placement of build Jobs, cleanup Jobs and matchers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
+    /// A pool of matchers (Deployment `<indexer>-pool`) serving every MatchingIndex of this
+    /// Indexer that sets `matcher.pool`, loading and dropping labels as they join and leave:
+    /// many small labels without a Deployment each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+}
+
+/// The matcher pool of an Indexer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Pool pods; each serves every label in the pool (default 2).
+    #[serde(default = "two")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("pool.replicas must be 0..1000"))]
+    pub replicas: i32,
+    /// The Redis the pool's matchers read: a MatchingIndex joins the pool only with this same
+    /// `redis` (URL or Secret, key prefix, auth and TLS).
+    pub redis: RedisSpec,
+    /// Resources of each pool container (default: none set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Search threads per pool matcher (default: the container's cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
 }
 
 /// Where index files live: an existing claim, one the operator creates, or object storage.
@@ -168,6 +192,22 @@ pub struct IndexerStatus {
     /// MatchingIndexes waiting for a build slot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queued: Vec<String>,
+    /// The matcher pool, with `spec.pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    /// The pool's Deployment.
+    pub deployment: String,
+    /// Pool pods ready.
+    pub ready: i32,
+    /// Pool pods wanted (`spec.pool.replicas`).
+    pub desired: i32,
+    /// MatchingIndexes that set `matcher.pool` (each served once it has a snapshot).
+    pub labels: i32,
 }
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -371,11 +411,16 @@ pub struct MatcherSpec {
     /// Scale the matchers on the label's stream backlog instead of a fixed `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Served by the Indexer's matcher pool (`spec.pool` of the Indexer) instead of a
+    /// Deployment of its own; `replicas`, `resources`, `threads` and `autoscaling` are then the
+    /// pool's, and the label searches with the efSearch it was built with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
 }
 
 impl Default for MatcherSpec {
     fn default() -> Self {
-        MatcherSpec { replicas: 1, resources: None, threads: None, autoscaling: None }
+        MatcherSpec { replicas: 1, resources: None, threads: None, autoscaling: None, pool: false }
     }
 }
 
@@ -582,6 +627,10 @@ pub struct MatchingIndexStatus {
     /// serve an older intact one instead, as they report it in Redis.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected_snapshots: Vec<RejectedSnapshot>,
+    /// The matcher pool (`<namespace>/<indexer>`) the label was added to, so it leaves the
+    /// pool when `matcher.pool` is turned off or the MatchingIndex is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

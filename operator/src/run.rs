@@ -149,6 +149,8 @@ async fn controllers(client: Client, ns: Option<String>, ctx: Arc<Context>) {
     let ix_jobs = api::<Job>(&client, &ns);
     let ix = Controller::new(api::<Indexer>(&client, &ns), watcher::Config::default())
         .owns(api::<PersistentVolumeClaim>(&client, &ns), owned.clone())
+        // The matcher pool's readiness goes into the Indexer's status.
+        .owns(api::<Deployment>(&client, &ns), owned.clone())
         .watches(ix_jobs, owned, |job: Job| {
             let ix = job.labels().get(crate::build::LABEL_INDEXER)?.clone();
             Some(ObjectRef::<Indexer>::new(&ix).within(&job.namespace()?))

@@ -66,11 +66,32 @@ pub fn on_indexer(mi: &MatchingIndex, ix: &IndexerSpec) -> Result<(), InvalidSpe
             "the Indexer stores snapshots in object storage: set source.claim to the claim holding source.path".into(),
         ));
     }
+    if mi.spec.matcher.pool {
+        let Some(pool) = &ix.pool else {
+            return Err(InvalidSpec(format!(
+                "matcher.pool: Indexer {:?} has no spec.pool to serve the label",
+                mi.spec.indexer_ref.name
+            )));
+        };
+        if pool.redis != mi.spec.redis {
+            return Err(InvalidSpec(format!(
+                "matcher.pool: the label's redis must be the pool's (spec.pool.redis of Indexer {:?}): \
+                 the pool's matchers read only that Redis",
+                mi.spec.indexer_ref.name
+            )));
+        }
+    }
     Ok(())
 }
 
-/// Returns the rebuild interval, if any.
-pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpec> {
+/// How often a valid MatchingIndex asks to be rebuilt and refreshed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Intervals {
+    pub rebuild: Option<Duration>,
+    pub refresh: Option<Duration>,
+}
+
+pub fn matching_index(mi: &MatchingIndex) -> Result<Intervals, InvalidSpec> {
     let s = &mi.spec;
     let label = mi.label();
     if !kim_api::build::valid_label(&label) {
@@ -128,6 +149,13 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
     if !(1..=kim_api::shard::MAX_SHARDS as i32).contains(&s.shards) {
         return Err(InvalidSpec(format!("shards must be 1..{}, got {}", kim_api::shard::MAX_SHARDS, s.shards)));
     }
+    if s.matcher.pool && (s.shards > 1 || s.matcher.autoscaling.is_some()) {
+        return Err(InvalidSpec(
+            "matcher.pool serves whole labels at the pool's size: it cannot be combined with shards > 1 or \
+             matcher.autoscaling"
+                .into(),
+        ));
+    }
     if let Some(a) = &s.matcher.autoscaling {
         if a.min_replicas < 1 || a.max_replicas < a.min_replicas || a.target_backlog < 1 {
             return Err(InvalidSpec(format!(
@@ -137,6 +165,7 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
         }
         duration("matcher.autoscaling.cooldown", &a.cooldown)?;
     }
+    let mut refresh = None;
     if let Some(r) = &s.rebuild.refresh {
         let every = duration("rebuild.refresh.interval", &r.interval)?;
         let least = crate::reconcile::refresh::MIN_INTERVAL;
@@ -149,6 +178,8 @@ pub fn matching_index(mi: &MatchingIndex) -> Result<Option<Duration>, InvalidSpe
         if !(r.max_tail > 0.0 && r.max_tail <= 1.0) {
             return Err(InvalidSpec(format!("rebuild.refresh.maxTail must be in (0, 1], got {}", r.max_tail)));
         }
+        refresh = Some(every);
     }
-    s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()
+    let rebuild = s.rebuild.interval.as_deref().map(|i| duration("rebuild.interval", i)).transpose()?;
+    Ok(Intervals { rebuild, refresh })
 }

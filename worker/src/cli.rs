@@ -287,6 +287,12 @@ pub struct MatchArgs {
     /// Labels to serve (repeatable); default: every label found under the namespace.
     #[arg(long = "label", env = "KIM_LABEL", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Serve a pool of labels: the members of the Redis set `<prefix>kim:pool:{NAME}`
+    /// (`kim_api::pool_key`), re-read every --reload-interval, so one Deployment serves many
+    /// small labels the operator adds and removes without restarts. Members are loaded as their
+    /// snapshots appear on storage; labels that leave the set are dropped.
+    #[arg(long, env = "KIM_POOL", value_name = "NAME", conflicts_with_all = ["labels", "shards", "shard"])]
+    pub pool: Option<String>,
     /// Prefix of stream and registry keys.
     #[arg(long, env = "KIM_KEY_PREFIX", default_value = "")]
     pub prefix: String,
@@ -329,4 +335,24 @@ pub struct MatchArgs {
     /// may wait for every shard before it is answered with 26309 (timeout).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s", env = "KIM_SHARD_DEADLINE")]
     pub shard_deadline: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_match(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let base = ["kim-worker", "match", "--storage", "/s", "--redis", "redis://127.0.0.1:6379"];
+        Cli::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn a_pool_excludes_fixed_labels_and_shards() {
+        let Command::Match(a) = parse_match(&["--pool", "team/ix"]).unwrap().command else { panic!("not match") };
+        assert_eq!((a.pool.as_deref(), a.labels.len()), (Some("team/ix"), 0));
+        for extra in [&["--label", "a"][..], &["--shards", "2"], &["--shard", "1"]] {
+            let e = parse_match(&[&["--pool", "p"][..], extra].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{extra:?}");
+        }
+    }
 }

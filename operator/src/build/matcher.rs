@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, PodTemplateSpec, ResourceRequirements};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,7 +14,7 @@ use super::{
     labels, selector_labels, storage_args, storage_parts, worker_image, Defaults, StorageParts, LABEL_SHARD,
     LABEL_SHARDS, MATCHER_PORT,
 };
-use crate::crd::{Indexer, MatchingIndex};
+use crate::crd::{Indexer, MatchingIndex, RedisSpec};
 
 /// Where a matcher finds the Redis TLS Secret.
 pub const REDIS_TLS_MOUNT: &str = "/etc/kim/redis-tls";
@@ -87,8 +87,8 @@ pub fn match_args(mi: &MatchingIndex, ix: &Indexer, shard: Shard) -> Vec<String>
     a
 }
 
-fn redis_url_env(mi: &MatchingIndex) -> EnvVar {
-    match (&mi.spec.redis.url, &mi.spec.redis.secret_ref) {
+fn redis_url_env(r: &RedisSpec) -> EnvVar {
+    match (&r.url, &r.secret_ref) {
         (_, Some(s)) => env_from_secret("KIM_REDIS_URL", &s.name, &s.key, None),
         (Some(u), None) => env("KIM_REDIS_URL", u.as_str()),
         (None, None) => env("KIM_REDIS_URL", ""),
@@ -97,13 +97,13 @@ fn redis_url_env(mi: &MatchingIndex) -> EnvVar {
 
 /// Credentials as env from the Secret, TLS files from the mounted Secret: nothing secret in
 /// the Pod's arguments or in plain env values.
-fn redis_secret_env(mi: &MatchingIndex) -> Vec<EnvVar> {
+fn redis_secret_env(r: &RedisSpec) -> Vec<EnvVar> {
     let mut e = Vec::new();
-    if let Some(a) = &mi.spec.redis.auth {
+    if let Some(a) = &r.auth {
         e.push(env_from_secret("KIM_REDIS_USERNAME", &a.secret_name, &a.username_key, Some(true)));
         e.push(env_from_secret("KIM_REDIS_PASSWORD", &a.secret_name, &a.password_key, None));
     }
-    if let Some(t) = &mi.spec.redis.tls {
+    if let Some(t) = &r.tls {
         e.push(env("KIM_REDIS_CA", format!("{REDIS_TLS_MOUNT}/ca.crt")));
         e.push(env("KIM_REDIS_REQUIRE_TLS", "true"));
         if t.client_certificate {
@@ -114,7 +114,55 @@ fn redis_secret_env(mi: &MatchingIndex) -> Vec<EnvVar> {
     e
 }
 
-/// The matcher Deployment: storage read-only, Redis from the spec, probes on the HTTP port.
+/// A matcher pod running `args` over the Indexer's storage (read-only) and `redis`, probes on
+/// the HTTP port: a label's own matchers and an Indexer's pool alike.
+pub(crate) fn matcher_pod(
+    ix: &Indexer,
+    d: &Defaults,
+    redis: &RedisSpec,
+    args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+    labels: BTreeMap<String, String>,
+) -> PodTemplateSpec {
+    let mut env_vars =
+        vec![redis_url_env(redis), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
+    env_vars.extend(redis_secret_env(redis));
+    let StorageParts { mut volumes, mut mounts, env: storage_env } = storage_parts(ix, true);
+    env_vars.extend(storage_env);
+    if let Some(t) = &redis.tls {
+        volumes.push(secret_volume("redis-tls", &t.secret_name));
+        mounts.push(mount("redis-tls", REDIS_TLS_MOUNT, true));
+    }
+    let container = Container {
+        name: "matcher".into(),
+        image: Some(worker_image(ix, d)),
+        image_pull_policy: Some(d.image_pull_policy.clone()),
+        args: Some(args),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: MATCHER_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 5, Some(3), None)),
+        liveness_probe: Some(http_probe("/healthz", 5, Some(3), Some(10))),
+        resources,
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
+    pod.termination_grace_period_seconds = Some(30);
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), MATCHER_PORT.to_string()),
+    ]);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }),
+        spec: Some(pod),
+    }
+}
+
+/// The matcher Deployment of one shard of a label.
 /// `replicas` None leaves the field to whoever else scales it (KEDA's autoscaler).
 pub fn matcher_deployment(
     mi: &MatchingIndex,
@@ -131,49 +179,11 @@ pub fn matcher_deployment(
             selector.insert(k.into(), v.to_string());
         }
     }
-    let mut env_vars =
-        vec![redis_url_env(mi), env("KIM_LOG_FORMAT", "json"), env_from_field("KIM_MATCHER_ID", "metadata.name")];
-    env_vars.extend(redis_secret_env(mi));
-    let StorageParts { mut volumes, mut mounts, env: storage_env } = storage_parts(ix, true);
-    env_vars.extend(storage_env);
-    if let Some(t) = &mi.spec.redis.tls {
-        volumes.push(secret_volume("redis-tls", &t.secret_name));
-        mounts.push(mount("redis-tls", REDIS_TLS_MOUNT, true));
-    }
-    let container = Container {
-        name: "matcher".into(),
-        image: Some(worker_image(ix, d)),
-        image_pull_policy: Some(d.image_pull_policy.clone()),
-        args: Some(match_args(mi, ix, shard)),
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: MATCHER_PORT,
-            ..Default::default()
-        }]),
-        readiness_probe: Some(http_probe("/readyz", 5, Some(3), None)),
-        liveness_probe: Some(http_probe("/healthz", 5, Some(3), Some(10))),
-        resources: mi.spec.matcher.resources.clone(),
-        volume_mounts: Some(mounts),
-        ..Default::default()
-    };
-    let mut pod = pod::pod(container, volumes, ix.spec.scheduling.as_ref());
-    pod.termination_grace_period_seconds = Some(30);
-    let annotations = BTreeMap::from([
-        ("prometheus.io/scrape".to_string(), "true".to_string()),
-        ("prometheus.io/port".to_string(), MATCHER_PORT.to_string()),
-    ]);
+    let args = match_args(mi, ix, shard);
+    let template = matcher_pod(ix, d, &mi.spec.redis, args, mi.spec.matcher.resources.clone(), lbl.clone());
     Deployment {
         metadata: pod::meta(shard_deployment_name(mi, shard), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
-        spec: Some(DeploymentSpec {
-            replicas,
-            selector: pod::selector(selector),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(lbl), annotations: Some(annotations), ..Default::default() }),
-                spec: Some(pod),
-            },
-            ..Default::default()
-        }),
+        spec: Some(DeploymentSpec { replicas, selector: pod::selector(selector), template, ..Default::default() }),
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@ mod jobs;
 pub mod keda;
 mod matcher;
 pub mod pod;
+mod pool;
 mod rollback;
 mod storage;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub(crate) use self::matcher::pdb;
 pub use self::matcher::{
     match_args, matcher_deployment, matcher_name, matcher_pdb, shard_deployment_name, Shard, REDIS_TLS_MOUNT,
 };
+pub use self::pool::{pool_args, pool_id, pool_name, pool_object_selector, pool_objects};
 pub use self::rollback::{rollback_args, rollback_job, rollback_job_name};
 pub use self::storage::{
     indexer_pvc, object_storage, storage_args, storage_claim, storage_parts, storage_place, StorageParts, CACHE_MOUNT,
@@ -137,6 +139,8 @@ pub enum Matchers {
     Fixed(i32),
     /// As many as KEDA's autoscaler says: the Deployment's `replicas` is left to it.
     External,
+    /// The Indexer's pool serves the label: no matchers of its own.
+    Pool,
 }
 
 /// Online agents, their Services and gateway with `spec.online`; matchers once a snapshot
@@ -151,7 +155,7 @@ pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matche
         c.disruption_budgets.push(crate::online::agent_pdb(mi));
     }
     let replicas = match matchers {
-        Matchers::NotYet => return c,
+        Matchers::NotYet | Matchers::Pool => return c,
         Matchers::Fixed(n) => Some(n),
         Matchers::External => None,
     };

@@ -135,12 +135,12 @@ fn matcher_redis_secrets() {
     assert_eq!(vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("redis-tls"));
     assert!(c.args.as_ref().unwrap().iter().all(|a| !a.contains("redis")), "no Redis settings in arguments");
 
-    assert_eq!(crate::validate::matching_index(&m), Ok(None));
+    assert_eq!(crate::validate::matching_index(&m), Ok(Default::default()));
     m.spec.redis.url = Some("redis://:hunter2@redis:6379".into());
     let e = crate::validate::matching_index(&m).unwrap_err().0;
     assert!(e.contains("redis.tls needs a rediss://") && !e.contains("hunter2"), "{e}");
     m.spec.redis.url = Some("rediss+sentinel://s1:26379,s2:26379/mymaster/0".into());
-    assert_eq!(crate::validate::matching_index(&m), Ok(None));
+    assert_eq!(crate::validate::matching_index(&m), Ok(Default::default()));
     m.spec.redis.url = Some("http://u:hunter2@redis".into());
     let e = crate::validate::matching_index(&m).unwrap_err().0;
     assert!(e.contains("redis+sentinel://") && !e.contains("hunter2"), "{e}");
@@ -172,14 +172,14 @@ fn pvc_only_when_sized() {
 fn validation_messages() {
     use crate::validate;
     let mut m = mi("faces");
-    assert_eq!(validate::matching_index(&m), Ok(None));
+    assert_eq!(validate::matching_index(&m), Ok(Default::default()));
     m.spec.source.path = Some("../etc/passwd".into());
     assert!(validate::matching_index(&m).unwrap_err().0.contains("'..'"));
     let mut m = mi("faces");
     m.spec.rebuild.interval = Some("soon".into());
     assert!(validate::matching_index(&m).unwrap_err().0.contains("rebuild.interval"));
     m.spec.rebuild.interval = Some("1h".into());
-    assert_eq!(validate::matching_index(&m), Ok(Some(std::time::Duration::from_secs(3600))));
+    assert_eq!(validate::matching_index(&m).map(|i| i.rebuild), Ok(Some(std::time::Duration::from_secs(3600))));
     let mut m = mi("faces");
     m.spec.hnsw.ef_construction = 4;
     assert!(validate::matching_index(&m).is_err());
@@ -312,9 +312,64 @@ fn autoscaling_bounds_and_cool_down_are_validated() {
         m.spec.matcher.autoscaling = Some(serde_json::from_value(a).unwrap());
         crate::validate::matching_index(&m).map_err(|e| e.0)
     };
-    assert_eq!(with(json!({"maxReplicas": 4})), Ok(None), "defaults: min 1, target 100, cool-down 5m");
+    assert_eq!(with(json!({"maxReplicas": 4})), Ok(Default::default()), "defaults: min 1, target 100, cool-down 5m");
     let e = with(json!({"minReplicas": 5, "maxReplicas": 4})).unwrap_err();
     assert!(e.contains("1 ≤ minReplicas ≤ maxReplicas") && e.contains("5..4"), "{e}");
     let e = with(json!({"maxReplicas": 4, "cooldown": "soon"})).unwrap_err();
     assert!(e.contains("matcher.autoscaling.cooldown"), "{e}");
+}
+
+#[test]
+fn refresh_interval_and_tail_are_validated() {
+    let with = |interval: &str, max_tail: f64| {
+        let mut m = mi("faces");
+        m.spec.rebuild.refresh = Some(crate::crd::RefreshSpec { interval: interval.into(), max_tail });
+        crate::validate::matching_index(&m).map(|i| i.refresh).map_err(|e| e.0)
+    };
+    assert_eq!(with("30s", 0.05), Ok(Some(std::time::Duration::from_secs(30))));
+    assert_eq!(with("10s", 1.0), Ok(Some(std::time::Duration::from_secs(10))), "the bounds are allowed");
+    let e = with("9s", 0.05).unwrap_err();
+    assert!(e.contains("rebuild.refresh.interval must be at least 10s") && e.contains("9s"), "{e}");
+    assert!(with("often", 0.05).unwrap_err().contains("rebuild.refresh.interval: \"often\" is not a duration"));
+    for tail in [0.0, -0.1, 1.5, f64::NAN] {
+        let e = with("1m", tail).unwrap_err();
+        assert!(e.contains("rebuild.refresh.maxTail must be in (0, 1]"), "{tail}: {e}");
+    }
+    let mut m = mi("faces");
+    m.spec.rebuild.interval = Some("1h".into());
+    assert_eq!(crate::validate::matching_index(&m).map(|i| i.refresh), Ok(None), "no refresh unless asked");
+}
+
+#[test]
+fn pool_opt_in_needs_the_indexers_pool_and_its_redis() {
+    let mut m = mi("faces");
+    m.spec.matcher.pool = true;
+    let mut i = ix();
+    let e = crate::validate::on_indexer(&m, &i.spec).unwrap_err().0;
+    assert!(e.contains("Indexer \"pool\" has no spec.pool"), "{e}");
+    i.spec.pool = Some(serde_json::from_value(json!({"redis": {"url": "redis://other:6379"}})).unwrap());
+    let e = crate::validate::on_indexer(&m, &i.spec).unwrap_err().0;
+    assert!(e.contains("must be the pool's"), "{e}");
+    i.spec.pool = Some(serde_json::from_value(json!({"redis": {"url": "redis://redis:6379"}})).unwrap());
+    assert_eq!(crate::validate::on_indexer(&m, &i.spec), Ok(()));
+    assert_eq!(i.spec.pool.as_ref().unwrap().replicas, 2, "default pool size");
+    // Whole labels at the pool's size only.
+    m.spec.shards = 2;
+    assert!(crate::validate::matching_index(&m).unwrap_err().0.contains("shards > 1 or matcher.autoscaling"));
+    m.spec.shards = 1;
+    m.spec.matcher.autoscaling = Some(serde_json::from_value(json!({"maxReplicas": 4})).unwrap());
+    assert!(crate::validate::matching_index(&m).is_err());
+    // A pooled label has no matchers of its own; the pool's Deployment runs `match --pool`.
+    let c = children(&m, &i, &d(), Matchers::Pool, 1);
+    assert!(c.deployments.is_empty() && c.disruption_budgets.is_empty());
+    let (dep, _) = crate::build::pool_objects(&i, &d()).unwrap();
+    let spec = dep.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap();
+    assert_eq!(&args[..5], ["match", "--namespace", "team", "--pool", "team/pool"]);
+    let env = c.env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "KIM_REDIS_URL" && e.value.as_deref() == Some("redis://redis:6379")));
+    assert!(pod.volumes.unwrap().iter().any(|v| v.persistent_volume_claim.is_some()), "the Indexer's storage");
 }

@@ -84,7 +84,7 @@ pub fn decide(
 /// `XINFO GROUPS` (of a split label, the shard group with the most). No stream or no group yet
 /// (no matcher has started) is an empty backlog.
 pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str, shards: i32) -> Result<Backlog, Problem> {
-    let stream = store::keys_of(mi).0;
+    let stream = store::keys_of(mi).stream;
     // Every shard's group sees every request: the slowest shard's backlog decides.
     let groups: Vec<String> = build::Shard::all(shards).map(|s| s.group()).collect();
     store::run(mi, ctx, ns, store::READ_BOUND, |mut conn| async move {

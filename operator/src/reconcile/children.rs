@@ -22,9 +22,9 @@ pub struct Synced<K> {
     pub removed: Vec<String>,
 }
 
-/// Applies `want` and deletes the objects of kind `K` labelled as children of the
-/// MatchingIndex `owner` whose names are neither in `want` nor in `keep`.
-pub async fn sync<K>(client: &Client, ns: &str, owner: &str, want: &[K], keep: &[String]) -> Result<Synced<K>>
+/// Applies `want` and deletes the objects of kind `K` that `selector` selects (the children of
+/// one owner) whose names are neither in `want` nor in `keep`.
+pub async fn sync<K>(client: &Client, ns: &str, selector: &str, want: &[K], keep: &[String]) -> Result<Synced<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -35,9 +35,9 @@ where
     let kind = K::kind(&()).to_string();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let existing: Vec<String> = api
-        .list(&ListParams::default().labels(&children_selector(owner)))
+        .list(&ListParams::default().labels(selector))
         .await
-        .map_err(Error::reading(format!("{kind}s of {owner}")))?
+        .map_err(Error::reading(format!("{kind}s selected by {selector}")))?
         .items
         .iter()
         .map(|o| o.name_any())
@@ -84,6 +84,7 @@ pub async fn sync_all(client: &Client, ns: &str, owner: &str, want: &Children) -
         out.created.extend(created.into_iter().map(|n| format!("{kind}/{n}")));
         out.removed.extend(removed.into_iter().map(|n| format!("{kind}/{n}")));
     };
+    let owner = &children_selector(owner);
     let s = sync(client, ns, owner, &want.services, &[]).await?;
     note("Service", s.created, s.removed);
     let s = sync(client, ns, owner, &want.stateful_sets, &[]).await?;

@@ -46,10 +46,17 @@ pub async fn cleanup(mi: &MatchingIndex, ctx: &Context) -> Result<Progress> {
     let skip = mi.annotations().get(SKIP_ANNOTATION).is_some_and(|v| v == "true");
     let retain = mi.spec.deletion_policy == DeletionPolicy::Retain;
     delete_children(mi, ctx, &ns).await?;
-    let (stream, patterns) = redis::keys_of(mi);
-    let pattern = patterns.join(", ");
     let mut done = vec!["removed its Deployments, StatefulSets, Services, disruption budgets and Jobs".to_string()];
     let mut left = Vec::new();
+    // Whatever the policy: a deleted label is not served any more.
+    if let Some(pool) = mi.status.as_ref().and_then(|s| s.pool.as_deref()) {
+        match super::pool::leave(mi, ctx, &ns, pool).await {
+            Ok(()) => done.push(format!("took the label out of matcher pool {pool}")),
+            Err(p) => left.push(format!("could not take the label out of matcher pool {pool} ({p}): SREM it by hand")),
+        }
+    }
+    let keys = redis::keys_of(mi);
+    let (stream, pattern) = (&keys.stream, keys.patterns.join(", "));
     if retain || skip {
         let why = if skip { format!("{SKIP_ANNOTATION}: \"true\"") } else { "deletionPolicy Retain".into() };
         left.push(format!("kept (by {why}) Redis stream {stream} and keys {pattern}"));

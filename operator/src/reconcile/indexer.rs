@@ -19,12 +19,13 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
     let ns = ix.namespace().unwrap_or_default();
     let gen = ix.metadata.generation;
     let mut st = ix.status.clone().unwrap_or_default();
-    match validate::indexer(&ix.spec) {
+    let valid = validate::indexer(&ix.spec);
+    match &valid {
         Err(e) => {
             if status::get(&st.conditions, "Ready").is_none_or(|c| c.message != e.0) {
                 ctx.event(ix.as_ref(), true, "InvalidSpec", "Validate", e.0.clone()).await;
             }
-            status::set(&mut st.conditions, "Ready", false, "InvalidSpec", e.0, gen);
+            status::set(&mut st.conditions, "Ready", false, "InvalidSpec", e.0.clone(), gen);
         }
         Ok(_) => {
             if let Some(pvc) = build::indexer_pvc(&ix) {
@@ -67,16 +68,21 @@ pub async fn reconcile(ix: Arc<Indexer>, ctx: Arc<Context>) -> Result<Action> {
         .map(|j| j.name_any())
         .collect();
     let mis: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
-    st.queued = mis
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::reading(format!("MatchingIndexes in {ns}")))?
+    let mis = mis.list(&ListParams::default()).await.map_err(Error::reading(format!("MatchingIndexes in {ns}")))?;
+    let mine: Vec<&MatchingIndex> = mis
         .items
         .iter()
         .filter(|m| m.spec.indexer_ref.name == ix.name_any() && m.metadata.deletion_timestamp.is_none())
+        .collect();
+    st.queued = mine
+        .iter()
         .filter(|m| m.status.as_ref().and_then(|s| s.current_build.as_ref()).is_some_and(|b| b.queued))
         .map(|m| m.name_any())
         .collect();
+    let pooled = mine.iter().filter(|m| m.spec.matcher.pool).count() as i32;
+    if valid.is_ok() {
+        st.pool = super::pool::sync(&ix, &ctx, &ns, pooled).await?;
+    }
     st.active_builds = st.active.len() as i32;
     st.queued_builds = st.queued.len() as i32;
     write_status(&Api::<Indexer>::namespaced(ctx.client.clone(), &ns), ix.as_ref(), &st).await?;

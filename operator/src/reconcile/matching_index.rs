@@ -79,15 +79,15 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     let missing_secrets = missing_secrets(&ctx, &ns, &mi, ix.as_ref()).await?;
 
     // validate
-    let checked = validate::matching_index(&mi).map_err(|e| Blocked::InvalidSpec(e.0)).and_then(|interval| {
+    let checked = validate::matching_index(&mi).map_err(|e| Blocked::InvalidSpec(e.0)).and_then(|intervals| {
         let ix =
             ix.ok_or_else(|| Blocked::IndexerNotFound(format!("Indexer {ix_name:?} not found in namespace {ns:?}")))?;
         let deadline =
             validate::indexer(&ix.spec).map_err(|e| Blocked::IndexerInvalid(format!("Indexer {ix_name:?}: {e}")))?;
         validate::on_indexer(&mi, &ix.spec).map_err(|e| Blocked::InvalidSpec(e.0))?;
-        Ok((interval, ix, deadline))
+        Ok((intervals, ix, deadline))
     });
-    let (interval, ix, deadline) = match checked {
+    let (intervals, ix, deadline) = match checked {
         Ok(v) => v,
         Err(blocked) => {
             let facts = Facts::Blocked(blocked);
@@ -100,24 +100,27 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     };
 
     // build
-    let (epoch, next_epoch) = interval_epoch(&mi, interval);
+    let (epoch, next_epoch) = interval_epoch(&mi, intervals.rebuild);
     let hash = build::build_hash(&mi, epoch);
     let build = build_step(&mi, &ix, &hash, deadline.as_secs() as i64, &ctx, &mut st).await?;
     super::rollback::step(&mi, &ix, &ctx, &mut st).await?;
-    let next_refresh = super::refresh::step(&mi, &ix, &ctx, &hash, deadline.as_secs() as i64, &mut st).await?;
+    let next_refresh =
+        super::refresh::step(&mi, &ix, &ctx, &hash, intervals.refresh, deadline.as_secs() as i64, &mut st).await?;
 
-    // how many matchers: none before a snapshot, else the spec's or the autoscaler's count
+    // how many matchers: none before a snapshot, the pool's, else the spec's or the autoscaler's
     let matchers = match st.current_snapshot {
         None => build::Matchers::NotYet,
+        Some(_) if mi.spec.matcher.pool => build::Matchers::Pool,
         Some(_) => super::autoscale::step(&mi, &ctx, &ns, &mut st).await,
     };
+    super::pool::membership(&mi, &ix, &ctx, &ns, &mut st).await;
 
     // desired children (matchers in the served snapshot's layout; another layout's kept until
     // this one's are ready), applied; the rest of this object's children deleted
     let shards = st.current_snapshot.as_ref().map_or(1, |s| s.layout());
     let mut want = build::children(&mi, &ix, &ctx.defaults, matchers, shards);
     let switch = match matchers {
-        build::Matchers::NotYet => None,
+        build::Matchers::NotYet | build::Matchers::Pool => None,
         _ => super::layout::step(&mi, &ctx, &ns, shards, &mut want, &mut st).await?,
     };
     let synced = children::sync_all(&ctx.client, &ns, &mi.name_any(), &want).await?;
@@ -140,14 +143,21 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     }
 
     // what the matchers serve (one of them may have rejected the current snapshot)
-    let served_again = match matchers {
-        build::Matchers::NotYet => None,
+    let seen = match matchers {
+        build::Matchers::NotYet => super::served::Seen::default(),
         _ => super::served::step(&mi, &ctx, &ns, &mut st).await,
     };
+    if matchers == build::Matchers::Pool {
+        // The pool's matchers that serve this label, of the pool's size.
+        let desired = ix.spec.pool.as_ref().map_or(0, |p| p.replicas);
+        let ready = seen.serving.map_or(0, |n| n as i32).min(desired);
+        let summary = format!("{ready}/{desired} in pool {}", build::pool_name(&ix));
+        st.matchers = Some(MatchersStatus { desired, ready, summary });
+    }
 
     // status
     let desired = st.matchers.as_ref().map_or(0, |m| m.desired);
-    let waiting = if st.matchers.as_ref().is_some_and(|m| m.ready < desired) {
+    let waiting = if matchers != build::Matchers::Pool && st.matchers.as_ref().is_some_and(|m| m.ready < desired) {
         matchers_waiting(&ctx, &ns, &mi).await?
     } else {
         Vec::new()
@@ -158,7 +168,11 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     if matches!(matchers, build::Matchers::Fixed(_)) && mi.spec.matcher.autoscaling.is_some() {
         requeue = requeue.min(ctx.autoscale_interval);
     }
-    for again in [served_again, next_refresh].into_iter().flatten() {
+    if matchers == build::Matchers::Pool && st.matchers.as_ref().is_some_and(|m| m.ready < m.desired) {
+        // Nothing of the pool's changes this object: look again until the pool serves it.
+        requeue = requeue.min(Duration::from_secs(5));
+    }
+    for again in [seen.again, next_refresh].into_iter().flatten() {
         requeue = requeue.min(again);
     }
     if !st.retired_groups.is_empty() {
@@ -173,16 +187,11 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
 
 /// The snapshot a build or refresh Job's reports describe (of a split label, every shard's
 /// that reported); `None` when no pod left a report of a snapshot.
-pub(super) async fn reported_snapshot(
-    mi: &MatchingIndex,
-    pods: &Api<Pod>,
-    job: &str,
-    hash: &str,
-) -> Result<Option<SnapshotStatus>> {
+pub(super) fn reported_snapshot(mi: &MatchingIndex, reports: &jobs::Reports, hash: &str) -> Option<SnapshotStatus> {
     if mi.spec.shards > 1 {
-        return Ok(Some(sharded_snapshot(jobs::shard_reports(pods, job).await?, hash)));
+        return Some(sharded_snapshot(reports.shards(), hash));
     }
-    Ok(match jobs::report(pods, job).await? {
+    match reports.build() {
         Some(BuildReport::Built(b)) => Some(SnapshotStatus {
             id: b.snapshot,
             vectors: b.vectors as i64,
@@ -192,7 +201,7 @@ pub(super) async fn reported_snapshot(
             ..Default::default()
         }),
         _ => None,
-    })
+    }
 }
 
 /// The snapshot of a split label from its shards' reports: shard 0's id, every shard's
@@ -336,7 +345,7 @@ async fn build_step(
             let (attempt, attempts) = jobs::attempt(&job);
             let mut progress = format!("attempt {attempt}/{attempts}");
             if attempt > 1 {
-                if let Some(BuildReport::Failed { error }) = jobs::report(&pods, &name).await? {
+                if let Some(BuildReport::Failed { error }) = jobs::Reports::read(&pods, &name).await?.build() {
                     progress = format!("{progress}; the last attempt failed: {error}");
                 }
             }
@@ -351,7 +360,8 @@ async fn build_step(
             Ok(Build::Running { job: name, attempt, attempts })
         }
         JobState::Succeeded => {
-            let snap = reported_snapshot(mi, &pods, &name, hash).await?.unwrap_or_else(|| SnapshotStatus {
+            let reports = jobs::Reports::read(&pods, &name).await?;
+            let snap = reported_snapshot(mi, &reports, hash).unwrap_or_else(|| SnapshotStatus {
                 id: "unreported".into(),
                 build_hash: hash.into(),
                 ..Default::default()
@@ -366,7 +376,7 @@ async fn build_step(
             Ok(Build::UpToDate)
         }
         JobState::Failed(why) => {
-            let message = match jobs::report(&pods, &name).await? {
+            let message = match jobs::Reports::read(&pods, &name).await?.build() {
                 Some(BuildReport::Failed { error }) => format!("build Job {name} failed: {error}"),
                 _ => format!("build Job {name} failed: {why}"),
             };

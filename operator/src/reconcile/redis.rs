@@ -108,13 +108,22 @@ pub async fn target(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<kim_r
     kim_redis::Target::from_parts(&url, creds, ca, client).map_err(|e| Problem::Invalid(e.to_string()))
 }
 
-/// The keys a label owns in Redis: its stream, and the SCAN patterns of its registry keys and
-/// of what the matchers' reply gate keeps for a while after each request.
-pub fn keys_of(mi: &MatchingIndex) -> (String, Vec<String>) {
+/// The keys a label owns in Redis.
+pub struct LabelKeys {
+    /// The request stream.
+    pub stream: String,
+    /// The hash where each matcher says what it serves.
+    pub served: String,
+    /// SCAN patterns of its registry keys and of what the matchers' reply gate keeps for a
+    /// while after each request.
+    pub patterns: Vec<String>,
+}
+
+pub fn keys_of(mi: &MatchingIndex) -> LabelKeys {
     let (prefix, label) = (mi.spec.redis.key_prefix.clone().unwrap_or_default(), mi.label());
     let mut patterns = vec![kim_api::registry_pattern(&prefix, &label)];
     patterns.extend(kim_api::shard::gate_patterns(&prefix, &label));
-    (kim_api::stream_key(&prefix, &label), patterns)
+    LabelKeys { stream: kim_api::stream_key(&prefix, &label), served: kim_api::served_key(&prefix, &label), patterns }
 }
 
 /// Runs `work` on a connection to the label's Redis, all within `bound`: a Redis error or no
@@ -137,8 +146,7 @@ where
 /// Deletes the label's stream, its served hash and every key of its patterns; returns how many
 /// keys were named.
 pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize, Problem> {
-    let (stream, patterns) = keys_of(mi);
-    let served = kim_api::served_key(&mi.spec.redis.key_prefix.clone().unwrap_or_default(), &mi.label());
+    let LabelKeys { stream, served, patterns } = keys_of(mi);
     let n = run(mi, ctx, ns, ATTEMPT, |mut conn| async move {
         let mut keys: Vec<String> = vec![stream, served];
         for pattern in &patterns {
@@ -156,7 +164,7 @@ pub async fn clean(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<usize,
 
 /// Destroys consumer groups of the label's stream; a group (or stream) already gone is fine.
 pub async fn destroy_groups(mi: &MatchingIndex, ctx: &Context, ns: &str, groups: &[String]) -> Result<(), Problem> {
-    let stream = keys_of(mi).0;
+    let stream = keys_of(mi).stream;
     run(mi, ctx, ns, ATTEMPT, |mut conn| async move {
         let exists: bool = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await?;
         if !exists {
@@ -175,7 +183,7 @@ pub async fn destroy_groups(mi: &MatchingIndex, ctx: &Context, ns: &str, groups:
 /// The matchers' consumer groups on the label's stream (`kim-matchers`, `kim-matchers-<I>-of-<N>`;
 /// groups of anything else are left alone); none when the stream does not exist yet.
 pub async fn matcher_groups(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Vec<String>, Problem> {
-    let stream = keys_of(mi).0;
+    let stream = keys_of(mi).stream;
     run(mi, ctx, ns, READ_BOUND, |mut conn| async move {
         let exists: bool = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await?;
         if !exists {

@@ -28,10 +28,11 @@ pub async fn step(
     ix: &Indexer,
     ctx: &Context,
     hash: &str,
+    interval: Option<Duration>,
     deadline_secs: i64,
     st: &mut MatchingIndexStatus,
 ) -> Result<Option<Duration>> {
-    let Some(spec) = mi.spec.rebuild.refresh.as_ref() else {
+    let Some(interval) = interval else {
         st.refresh = None;
         return Ok(None);
     };
@@ -42,9 +43,6 @@ pub async fn step(
         stop_running(mi, &job_api).await?;
         return Ok(None);
     }
-    let interval = crate::validate::duration("rebuild.refresh.interval", &spec.interval)
-        .unwrap_or(Duration::from_secs(60))
-        .max(MIN_INTERVAL);
     let (epoch, next) = super::matching_index::interval_epoch(mi, Some(interval));
     let name = build::refresh_job_name(mi, hash, epoch);
     let Some(job) = job_api.get_opt(&name).await.map_err(Error::reading(format!("Job {ns}/{name}")))? else {
@@ -57,11 +55,11 @@ pub async fn step(
     let (state, message) = match jobs::state(&job) {
         JobState::Running => ("Running", None),
         JobState::Succeeded => {
-            let report = jobs::report_json(&pods, &name).await?;
-            let message = report.as_ref().map_or_else(|| "succeeded without a report".into(), describe);
+            let reports = jobs::Reports::read(&pods, &name).await?;
+            let message = reports.json().as_ref().map_or_else(|| "succeeded without a report".into(), describe);
             // Taken in once, when the Job is first seen finished (a later rollback stands).
             let seen = st.refresh.as_ref().is_some_and(|r| r.job == name && r.state == "Succeeded");
-            let after = super::matching_index::reported_snapshot(mi, &pods, &name, hash).await?;
+            let after = super::matching_index::reported_snapshot(mi, &reports, hash);
             // Every shard of a split label reported (a partial set would read as a new snapshot).
             let after = after.filter(|a| a.layout() == mi.spec.shards.max(1));
             if let (false, Some(after)) = (seen, after) {
@@ -75,7 +73,7 @@ pub async fn step(
             ("Succeeded", Some(message))
         }
         JobState::Failed(why) => {
-            let message = match jobs::report(&pods, &name).await? {
+            let message = match jobs::Reports::read(&pods, &name).await?.build() {
                 Some(BuildReport::Failed { error }) => error,
                 _ => why,
             };

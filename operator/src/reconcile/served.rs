@@ -36,6 +36,8 @@ pub struct Report {
     pub rejected: Vec<RejectedSnapshot>,
     /// Live matchers that serve neither the snapshot status names nor said they rejected it.
     pub behind: usize,
+    /// Live matchers that serve the snapshot status names.
+    pub current: usize,
     /// Of the matchers serving the current snapshot: the most deltas applied and the largest
     /// tail (`None`: no matcher serves it).
     pub deltas: Option<(u64, usize)>,
@@ -43,7 +45,7 @@ pub struct Report {
 
 /// Reads the label's served hash (and removes entries long stale).
 pub async fn read(mi: &MatchingIndex, ctx: &Context, ns: &str) -> Result<Vec<(String, Served)>, Problem> {
-    let key = kim_api::served_key(&mi.spec.redis.key_prefix.clone().unwrap_or_default(), &mi.label());
+    let key = super::redis::keys_of(mi).served;
     super::redis::run(mi, ctx, ns, super::redis::READ_BOUND, |mut conn| async move {
         let raw: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
         let now = kim_api::unix_ms();
@@ -80,6 +82,7 @@ pub fn report(current: &SnapshotStatus, entries: &[(String, Served)], now: u64) 
             }),
             None if !ids.contains(&s.info.snapshot.as_str()) => out.behind += 1,
             None => {
+                out.current += 1;
                 let (d, t) = out.deltas.unwrap_or_default();
                 out.deltas = Some((d.max(s.info.deltas), t.max(s.info.tail)));
             }
@@ -89,11 +92,20 @@ pub fn report(current: &SnapshotStatus, entries: &[(String, Served)], now: u64) 
     out
 }
 
-/// Updates `status.rejectedSnapshots` and the current snapshot's deltas and tail; returns how
-/// soon to look again (a matcher is still moving to the current snapshot, or one rejected
-/// it). An unreadable hash leaves status as it was (and is logged).
-pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut MatchingIndexStatus) -> Option<Duration> {
-    let current = st.current_snapshot.clone()?;
+/// What one look at the served hash found.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// How soon to look again: a matcher is still moving to the current snapshot, or one
+    /// rejected it.
+    pub again: Option<Duration>,
+    /// Live matchers serving the current snapshot; `None` when the hash could not be read.
+    pub serving: Option<usize>,
+}
+
+/// Updates `status.rejectedSnapshots` and the current snapshot's deltas and tail. An
+/// unreadable hash leaves status as it was (and is logged).
+pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut MatchingIndexStatus) -> Seen {
+    let Some(current) = st.current_snapshot.clone() else { return Seen::default() };
     match read(mi, ctx, ns).await {
         Ok(entries) => {
             let r = report(&current, &entries, kim_api::unix_ms());
@@ -105,11 +117,12 @@ pub async fn step(mi: &MatchingIndex, ctx: &Context, ns: &str, st: &mut Matching
             // A matcher serving something else long after the build (a rollback by hand) is
             // not waited for.
             let waiting = r.behind > 0 && built_within(&current, SWAP_WAIT);
-            (waiting || !st.rejected_snapshots.is_empty()).then_some(Duration::from_secs(10))
+            let again = (waiting || !st.rejected_snapshots.is_empty()).then_some(Duration::from_secs(10));
+            Seen { again, serving: Some(r.current) }
         }
         Err(p) => {
             tracing::warn!(label = %mi.label(), problem = %p, "cannot read what the matchers serve");
-            None
+            Seen::default()
         }
     }
 }

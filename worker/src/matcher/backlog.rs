@@ -19,7 +19,7 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
         for label in m.label_names() {
             let stream = kim_api::stream_key(&m.args.prefix, &label);
             match kim_redis::backlog(&mut conn, &stream, &m.group).await {
-                Ok(b) => m.metrics.set_backlog(&label, b.lag, b.pending),
+                Ok(b) => m.while_served(&label, || m.metrics.set_backlog(&label, b.lag, b.pending)),
                 Err(e) => tracing::debug!(label = %label, error = %e, "reading the group's backlog"),
             }
         }

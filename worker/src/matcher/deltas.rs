@@ -62,7 +62,10 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
     // The delta that failed last, per label, so a bad one is reported once, not every tick.
     let mut rejected: HashMap<String, (String, u64)> = HashMap::new();
     loop {
-        for label in m.label_names() {
+        let names = m.label_names();
+        // A label dropped from a pool and added back reports its bad delta again.
+        rejected.retain(|l, _| names.contains(l));
+        for label in names {
             let Some(served) = m.served(&label) else { continue };
             let cur = served.current.load_full();
             let dir = m.store.deltas_dir(&m.args.namespace, &m.storage_name(&label));
@@ -77,7 +80,7 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
                 let prev = served.current.compare_and_swap(&cur, next.clone());
                 if Arc::ptr_eq(&*prev, &cur) {
                     tracing::info!(label, snapshot = %cur.manifest.id, delta = seq, tail, tombstones = gone, "delta applied");
-                    m.metrics.set_snapshot(&label, &next);
+                    m.while_served(&label, || m.metrics.set_snapshot(&label, &next));
                     super::registry::register(&m, &mut conn).await;
                 }
             }
@@ -86,7 +89,7 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
                     let key = (cur.manifest.id.clone(), seq);
                     if rejected.get(&label) != Some(&key) {
                         reject_log(&label, &cur.manifest.id, seq, &why);
-                        m.metrics.delta_rejected(&label);
+                        m.while_served(&label, || m.metrics.delta_rejected(&label));
                         rejected.insert(label.clone(), key);
                     }
                 }

@@ -1,6 +1,7 @@
 //! Which labels this matcher serves and which snapshot each one runs, swapped without pauses:
 //! a batch holds an `Arc` of the snapshot it started with, so a swap never drops a request.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -47,9 +48,14 @@ pub async fn watch(m: Arc<Matcher>, mut conn: Conn) {
     }
 }
 
-async fn wanted(m: &Matcher) -> Vec<String> {
+/// The labels to serve: `--label`, the members of the `--pool` set, or every label stored
+/// under the namespace.
+async fn wanted(m: &Matcher, conn: &mut Conn) -> Vec<String> {
     if !m.args.labels.is_empty() {
         return m.args.labels.clone();
+    }
+    if let Some(pool) = &m.args.pool {
+        return pool_members(m, conn, pool).await;
     }
     match m.store.labels(&m.args.namespace).await {
         // The labels stored whole, or those this matcher's shard is stored for.
@@ -68,8 +74,32 @@ async fn wanted(m: &Matcher) -> Vec<String> {
     }
 }
 
+/// The members of the pool's set, sorted; what is served when the set cannot be read, so a
+/// Redis outage never drops a label.
+async fn pool_members(m: &Matcher, conn: &mut Conn, pool: &str) -> Vec<String> {
+    let key = kim_api::pool_key(&m.args.prefix, pool);
+    match redis::cmd("SMEMBERS").arg(&key).query_async::<Vec<String>>(conn).await {
+        Ok(mut members) => {
+            // Members become storage paths and key names: a malformed one must not reach either.
+            members.retain(|l| {
+                let ok = kim_api::build::valid_label(l);
+                if !ok {
+                    tracing::warn!(pool, label = %l, rule = kim_api::build::LABEL_RULE, "pool member is not a valid label; ignored");
+                }
+                ok
+            });
+            members.sort();
+            members
+        }
+        Err(e) => {
+            tracing::warn!(pool, error = %e, "cannot read the pool's labels");
+            m.label_names()
+        }
+    }
+}
+
 async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, tries: &mut Tries) {
-    let wanted = wanted(m).await;
+    let wanted = wanted(m, conn).await;
     for label in &wanted {
         let id = match m.store.current(&m.args.namespace, &m.storage_name(label)).await {
             Ok(Some(id)) => id,
@@ -118,10 +148,36 @@ async fn refresh(m: &Arc<Matcher>, conn: &mut Conn, tries: &mut Tries) {
             }
         }
     }
-    let all_loaded = wanted.iter().all(|l| m.served(l).is_some());
+    if m.args.pool.is_some() {
+        drop_left(m, conn, &wanted, tries).await;
+    }
+    // A pool is ready after one pass over its members: a member whose snapshot cannot be
+    // served (missing, corrupt) must not hold back the pool's other labels.
+    let all_loaded = m.args.pool.is_some() || wanted.iter().all(|l| m.served(l).is_some());
     if all_loaded && !m.ready.swap(true, Ordering::SeqCst) {
         tracing::info!(labels = ?m.label_names(), "ready");
     }
+}
+
+/// Pool mode: stops serving every label that is no longer a member of the pool.
+async fn drop_left(m: &Matcher, conn: &mut Conn, wanted: &[String], tries: &mut Tries) {
+    let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    for label in m.label_names().into_iter().filter(|l| !keep.contains(l.as_str())) {
+        tries.forget(&label);
+        drop_label(m, conn, &label).await;
+    }
+}
+
+/// Takes `label` out of the served map, then out of the registry and the metrics. A batch
+/// already searching it holds its own `Arc` and finishes; entries read after this are answered
+/// 26304. A heartbeat that listed the label just before it left the map can still write its
+/// keys after they are deleted here; those expire after --label-ttl (and the served hash
+/// entry's `until` passes then), so a dropped label is never advertised for longer.
+async fn drop_label(m: &Matcher, conn: &mut Conn, label: &str) {
+    let Some(served) = m.labels.write().unwrap().remove(label) else { return };
+    m.metrics.forget_label(label, &served.current.load().manifest.id);
+    registry::unregister_labels(m, conn, &[label.to_string()]).await;
+    tracing::info!(label, "label left the pool: no longer served");
 }
 
 fn reject(m: &Matcher, label: &str, id: &str, e: &SnapshotError, existing: Option<&Served>) {

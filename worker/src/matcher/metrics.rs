@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use kim_api::ErrorCode;
+
 use super::Loaded;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +162,35 @@ impl Metrics {
         let key = LabelOnly { label: label.into() };
         self.lag.get_or_create(&key).set(lag);
         self.pending.get_or_create(&key).set(pending);
+    }
+    /// Removes every series of `label` (serving snapshot `snapshot`), so a label dropped from a
+    /// pool leaves nothing stale behind. Callers that may race with the drop update a label's
+    /// series through `Matcher::while_served`.
+    pub fn forget_label(&self, label: &str, snapshot: &str) {
+        let key = LabelOnly { label: label.into() };
+        let statuses = ErrorCode::all().map(ErrorCode::status);
+        for status in statuses.into_iter().chain([kim_api::STATUS_OK]) {
+            self.requests.remove(&RequestLabels { label: label.into(), status });
+        }
+        self.clear_snapshot(label, snapshot);
+        let gauges = [
+            &self.vectors,
+            &self.fallback,
+            &self.ef_search,
+            &self.deltas,
+            &self.tail,
+            &self.tombstones,
+            &self.lag,
+            &self.pending,
+        ];
+        for gauge in gauges {
+            gauge.remove(&key);
+        }
+        let counters =
+            [&self.rejected, &self.deltas_rejected, &self.shard_partials, &self.shard_merges, &self.shard_timeouts];
+        for counter in counters {
+            counter.remove(&key);
+        }
     }
     pub fn encode(&self) -> String {
         let mut out = String::new();

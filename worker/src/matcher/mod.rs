@@ -1,6 +1,7 @@
 //! `kim-worker match`: serves labels from snapshots on shared storage to Redis-stream clients.
 //!
-//! Tasks: a storage watcher (loads new labels, hot-swaps new snapshots, rejects corrupt ones),
+//! Tasks: a storage watcher (loads new labels, hot-swaps new snapshots, rejects corrupt ones;
+//! with `--pool`, drops labels that left the pool's Redis set),
 //! a delta watcher (applies the deltas of `kim-worker refresh` to served snapshots),
 //! a registry heartbeat (TTL keys clients use to find live labels), the stream reader (batched
 //! `XREADGROUP`, search on the rayon pool, pipelined `PUBLISH` + `XACK`), a claimer
@@ -60,6 +61,15 @@ impl Matcher {
     }
     pub fn label_names(&self) -> Vec<String> {
         self.labels.read().unwrap().keys().cloned().collect()
+    }
+    /// Runs `f` (a metrics update of `label`) only while `label` is served, holding the map
+    /// meanwhile: a label dropped from a pool had its series cleared after leaving the map, and
+    /// a task that looked it up just before must not bring them back.
+    pub fn while_served(&self, label: &str, f: impl FnOnce()) {
+        let labels = self.labels.read().unwrap();
+        if labels.contains_key(label) {
+            f();
+        }
     }
     /// Where `label`'s snapshots are stored: the label itself, or this matcher's shard of it.
     pub fn storage_name(&self, label: &str) -> String {

@@ -56,17 +56,21 @@ pub async fn register(m: &Matcher, conn: &mut Conn) {
 
 /// Removes this matcher's keys so clients stop routing to it at once.
 pub async fn unregister(m: &Matcher, mut conn: Conn) {
-    let labels = m.label_names();
+    unregister_labels(m, &mut conn, &m.label_names()).await;
+}
+
+/// Removes this matcher's registry keys and served-hash entries of `labels`, in one round trip.
+pub async fn unregister_labels(m: &Matcher, conn: &mut Conn, labels: &[String]) {
     if labels.is_empty() {
         return;
     }
     let keys: Vec<String> = labels.iter().map(|l| kim_api::registry_key(&m.args.prefix, l, &m.id)).collect();
     let mut pipe = redis::pipe();
     pipe.cmd("DEL").arg(&keys).ignore();
-    for l in &labels {
+    for l in labels {
         pipe.cmd("HDEL").arg(kim_api::served_key(&m.args.prefix, l)).arg(&m.id).ignore();
     }
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+    if let Err(e) = pipe.query_async::<()>(conn).await {
         tracing::warn!(error = %e, "cannot remove label registry keys");
     }
 }

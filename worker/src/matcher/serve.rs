@@ -148,6 +148,11 @@ pub async fn read_loop(m: Arc<Matcher>, mut reader: Conn, mut conn: Conn) {
     while !m.stopping() {
         let labels = m.label_names();
         if labels.is_empty() {
+            // Ready with no label to read (an empty pool): consuming all it serves, so /readyz
+            // passes and the pool's Deployment can roll out before any label joins.
+            if m.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                m.reading.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             m.pause(Duration::from_millis(20)).await;
             continue;
         }
@@ -512,7 +517,8 @@ async fn answer(m: &Arc<Matcher>, conn: &mut Conn, entries: Vec<Entry>) -> bool 
         }
     }
     for ((label, status), n) in counts {
-        m.metrics.requests(label, status, n);
+        // A label dropped from its pool meanwhile keeps no series.
+        m.while_served(label, || m.metrics.requests(label, status, n));
     }
     true
 }

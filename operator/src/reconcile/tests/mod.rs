@@ -4,6 +4,7 @@
 
 mod fake;
 mod object_storage;
+mod pool;
 mod refresh;
 mod rollback;
 mod shards;
@@ -520,6 +521,7 @@ fn served_entries_report_rejections_and_matchers_still_moving() {
     (entries[1].1.info.deltas, entries[1].1.info.tail) = (2, 7);
     let r = report(&current, &entries, 100);
     assert_eq!(r.behind, 1, "c still serves old without having rejected new");
+    assert_eq!(r.current, 1, "only a serves new (dead's entry is stale)");
     assert_eq!(r.deltas, Some((2, 7)), "what a matcher serving the current snapshot applied");
     assert_eq!(report(&current, &entries[..1], 100).deltas, None, "nobody serves it");
     assert_eq!(r.rejected.len(), 1, "{:?}", r.rejected);
