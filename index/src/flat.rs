@@ -255,39 +255,24 @@ impl FlatIndex {
         // the rest go through the general `VectorStore::distance`.
         match (&v.storage, q, v.spec.metric, v.spec.encoding) {
             (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
-                let (z, qinv) = (v.spec.zero_point, p.inv_norm());
                 let pre = |i: u32| prefetch(b.as_ptr().wrapping_add(i as usize * d), d.min(1024));
-                let kern = crate::kernels::active();
-                // The query shifted into i8 once, so each row costs one multiply-add per byte.
-                if let Some((qs, qsum)) = crate::kernels::shift_query(qb, z) {
-                    let (dot, corr) = (kern.dot_u8_i8, z as i64 * qsum);
-                    let dist = |i: u32| {
-                        let i = i as usize;
-                        1.0 - (dot(&b[i * d..(i + 1) * d], &qs) - corr) as f32 * qinv * v.inv_norm(i)
-                    };
+                if let Some(dist) = cosine_u8_shifted(v, b, qb, p.inv_norm()) {
                     return self.search_with(dist, pre, &keep, k, ef);
                 }
-                let dot = kern.dot_u8;
+                let (z, qinv, dot) = (v.spec.zero_point, p.inv_norm(), crate::kernels::active().dot_u8);
                 let dist = |i: u32| {
                     let i = i as usize;
                     1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
                 };
                 self.search_with(dist, pre, &keep, k, ef)
             }
-            (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
-                let (dot, qinv) = (crate::kernels::active().dot_f32, p.inv_norm());
-                let dist = |i: u32| {
-                    let i = i as usize;
-                    1.0 - dot(&f[i * d..(i + 1) * d], qf) * qinv * v.inv_norm(i)
-                };
-                self.search_with(
-                    dist,
-                    |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)),
-                    &keep,
-                    k,
-                    ef,
-                )
-            }
+            (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => self.search_with(
+                cosine_f32(v, f, qf, p.inv_norm()),
+                |i| prefetch(f.as_ptr().wrapping_add(i as usize * d) as *const u8, (4 * d).min(512)),
+                &keep,
+                k,
+                ef,
+            ),
             (Storage::Split { hi, lo }, Query::F32(qf), Metric::Cosine, _) => {
                 // Walk on the upper halves (bfloat16: half the bytes of each row), then
                 // re-rank everything found with the exact f32 values.
@@ -425,12 +410,55 @@ fn sort_hits(hits: &mut [Hit]) {
 
 /// Brute-force k nearest rows of a store.
 pub fn exact_search(store: &VectorStore, q: &Query, k: usize) -> Vec<Hit> {
+    scan(store, q, k, 0..store.len() as u32)
+}
+
+/// Cosine over u8 rows with the query shifted into i8 once, so each row costs one multiply-add
+/// per byte: the distance the graph search and the exact scans use. `None` when the query
+/// cannot be shifted (a zero point outside the kernel's range).
+fn cosine_u8_shifted<'a>(v: &'a VectorStore, b: &'a [u8], qb: &[u8], qinv: f32) -> Option<impl Fn(u32) -> f32 + 'a> {
+    let (d, z) = (v.spec.dimensions, v.spec.zero_point);
+    let (qs, qsum) = crate::kernels::shift_query(qb, z)?;
+    let (dot, corr) = (crate::kernels::active().dot_u8_i8, z as i64 * qsum);
+    Some(move |i: u32| {
+        let i = i as usize;
+        1.0 - (dot(&b[i * d..(i + 1) * d], &qs) - corr) as f32 * qinv * v.inv_norm(i)
+    })
+}
+
+/// Cosine over f32 rows, the kernel chosen once per query.
+fn cosine_f32<'a>(v: &'a VectorStore, f: &'a [f32], qf: &'a [f32], qinv: f32) -> impl Fn(u32) -> f32 + 'a {
+    let (d, dot) = (v.spec.dimensions, crate::kernels::active().dot_f32);
+    move |i: u32| {
+        let i = i as usize;
+        1.0 - dot(&f[i * d..(i + 1) * d], qf) * qinv * v.inv_norm(i)
+    }
+}
+
+/// Exact k nearest among `rows` of a store, closest first (ties by row), scored as the graph
+/// search scores: ground truth, and the refresh tail every matcher search scans.
+pub fn scan(store: &VectorStore, q: &Query, k: usize, rows: impl Iterator<Item = u32>) -> Vec<Hit> {
     let p = store.prepare(q);
+    match (&store.storage, q, store.spec.metric, store.spec.encoding) {
+        (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
+            if let Some(dist) = cosine_u8_shifted(store, b, qb, p.inv_norm()) {
+                return top_k(dist, rows, k);
+            }
+        }
+        (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
+            return top_k(cosine_f32(store, f, qf, p.inv_norm()), rows, k)
+        }
+        _ => {}
+    }
+    top_k(|i| store.distance(&p, i as usize), rows, k)
+}
+
+fn top_k(dist: impl Fn(u32) -> f32, rows: impl Iterator<Item = u32>, k: usize) -> Vec<Hit> {
     let mut heap = BinaryHeap::with_capacity(k + 1);
-    for i in 0..store.len() {
-        let d = store.distance(&p, i);
+    for i in rows {
+        let d = dist(i);
         if heap.len() < k || d < heap.peek().map_or(f32::INFINITY, |c: &Cand| c.0) {
-            heap.push(Cand(d, i as u32));
+            heap.push(Cand(d, i));
             if heap.len() > k {
                 heap.pop();
             }
@@ -479,5 +507,41 @@ mod tests {
         let mut bad = good;
         bad.layer0.offsets = vec![0, 2, 1];
         assert!(bad.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use crate::descriptor::DescriptorSpec;
+
+    /// The per-query scorers of `scan` (shifted u8, f32 kernel) give exactly what the general
+    /// `VectorStore::distance` gives, so scanned tail rows and graph hits compare fairly.
+    #[test]
+    fn scan_scores_as_the_general_distance_does() {
+        let (n, d) = (300usize, 37usize);
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as u32
+        };
+        let bytes: Vec<u8> = (0..n * d).map(|_| next() as u8).collect();
+        let floats: Vec<f32> = (0..n * d).map(|_| next() as f32 / u32::MAX as f32 - 0.25).collect();
+        let u8s = VectorStore::new(DescriptorSpec::new(1, d, Encoding::U8, Metric::Cosine), Storage::Bytes(bytes));
+        let f32s = VectorStore::new(DescriptorSpec::new(1, d, Encoding::F32, Metric::Cosine), Storage::F32(floats));
+        let qb: Vec<u8> = (0..d).map(|_| next() as u8).collect();
+        let qf: Vec<f32> = (0..d).map(|_| next() as f32 / u32::MAX as f32).collect();
+        for (store, q) in [(&u8s, Query::Bytes(qb)), (&f32s, Query::F32(qf))] {
+            let p = store.prepare(&q);
+            let mut want: Vec<Hit> =
+                (0..n as u32).map(|i| Hit { row: i, distance: store.distance(&p, i as usize) }).collect();
+            sort_hits(&mut want);
+            want.truncate(10);
+            assert_eq!(scan(store, &q, 10, 0..n as u32), want);
+            // A subset of rows: only those come back.
+            let odd = scan(store, &q, 5, (0..n as u32).filter(|i| i % 2 == 1));
+            assert_eq!(odd.len(), 5);
+            assert!(odd.iter().all(|h| h.row % 2 == 1));
+        }
     }
 }

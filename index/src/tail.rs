@@ -3,12 +3,12 @@
 //! the graph search walks through but never returns. Row numbers: `0..base.len()` are the
 //! snapshot's rows, `base.len() + i` is tail row `i`.
 
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::HashSet;
 
 use crate::delta::Delta;
 use crate::descriptor::{DescriptorSpec, Encoding, Query};
 use crate::error::Error;
-use crate::flat::{Cand, FlatIndex, Hit};
+use crate::flat::{FlatIndex, Hit};
 use crate::vectors::{Storage, VectorStore};
 
 /// A set of row numbers.
@@ -163,18 +163,8 @@ impl Tail {
             return hits;
         }
         let n = base.len() as u32;
-        let p = self.store.prepare(q);
-        let mut best: BinaryHeap<Cand> = BinaryHeap::with_capacity(k + 1);
-        for i in (0..self.rows()).filter(|&i| !self.dead_tail.has(i)) {
-            let d = self.store.distance(&p, i);
-            if best.len() < k || d < best.peek().map_or(f32::INFINITY, |c| c.0) {
-                best.push(Cand(d, n + i as u32));
-                if best.len() > k {
-                    best.pop();
-                }
-            }
-        }
-        hits.extend(best.into_iter().map(|c| Hit { row: c.1, distance: c.0 }));
+        let live = (0..self.rows() as u32).filter(|&i| !self.dead_tail.has(i as usize));
+        hits.extend(crate::flat::scan(&self.store, q, k, live).into_iter().map(|h| Hit { row: n + h.row, ..h }));
         hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.row.cmp(&b.row)));
         hits.truncate(k);
         hits
