@@ -542,7 +542,7 @@ pub fn summarize(st: &mut MatchingIndexStatus, facts: &Facts, desired: i32, gen:
     // Serving the previous snapshot while rebuilding counts as ready once matchers are, and so
     // does a switch of shard layout: the old layout answers until the new one is ready.
     let ok = phase == Phase::Ready
-        || (phase == Phase::Rebuilding && all_ready)
+        || (phase == Phase::Rebuilding && (all_ready || switch.is_some()))
         || (phase == Phase::Deploying && switch.is_some());
     let (reason, short, msg, requeue) = if phase == Phase::Deploying && !missing.is_empty() {
         let m = format!("Secret {} not found in the namespace", missing.join(", "));

@@ -562,6 +562,20 @@ fn summaries() {
             Some(10),
         ),
         (served(1, 2), built(Build::UpToDate), Phase::Deploying, "1/2 matchers ready", false, Some(10)),
+        // A rebuild starting while the layout switches: the old layout still answers.
+        (
+            served(1, 3),
+            Facts::Built {
+                build: Build::Running { job: "j".into(), attempt: 1, attempts: 3 },
+                missing_secrets: Vec::new(),
+                waiting: Vec::new(),
+                switch: Some(crate::reconcile::layout::Switch { from: 2, to: 3, ready: 1 }),
+            },
+            Phase::Rebuilding,
+            "attempt 1/3",
+            true,
+            Some(10),
+        ),
         (Default::default(), built(Build::Queued { running: 1, max: 1 }), Phase::Queued, "Queued", false, Some(5)),
         (served(2, 2), built(Build::Queued { running: 1, max: 1 }), Phase::Rebuilding, "Queued", true, Some(5)),
         (
