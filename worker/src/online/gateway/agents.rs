@@ -97,47 +97,92 @@ impl Gateway {
         Ok(all)
     }
 
-    /// Ok(true) if an owner holds `id`, Ok(false) if the owners that answered do not, an
-    /// error if none answered.
-    pub(super) async fn exists(&self, id: &str) -> Result<bool, Status> {
+    /// The agents that hold `id` now, every agent asked: after the agent set changed, an id
+    /// may still sit on an agent that no longer owns it. An error if no agent answered.
+    pub(super) async fn holders(&self, id: &str) -> Result<Vec<String>, Status> {
         let m = self.max_message;
         let req = object::Id { id: id.to_string() };
         let answers = self
-            .on_each(&self.owners(id)?, |ch| {
+            .on_each(&self.every()?, |ch| {
                 let r = req.clone();
                 async move { sized!(ObjectClient::new(ch), m).exists(r).await }
             })
             .await;
-        match settle("exists", answers) {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(s),
+        let (mut held, mut answered, mut failure) = (Vec::new(), false, None);
+        for (addr, r) in answers {
+            match r {
+                Ok(_) => {
+                    held.push(addr);
+                    answered = true;
+                }
+                Err(s) if s.code() == Code::NotFound => answered = true,
+                Err(s) => {
+                    tracing::warn!(agent = %addr, code = ?s.code(), error = %s.message(), "exists failed on an agent");
+                    failure.get_or_insert(backend_error("agent", &addr, s));
+                }
+            }
         }
+        if !answered {
+            return Err(failure.unwrap_or_else(|| Status::unavailable("no agents")));
+        }
+        Ok(held)
+    }
+
+    /// Whether any agent holds `id` (strict inserts and updates see every copy, wherever the
+    /// agent set put it).
+    pub(super) async fn exists(&self, id: &str) -> Result<bool, Status> {
+        Ok(!self.holders(id).await?.is_empty())
     }
 
     /// Writes the vector to every owner; succeeds when at least one acknowledged (the
-    /// others are logged and repaired by the next write of that id).
-    pub(super) async fn put(&self, v: object::Vector) -> Result<object::Location, Status> {
+    /// others are logged and repaired by the next write of that id). Copies on agents that
+    /// are not owners (`holders` minus the owners: the id's owners changed with the agent set)
+    /// are removed after, so no agent keeps serving the old vector.
+    pub(super) async fn put(&self, v: object::Vector, holders: &[String]) -> Result<object::Location, Status> {
         let m = self.max_message;
+        let owners = self.owners(&v.id)?;
         let req = upsert::Request {
             config: Some(upsert::Config { timestamp: v.timestamp, ..Default::default() }),
             vector: Some(v.clone()),
         };
         let answers = self
-            .on_each(&self.owners(&v.id)?, |ch| {
+            .on_each(&owners, |ch| {
                 let r = req.clone();
                 async move { sized!(UpsertClient::new(ch), m).upsert(r).await }
             })
             .await;
-        settle("replica write", answers).map(|ls| location(v.id, ls))
+        let written = settle("replica write", answers).map(|ls| location(v.id.clone(), ls))?;
+        let stale: Vec<String> = holders.iter().filter(|h| !owners.contains(h)).cloned().collect();
+        if !stale.is_empty() {
+            let r = remove::Request { id: Some(object::Id { id: v.id.clone() }), config: None };
+            for (addr, res) in self
+                .on_each(&stale, |ch| {
+                    let r = r.clone();
+                    async move { sized!(RemoveClient::new(ch), m).remove(r).await }
+                })
+                .await
+            {
+                match res {
+                    Ok(_) => {
+                        tracing::info!(agent = %addr, id = %v.id, "removed the copy of an agent that no longer owns the id")
+                    }
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => {
+                        tracing::warn!(agent = %addr, id = %v.id, error = %s.message(), "cannot remove a stale copy")
+                    }
+                }
+            }
+        }
+        Ok(written)
     }
 
-    /// Removes `id` from its owners: OK when one removed it, NOT_FOUND when none held it.
+    /// Removes `id` from every agent (a former owner may still hold it): OK when one removed
+    /// it, NOT_FOUND when none held it.
     pub(super) async fn remove(&self, r: remove::Request) -> Result<object::Location, Status> {
         let id = r.id.as_ref().map(|i| i.id.clone()).unwrap_or_default();
         let m = self.max_message;
         let answers = self
-            .on_each(&self.owners(&id)?, |ch| {
+            .on_each(&self.every()?, |ch| {
                 let r = r.clone();
                 async move { sized!(RemoveClient::new(ch), m).remove(r).await }
             })
@@ -169,12 +214,11 @@ impl Gateway {
         Ok(object::Locations { locations })
     }
 
-    /// UpdateTimestamp on the owners.
+    /// UpdateTimestamp wherever the id is held.
     pub(super) async fn update_timestamp(&self, r: update::TimestampRequest) -> Result<object::Location, Status> {
         let m = self.max_message;
-        let owners = self.owners(&r.id)?;
         let answers = self
-            .on_each(&owners, |ch| {
+            .on_each(&self.every()?, |ch| {
                 let r = r.clone();
                 async move { sized!(UpdateClient::new(ch), m).update_timestamp(r).await }
             })
@@ -182,12 +226,12 @@ impl Gateway {
         settle("timestamp update", answers).map(|ls| location(r.id, ls))
     }
 
-    /// The newest version of `id` among its owners.
+    /// The newest version of `id` on any agent.
     pub(super) async fn get(&self, id: &str) -> Result<object::Vector, Status> {
         let m = self.max_message;
         let req = object::VectorRequest { id: Some(object::Id { id: id.to_string() }), filters: None };
         let answers = self
-            .on_each(&self.owners(id)?, |ch| {
+            .on_each(&self.every()?, |ch| {
                 let r = req.clone();
                 async move { sized!(ObjectClient::new(ch), m).get_object(r).await }
             })

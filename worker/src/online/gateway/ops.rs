@@ -179,16 +179,22 @@ impl Gateway {
         };
         let timestamp = [w.timestamp, ts].into_iter().find(|&t| t > 0).unwrap_or_else(now_nanos);
         let v = self.ingress(w.filters.as_ref(), object::Vector { id: id.clone(), vector, timestamp }).await?;
+        // Every agent holding the id: for the existence check, and to remove copies left on
+        // agents that are no longer its owners.
+        let holders = match (w.kind, w.skip_exist_check) {
+            (Kind::Insert | Kind::Update, false) => self.holders(&id).await?,
+            _ => self.holders(&id).await.unwrap_or_default(),
+        };
         match (w.kind, w.skip_exist_check) {
-            (Kind::Insert, false) if self.exists(&id).await? => {
+            (Kind::Insert, false) if !holders.is_empty() => {
                 return Err(Status::already_exists(format!("object {id} already exists")))
             }
-            (Kind::Update, false) if !self.exists(&id).await? => {
+            (Kind::Update, false) if holders.is_empty() => {
                 return Err(Status::not_found(format!("object {id} not found")))
             }
             _ => {}
         }
-        self.put(object::Vector { id, vector: v.vector, timestamp }).await
+        self.put(object::Vector { id, vector: v.vector, timestamp }, &holders).await
     }
 
     pub(super) async fn write_logged(&self, rpc: &'static str, w: WriteReq) -> Result<object::Location, Status> {

@@ -1,0 +1,92 @@
+//! A changed agent set, seen through two gateways over the same real agents: one with the
+//! three agents the objects were written under, one with a fourth agent added (the set after
+//! a scale-up, when rendezvous hashing gives about a quarter of the ids a new owner). Through
+//! the new set, strict inserts still see every id, reads find it, an update leaves no old
+//! vector on the agent that lost ownership, and a remove takes the id off every agent.
+
+mod common;
+mod online_support;
+
+use kim_proto::payload::v1::{object, remove, update};
+use kim_proto::vald::v1::{object_client::ObjectClient, remove_client::RemoveClient, update_client::UpdateClient};
+use online_support::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const DIMS: usize = 16;
+const IDS: usize = 40;
+
+/// Which agents hold `id`, asked directly.
+async fn holders(agents: &[Channel], id: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, ch) in agents.iter().enumerate() {
+        if ObjectClient::new(ch.clone()).exists(object::Id { id: id.into() }).await.is_ok() {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_agent_neither_duplicates_nor_serves_stale_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents: Vec<Server> =
+        (1..=4).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
+    let addrs: Vec<String> = agents.iter().map(Server::addr).collect();
+    let gateway = |name: &str, n: usize| {
+        Server::start(name, dir.path(), &["filter", "--agents", &addrs[..n].join(","), "--replicas", "1"])
+    };
+    let (old, new) = (gateway("gw-three", 3), gateway("gw-four", 4));
+    let (old_ch, new_ch) = (old.channel().await, new.channel().await);
+    let mut direct = Vec::new();
+    for a in &agents {
+        direct.push(a.channel().await);
+    }
+    let id = |i: usize| format!("id{i}");
+    for i in 0..IDS {
+        insert(&old_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();
+    }
+    // Under the new set some ids are owned by the fourth agent but still sit on one of the three.
+    for i in 0..IDS {
+        let h = holders(&direct, &id(i)).await;
+        assert_eq!(h.len(), 1, "{} on {h:?}", id(i));
+        assert!(h[0] < 3);
+        let loc = ObjectClient::new(new_ch.clone()).exists(object::Id { id: id(i) }).await;
+        assert!(loc.is_ok(), "exists through the new set: {loc:?}");
+        assert_eq!(get(&new_ch, &id(i)).await, Some(vector(i as u64, DIMS)), "read through the new set");
+        // A strict insert sees the id whichever agent holds it.
+        let again = insert(&new_ch, &id(i), vector(1000 + i as u64, DIMS)).await.unwrap_err();
+        assert_eq!(again.code(), Code::AlreadyExists, "{}: {again:?}", id(i));
+    }
+
+    // Updates through the new set: each id ends on its new owner only, with the new vector.
+    for i in 0..IDS {
+        let req = update::Request {
+            vector: Some(object::Vector { id: id(i), vector: vector(5000 + i as u64, DIMS), timestamp: 0 }),
+            config: None,
+        };
+        UpdateClient::new(new_ch.clone()).update(req).await.unwrap();
+    }
+    let mut on_fourth = 0;
+    for i in 0..IDS {
+        let h = holders(&direct, &id(i)).await;
+        assert_eq!(h.len(), 1, "{} held by {h:?} after the update: a copy was left behind", id(i));
+        on_fourth += usize::from(h[0] == 3);
+        // Searching the old vector never finds the id at distance 0 (no stale copy answers).
+        let hits = search(&new_ch, vector(i as u64, DIMS), 10).await;
+        assert!(!hits.iter().any(|d| d.id == id(i) && d.distance < 1e-4), "{} stale: {hits:?}", id(i));
+        let hits = search(&new_ch, vector(5000 + i as u64, DIMS), 1).await;
+        assert_eq!(hits[0].id, id(i));
+    }
+    assert!(on_fourth > 0, "no id moved to the fourth agent: the test would prove nothing");
+    eprintln!("{on_fourth} of {IDS} ids moved to the fourth agent on update");
+
+    // A remove through either set takes the id off every agent.
+    for (ch, i) in [(&old_ch, 0usize), (&new_ch, 1)] {
+        let req = remove::Request { id: Some(object::Id { id: id(i) }), config: None };
+        RemoveClient::new(ch.clone()).remove(req).await.unwrap();
+        assert!(holders(&direct, &id(i)).await.is_empty(), "{} still held", id(i));
+        assert_eq!(get(&old_ch, &id(i)).await, None);
+        assert_eq!(get(&new_ch, &id(i)).await, None);
+    }
+}
