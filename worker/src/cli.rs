@@ -39,6 +39,8 @@ pub enum Command {
     Agent(crate::online::args::AgentArgs),
     /// Serve vald.v1.Filter: vectorize, place on agents, fan out searches.
     Filter(crate::online::args::FilterArgs),
+    /// After the agent set changed: move every object to its owners under the new set.
+    Rebalance(crate::online::args::RebalanceArgs),
     /// Serve filter.ingress.v1.Filter GenVector with a feature-hashing text/bytes embedding.
     Vectorize(crate::online::args::VectorizeArgs),
 }

@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(a) => kim_worker::online::agent::run(a),
         Command::Filter(a) => kim_worker::online::gateway::run(a),
         Command::Vectorize(a) => kim_worker::online::vectorizer::run(a),
+        Command::Rebalance(a) => kim_worker::online::rebalance::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

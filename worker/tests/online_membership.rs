@@ -81,12 +81,70 @@ async fn a_fourth_agent_neither_duplicates_nor_serves_stale_vectors() {
     assert!(on_fourth > 0, "no id moved to the fourth agent: the test would prove nothing");
     eprintln!("{on_fourth} of {IDS} ids moved to the fourth agent on update");
 
-    // A remove through either set takes the id off every agent.
-    for (ch, i) in [(&old_ch, 0usize), (&new_ch, 1)] {
+    // A remove takes the id off every agent of the set: through the new set any id, through
+    // the old one an id that stayed on its three agents.
+    let mut stayed = 0;
+    while holders(&direct, &id(stayed)).await == [3] {
+        stayed += 1;
+    }
+    let other = (0..IDS).find(|&i| i != stayed).unwrap();
+    for (ch, i) in [(&old_ch, stayed), (&new_ch, other)] {
         let req = remove::Request { id: Some(object::Id { id: id(i) }), config: None };
         RemoveClient::new(ch.clone()).remove(req).await.unwrap();
         assert!(holders(&direct, &id(i)).await.is_empty(), "{} still held", id(i));
         assert_eq!(get(&old_ch, &id(i)).await, None);
         assert_eq!(get(&new_ch, &id(i)).await, None);
+    }
+}
+
+/// `kim-worker rebalance` after 3 → 4 agents, then after one agent is lost (4 → 3): every
+/// id ends on exactly `replicas` agents, the owners the gateways of the new set look at, and
+/// none is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_moves_ids_to_new_agents_and_remakes_lost_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents: Vec<Server> =
+        (1..=4).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
+    let addrs: Vec<String> = agents.iter().map(Server::addr).collect();
+    let three = addrs[..3].join(",");
+    let gw = Server::start("gw-three", dir.path(), &["filter", "--agents", &three, "--replicas", "2"]);
+    let gw_ch = gw.channel().await;
+    let mut direct = Vec::new();
+    for a in &agents {
+        direct.push(a.channel().await);
+    }
+    let id = |i: usize| format!("id{i}");
+    for i in 0..IDS {
+        insert(&gw_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();
+    }
+    let rebalance = |set: &str| -> serde_json::Value {
+        serde_json::from_str(common::worker(&["rebalance", "--agents", set, "--replicas", "2"]).trim()).unwrap()
+    };
+
+    // 3 → 4: ids whose owners now include the fourth agent move there.
+    let r = rebalance(&addrs.join(","));
+    assert_eq!(r["objects"], IDS);
+    assert!(r["copied"].as_u64().unwrap() > 0 && r["removed"] == r["copied"], "{r}");
+    let mut on_fourth = 0;
+    for i in 0..IDS {
+        let h = holders(&direct, &id(i)).await;
+        assert_eq!(h.len(), 2, "{} on {h:?}", id(i));
+        on_fourth += usize::from(h.contains(&3));
+    }
+    assert!(on_fourth > 0, "{r}");
+    // A second pass has nothing to do.
+    let again = rebalance(&addrs.join(","));
+    assert_eq!((again["copied"].as_u64(), again["removed"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    // 4 → 3, the fourth agent lost with its copies: its ids get their second replica back.
+    agents[3].kill9();
+    let r = rebalance(&three);
+    assert!(r["copied"].as_u64().unwrap() >= on_fourth as u64, "{r}");
+    for i in 0..IDS {
+        let h = holders(&direct[..3], &id(i)).await;
+        assert_eq!(h.len(), 2, "{} on {h:?} after losing an agent", id(i));
+        assert_eq!(get(&gw_ch, &id(i)).await, Some(vector(i as u64, DIMS)));
+        let dup = insert(&gw_ch, &id(i), vector(9 + i as u64, DIMS)).await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists);
     }
 }

@@ -149,6 +149,20 @@ pub struct FilterArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct RebalanceArgs {
+    /// Every agent of the new set (HOST:PORT, comma-separated or repeated), as the gateways'
+    /// --agents lists them.
+    #[arg(long, env = "KIM_AGENTS", value_delimiter = ',', required = true)]
+    pub agents: Vec<String>,
+    /// Agents each object is written to, as the gateways' --replicas.
+    #[arg(long, env = "KIM_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// TLS towards the agents.
+    #[command(flatten)]
+    pub tls: ClientTls,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct VectorizeArgs {
     /// gRPC address of filter.ingress.v1.Filter.
     #[arg(long, env = "KIM_LISTEN", default_value = "0.0.0.0:8081")]

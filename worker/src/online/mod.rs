@@ -1,6 +1,7 @@
 //! The online (Vald-compatible) path: `agent` (one persistent shard), `gateway` (the
 //! vald.v1.Filter front door), `vectorizer` (a text/bytes embedding behind
-//! filter.ingress.v1), and `source` (reading agents into a batch snapshot).
+//! filter.ingress.v1), `source` (reading agents into a batch snapshot) and `rebalance`
+//! (objects to their owners after the agent set changed).
 
 pub mod agent;
 pub mod args;
@@ -9,6 +10,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
+pub mod rebalance;
 pub mod source;
 pub mod tls;
 pub mod vectorizer;
