@@ -25,17 +25,20 @@ fn is_verdict(s: &Status) -> bool {
     matches!(s.code(), Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::FailedPrecondition)
 }
 
-/// The answers of several agents as one: every success, or else the first verdict, or else
-/// the first failure.
+/// The answers of several agents as one: every success, or else the first verdict (one
+/// other than NOT_FOUND first: asked every agent, those that do not hold the id say NOT_FOUND
+/// while a holder's ALREADY_EXISTS is the answer), or else the first failure.
 pub(super) fn settle<T>(what: &str, answers: Vec<(String, Result<T, Status>)>) -> Result<Vec<T>, Status> {
     let mut oks = Vec::new();
-    let mut verdict = None;
+    let mut verdict: Option<Status> = None;
     let mut failure = None;
     for (addr, r) in answers {
         match r {
             Ok(t) => oks.push(t),
             Err(s) if is_verdict(&s) => {
-                verdict.get_or_insert(Status::new(s.code(), format!("agent {addr}: {}", s.message())));
+                if verdict.as_ref().is_none_or(|v| v.code() == Code::NotFound && s.code() != Code::NotFound) {
+                    verdict = Some(Status::new(s.code(), format!("agent {addr}: {}", s.message())));
+                }
             }
             Err(s) => {
                 tracing::warn!(agent = %addr, code = ?s.code(), error = %s.message(), "{what} failed on an agent");
@@ -362,5 +365,20 @@ impl Gateway {
             .into_iter()
             .map(|(a, r)| r.map(|t| (a.clone(), t)).map_err(|s| backend_error("agent", &a, s)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holders_verdict_beats_the_not_found_of_agents_without_the_id() {
+        let nf = || Err::<(), _>(Status::not_found("no such object"));
+        let answers =
+            vec![("a".to_string(), nf()), ("b".into(), Err(Status::already_exists("not newer"))), ("c".into(), nf())];
+        assert_eq!(settle("t", answers).unwrap_err().code(), Code::AlreadyExists);
+        assert_eq!(settle("t", vec![("a".to_string(), nf()), ("b".into(), nf())]).unwrap_err().code(), Code::NotFound);
+        assert_eq!(settle("t", vec![("a".to_string(), nf()), ("b".into(), Ok(()))]).unwrap().len(), 1);
     }
 }
