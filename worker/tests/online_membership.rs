@@ -27,21 +27,26 @@ async fn holders(agents: &[Channel], id: &str) -> Vec<usize> {
     out
 }
 
+/// Four agents under `dir`, their addresses, and a direct channel to each.
+async fn four_agents(dir: &std::path::Path) -> (Vec<Server>, Vec<String>, Vec<Channel>) {
+    let agents: Vec<Server> = (1..=4).map(|i| Server::agent(&format!("agent{i}"), dir, DIMS, "cosine", &[])).collect();
+    let addrs = agents.iter().map(Server::addr).collect();
+    let mut direct = Vec::new();
+    for a in &agents {
+        direct.push(a.channel().await);
+    }
+    (agents, addrs, direct)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_agent_neither_duplicates_nor_serves_stale_vectors() {
     let dir = tempfile::tempdir().unwrap();
-    let agents: Vec<Server> =
-        (1..=4).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
-    let addrs: Vec<String> = agents.iter().map(Server::addr).collect();
+    let (_agents, addrs, direct) = four_agents(dir.path()).await;
     let gateway = |name: &str, n: usize| {
         Server::start(name, dir.path(), &["filter", "--agents", &addrs[..n].join(","), "--replicas", "1"])
     };
     let (old, new) = (gateway("gw-three", 3), gateway("gw-four", 4));
     let (old_ch, new_ch) = (old.channel().await, new.channel().await);
-    let mut direct = Vec::new();
-    for a in &agents {
-        direct.push(a.channel().await);
-    }
     let id = |i: usize| format!("id{i}");
     for i in 0..IDS {
         insert(&old_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();
@@ -103,16 +108,10 @@ async fn a_fourth_agent_neither_duplicates_nor_serves_stale_vectors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_moves_ids_to_new_agents_and_remakes_lost_replicas() {
     let dir = tempfile::tempdir().unwrap();
-    let mut agents: Vec<Server> =
-        (1..=4).map(|i| Server::agent(&format!("agent{i}"), dir.path(), DIMS, "cosine", &[])).collect();
-    let addrs: Vec<String> = agents.iter().map(Server::addr).collect();
+    let (mut agents, addrs, direct) = four_agents(dir.path()).await;
     let three = addrs[..3].join(",");
     let gw = Server::start("gw-three", dir.path(), &["filter", "--agents", &three, "--replicas", "2"]);
     let gw_ch = gw.channel().await;
-    let mut direct = Vec::new();
-    for a in &agents {
-        direct.push(a.channel().await);
-    }
     let id = |i: usize| format!("id{i}");
     for i in 0..IDS {
         insert(&gw_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();

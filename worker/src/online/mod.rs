@@ -24,6 +24,26 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+/// Every object an agent holds, read through Object.StreamListObject with `client` (its
+/// message size limits set by the caller); an in-band status ends the listing as an error.
+pub async fn list_objects(
+    mut client: kim_proto::vald::v1::object_client::ObjectClient<tonic::transport::Channel>,
+) -> Result<Vec<kim_proto::payload::v1::object::Vector>, Status> {
+    use kim_proto::payload::v1::object::list;
+    let mut s = client.stream_list_object(list::Request {}).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = s.next().await {
+        match item?.payload {
+            Some(list::response::Payload::Vector(v)) => out.push(v),
+            Some(list::response::Payload::Status(st)) => {
+                return Err(Status::new(tonic::Code::from(st.code), st.message))
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
 /// A server-streaming reply.
 pub type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 

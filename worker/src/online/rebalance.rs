@@ -7,11 +7,9 @@
 
 use std::collections::HashMap;
 
-use futures::StreamExt;
 use kim_proto::payload::v1::{object, remove, upsert};
 use kim_proto::vald::v1::{object_client::ObjectClient, remove_client::RemoveClient, upsert_client::UpsertClient};
 use serde::Serialize;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use super::args::RebalanceArgs;
@@ -50,7 +48,10 @@ async fn rebalance(a: &RebalanceArgs) -> anyhow::Result<Report> {
     // id → (newest version, the agents holding it with their timestamps)
     let mut held: HashMap<String, (object::Vector, Vec<(String, i64)>)> = HashMap::new();
     for addr in &agents {
-        for v in list(&channels[addr]).await.map_err(|s| anyhow::anyhow!("listing agent {addr}: {}", s.message()))? {
+        let client = ObjectClient::new(channels[addr].clone()).max_decoding_message_size(64 << 20);
+        for v in
+            super::list_objects(client).await.map_err(|s| anyhow::anyhow!("listing agent {addr}: {}", s.message()))?
+        {
             let e = held.entry(v.id.clone()).or_insert_with(|| (v.clone(), Vec::new()));
             if v.timestamp > e.0.timestamp {
                 e.0 = v.clone();
@@ -95,23 +96,4 @@ async fn rebalance(a: &RebalanceArgs) -> anyhow::Result<Report> {
         "rebalanced"
     );
     Ok(report)
-}
-
-async fn list(ch: &Channel) -> Result<Vec<object::Vector>, tonic::Status> {
-    let mut s = ObjectClient::new(ch.clone())
-        .max_decoding_message_size(64 << 20)
-        .stream_list_object(object::list::Request {})
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(item) = s.next().await {
-        match item?.payload {
-            Some(object::list::response::Payload::Vector(v)) => out.push(v),
-            Some(object::list::response::Payload::Status(st)) => {
-                return Err(tonic::Status::new(Code::from(st.code), st.message))
-            }
-            None => {}
-        }
-    }
-    Ok(out)
 }

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::future::join_all;
-use futures::StreamExt;
 use kim_proto::payload::v1::{object, remove, search, update, upsert};
 use kim_proto::vald::v1::{
     object_client::ObjectClient, remove_client::RemoveClient, search_client::SearchClient, update_client::UpdateClient,
@@ -249,22 +248,7 @@ impl Gateway {
         let m = self.max_message;
         let lists = join_all(self.every()?.into_iter().map(|addr| async move {
             let ch = self.pool.agent(&addr)?;
-            let read = async {
-                let mut s =
-                    sized!(ObjectClient::new(ch), m).stream_list_object(object::list::Request {}).await?.into_inner();
-                let mut out = Vec::new();
-                while let Some(item) = s.next().await {
-                    match item?.payload {
-                        Some(object::list::response::Payload::Vector(v)) => out.push(v),
-                        Some(object::list::response::Payload::Status(st)) => {
-                            return Err(Status::new(Code::from(st.code), st.message))
-                        }
-                        None => {}
-                    }
-                }
-                Ok(out)
-            };
-            let r = read.await;
+            let r = crate::online::list_objects(sized!(ObjectClient::new(ch), m)).await;
             self.health.record(&addr, r.as_ref().map(|_| ()));
             r.map_err(|s| backend_error("agent", &addr, s))
         }))
