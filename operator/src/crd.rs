@@ -631,6 +631,43 @@ pub struct MatchingIndexStatus {
     /// pool when `matcher.pool` is turned off or the MatchingIndex is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The online agents the gateways write to and read, and the rebalance that follows a
+    /// change of `online.agents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<OnlineStatus>,
+}
+
+/// Where the online path stands in a change of `online.agents`. A scale-up first lets the
+/// gateways read the new agents, then makes them owners, then moves their objects to them; a
+/// scale-down first stops writing to the leaving agents (still read), drains them, then stops
+/// reading and removes them. Every read covers every agent a write may have reached.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnlineStatus {
+    /// Agents `<name>-agent-0 … agents-1` the gateways write to: the owners of objects.
+    pub agents: i32,
+    /// Agents the gateways read (at least `agents`): during a change also the ones joining
+    /// or being drained. The agent StatefulSet runs this many.
+    pub reading: i32,
+    /// The rebalance after the last change of the owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceStatus {
+    /// The Job running `kim-worker rebalance`.
+    pub job: String,
+    /// Pending (waiting for the gateways to take the new set), Running, Succeeded or Failed.
+    pub state: String,
+    /// Owners it puts every object on.
+    pub agents: i32,
+    /// Agents it drains (read until it has emptied them).
+    pub drain: i32,
+    /// What it did (objects, copies written and removed) or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

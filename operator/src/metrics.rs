@@ -116,6 +116,14 @@ mod tests {
         assert!((since - 2..=since + 2).contains(&secs), "age {secs}, expected about {since}");
         assert!(lines(&m, &format!("kim_operator_matchingindex_snapshot_age_seconds{}", l("cars"))).is_empty());
 
+        let mut changing = status(Phase::Ready, 2000, None, 2);
+        changing.online = Some(crate::crd::OnlineStatus { agents: 3, reading: 4, rebalance: None });
+        m.index.observe("team", "faces", &changing);
+        let text = m.encode();
+        assert!(text.contains(&format!("kim_operator_matchingindex_online_agents{}}} 3", l("faces"))), "{text}");
+        assert!(text.contains(&format!("kim_operator_matchingindex_online_agents_read{}}} 4", l("faces"))), "{text}");
+        assert!(!text.contains(&format!("kim_operator_matchingindex_online_agents{}", l("cars"))), "no online path");
+
         m.index.forget("team", "faces");
         let text = m.encode();
         assert!(!text.contains("name=\"faces\""), "{text}");

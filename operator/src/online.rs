@@ -1,9 +1,13 @@
 //! Pure builders for a MatchingIndex's online path: the agent StatefulSet with its headless
-//! Service, and the Vald Filter gateway Deployment with its Service.
+//! Service, the Vald Filter gateway Deployment with its Service, and the rebalance Job that
+//! follows a change of `online.agents`. Agents are named by their stable per-pod DNS names
+//! (`<name>-agent-<i>.<name>-agent.<namespace>.svc`), so an agent restarted with another IP
+//! keeps owning the same objects.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
@@ -14,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use crate::build::jobs::{worker_job, Run};
 use crate::build::pod::{self, env, env_from_field, http_probe, mount, secret_volume};
 use crate::build::{labels, metric, selector_labels, worker_image, Defaults};
 use crate::crd::{Indexer, MatchingIndex, OnlineSpec};
@@ -31,12 +36,35 @@ fn agent_name(mi: &MatchingIndex) -> String {
     format!("{}-agent", mi.name_any())
 }
 
-/// `agents://` source naming every agent pod through the headless Service.
-pub fn agents_source(mi: &MatchingIndex) -> String {
+/// Which agents the gateways write to (`owners`, the first ones) and read (`reading`, at least
+/// `owners`), and how many agent pods run (`running`, at least `reading`; more only until the
+/// gateways stopped reading the ones leaving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentSet {
+    pub owners: i32,
+    pub reading: i32,
+    pub running: i32,
+}
+
+impl AgentSet {
+    /// Nothing changing: every agent of the spec owns, is read and runs.
+    pub fn steady(mi: &MatchingIndex) -> AgentSet {
+        let n = online(mi).agents.max(1);
+        AgentSet { owners: n, reading: n, running: n }
+    }
+}
+
+/// The stable addresses (HOST:PORT) of agents `range`.
+pub fn agent_addrs(mi: &MatchingIndex, range: std::ops::Range<i32>) -> Vec<String> {
     let (name, ns) = (agent_name(mi), mi.namespace().unwrap_or_default());
-    let addrs: Vec<String> =
-        (0..online(mi).agents.max(1)).map(|i| format!("{name}-{i}.{name}.{ns}.svc:{GRPC_PORT}")).collect();
-    format!("agents://{}", addrs.join(","))
+    range.map(|i| format!("{name}-{i}.{name}.{ns}.svc:{GRPC_PORT}")).collect()
+}
+
+/// `agents://` source naming every agent pod that may hold objects: the spec's, and during a
+/// scale-down also those still being drained.
+pub fn agents_source(mi: &MatchingIndex) -> String {
+    let reading = mi.status.as_ref().and_then(|s| s.online.as_ref()).map_or(0, |o| o.reading);
+    format!("agents://{}", agent_addrs(mi, 0..online(mi).agents.max(reading).max(1)).join(","))
 }
 
 /// Server flags: TLS only, and client certificates required when a client Secret is named.
@@ -133,24 +161,27 @@ pub fn agent_args(mi: &MatchingIndex) -> Vec<String> {
     .collect()
 }
 
-/// `kim-worker filter` arguments: agents found through the headless Service's DNS name.
-pub fn gateway_args(mi: &MatchingIndex) -> Vec<String> {
+/// `kim-worker filter` arguments: the owners by their stable names, and the agents read but
+/// not written while the set changes.
+pub fn gateway_args(mi: &MatchingIndex, set: AgentSet) -> Vec<String> {
     let o = online(mi);
-    let dns = format!("{}.{}.svc:{GRPC_PORT}", agent_name(mi), mi.namespace().unwrap_or_default());
     let mut a: Vec<String> = [
         "filter",
         "--listen",
         &format!("0.0.0.0:{GRPC_PORT}"),
         "--http",
         &format!("0.0.0.0:{HTTP_PORT}"),
-        "--agents-dns",
-        &dns,
+        "--agents",
+        &agent_addrs(mi, 0..set.owners).join(","),
         "--replicas",
         &o.replicas.to_string(),
     ]
     .iter()
     .map(|x| x.to_string())
     .collect();
+    if set.reading > set.owners {
+        a.extend(["--read-agents".into(), agent_addrs(mi, set.owners..set.reading).join(",")]);
+    }
     if let Some(v) = &o.vectorizer {
         a.extend(["--vectorizer".into(), v.clone()]);
     }
@@ -165,7 +196,7 @@ pub fn gateway_args(mi: &MatchingIndex) -> Vec<String> {
     a
 }
 
-pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> StatefulSet {
+pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, set: AgentSet) -> StatefulSet {
     let o = online(mi);
     let lbl = labels(mi, "agent");
     let (tls_vols, tls_mounts) = tls_volumes(mi);
@@ -197,7 +228,7 @@ pub fn agent_statefulset(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Stat
     StatefulSet {
         metadata: pod::meta(agent_name(mi), mi.namespace(), &lbl, Some(pod::owner_ref(mi))),
         spec: Some(StatefulSetSpec {
-            replicas: Some(o.agents),
+            replicas: Some(set.running),
             service_name: Some(agent_name(mi)),
             pod_management_policy: Some("Parallel".into()),
             selector: pod::selector(selector_labels(mi, "agent")),
@@ -246,7 +277,7 @@ pub fn agent_pdb(mi: &MatchingIndex) -> PodDisruptionBudget {
     crate::build::pdb(mi, agent_name(mi), "agent", (online(mi).replicas - 1).max(1))
 }
 
-pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Deployment {
+pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, set: AgentSet) -> Deployment {
     let o = online(mi);
     let lbl = labels(mi, "gateway");
     let (tls_vols, tls_mounts) = tls_volumes(mi);
@@ -254,7 +285,7 @@ pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
         env: Some(vec![env("KIM_LOG_FORMAT", "json")]),
         volume_mounts: (!tls_mounts.is_empty()).then_some(tls_mounts),
         resources: o.gateway_resources.clone(),
-        ..server_container("gateway", worker_image(ix, d), d, gateway_args(mi))
+        ..server_container("gateway", worker_image(ix, d), d, gateway_args(mi, set))
     };
     let scheduling = o.gateway_scheduling.as_ref().or(ix.spec.scheduling.as_ref());
     Deployment {
@@ -270,4 +301,53 @@ pub fn gateway_deployment(mi: &MatchingIndex, ix: &Indexer, d: &Defaults) -> Dep
         }),
         ..Default::default()
     }
+}
+
+/// `kim-worker rebalance` arguments: every object onto its owners among `set.owners`, the
+/// agents up to `set.reading` drained; progress on the HTTP port, the report as the
+/// termination message.
+pub fn rebalance_args(mi: &MatchingIndex, set: AgentSet) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "rebalance",
+        "--agents",
+        &agent_addrs(mi, 0..set.owners).join(","),
+        "--replicas",
+        &online(mi).replicas.to_string(),
+        "--http",
+        &format!("0.0.0.0:{HTTP_PORT}"),
+        "--termination-message-path",
+        "/dev/termination-log",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    if set.reading > set.owners {
+        a.extend(["--drain".into(), agent_addrs(mi, set.owners..set.reading).join(",")]);
+    }
+    a.extend(tls_client_args(mi));
+    a
+}
+
+/// The Job that rebalances the agents after a change of `online.agents` (owned by the
+/// MatchingIndex, kept an hour after it finishes).
+pub fn rebalance_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, name: String, set: AgentSet) -> Job {
+    let (volumes, mounts) = tls_volumes(mi);
+    let run = Run {
+        name,
+        container: "rebalance",
+        labels: labels(mi, "rebalance"),
+        args: rebalance_args(mi, set),
+        storage: crate::build::StorageParts { volumes, mounts, env: Vec::new() },
+        resources: None,
+        owned: true,
+        backoff_limit: 3,
+        deadline_secs: 6 * 3600,
+        ttl_secs: 3600,
+    };
+    let mut job = worker_job(mi, ix, d, run);
+    if let Some(c) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| &mut p.containers[0]) {
+        c.ports =
+            Some(vec![ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() }]);
+    }
+    job
 }

@@ -393,7 +393,8 @@ async fn online_section_creates_agents_and_gateway() {
     let gw_spec = gw.spec.unwrap();
     assert_eq!(gw_spec.replicas, Some(2));
     let args = gw_spec.template.spec.unwrap().containers[0].args.clone().unwrap();
-    assert!(args.windows(2).any(|w| w == ["--agents-dns", "texts-agent.online.svc:8081"]), "{args:?}");
+    let agents = (0..3).map(|i| format!("texts-agent-{i}.texts-agent.online.svc:8081")).collect::<Vec<_>>().join(",");
+    assert!(args.windows(2).any(|w| w[0] == "--agents" && w[1] == agents), "{args:?}");
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     eventually_async(20, "agent disruption budget", || async { pdbs.get_opt("texts-agent").await.unwrap() }).await;
 

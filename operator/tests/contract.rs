@@ -4,6 +4,7 @@
 use clap::Parser;
 use kim_operator::build::{self, Defaults};
 use kim_operator::crd::{Indexer, IndexerSpec, MatchingIndex, MatchingIndexSpec};
+use kim_operator::online::AgentSet;
 use kim_worker::cli::{Cli, Command};
 use kube::CustomResourceExt;
 use serde_json::json;
@@ -93,7 +94,7 @@ fn a_split_label_gives_an_indexed_build_and_one_matcher_per_shard_the_worker_acc
     assert_eq!((a.shard.shards, a.shard.shard), (3, 2));
     std::env::set_var("KIM_REDIS_URL", "redis://redis:6379");
     // Matchers follow the layout of the snapshot served (3 shards once it is built).
-    let children = build::children(&mi, &ix, &d, build::Matchers::Fixed(2), 3);
+    let children = build::children(&mi, &ix, &d, build::Matchers::Fixed(2), 3, AgentSet::steady(&mi));
     let names: Vec<String> = children.deployments.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["faces-matcher-0-of-3", "faces-matcher-1-of-3", "faces-matcher-2-of-3"].map(String::from));
     for (i, dep) in children.deployments.iter().enumerate() {
@@ -131,8 +132,12 @@ fn online_args_parse_with_the_worker() {
     );
     let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
     assert_eq!((a.dimensions, a.m, a.listen.port()), (512, 24, 8081));
-    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
-    assert_eq!(f.agents_dns.as_deref(), Some("faces-agent.team-a.svc:8081"));
+    let steady = AgentSet::steady(&mi);
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi, steady)).command else {
+        panic!("not filter")
+    };
+    let agent = |i: usize| format!("faces-agent-{i}.faces-agent.team-a.svc:8081");
+    assert_eq!((f.agents.clone(), f.read_agents.clone()), ((0..3).map(agent).collect(), vec![]));
     assert_eq!(
         (f.replicas, f.vectorizer.as_deref(), f.egress_filter.clone()),
         (2, Some("vec:8081"), vec!["eg:1".to_string()])
@@ -141,14 +146,25 @@ fn online_args_parse_with_the_worker() {
     mi.spec.source = serde_json::from_value(json!({"agents": true})).unwrap();
     let Command::Index(i) = parse(&build::index_args(&mi, &ix)).command else { panic!("not index") };
     assert_eq!(i.source.to_str(), Some("agents://faces-agent-0.faces-agent.team-a.svc:8081,faces-agent-1.faces-agent.team-a.svc:8081,faces-agent-2.faces-agent.team-a.svc:8081"));
-    let sts = kim_operator::online::agent_statefulset(
-        &mi,
-        &ix,
-        &Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() },
-    );
+    let d = Defaults { worker_image: "w".into(), image_pull_policy: "Never".into() };
+    let sts = kim_operator::online::agent_statefulset(&mi, &ix, &d, steady);
     let spec = sts.spec.unwrap();
     assert_eq!((spec.replicas, spec.service_name.as_deref()), (Some(3), Some("faces-agent")));
     assert_eq!(spec.volume_claim_templates.unwrap()[0].metadata.name.as_deref(), Some("data"));
+
+    // Mid-change (owners 2, the third read while it drains, four pods still running): the
+    // gateway reads the third without writing it, the rebalance drains it, the pods stay.
+    let changing = AgentSet { owners: 2, reading: 3, running: 4 };
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi, changing)).command else { panic!() };
+    assert_eq!((f.agents, f.read_agents), ((0..2).map(agent).collect(), vec![agent(2)]));
+    let Command::Rebalance(r) = parse(&kim_operator::online::rebalance_args(&mi, changing)).command else { panic!() };
+    assert_eq!((r.agents, r.drain, r.replicas), ((0..2).map(agent).collect(), vec![agent(2)], 2));
+    assert_eq!(r.termination_message_path.unwrap().to_str(), Some("/dev/termination-log"));
+    let job = kim_operator::online::rebalance_job(&mi, &ix, &d, "faces-rebalance-1".into(), changing);
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers[0].args.as_deref(), Some(&kim_operator::online::rebalance_args(&mi, changing)[..]));
+    let sts = kim_operator::online::agent_statefulset(&mi, &ix, &d, changing);
+    assert_eq!(sts.spec.unwrap().replicas, Some(4));
 }
 
 #[test]
@@ -168,7 +184,10 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
         Some("/etc/kim/tls/server/ca.crt"),
         "a client Secret means mutual TLS"
     );
-    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
+    let steady = AgentSet::steady(&mi);
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi, steady)).command else {
+        panic!("not filter")
+    };
     assert_eq!(f.tls.tls_key.unwrap().to_str(), Some("/etc/kim/tls/server/tls.key"));
     assert_eq!(f.backend_tls.tls_ca.unwrap().to_str(), Some("/etc/kim/tls/server/ca.crt"));
     assert_eq!(f.backend_tls.tls_client_cert.unwrap().to_str(), Some("/etc/kim/tls/client/tls.crt"));
@@ -185,8 +204,11 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
     let mounts = pod.containers[0].volume_mounts.clone().unwrap();
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/kim/tls/client" && m.read_only == Some(true)), "{mounts:?}");
     for (name, spec) in [
-        ("agents", kim_operator::online::agent_statefulset(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
-        ("gateway", kim_operator::online::gateway_deployment(&mi, &ix, &d).spec.unwrap().template.spec.unwrap()),
+        ("agents", kim_operator::online::agent_statefulset(&mi, &ix, &d, steady).spec.unwrap().template.spec.unwrap()),
+        (
+            "gateway",
+            kim_operator::online::gateway_deployment(&mi, &ix, &d, steady).spec.unwrap().template.spec.unwrap(),
+        ),
     ] {
         let secrets: Vec<String> =
             spec.volumes.unwrap().iter().filter_map(|v| v.secret.as_ref()?.secret_name.clone()).collect();
@@ -202,7 +224,10 @@ fn online_tls_mounts_the_secrets_and_its_flags_parse() {
     );
     let Command::Agent(a) = parse(&kim_operator::online::agent_args(&mi)).command else { panic!("not agent") };
     assert!(a.tls.tls_client_ca.is_none());
-    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi)).command else { panic!("not filter") };
+    let steady = AgentSet::steady(&mi);
+    let Command::Filter(f) = parse(&kim_operator::online::gateway_args(&mi, steady)).command else {
+        panic!("not filter")
+    };
     assert_eq!(
         (f.backend_tls.tls_server_name.as_deref(), f.backend_tls.tls_client_cert),
         (Some("agents.example"), None)

@@ -5,71 +5,25 @@
 //! one pool matcher serves all 50 labels, no label has a Deployment of its own, and a deleted
 //! MatchingIndex stops being served.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, Pod};
 use kim_operator::crd::{Indexer, MatchingIndex, Phase};
-use kim_testkit::{eventually_async, free_port, http_get, repo, Cluster, Proc, Profile, Redis};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kim_testkit::{eventually_async, free_port, http_get, Proc, Redis};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use redis::Commands;
-use serde_json::json;
+use support::local_args;
 
 const NS: &str = "pools";
 const LABELS: usize = 50;
 
-fn worker_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_kim-operator")).with_file_name("kim-worker");
-    assert!(p.exists(), "{} missing: cargo build --release -p kim-worker", p.display());
-    p
-}
-
-/// A container's arguments with the pod's mounts mapped onto `root`.
-fn local_args(c: &Container, root: &Path, http: u16) -> Vec<String> {
-    let root = root.to_str().unwrap();
-    c.args
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|a| match a.as_str() {
-            "/dev/termination-log" => format!("{root}/termination-{}", free_port()),
-            "0.0.0.0:8080" => format!("127.0.0.1:{http}"),
-            _ => a.replacen("/storage", root, 1),
-        })
-        .collect()
-}
-
-/// Plays kubelet and the Job controller for a build Job: runs its container's arguments and
-/// completes the Job with the report the worker wrote as its termination message.
 async fn run_build(client: &Client, root: &Path, job: &Job) {
-    let name = job.name_any();
-    let c = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
-    let args = local_args(c, root, 0);
-    let out = Command::new(worker_bin()).args(&args).env("KIM_LOG", "warn").output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let at = args.iter().position(|a| a == "--termination-message-path").unwrap();
-    let report = std::fs::read_to_string(&args[at + 1]).unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{name}-x"), "labels": {"batch.kubernetes.io/job-name": name}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "index", "image": "kim-worker:test"}]}}))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let terminated = json!({"exitCode": 0, "message": report, "startedAt": now, "finishedAt": now});
-    let st = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "index", "image": "kim-worker:test",
-        "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": terminated}}]}});
-    pods.patch_status(&format!("{name}-x"), &PatchParams::default(), &Patch::Merge(&st)).await.unwrap();
-    let cond = |t: &str| json!({"type": t, "status": "True", "reason": "CompletionsReached", "lastProbeTime": now, "lastTransitionTime": now});
-    let st = json!({"status": {"startTime": now, "completionTime": now, "succeeded": 1, "active": 0, "ready": 0,
-        "terminating": 0, "conditions": [cond("SuccessCriteriaMet"), cond("Complete")]}});
-    Api::<Job>::namespaced(client.clone(), NS)
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
-        .await
-        .unwrap();
+    support::run_job(client, NS, root, job, &[]).await;
 }
 
 fn label(i: usize) -> String {
@@ -78,26 +32,15 @@ fn label(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_labels_in_one_pool_are_served_by_the_pool_alone_and_a_deleted_one_stops() {
-    let c = Cluster::up(Profile::Core);
-    let client = c.client().await;
-    c.kubectl(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    c.wait_crds();
-    c.namespace(NS);
+    let (c, client, op) = support::cluster_with_operator(NS).await;
     let redis = Redis::start(c.dir.path());
     let root = c.dir.path().join("storage");
-    let out = Command::new(worker_bin())
+    let out = Command::new(support::worker_bin())
         .args(["gen", "--out", root.join("data").to_str().unwrap(), "--identities", "8", "--samples", "2"])
         .args(["--mated-probes", "4", "--nonmated-probes", "4"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let http = free_port();
-    let mut op = Command::new(env!("CARGO_BIN_EXE_kim-operator"));
-    op.args(["--http", &format!("127.0.0.1:{http}"), "--identity", "op-1", "--lease-duration", "3s"])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("KIM_WORKER_IMAGE", "kim-worker:test")
-        .env("KIM_LOG", "info,kube=warn");
-    let op = Proc::spawn("operator", &mut op, c.dir.path());
 
     let url = redis.url();
     let ix = format!(
@@ -121,8 +64,8 @@ async fn fifty_labels_in_one_pool_are_served_by_the_pool_alone_and_a_deleted_one
     let env_url = container.env.iter().flatten().find(|e| e.name == "KIM_REDIS_URL").unwrap().value.clone();
     assert_eq!(env_url.as_deref(), Some(url.as_str()));
     let matcher_http = free_port();
-    let mut m = Command::new(worker_bin());
-    m.args(local_args(container, &root, matcher_http))
+    let mut m = Command::new(support::worker_bin());
+    m.args(local_args(container, &root, matcher_http, &[]))
         .env("KIM_REDIS_URL", &url)
         .env("KIM_MATCHER_ID", "pool-pool-0")
         .env("KIM_LOG", "info");

@@ -147,3 +147,99 @@ async fn rebalance_moves_ids_to_new_agents_and_remakes_lost_replicas() {
         assert_eq!(dup.code(), Code::AlreadyExists);
     }
 }
+
+/// A planned 4 → 3 with one replica, as the operator runs it: the gateways first write to the
+/// three staying agents and read all four (`--read-agents`), then `rebalance --drain` empties
+/// the fourth while serving its progress, then the fourth goes. With one replica an id on the
+/// fourth agent has no other copy, so any slip loses it: none is lost, duplicated or stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_agent_leaves_without_losing_its_only_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agents, addrs, direct) = four_agents(dir.path()).await;
+    let (three, fourth) = (addrs[..3].join(","), addrs[3].clone());
+    let gw4 = Server::start("gw-four", dir.path(), &["filter", "--agents", &addrs.join(","), "--replicas", "1"]);
+    let gw4_ch = gw4.channel().await;
+    let id = |i: usize| format!("id{i}");
+    for i in 0..IDS {
+        insert(&gw4_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();
+    }
+    let only_on_fourth: Vec<usize> = {
+        let mut v = Vec::new();
+        for i in 0..IDS {
+            if holders(&direct, &id(i)).await == [3] {
+                v.push(i);
+            }
+        }
+        v
+    };
+    assert!(!only_on_fourth.is_empty(), "no id landed on the fourth agent: the test would prove nothing");
+
+    // The draining gateway: owners are the three, the fourth is read only.
+    let args = ["filter", "--agents", &three, "--read-agents", &fourth, "--replicas", "1"];
+    let gw = Server::start("gw-draining", dir.path(), &args);
+    let gw_ch = gw.channel().await;
+    let status = kim_testkit::http_get(gw.http, "/status").expect("gateway /status").1;
+    assert!(status.contains(&format!("\"readOnly\":[\"{fourth}\"]")), "{status}");
+    for &i in &only_on_fourth {
+        assert_eq!(get(&gw_ch, &id(i)).await, Some(vector(i as u64, DIMS)), "{} read through the draining set", id(i));
+        let dup = insert(&gw_ch, &id(i), vector(7 + i as u64, DIMS)).await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists, "{}", id(i));
+        let hits = search(&gw_ch, vector(i as u64, DIMS), 5).await;
+        assert_eq!(hits.iter().filter(|d| d.id == id(i)).count(), 1, "{hits:?}");
+    }
+    // New ids go to the staying agents only.
+    for i in IDS..IDS + 20 {
+        insert(&gw_ch, &id(i), vector(i as u64, DIMS)).await.unwrap();
+        assert!(!holders(&direct, &id(i)).await.contains(&3), "{} written to the draining agent", id(i));
+    }
+
+    // The rebalance, first held up by a stopped agent so its progress can be read live.
+    agents[3].proc.signal("STOP");
+    let (http, report) = (common::free_port(), dir.path().join("report.json"));
+    let mut job = kim_testkit::Proc::spawn(
+        "rebalance",
+        std::process::Command::new(common::worker_bin()).args([
+            "rebalance",
+            "--agents",
+            &three,
+            "--drain",
+            &fourth,
+            "--replicas",
+            "1",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--termination-message-path",
+            report.to_str().unwrap(),
+        ]),
+        dir.path(),
+    );
+    let listing = kim_testkit::eventually(20, "rebalance /status", || {
+        let (code, body) = kim_testkit::http_get(http, "/status")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["phase"] == "listing").then_some(v)
+    });
+    assert_eq!((listing["agents"].as_u64(), listing["drained"].as_u64()), (Some(4), Some(1)), "{listing}");
+    let metrics = kim_testkit::http_get(http, "/metrics").unwrap().1;
+    assert!(metrics.contains("kim_rebalance_objects_done 0"), "{metrics}");
+    agents[3].proc.signal("CONT");
+    let exit = job.wait_exit(std::time::Duration::from_secs(60)).expect("rebalance finished");
+    assert!(exit.success(), "{}", job.log_text());
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["objects"], IDS + 20);
+    assert_eq!(r["done"], r["objects"]);
+    assert_eq!(r["removed"].as_u64(), Some(only_on_fourth.len() as u64), "{r}");
+    assert_eq!(r["copied"], r["removed"], "{r}");
+
+    // The fourth agent is empty and goes; the three hold every id exactly once.
+    for i in 0..IDS + 20 {
+        assert_eq!(holders(&direct, &id(i)).await.len(), 1, "{}", id(i));
+    }
+    agents[3].kill9();
+    let gw3 = Server::start("gw-three", dir.path(), &["filter", "--agents", &three, "--replicas", "1"]);
+    let gw3_ch = gw3.channel().await;
+    for i in 0..IDS + 20 {
+        assert_eq!(get(&gw3_ch, &id(i)).await, Some(vector(i as u64, DIMS)), "{} lost", id(i));
+        let dup = insert(&gw3_ch, &id(i), vector(3 + i as u64, DIMS)).await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists, "{}", id(i));
+    }
+}

@@ -163,7 +163,7 @@ fn label_job(
 }
 
 /// One `kim-worker` run as a Job: what the build, cleanup and rollback Jobs differ in.
-pub(super) struct Run {
+pub(crate) struct Run {
     pub name: String,
     pub container: &'static str,
     pub labels: BTreeMap<String, String>,
@@ -180,7 +180,7 @@ pub(super) struct Run {
 
 /// The worker's Job: its image and pull policy, JSON logs, the storage's env and mounts, the
 /// termination message the operator reads back, no restarts in place, and the fail-fast policy.
-pub(super) fn worker_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, run: Run) -> Job {
+pub(crate) fn worker_job(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, run: Run) -> Job {
     let StorageParts { volumes, mounts, env: storage_env } = run.storage;
     let container = Container {
         name: run.container.into(),

@@ -2,7 +2,7 @@
 //! alone, as typed Kubernetes objects. No I/O here, so every decision about shape is
 //! unit-tested.
 
-mod jobs;
+pub(crate) mod jobs;
 pub mod keda;
 mod matcher;
 pub mod pod;
@@ -146,12 +146,20 @@ pub enum Matchers {
 /// Online agents, their Services and gateway with `spec.online`; matchers once a snapshot
 /// exists, one Deployment per shard of the layout it was built in (`shards`). Anything of this
 /// MatchingIndex not in the result is to be deleted.
-pub fn children(mi: &MatchingIndex, ix: &Indexer, d: &Defaults, matchers: Matchers, shards: i32) -> Children {
+/// `agents`: which agents the gateways use and how many run (see [`crate::online::AgentSet`]).
+pub fn children(
+    mi: &MatchingIndex,
+    ix: &Indexer,
+    d: &Defaults,
+    matchers: Matchers,
+    shards: i32,
+    agents: crate::online::AgentSet,
+) -> Children {
     let mut c = Children::default();
     if mi.spec.online.is_some() {
         c.services = vec![crate::online::agent_service(mi), crate::online::gateway_service(mi)];
-        c.stateful_sets.push(crate::online::agent_statefulset(mi, ix, d));
-        c.deployments.push(crate::online::gateway_deployment(mi, ix, d));
+        c.stateful_sets.push(crate::online::agent_statefulset(mi, ix, d, agents));
+        c.deployments.push(crate::online::gateway_deployment(mi, ix, d, agents));
         c.disruption_budgets.push(crate::online::agent_pdb(mi));
     }
     let replicas = match matchers {

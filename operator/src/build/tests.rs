@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::crd::*;
+use crate::online::AgentSet;
 use crate::testing::{d, ix, mi};
 
 #[test]
@@ -247,7 +248,7 @@ fn online_children_have_their_own_resources_and_scheduling() {
     );
     let mut i = ix();
     i.spec.scheduling = Some(serde_json::from_value(json!({"nodeSelector": {"pool": "build"}})).unwrap());
-    let c = children(&m, &i, &d(), Matchers::Fixed(1), 1);
+    let c = children(&m, &i, &d(), Matchers::Fixed(1), 1, AgentSet::steady(&m));
     let names = |v: Vec<String>| v.join(",");
     assert_eq!(
         names(c.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect()),
@@ -277,7 +278,7 @@ fn online_children_have_their_own_resources_and_scheduling() {
     assert_eq!(matcher_pdb.max_unavailable, Some(IntOrString::Int(1)));
 
     // Without online and before a snapshot: nothing long-lived is wanted.
-    let c = children(&mi("faces"), &i, &d(), Matchers::NotYet, 1);
+    let c = children(&mi("faces"), &i, &d(), Matchers::NotYet, 1, AgentSet::steady(&mi("faces")));
     assert!(c.services.is_empty() && c.stateful_sets.is_empty() && c.deployments.is_empty());
     assert!(c.disruption_budgets.is_empty());
 }
@@ -297,7 +298,7 @@ fn children_serialize_with_kind_and_without_empty_fields() {
 #[test]
 fn matcher_replicas_come_from_the_decision_and_keda_owns_them_when_external() {
     let count = |m: Matchers| {
-        let c = children(&mi("faces"), &ix(), &d(), m, 1);
+        let c = children(&mi("faces"), &ix(), &d(), m, 1, AgentSet::steady(&mi("faces")));
         let v = serde_json::to_value(&c.deployments[0]).unwrap();
         (v["spec"].get("replicas").cloned(), c.disruption_budgets.len())
     };
@@ -360,7 +361,7 @@ fn pool_opt_in_needs_the_indexers_pool_and_its_redis() {
     m.spec.matcher.autoscaling = Some(serde_json::from_value(json!({"maxReplicas": 4})).unwrap());
     assert!(crate::validate::matching_index(&m).is_err());
     // A pooled label has no matchers of its own; the pool's Deployment runs `match --pool`.
-    let c = children(&m, &i, &d(), Matchers::Pool, 1);
+    let c = children(&m, &i, &d(), Matchers::Pool, 1, AgentSet::steady(&m));
     assert!(c.deployments.is_empty() && c.disruption_budgets.is_empty());
     let (dep, _) = crate::build::pool_objects(&i, &d()).unwrap();
     let spec = dep.spec.unwrap();

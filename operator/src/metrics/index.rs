@@ -44,6 +44,8 @@ pub struct IndexGauges {
     matchers_ready: Family<Index, Gauge>,
     matchers_desired: Family<Index, Gauge>,
     queue_position: Family<Index, Gauge>,
+    online_agents: Family<Index, Gauge>,
+    online_agents_read: Family<Index, Gauge>,
     known: Mutex<Known>,
 }
 
@@ -63,6 +65,16 @@ impl IndexGauges {
         );
         r.register("matchers_ready", "Matcher pods ready", self.matchers_ready.clone());
         r.register("matchers_desired", "Matcher pods wanted", self.matchers_desired.clone());
+        r.register(
+            "online_agents",
+            "Online agents the gateways write to (status.online.agents)",
+            self.online_agents.clone(),
+        );
+        r.register(
+            "online_agents_read",
+            "Online agents the gateways read: more than online_agents while agents join or drain",
+            self.online_agents_read.clone(),
+        );
         r.register(
             "queue_position",
             "Position in its Indexer's build queue (1 = next), 0 when not queued",
@@ -101,6 +113,16 @@ impl IndexGauges {
         let m = st.matchers.as_ref();
         self.matchers_ready.get_or_create(&key).set(m.map_or(0, |m| m.ready.into()));
         self.matchers_desired.get_or_create(&key).set(m.map_or(0, |m| m.desired.into()));
+        match &st.online {
+            Some(o) => {
+                self.online_agents.get_or_create(&key).set(o.agents.into());
+                self.online_agents_read.get_or_create(&key).set(o.reading.into());
+            }
+            None => {
+                self.online_agents.remove(&key);
+                self.online_agents_read.remove(&key);
+            }
+        }
         // Present (0) from the first report; observe_queue sets the position.
         let _ = self.queue_position.get_or_create(&key);
     }
@@ -130,8 +152,15 @@ impl IndexGauges {
                 queue.retain(|n| n != name);
             }
         }
-        for f in [&self.vectors, &self.snapshot_age, &self.matchers_ready, &self.matchers_desired, &self.queue_position]
-        {
+        for f in [
+            &self.vectors,
+            &self.snapshot_age,
+            &self.matchers_ready,
+            &self.matchers_desired,
+            &self.queue_position,
+            &self.online_agents,
+            &self.online_agents_read,
+        ] {
             f.remove(&key);
         }
     }

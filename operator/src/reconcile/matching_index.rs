@@ -117,8 +117,11 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
 
     // desired children (matchers in the served snapshot's layout; another layout's kept until
     // this one's are ready), applied; the rest of this object's children deleted
+    // the online agents the gateways use, through a change of `online.agents`
+    let (agents, agents_changing) = super::online::step(&mi, &ix, &ctx, &mut st).await?;
+
     let shards = st.current_snapshot.as_ref().map_or(1, |s| s.layout());
-    let mut want = build::children(&mi, &ix, &ctx.defaults, matchers, shards);
+    let mut want = build::children(&mi, &ix, &ctx.defaults, matchers, shards, agents);
     let switch = match matchers {
         build::Matchers::NotYet | build::Matchers::Pool => None,
         _ => super::layout::step(&mi, &ctx, &ns, shards, &mut want, &mut st).await?,
@@ -174,6 +177,10 @@ pub async fn apply_spec(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Act
     }
     for again in [seen.again, next_refresh].into_iter().flatten() {
         requeue = requeue.min(again);
+    }
+    if agents_changing {
+        // Gateway rollouts and agent readiness are watched, but a rebalance Job's pods are not.
+        requeue = requeue.min(Duration::from_secs(5));
     }
     if !st.retired_groups.is_empty() {
         // Until the retired layout's pods are gone and its groups destroyed.

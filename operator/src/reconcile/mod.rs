@@ -12,6 +12,7 @@ pub mod indexer;
 pub mod jobs;
 pub mod layout;
 pub mod matching_index;
+pub mod online;
 pub mod pool;
 pub mod redis;
 pub mod refresh;

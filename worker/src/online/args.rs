@@ -97,8 +97,14 @@ pub struct FilterArgs {
         conflicts_with = "agents_dns"
     )]
     pub agents: Vec<String>,
+    /// Agents searched and asked for ids but never written (HOST:PORT, comma-separated):
+    /// ones joining the set before a rebalance makes them owners, or leaving it until a
+    /// rebalance has drained them. Only with --agents.
+    #[arg(long, env = "KIM_READ_AGENTS", value_delimiter = ',', conflicts_with = "agents_dns")]
+    pub read_agents: Vec<String>,
     /// A DNS name (HOST:PORT) whose addresses are the agents, re-resolved periodically
-    /// (a headless Service).
+    /// (a headless Service). Ownership follows the addresses, so an agent that comes back
+    /// with a new address owns other ids: run `kim-worker rebalance` after such changes.
     #[arg(long, env = "KIM_AGENTS_DNS")]
     pub agents_dns: Option<String>,
     /// How often --agents-dns is resolved again.
@@ -151,9 +157,19 @@ pub struct FilterArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RebalanceArgs {
     /// Every agent of the new set (HOST:PORT, comma-separated or repeated), as the gateways'
-    /// --agents lists them.
+    /// --agents lists them: the owners.
     #[arg(long, env = "KIM_AGENTS", value_delimiter = ',', required = true)]
     pub agents: Vec<String>,
+    /// Agents leaving the set: their objects are copied to their owners, then removed from
+    /// them (the gateways' --read-agents while they drain).
+    #[arg(long, env = "KIM_DRAIN", value_delimiter = ',')]
+    pub drain: Vec<String>,
+    /// Address of /healthz, /readyz, /metrics and /status (progress) while it runs.
+    #[arg(long, env = "KIM_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// File the final report (one JSON line) is written to: Kubernetes' termination message.
+    #[arg(long, env = "KIM_TERMINATION_MESSAGE_PATH")]
+    pub termination_message_path: Option<PathBuf>,
     /// Agents each object is written to, as the gateways' --replicas.
     #[arg(long, env = "KIM_REPLICAS", default_value_t = 1)]
     pub replicas: usize,

@@ -102,8 +102,8 @@ pub fn run(a: FilterArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: FilterArgs) -> anyhow::Result<()> {
-    let agents =
-        Arc::new(Agents::fixed(a.agents.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()));
+    let trimmed = |v: &[String]| v.iter().map(|s| s.trim().to_string()).collect::<Vec<_>>();
+    let agents = Arc::new(Agents::with_read_only(trimmed(&a.agents), trimmed(&a.read_agents)));
     if let Some(name) = a.agents_dns.clone() {
         tokio::spawn(agents.clone().follow_dns(name, a.dns_refresh));
     }
@@ -122,7 +122,8 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
         axum::routing::get(move || {
             let report = h.report(&ag.all());
             let unreachable = report.iter().filter(|a| !a.reachable).count();
-            let body = serde_json::json!({ "agents": report, "unreachable": unreachable }).to_string();
+            let body = serde_json::json!({ "agents": report, "unreachable": unreachable, "readOnly": ag.read_only() })
+                .to_string();
             async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
         }),
     );
@@ -150,7 +151,7 @@ async fn serve(a: FilterArgs) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let mut server = a.tls.builder().context("gateway TLS")?;
-    tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, grpc = a.tls.mode(), backends_tls = a.backend_tls.tls_ca.is_some(), "gateway serving");
+    tracing::info!(listen = %a.listen, agents = ?gw.agents.all(), read_only = ?gw.agents.read_only(), dns = ?a.agents_dns, replicas = a.replicas, vectorizer = ?gw.vectorizer, grpc = a.tls.mode(), backends_tls = a.backend_tls.tls_ca.is_some(), "gateway serving");
     let svc = ops::Service(Arc::new(gw));
     server
         .add_service(sized!(FilterServer::new(svc.clone()), max))

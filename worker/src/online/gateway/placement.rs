@@ -1,6 +1,9 @@
 //! Which agents hold an id: rendezvous (highest random weight) hashing over the agent set,
 //! so every gateway agrees without coordination, and adding or losing one agent moves only
-//! the ids it owned. The agent set is a fixed list or the addresses of a DNS name.
+//! the ids it owned. The agent set is a fixed list or the addresses of a DNS name. A fixed
+//! set may name agents that are read but never written (`--read-agents`): ones joining,
+//! until the operator makes them owners, and ones leaving, until a rebalance has drained
+//! them. Every read covers every place a write may have gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,25 +11,46 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The current agent addresses (HOST:PORT), sorted.
+/// The current agent addresses (HOST:PORT), sorted: the owners (written to) and every
+/// agent read (the owners and the read-only ones).
 pub struct Agents {
     list: ArcSwap<Vec<String>>,
+    read_only: Vec<String>,
 }
 
 impl Agents {
-    pub fn fixed(mut addrs: Vec<String>) -> Agents {
-        addrs.sort();
-        addrs.dedup();
-        Agents { list: ArcSwap::from_pointee(addrs) }
+    /// Owners `addrs`, plus `read_only` agents searched and asked for ids but never written.
+    pub fn with_read_only(addrs: Vec<String>, read_only: Vec<String>) -> Agents {
+        let clean = |mut v: Vec<String>| {
+            v.retain(|s| !s.is_empty());
+            v.sort();
+            v.dedup();
+            v
+        };
+        let addrs = clean(addrs);
+        let read_only = clean(read_only).into_iter().filter(|a| !addrs.contains(a)).collect();
+        Agents { list: ArcSwap::from_pointee(addrs), read_only }
     }
 
+    /// Every agent read: the owners' set and the read-only agents.
     pub fn all(&self) -> Arc<Vec<String>> {
-        self.list.load_full()
+        let owners = self.list.load_full();
+        if self.read_only.is_empty() {
+            return owners;
+        }
+        let mut v: Vec<String> = owners.iter().chain(&self.read_only).cloned().collect();
+        v.sort();
+        Arc::new(v)
     }
 
-    /// The `replicas` agents that own `id`, best first.
+    /// The read-only agents (never owners).
+    pub fn read_only(&self) -> &[String] {
+        &self.read_only
+    }
+
+    /// The `replicas` agents that own `id`, best first (never a read-only one).
     pub fn owners(&self, id: &str, replicas: usize) -> Vec<String> {
-        owners(&self.all(), id, replicas)
+        owners(&self.list.load_full(), id, replicas)
     }
 
     /// Keeps the set equal to the addresses `name` (HOST:PORT) resolves to. A failed lookup
@@ -67,6 +91,18 @@ pub fn owners(agents: &[String], id: &str, replicas: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_agents_are_read_but_never_own() {
+        let a = Agents::with_read_only(vec!["b:1".into(), "a:1".into()], vec!["c:1".into(), "a:1".into()]);
+        assert_eq!(*a.all(), vec!["a:1".to_string(), "b:1".into(), "c:1".into()]);
+        assert_eq!(a.read_only(), ["c:1".to_string()]);
+        for i in 0..200 {
+            let o = a.owners(&format!("id-{i}"), 3);
+            assert_eq!(o.len(), 2, "only the two owners can own");
+            assert!(!o.contains(&"c:1".to_string()));
+        }
+    }
 
     #[test]
     fn placement_is_stable_balanced_and_moves_little() {
