@@ -16,7 +16,7 @@ style: ## rustfmt, clippy -D warnings, shellcheck, ruff (part of make test)
 build:
 	cargo build --release --workspace --bins
 
-bench: ## kim vs hnswlib/faiss/usearch + the Redis path (BENCH_ARGS="--quick", "--large"; docs/benchmarks.md)
+bench: ## kim vs hnswlib/faiss/usearch/ScaNN/VSAG + the Redis path (BENCH_ARGS="--quick", "--large"; docs/benchmarks.md)
 	command -v redis-server >/dev/null || bash scripts/deps.sh
 	cargo build --release -p kim-bench -p kim-worker
 	VENV="$$(bash scripts/bench-env.sh)" && "$$VENV/bin/python" bench/run.py $(BENCH_ARGS)

@@ -1,4 +1,5 @@
-"""`make bench`: kim against hnswlib, faiss (IndexHNSWFlat) and usearch on the same data.
+"""`make bench`: kim against hnswlib, faiss (IndexHNSWFlat, IndexHNSWSQ 8-bit), usearch, ScaNN
+(per query and batched) and VSAG (hgraph) on the same data.
 
 Data sets
   face-<N>   seeded face-like 512-d descriptors from `kim-worker gen` (f32 and u8 from the same
@@ -9,8 +10,10 @@ Data sets
 
 For each data set: exact ground truth (cosine, float64, brute force), then for every engine and
 build (3 by default, --quick 1): build with 2 threads, save, load in a fresh process (load time,
-resident memory added), and sweep ef with ONE search thread measuring recall@1, recall@10 and QPS.
-Medians over builds; QPS at recall@10 0.90/0.95/0.99 is interpolated on the median curve. Then the
+resident memory added), and sweep ef (ScaNN: leaves to search and reorder candidates) with ONE
+search thread measuring recall@1, recall@10 and QPS. Medians over builds; QPS at recall@10
+0.90/0.95/0.99 is interpolated on the median curve, and at each the best peer is named (most queries
+per search-thread CPU-second; bench/targets.py has that rule and the target verdicts). Then the
 Redis path (kim-bench redis) on the face data, and the
 u8 label split into 4 shards beside the unsharded one (--redis-shards). Output: a table on stdout and in
 <out>/table.txt, <out>/results.json and <out>/recall-qps.png (see docs/benchmarks.md).
@@ -30,12 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from targets import BATCHED_PEERS, TARGETS, acceptance, best_peer, fmt, fmt_qps, qps_at
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("KIM_CACHE") or Path.home() / ".cache" / "kim")
 BIN = Path(os.environ.get("KIM_BIN_DIR") or ROOT / "target" / "release")
-PEERS = ("hnswlib", "faiss", "usearch", "usearch-i8")
-TARGETS = (0.90, 0.95, 0.99)
+PEERS = ("hnswlib", "faiss", "faiss-sq8", "usearch", "usearch-i8", "scann", "scann-batched", "vsag")
+# Peers searching an index built for another row: both ScaNN rows search one build.
+BUILD_OF = {"scann-batched": "scann"}
 DEFAULT_EFS = "10,16,24,32,48,64,96,128,192,256,384,512"
 # On some processors these are set for older OpenBLAS builds; they slow a current numpy. The
 # peers' processes run without them (and record which BLAS/SIMD path they got).
@@ -270,33 +275,47 @@ def run_kim(ds: Dataset, enc: str, b: int, a, work: Path) -> dict:
     return {**built, **searched, "storage": str(storage), "queries_file": str(queries), "truth_file": str(truth)}
 
 
-def run_peer(ds: Dataset, engine: str, b: int, a, work: Path) -> dict:
-    idx = work / f"{ds.name}-{engine}-b{b}.idx"
+def run_peer(ds: Dataset, engine: str, b: int, a, work: Path, builds: dict, users: int) -> dict:
+    """Builds (or reuses, see BUILD_OF) the peer's index and searches it in a fresh process.
+    `builds` keeps an index shared by `users` rows until the last of them has searched it."""
+    base_engine = BUILD_OF.get(engine, engine)
+    key = (ds.name, base_engine, b)
     peer = [sys.executable, ROOT / "bench" / "peer.py"]
     env = peer_env()
+    if key not in builds:
+        idx = work / f"{ds.name}-{base_engine}-b{b}.idx"
+        builds[key] = {"idx": idx, "users": users, "built": None}
+    shared = builds[key]
+    idx = shared["idx"]
     try:
-        built = run_json(
-            [
-                *peer,
-                "build",
-                "--engine",
-                engine,
-                "--base",
-                ds.f32_base,
-                "--index",
-                idx,
-                "--m",
-                a.m,
-                "--ef-construction",
-                a.ef_construction,
-                "--threads",
-                a.threads,
-                "--seed",
-                100 + b,
-            ],
-            timeout=a.step_timeout,
-            env=env,
-        )
+        if shared["built"] is None:
+            shared["built"] = run_json(
+                [
+                    *peer,
+                    "build",
+                    "--engine",
+                    base_engine,
+                    "--base",
+                    ds.f32_base,
+                    "--index",
+                    idx,
+                    "--m",
+                    a.m,
+                    "--ef-construction",
+                    a.ef_construction,
+                    "--threads",
+                    a.threads,
+                    "--seed",
+                    100 + b,
+                    "--k",
+                    a.k,
+                ],
+                timeout=a.step_timeout,
+                env=env,
+            )
+            built = shared["built"]
+        else:
+            built = {**shared["built"], "build_shared_with": base_engine}
         searched = run_json(
             [
                 *peer,
@@ -317,18 +336,39 @@ def run_peer(ds: Dataset, engine: str, b: int, a, work: Path) -> dict:
                 a.min_seconds,
                 "--max-passes",
                 a.max_passes,
+                # what VSAG needs to load its index
+                "--m",
+                a.m,
+                "--ef-construction",
+                a.ef_construction,
+                "--threads",
+                a.threads,
+                "--vectors",
+                ds.n,
             ],
             timeout=a.step_timeout,
             env=env,
         )
+    except Exception:
+        shared["users"] = 1  # a failed build or search ends the index
+        raise
     finally:
-        idx.unlink(missing_ok=True)
+        shared["users"] -= 1
+        if shared["users"] <= 0:
+            if idx.is_dir():
+                shutil.rmtree(idx, ignore_errors=True)
+            else:
+                idx.unlink(missing_ok=True)
+            builds.pop(key, None)
     return {**built, **searched}
 
 
 def median(xs: list) -> float | None:
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return float(np.median(xs)) if xs else None
+
+
+SWEEP_KEYS = ("reorder", "recall1", "recall10", "qps", "cpu_qps", "process_cpu_qps", "recall1_alt", "recall10_alt")
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -339,7 +379,7 @@ def aggregate(runs: list[dict]) -> dict:
     for i, ef in enumerate(efs):
         pts = [r["sweep"][i] for r in runs]
         row = {"ef": ef}
-        for key in ("recall1", "recall10", "qps", "cpu_qps", "recall1_alt", "recall10_alt"):
+        for key in SWEEP_KEYS:
             if key in pts[0]:
                 row[key] = median([p.get(key) for p in pts])
         if "latency" in pts[0]:
@@ -353,38 +393,8 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def qps_at(sweep: list[dict], target: float, key: str = "recall10", qkey: str = "qps") -> dict | None:
-    """QPS where recall first reaches `target`: linear in recall between the bracketing sweep
-    points, geometric in QPS. If the smallest ef already reaches it, that QPS is a lower bound."""
-    prev = None
-    for p in sweep:
-        if p[key] is not None and p[key] >= target:
-            if prev is None:
-                return {"qps": p[qkey], "ef": p["ef"], "lower_bound": True}
-            r0, r1 = prev[key], p[key]
-            f = (target - r0) / (r1 - r0) if r1 > r0 else 1.0
-            q0, q1 = prev[qkey], p[qkey]
-            return {
-                "qps": math.exp(math.log(q0) + f * (math.log(q1) - math.log(q0))),
-                "ef": [prev["ef"], p["ef"]],
-                "lower_bound": False,
-            }
-        prev = p
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Report
-
-
-def fmt(x, spec: str = ".0f", none: str = "–") -> str:
-    return none if x is None else format(x, spec)
-
-
-def fmt_qps(q: dict | None) -> str:
-    if q is None:
-        return "not reached"
-    return ("≥" if q["lower_bound"] else "") + f"{q['qps']:.0f}"
 
 
 def ratio(a: dict | None, b: dict | None) -> str:
@@ -392,6 +402,83 @@ def ratio(a: dict | None, b: dict | None) -> str:
         return "–"
     s = f"{a['qps'] / b['qps']:.2f}×"
     return s + ("*" if a["lower_bound"] or b["lower_bound"] else "")
+
+
+def sweep_tables(ds: dict) -> list[str]:
+    """The sweeps: one table for the engines that share a list of ef values (kim and the HNSW
+    peers), one per ScaNN row (leaves to search and reorder candidates instead of ef)."""
+    L = []
+    groups: dict[tuple, list[str]] = {}
+    scann = []
+    for e, g in ds["engines"].items():
+        if any("reorder" in p for p in g["sweep"]):
+            scann.append(e)
+        else:
+            groups.setdefault(tuple(p["ef"] for p in g["sweep"]), []).append(e)
+    for efs, engines in groups.items():
+        L.append("")
+        L.append("sweep (recall@1 / recall@10 / QPS, one search thread):")
+        L.append(f"{'ef':>5} " + " ".join(f"{e:>24}" for e in engines))
+        for i, ef in enumerate(efs):
+            cells = []
+            for e in engines:
+                p = ds["engines"][e]["sweep"][i]
+                cells.append(f"{p['recall1']:.3f} / {p['recall10']:.4f} / {p['qps']:>6.0f}")
+            L.append(f"{ef:>5} " + " ".join(f"{c:>24}" for c in cells))
+    for e in scann:
+        L.append("")
+        L.append(
+            f"{e} sweep, one search thread (leaves to search, reorder candidates; recall@1 / recall@10 / QPS / cpu QPS):"
+        )
+        for p in ds["engines"][e]["sweep"]:
+            L.append(
+                f"{p['ef']:>6} {fmt(p.get('reorder')):>5}   {p['recall1']:.3f} / {p['recall10']:.4f} / {p['qps']:>7.0f} / {fmt(p.get('cpu_qps')):>7}"
+            )
+    return L
+
+
+def best_peer_table(ds: dict, kims: list[str]) -> list[str]:
+    """At each recall target: the best peer of all and the best per-query peer (most queries per
+    search-thread CPU-second, bench/targets.py), and kim's CPU-time ratio to each."""
+    e = ds["engines"]
+    L = [
+        "best peer at equal recall@10 (most queries per search-thread CPU-second; ratios by CPU time, * = a lower bound"
+        f" was involved; per-query = all peers but {', '.join(BATCHED_PEERS)}):"
+    ]
+    head = f"  {'recall':<6} {'best peer':<14} {'cpuQPS':>8} " + " ".join(f"{k + ' ÷':>10}" for k in kims)
+    head += f"   {'best per-query':<14} {'cpuQPS':>8} " + " ".join(f"{k + ' ÷':>10}" for k in kims)
+    L.append(head)
+    for t in (f"{x:.2f}" for x in TARGETS):
+        cells = [f"  {t:<6}"]
+        for per_query in (False, True):
+            name, q = best_peer(e, t, per_query_only=per_query)
+            cells.append(f"{name or 'none reached':<14} {fmt_qps(q) if q else '–':>8}")
+            cells.append(" ".join(f"{ratio(e[k]['at_recall_cpu'][t], q):>10}" for k in kims))
+            if not per_query:
+                cells.append("  ")
+        L.append(" ".join(cells))
+    return L
+
+
+def peer_notes(ds: dict) -> list[str]:
+    """How each peer was called, and any peer whose process used clearly more CPU than its
+    search thread (a library searching on threads of its own)."""
+    L = []
+    for e, r in ds.get("runs", {}).items():
+        if e.startswith("kim") or not r:
+            continue
+        call = r[0].get("search_call")
+        if call:
+            L.append(f"  {e}: {call}")
+        worst = min(
+            (p["process_cpu_qps"] / p["cpu_qps"] for p in ds["engines"][e]["sweep"] if p.get("process_cpu_qps")),
+            default=1.0,
+        )
+        if worst < 0.9:
+            L.append(f"  {e}: WARNING process CPU up to {1 / worst:.2f}× the search thread's (threads of its own?)")
+        if r[0].get("note"):
+            L.append(f"  {e}: {r[0]['note']}")
+    return L
 
 
 def table(res: dict) -> str:
@@ -411,7 +498,7 @@ def table(res: dict) -> str:
             f"== {ds['name']}: {ds['title']} — {ds['vectors']} vectors × {ds['dimensions']}, {ds['queries']} queries"
         )
         hdr = (
-            f"{'engine':<12} {'build s':>8} {'cpu s':>7} {'B/vec':>7} {'RSS B/v':>8} {'load s':>7} {'QPS@.90':>9} {'QPS@.95':>9} {'QPS@.99':>11}"
+            f"{'engine':<14} {'build s':>8} {'cpu s':>7} {'B/vec':>7} {'RSS B/v':>8} {'load s':>7} {'QPS@.90':>9} {'QPS@.95':>9} {'QPS@.99':>11}"
             f" {'cpuQPS@.95':>11}"
         )
         L.append(hdr)
@@ -419,23 +506,23 @@ def table(res: dict) -> str:
         for e, g in ds["engines"].items():
             at = g["at_recall"]
             L.append(
-                f"{e:<12} {fmt(g['build_seconds'], '.1f'):>8} {fmt(g['build_cpu_seconds'], '.1f'):>7} {fmt(g['bytes_per_vector']):>7} "
+                f"{e:<14} {fmt(g['build_seconds'], '.1f'):>8} {fmt(g['build_cpu_seconds'], '.1f'):>7} {fmt(g['bytes_per_vector']):>7} "
                 f"{fmt(g['rss_bytes_per_vector']):>8} {fmt(g['load_seconds'], '.3f'):>7} {fmt_qps(at['0.90']):>9} {fmt_qps(at['0.95']):>9} {fmt_qps(at['0.99']):>11}"
                 f" {fmt_qps(g['at_recall_cpu']['0.95']):>11}"
             )
-        L.append("")
-        L.append("sweep (recall@1 / recall@10 / QPS, one search thread):")
+        L.extend(peer_notes(ds))
+        for f in res.get("failures", []):
+            if f["dataset"] == ds["name"]:
+                L.append(
+                    f"  {f['engine']}: FAILED in build {f['build'] + 1}, left out: {f['error'].splitlines()[0][:200]}"
+                )
+        L.extend(sweep_tables(ds))
         engines = list(ds["engines"])
-        L.append(f"{'ef':>5} " + " ".join(f"{e:>24}" for e in engines))
-        for i, ef in enumerate(p["ef"] for p in ds["engines"][engines[0]]["sweep"]):
-            cells = []
-            for e in engines:
-                p = ds["engines"][e]["sweep"][i]
-                cells.append(f"{p['recall1']:.3f} / {p['recall10']:.4f} / {p['qps']:>6.0f}")
-            L.append(f"{ef:>5} " + " ".join(f"{c:>24}" for c in cells))
         kims = [e for e in engines if e.startswith("kim")]
         peers = [e for e in engines if not e.startswith("kim")]
         if kims and peers:
+            L.append("")
+            L.extend(best_peer_table(ds, kims))
             L.append("")
             L.append(
                 "kim's QPS ratio to each peer at equal recall@10 0.90 / 0.95 / 0.99, by wall clock and by search-thread CPU time"
@@ -452,7 +539,7 @@ def table(res: dict) -> str:
                         for t in ("0.90", "0.95", "0.99")
                     ]
                     L.append(
-                        f"  {k:<8} ÷ {p:<11} wall "
+                        f"  {k:<8} ÷ {p:<13} wall "
                         + " ".join(f"{c:>7}" for c in cells)
                         + "   cpu "
                         + " ".join(f"{c:>7}" for c in cpu)
@@ -544,78 +631,15 @@ def shard_table(rows: list[dict]) -> list[str]:
     return L
 
 
-def acceptance(res: dict) -> list[dict]:
-    out = []
-
-    def add(target, value, ok, measured):
-        out.append(
-            {
-                "target": target,
-                "value": value,
-                "verdict": "n/a" if ok is None else ("MET" if ok else "MISSED"),
-                "measured": measured,
-            }
-        )
-
-    face = next((d for d in res["datasets"] if d["name"].startswith("face")), None)
-    if face:
-        e = face["engines"]
-        h = e.get("hnswlib")
-        for k, need in (("kim-f32", 1.25), ("kim-u8", 2.5)):
-            if k in e and h:
-                a, b = e[k]["at_recall"]["0.95"], h["at_recall"]["0.95"]
-                r = a["qps"] / b["qps"] if a and b else None
-                ac, bc = e[k]["at_recall_cpu"]["0.95"], h["at_recall_cpu"]["0.95"]
-                rc = ac["qps"] / bc["qps"] if ac and bc else None
-                add(
-                    f"{face['name']}: {k} QPS at recall@10 0.95 ≥ {need}× hnswlib-f32 (verdict by CPU time)",
-                    rc,
-                    None if rc is None else rc >= need,
-                    f"by CPU time {fmt_qps(ac)} vs {fmt_qps(bc)} = {fmt(rc, '.2f')}×; by wall clock {fmt_qps(a)} vs {fmt_qps(b)} = {fmt(r, '.2f')}×",
-                )
-            if k in e and h:
-                kb, hb = e[k]["build_seconds"], h["build_seconds"]
-                add(
-                    f"{face['name']}: {k} build time (2 threads) ≤ hnswlib's",
-                    kb / hb if kb and hb else None,
-                    kb <= hb if kb and hb else None,
-                    f"{fmt(kb, '.1f')} s vs {fmt(hb, '.1f')} s",
-                )
-                kv, hv = e[k]["rss_bytes_per_vector"], h["rss_bytes_per_vector"]
-                add(
-                    f"{face['name']}: {k} serving bytes/vector (RSS added by loading) ≤ hnswlib's",
-                    kv / hv if kv and hv else None,
-                    kv <= hv if kv and hv else None,
-                    f"{fmt(kv)} B vs {fmt(hv)} B (self-reported: kim {fmt(e[k]['bytes_per_vector'])} B, hnswlib file {fmt(h['bytes_per_vector'])} B)",
-                )
-    for r in res.get("redis", []):
-        one = next((c for c in r["configs"] if c["matchers"] == 1), None)
-        if one:
-            added = one["serial"]["added_p50_us"]
-            add(
-                f"{r['dataset']}/{r['encoding']} Redis p50 added latency ≤ 0.5 ms (1 in flight, 1 matcher)",
-                added,
-                added <= 500,
-                f"{added:.0f} µs",
-            )
-            wall = one["batched"]["per_matcher_core_vs_in_process"]
-            cpu = one["batched"]["per_matcher_cpu_second_vs_in_process"]
-            add(
-                f"{r['dataset']}/{r['encoding']} Redis batched throughput per matcher core ≥ 80% of in-process QPS (verdict by CPU time)",
-                cpu,
-                cpu >= 0.8,
-                f"{cpu:.0%} per matcher CPU-second; {wall:.0%} by wall clock ({one['batched']['throughput']:.0f} req/s, 1 matcher × 1 search thread)",
-            )
-    return out
-
-
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dss = res["datasets"]
+    dss = [d for d in res["datasets"] if d["engines"]]  # a data set whose every engine failed has no curve
+    if not dss:
+        return
     fig, axes = plt.subplots(2, len(dss), figsize=(7 * len(dss), 10), squeeze=False)
     for row, (qkey, what) in enumerate(
         (("qps", "queries per second (1 thread, wall clock)"), ("cpu_qps", "queries per CPU-second (1 search thread)"))
@@ -703,6 +727,17 @@ def main() -> None:
     ap.add_argument("--max-passes", type=int, default=50, help="...or stop after this many (fastest pass counts)")
     ap.add_argument("--datasets", default="face,minilm")
     ap.add_argument("--engines", default="kim-f32,kim-u8," + ",".join(PEERS))
+    ap.add_argument(
+        "--skip-engines",
+        default="",
+        help="leave these out of --engines (e.g. usearch,vsag: the slowest builds; vsag,scann: one Python call per query)",
+    )
+    ap.add_argument(
+        "--peer-failures",
+        choices=("stop", "skip"),
+        default="skip",
+        help="a peer that fails to build or search: stop the run, or leave it out of that data set and go on",
+    )
     ap.add_argument("--minilm-limit", type=int, default=0, help="at most this many MiniLM base vectors (0 = all ~30k)")
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--redis-encodings", default="u8,f32")
@@ -737,7 +772,11 @@ def main() -> None:
         a.builds = 1
     if a.large:
         a.vectors = 1_000_000
-    engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    skip = {e.strip() for e in a.skip_engines.split(",") if e.strip()}
+    engines = [e.strip() for e in a.engines.split(",") if e.strip() and e.strip() not in skip]
+    unknown = [e for e in engines if e not in ("kim-f32", "kim-u8", *PEERS)]
+    if unknown:
+        sys.exit(f"unknown engine(s) {', '.join(unknown)} (kim-f32, kim-u8, {', '.join(PEERS)})")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = CACHE / "bench" / "data"
@@ -756,6 +795,7 @@ def main() -> None:
         },
         "datasets": [],
         "redis": [],
+        "failures": [],
     }
     log(f"machine: {res['meta']['cpu']}, {res['meta']['cores']} cores, load {res['meta']['loadavg_start']}")
     t_all = time.time()
@@ -772,8 +812,12 @@ def main() -> None:
     kim_storage: dict = {}
     for ds in datasets:
         runs: dict[str, list] = {e: [] for e in engines}
+        failed: set = set()
+        peer_builds: dict = {}
         for b in range(a.builds):
             for e in engines:
+                if e in failed:
+                    continue
                 t = time.time()
                 if e.startswith("kim-"):
                     r = run_kim(ds, e[4:], b, a, work)
@@ -782,7 +826,16 @@ def main() -> None:
                     else:
                         shutil.rmtree(r["storage"], ignore_errors=True)
                 else:
-                    r = run_peer(ds, e, b, a, work)
+                    users = sum(1 for x in engines if BUILD_OF.get(x, x) == BUILD_OF.get(e, e) and x not in failed)
+                    try:
+                        r = run_peer(ds, e, b, a, work, peer_builds, users)
+                    except RuntimeError as err:
+                        if a.peer_failures == "stop":
+                            raise
+                        log(f"{ds.name} {e} build {b + 1}: FAILED, left out of this data set: {err}")
+                        res["failures"].append({"dataset": ds.name, "engine": e, "build": b, "error": str(err)[-3000:]})
+                        failed.add(e)
+                        continue
                 runs[e].append(r)
                 best = max(r["sweep"], key=lambda p: p["recall10"])
                 log(
@@ -795,8 +848,8 @@ def main() -> None:
             {
                 **ds.meta(),
                 "queries": q,
-                "engines": {e: aggregate(runs[e]) for e in engines},
-                "runs": {e: runs[e] for e in engines},
+                "engines": {e: aggregate(runs[e]) for e in engines if e not in failed},
+                "runs": {e: runs[e] for e in engines if e not in failed},
             }
         )
         (out / "results.json").write_text(json.dumps(res, indent=1))

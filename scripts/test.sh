@@ -36,6 +36,8 @@ tier style bash scripts/style.sh
 tier rust cargo test --release --workspace --no-fail-fast -- --test-threads=2
 tier python "$KIM_CACHE/venv/bin/pytest" -q clients/python/tests
 tier python-online "$KIM_CACHE/venv/bin/pytest" -q -p no:cacheprovider clients/python/tests_online
+# The benchmark report's rules (bench/targets.py); pure Python, no peer library imported.
+tier python-bench "$KIM_CACHE/venv/bin/pytest" -q -p no:cacheprovider bench/tests
 # Coverage-guided fuzzing, FUZZ_SECONDS (default 20) per target; one "test result" line.
 tier fuzz bash fuzz/run.sh
 
