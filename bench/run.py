@@ -219,6 +219,16 @@ def prepare_minilm(nq: int, k: int, limit: int, data_dir: Path) -> Dataset:
 # Running engines
 
 
+def graph_flags(a) -> list:
+    """The graph settings every engine builds with (kim-bench and peer.py take the same flags)."""
+    return ["--m", a.m, "--ef-construction", a.ef_construction, "--threads", a.threads]
+
+
+def sweep_flags(a) -> list:
+    """The search sweep every engine runs."""
+    return ["--k", a.k, "--efs", a.efs, "--min-seconds", a.min_seconds, "--max-passes", a.max_passes]
+
+
 def run_kim(ds: Dataset, enc: str, b: int, a, work: Path) -> dict:
     storage = work / f"kim-{ds.name}-{enc}-b{b}"
     shutil.rmtree(storage, ignore_errors=True)
@@ -238,12 +248,7 @@ def run_kim(ds: Dataset, enc: str, b: int, a, work: Path) -> dict:
             storage,
             "--label",
             "bench",
-            "--m",
-            a.m,
-            "--ef-construction",
-            a.ef_construction,
-            "--threads",
-            a.threads,
+            *graph_flags(a),
             *extra,
         ],
         timeout=a.step_timeout,
@@ -261,14 +266,7 @@ def run_kim(ds: Dataset, enc: str, b: int, a, work: Path) -> dict:
             "--truth",
             truth,
             *alt,
-            "--k",
-            a.k,
-            "--efs",
-            a.efs,
-            "--min-seconds",
-            a.min_seconds,
-            "--max-passes",
-            a.max_passes,
+            *sweep_flags(a),
         ],
         timeout=a.step_timeout,
     )
@@ -299,12 +297,7 @@ def run_peer(ds: Dataset, engine: str, b: int, a, work: Path, builds: dict, user
                     ds.f32_base,
                     "--index",
                     idx,
-                    "--m",
-                    a.m,
-                    "--ef-construction",
-                    a.ef_construction,
-                    "--threads",
-                    a.threads,
+                    *graph_flags(a),
                     "--seed",
                     100 + b,
                     "--k",
@@ -328,21 +321,9 @@ def run_peer(ds: Dataset, engine: str, b: int, a, work: Path, builds: dict, user
                 ds.f32_queries,
                 "--truth",
                 ds.f32_truth,
-                "--k",
-                a.k,
-                "--efs",
-                a.efs,
-                "--min-seconds",
-                a.min_seconds,
-                "--max-passes",
-                a.max_passes,
+                *sweep_flags(a),
                 # what VSAG needs to load its index
-                "--m",
-                a.m,
-                "--ef-construction",
-                a.ef_construction,
-                "--threads",
-                a.threads,
+                *graph_flags(a),
                 "--vectors",
                 ds.n,
             ],
