@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         let d = m.descriptor.dimensions;
         let q = match index.vectors.storage {
             Storage::Bytes(_) => Query::Bytes(vec![3; d]),
-            Storage::F32(_) | Storage::Split { .. } => Query::F32(vec![0.5; d]),
+            Storage::F32(_) => Query::F32(vec![0.5; d]),
         };
         let hits = index.search(&q, 3, 8);
         assert!(hits.len() <= 3.min(index.len()));

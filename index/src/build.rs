@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+use crate::descriptor::{Encoding, Metric};
 use crate::error::Error;
 use crate::flat::Graph;
 use crate::hnsw::{self, Space};
 use crate::kernels::{self, prefetch, Kernels};
-use crate::vectors::{Storage, VectorStore};
+use crate::vectors::{Codes, Storage, VectorStore};
 use crate::HnswParams;
 
 /// Progress of a build: rows inserted so far, total rows, time since start.
@@ -36,26 +36,6 @@ impl Space for CosineU8<'_> {
         let d = self.store.spec.dimensions;
         prefetch(self.rows.as_ptr().wrapping_add(b as usize * d), d.min(1024));
     }
-}
-
-/// An f32 cosine store quantised for the build only: each row scaled to unit length, then one
-/// scale for all rows so the largest component maps to ±127, stored as u8 with zero point
-/// 128. Graph construction needs the order of distances, not their last digits, and reads a
-/// quarter of the bytes per distance; searches still run on the f32 rows.
-fn quantise_for_build(store: &VectorStore, rows: &[f32]) -> VectorStore {
-    let d = store.spec.dimensions;
-    let max = rows
-        .chunks_exact(d)
-        .enumerate()
-        .map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i))
-        .fold(0f32, f32::max);
-    let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
-    let mut codes = crate::vectors::huge_capacity(rows.len());
-    for (i, r) in rows.chunks_exact(d).enumerate() {
-        let s = scale * store.inv_norm(i);
-        codes.extend(r.iter().map(|&x| ((x * s).round().clamp(-127.0, 127.0) as i32 + 128) as u8));
-    }
-    VectorStore::new(DescriptorSpec::new(store.spec.version, d, Encoding::U8, Metric::Cosine), Storage::Bytes(codes))
 }
 
 /// Every other encoding/metric: the store's own pairwise distance.
@@ -107,9 +87,17 @@ pub fn build_graph(
             Ok(hnsw::build(&cosine_u8(store, rows, k), n, params, progress))
         }
         Storage::F32(rows) if spec.metric == Metric::Cosine => {
-            let q = quantise_for_build(store, rows);
-            let Storage::Bytes(codes) = &q.storage else { unreachable!("quantised store holds bytes") };
-            Ok(hnsw::build(&cosine_u8(&q, codes, k), n, params, progress))
+            // The graph needs the order of distances, not their last digits: build on the codes.
+            let owned;
+            let codes = match store.codes() {
+                Some(c) => c,
+                None => {
+                    owned = Codes::of(store, rows);
+                    &owned
+                }
+            };
+            let Storage::Bytes(b) = &codes.store.storage else { unreachable!("codes are bytes") };
+            Ok(hnsw::build(&cosine_u8(&codes.store, b, k), n, params, progress))
         }
         _ => Ok(hnsw::build(&Generic(store), n, params, progress)),
     })

@@ -21,12 +21,6 @@ pub struct Kernels {
     pub l2_i8: fn(&[u8], &[u8]) -> i64,
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
     pub l2_f32: fn(&[f32], &[f32]) -> f32,
-    /// Σ a·b where `a` is given by the upper 16 bits of each f32 (bfloat16 by truncation):
-    /// the search's approximate f32 distance, reading half the bytes (see [`split_f32`]).
-    pub dot_bf16_f32: fn(&[u16], &[f32]) -> f32,
-    /// Σ a·b where `a` is given by its upper and lower 16-bit halves; bit-identical to
-    /// `dot_f32(a, b)` of the same kernel set.
-    pub dot_split_f32: fn(&[u16], &[u16], &[f32]) -> f32,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -86,21 +80,6 @@ pub fn shift_query(q: &[u8], z: i32) -> Option<(Vec<i8>, i64)> {
     Some((shifted, sum))
 }
 
-/// f32 values split into their upper 16 bits (a bfloat16, truncated) and lower 16 bits, so
-/// the two halves together hold every f32 exactly in the same 4 bytes.
-pub fn split_f32(x: impl Iterator<Item = u32>, hi: &mut Vec<u16>, lo: &mut Vec<u16>) {
-    for bits in x {
-        hi.push((bits >> 16) as u16);
-        lo.push(bits as u16);
-    }
-}
-
-/// The f32 whose halves are `h` and `l`.
-#[inline(always)]
-pub fn join_f32(h: u16, l: u16) -> f32 {
-    f32::from_bits((h as u32) << 16 | l as u32)
-}
-
 fn as_i8(b: &[u8]) -> &[i8] {
     // SAFETY: u8 and i8 have the same size and alignment; every bit pattern is valid.
     unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
@@ -119,8 +98,6 @@ pub const SCALAR: Kernels = Kernels {
     l2_i8: scalar::l2_i8,
     dot_f32: scalar::dot_f32,
     l2_f32: scalar::l2_f32,
-    dot_bf16_f32: scalar::dot_bf16_f32,
-    dot_split_f32: scalar::dot_split_f32,
 };
 
 /// Asks the CPU to start loading `bytes` bytes at `p` into cache (a hint; never faults).
@@ -161,12 +138,6 @@ pub mod scalar {
     }
     pub fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-    }
-    pub fn dot_bf16_f32(h: &[u16], b: &[f32]) -> f32 {
-        h.iter().zip(b).map(|(&h, y)| super::join_f32(h, 0) * y).sum()
-    }
-    pub fn dot_split_f32(h: &[u16], l: &[u16], b: &[f32]) -> f32 {
-        h.iter().zip(l).zip(b).map(|((&h, &l), y)| super::join_f32(h, l) * y).sum()
     }
 }
 
@@ -242,31 +213,6 @@ mod tests {
         }
     }
 
-    fn halves(a: &[f32]) -> (Vec<u16>, Vec<u16>) {
-        let (mut h, mut l) = (Vec::new(), Vec::new());
-        split_f32(a.iter().map(|x| x.to_bits()), &mut h, &mut l);
-        (h, l)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-        /// The split kernel must give exactly what `dot_f32` gives on the joined rows (the
-        /// re-ranked distances equal those of an unsplit store), and the truncated kernel must
-        /// stay within bfloat16's relative error of it.
-        #[test]
-        fn split_kernels_match_f32_kernels(pairs in prop::collection::vec((-10.0f32..10.0, -10.0f32..10.0), 0..700)) {
-            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
-            let (h, l) = halves(&a);
-            prop_assert!(h.iter().zip(&l).zip(&a).all(|((&h, &l), &x)| join_f32(h, l).to_bits() == x.to_bits()));
-            let abs: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
-            for k in available() {
-                prop_assert_eq!((k.dot_split_f32)(&h, &l, &b).to_bits(), (k.dot_f32)(&a, &b).to_bits(), "{} dot_split_f32", k.name);
-                let err = ((k.dot_bf16_f32)(&h, &b) - scalar::dot_f32(&a, &b)).abs();
-                prop_assert!(err <= abs / 128.0 + 1e-4, "{} dot_bf16_f32 off by {err}", k.name);
-            }
-        }
-    }
-
     #[test]
     fn every_length_up_to_200_matches_reference() {
         let mut rng = crate::rng::SeededRng::new(5);
@@ -281,10 +227,6 @@ mod tests {
                 // Values are multiples of 1/16 below 8: products and sums are exact in f32.
                 assert_eq!((k.dot_f32)(&fa, &fb), scalar::dot_f32(&fa, &fb), "{} dot_f32 n={n}", k.name);
                 assert_eq!((k.l2_f32)(&fa, &fb), scalar::l2_f32(&fa, &fb), "{} l2_f32 n={n}", k.name);
-                // These values have at most 8 significant bits: the upper halves alone are exact.
-                let (h, l) = halves(&fa);
-                assert_eq!((k.dot_bf16_f32)(&h, &fb), scalar::dot_f32(&fa, &fb), "{} dot_bf16_f32 n={n}", k.name);
-                assert_eq!((k.dot_split_f32)(&h, &l, &fb), scalar::dot_f32(&fa, &fb), "{} dot_split_f32 n={n}", k.name);
             }
         }
     }

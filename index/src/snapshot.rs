@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+use crate::descriptor::{DescriptorSpec, Encoding};
 use crate::error::Error;
 use crate::flat::{Csr, FlatIndex, Graph, Ids};
 use crate::vectors::{huge_capacity, Storage, VectorStore};
@@ -226,9 +226,6 @@ pub fn load_from(sdir: &Path, id: &str) -> Result<(Manifest, FlatIndex), Snapsho
             v.extend_from_slice(vbytes);
             Storage::Bytes(v)
         }
-        Encoding::F16 | Encoding::F32 if spec.metric == Metric::Cosine => {
-            Storage::split(vbytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        }
         Encoding::F16 | Encoding::F32 => {
             let mut v = huge_capacity(vbytes.len() / 4);
             v.extend(vbytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
@@ -246,7 +243,7 @@ pub fn load_from(sdir: &Path, id: &str) -> Result<(Manifest, FlatIndex), Snapsho
         return Err(corrupt(format!("{} ids and {} graph nodes for {} vectors", ids.len(), graph.len(), m.vectors)));
     }
     graph.validate().map_err(|e| corrupt(e.to_string()))?;
-    let vectors = VectorStore::new(spec, storage);
+    let vectors = VectorStore::new(spec, storage).with_codes();
     let index = FlatIndex { vectors, graph, ids, ef_search: m.hnsw.ef_search };
     Ok((m, index))
 }

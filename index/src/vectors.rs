@@ -6,25 +6,12 @@ use crate::error::Error;
 use crate::io::Matrix;
 use crate::kernels::{self, Kernels};
 
-/// Row-major vectors. `Bytes` holds u8 (with the spec's zero point) or i8 values. `Split`
-/// holds f32 values as two arrays of 16-bit halves: the same 4 bytes per value, exact, but a
-/// search can walk the graph on the upper halves alone (a bfloat16 copy, half the memory
-/// traffic) and re-rank what it found on both (see [`crate::flat`]). Snapshots of f32 cosine
-/// indices load this way.
+/// Row-major vectors. `Bytes` holds u8 (with the spec's zero point) or i8 values; f16 sources
+/// are widened to `F32`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
     Bytes(Vec<u8>),
     F32(Vec<f32>),
-    Split { hi: Vec<u16>, lo: Vec<u16> },
-}
-
-impl Storage {
-    /// f32 values, given as their little-endian bits, in the split form.
-    pub fn split(bits: impl ExactSizeIterator<Item = u32>) -> Storage {
-        let (mut hi, mut lo) = (huge_capacity(bits.len()), huge_capacity(bits.len()));
-        kernels::split_f32(bits, &mut hi, &mut lo);
-        Storage::Split { hi, lo }
-    }
 }
 
 /// The vectors of one index plus what the metric needs precomputed (inverse norms for cosine).
@@ -35,6 +22,49 @@ pub struct VectorStore {
     len: usize,
     /// 1/‖v‖ per row for cosine (0 for a zero vector); empty for other metrics.
     inv_norms: Vec<f32>,
+    /// 8-bit codes of the rows (f32 cosine stores that serve searches), walked by the graph
+    /// search before the exact re-rank.
+    codes: Option<Box<Codes>>,
+}
+
+/// An f32 cosine store's rows as 8-bit codes: each row scaled to unit length, then one scale
+/// for all rows so the largest component maps to ±127, held as u8 with zero point 128. The
+/// order of code distances follows the order of exact distances closely, and a code row is a
+/// quarter of the bytes: what the graph build compares, and what a search walks before it
+/// re-ranks its candidates on the f32 rows.
+#[derive(Debug, Clone)]
+pub struct Codes {
+    /// The codes as a u8 cosine store (with their own inverse norms).
+    pub store: VectorStore,
+    scale: f32,
+}
+
+impl Codes {
+    /// Codes of `rows`, the f32 rows of cosine store `store`.
+    pub fn of(store: &VectorStore, rows: &[f32]) -> Codes {
+        let d = store.spec.dimensions;
+        let max = rows
+            .chunks_exact(d)
+            .enumerate()
+            .map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i))
+            .fold(0f32, f32::max);
+        let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
+        let mut codes = huge_capacity(rows.len());
+        for (i, r) in rows.chunks_exact(d).enumerate() {
+            codes.extend(encode(r, scale * store.inv_norm(i)));
+        }
+        let spec = DescriptorSpec::new(store.spec.version, d, Encoding::U8, Metric::Cosine);
+        Codes { store: VectorStore::new(spec, Storage::Bytes(codes)), scale }
+    }
+
+    /// A query's codes (`qinv` = 1/‖q‖), on the rows' scale; components beyond it saturate.
+    pub fn query(&self, q: &[f32], qinv: f32) -> Vec<u8> {
+        encode(q, self.scale * qinv).collect()
+    }
+}
+
+fn encode(r: &[f32], s: f32) -> impl Iterator<Item = u8> + '_ {
+    r.iter().map(move |&x| ((x * s).round().clamp(-127.0, 127.0) as i32 + 128) as u8)
 }
 
 impl VectorStore {
@@ -62,13 +92,25 @@ impl VectorStore {
         let len = match &storage {
             Storage::Bytes(b) => b.len() / spec.dimensions,
             Storage::F32(f) => f.len() / spec.dimensions,
-            Storage::Split { hi, .. } => hi.len() / spec.dimensions,
         };
-        let mut s = VectorStore { spec, storage, len, inv_norms: Vec::new() };
+        let mut s = VectorStore { spec, storage, len, inv_norms: Vec::new(), codes: None };
         if spec.metric == Metric::Cosine {
             s.inv_norms = (0..len).map(|i| inv_norm(s.self_dot(i))).collect();
         }
         s
+    }
+
+    /// The store with [`Codes`] of its rows added, for searching (f32 cosine stores; others
+    /// are returned as they are).
+    pub fn with_codes(mut self) -> Self {
+        if let (Storage::F32(rows), Metric::Cosine) = (&self.storage, self.spec.metric) {
+            self.codes = Some(Box::new(Codes::of(&self, rows)));
+        }
+        self
+    }
+
+    pub fn codes(&self) -> Option<&Codes> {
+        self.codes.as_deref()
     }
 
     pub fn len(&self) -> usize {
@@ -82,14 +124,14 @@ impl VectorStore {
         let d = self.spec.dimensions;
         match &self.storage {
             Storage::Bytes(b) => &b[i * d..(i + 1) * d],
-            Storage::F32(_) | Storage::Split { .. } => panic!("row_bytes on a float store"),
+            Storage::F32(_) => panic!("row_bytes on a float store"),
         }
     }
     pub fn row_f32(&self, i: usize) -> &[f32] {
         let d = self.spec.dimensions;
         match &self.storage {
             Storage::F32(f) => &f[i * d..(i + 1) * d],
-            Storage::Bytes(_) | Storage::Split { .. } => panic!("row_f32 on a byte or split store"),
+            Storage::Bytes(_) => panic!("row_f32 on a byte store"),
         }
     }
 
@@ -98,24 +140,26 @@ impl VectorStore {
         match &self.storage {
             Storage::Bytes(b) => b.clone(),
             Storage::F32(f) => f.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Storage::Split { hi, lo } => {
-                hi.iter().zip(lo).flat_map(|(&h, &l)| kernels::join_f32(h, l).to_le_bytes()).collect()
-            }
         }
     }
 
-    /// Bytes held in memory per vector (data plus precomputed norms).
+    /// Bytes held in memory per vector (data plus precomputed norms, and the codes where held).
     pub fn bytes_per_vector(&self) -> usize {
         let data = match &self.storage {
             Storage::Bytes(_) => self.spec.dimensions,
-            Storage::F32(_) | Storage::Split { .. } => 4 * self.spec.dimensions,
+            Storage::F32(_) => 4 * self.spec.dimensions,
         };
-        data + if self.inv_norms.is_empty() { 0 } else { 4 }
+        data + if self.inv_norms.is_empty() { 0 } else { 4 } + self.codes().map_or(0, |c| c.store.bytes_per_vector())
     }
 
     /// 1/‖v‖ of row `i` (cosine stores only; 0 for a zero vector).
     pub fn inv_norm(&self, i: usize) -> f32 {
         self.inv_norms[i]
+    }
+
+    /// Where row `i`'s inverse norm lies, for prefetching beside the row.
+    pub(crate) fn inv_norm_ptr(&self, i: usize) -> *const u8 {
+        self.inv_norms.as_ptr().wrapping_add(i) as *const u8
     }
 
     fn self_dot(&self, i: usize) -> f64 {
@@ -127,7 +171,6 @@ impl VectorStore {
         match &self.storage {
             Storage::Bytes(b) => RowRef::Bytes(&b[r]),
             Storage::F32(f) => RowRef::F32(&f[r]),
-            Storage::Split { hi, lo } => RowRef::Split(&hi[r.clone()], &lo[r]),
         }
     }
 
@@ -173,7 +216,7 @@ impl VectorStore {
     fn real_scale2(&self) -> f64 {
         match self.storage {
             Storage::Bytes(_) => (self.spec.scale as f64).powi(2),
-            Storage::F32(_) | Storage::Split { .. } => 1.0,
+            Storage::F32(_) => 1.0,
         }
     }
 }
@@ -217,19 +260,6 @@ pub fn similarity(metric: Metric, distance: f32) -> f64 {
 pub enum RowRef<'a> {
     Bytes(&'a [u8]),
     F32(&'a [f32]),
-    /// Upper and lower halves of f32 values ([`Storage::Split`]).
-    Split(&'a [u16], &'a [u16]),
-}
-
-impl RowRef<'_> {
-    /// The f32 values of a float row (joined when split).
-    fn to_f32(self) -> Vec<f32> {
-        match self {
-            RowRef::F32(f) => f.to_vec(),
-            RowRef::Split(h, l) => h.iter().zip(l).map(|(&h, &l)| kernels::join_f32(h, l)).collect(),
-            RowRef::Bytes(_) => panic!("query and rows differ in encoding"),
-        }
-    }
 }
 
 /// A query ready for distance evaluation.
@@ -261,10 +291,6 @@ pub fn raw_dot(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>)
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.dot_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.dot_u8)(a, b, spec.zero_point) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.dot_f32)(a, b) as f64,
-        (RowRef::F32(q), RowRef::Split(h, l)) | (RowRef::Split(h, l), RowRef::F32(q)) => {
-            (k.dot_split_f32)(h, l, q) as f64
-        }
-        (a @ RowRef::Split(..), RowRef::Split(h, l)) => (k.dot_split_f32)(h, l, &a.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
 }
@@ -276,8 +302,6 @@ pub fn raw_l2(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>) 
         (RowRef::Bytes(a), RowRef::Bytes(b)) if spec.encoding == Encoding::I8 => (k.l2_i8)(a, b) as f64,
         (RowRef::Bytes(a), RowRef::Bytes(b)) => (k.l2_u8)(a, b) as f64,
         (RowRef::F32(a), RowRef::F32(b)) => (k.l2_f32)(a, b) as f64,
-        (a @ (RowRef::F32(_) | RowRef::Split(..)), b @ RowRef::Split(..))
-        | (a @ RowRef::Split(..), b @ RowRef::F32(_)) => (k.l2_f32)(&a.to_f32(), &b.to_f32()) as f64,
         _ => panic!("query and rows differ in encoding"),
     }
 }
@@ -285,6 +309,25 @@ pub fn raw_l2(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_scale_rows_to_unit_length_and_saturate_queries() {
+        let spec = DescriptorSpec::new(1, 4, Encoding::F32, Metric::Cosine);
+        // Row 1 is row 0 scaled by 10, row 2 is zero: codes see only directions.
+        let rows = vec![0.8, -0.2, 0.0, 0.0, 8.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let store = VectorStore::new(spec, Storage::F32(rows)).with_codes();
+        let c = store.codes().unwrap();
+        let Storage::Bytes(b) = &c.store.storage else { panic!("codes are bytes") };
+        assert_eq!(&b[..4], &[128 + 127, 128 - 32, 128, 128]); // -0.2 / 0.8 · 127 = -31.75
+        assert_eq!(&b[..4], &b[4..8]);
+        assert_eq!(&b[8..], &[128; 4]);
+        assert_eq!(store.bytes_per_vector(), 4 * 4 + 4 + 4 + 4);
+        // A query component beyond the largest stored one saturates at ±127.
+        assert_eq!(c.query(&[0.0, 0.0, 1.0, -1.0], 1.0), vec![128, 128, 255, 1]);
+        // Other stores get no codes.
+        let u8spec = DescriptorSpec::new(1, 4, Encoding::U8, Metric::Cosine);
+        assert!(VectorStore::new(u8spec, Storage::Bytes(vec![1; 8])).with_codes().codes().is_none());
+    }
 
     #[test]
     fn similarity_mapping_matches_design() {

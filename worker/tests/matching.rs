@@ -512,9 +512,9 @@ fn index_rejects_bad_input_and_keeps_current() {
     assert_eq!(std::fs::read_to_string(dir.join("CURRENT")).unwrap(), before, "CURRENT untouched by failed builds");
 }
 
-/// An f32 cosine snapshot is served from its split layout (the graph walked on the upper 16
-/// bits of each value, the candidates re-ranked on all 32): through Redis, every similarity
-/// must equal the one computed from the exact f32 vectors, and recall must hold.
+/// An f32 cosine snapshot is served with 8-bit codes of its rows (the graph walked on the
+/// codes, the best candidates re-ranked on the f32 rows): through Redis, every similarity must
+/// equal the one computed from the exact f32 vectors, and recall must hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f32_index_answers_with_exact_similarities() {
     let dir = tempfile::tempdir().unwrap();

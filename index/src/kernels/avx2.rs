@@ -11,8 +11,6 @@ pub const KERNELS: Kernels = Kernels {
     l2_i8: |a, b| unsafe { l2_i8(a, b) },
     dot_f32: |a, b| unsafe { dot_f32(a, b) },
     l2_f32: |a, b| unsafe { l2_f32(a, b) },
-    dot_bf16_f32: |h, b| unsafe { dot_halves::<false>(h, h, b) },
-    dot_split_f32: |h, l, b| unsafe { dot_halves::<true>(h, l, b) },
 };
 
 #[inline(always)]
@@ -148,40 +146,4 @@ unsafe fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum_f32(s) + scalar::l2_f32(&a[i..n], &b[i..n])
-}
-
-/// 8 f32 values from their upper halves at `h` (and lower halves at `l` when `LOW`).
-#[inline(always)]
-unsafe fn load_halves<const LOW: bool>(h: *const u16, l: *const u16) -> __m256 {
-    let hi = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(h as _)));
-    let bits = if LOW { _mm256_or_si256(hi, _mm256_cvtepu16_epi32(_mm_loadu_si128(l as _))) } else { hi };
-    _mm256_castsi256_ps(bits)
-}
-
-/// Σ a·b with `a` as 16-bit halves, laid out like [`dot_f32`] (so with `LOW` it is
-/// bit-identical to `dot_f32` of the joined values).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_halves<const LOW: bool>(h: &[u16], l: &[u16], b: &[f32]) -> f32 {
-    let n = h.len().min(b.len()).min(if LOW { l.len() } else { usize::MAX });
-    let (ph, pl, pb) = (h.as_ptr(), l.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, lane) in acc.iter_mut().enumerate() {
-            let j = i + 8 * k;
-            *lane = _mm256_fmadd_ps(load_halves::<LOW>(ph.add(j), pl.add(j)), _mm256_loadu_ps(pb.add(j)), *lane);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(load_halves::<LOW>(ph.add(i), pl.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
-        i += 8;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let tail = if LOW {
-        scalar::dot_split_f32(&h[i..n], &l[i..n], &b[i..n])
-    } else {
-        scalar::dot_bf16_f32(&h[i..n], &b[i..n])
-    };
-    hsum_f32(s) + tail
 }

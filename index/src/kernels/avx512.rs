@@ -19,8 +19,6 @@ pub const KERNELS: Kernels = Kernels {
     l2_i8: |a, b| unsafe { l2_bytes::<true>(a, b) },
     dot_f32: |a, b| unsafe { dot_f32(a, b) },
     l2_f32: |a, b| unsafe { l2_f32(a, b) },
-    dot_bf16_f32: |h, b| unsafe { dot_halves::<false>(h, h, b) },
-    dot_split_f32: |h, l, b| unsafe { dot_halves::<true>(h, l, b) },
 };
 
 /// Mask of the first `n` (< 64) byte lanes.
@@ -181,40 +179,6 @@ unsafe fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
         let m = if n - i >= 16 { u16::MAX } else { tail_mask16(n - i) };
         let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)));
         acc[0] = _mm512_fmadd_ps(d, d, acc[0]);
-        i += 16;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
-}
-
-/// 16 f32 values from their upper halves at `h` (and lower halves at `l` when `LOW`), lanes
-/// outside `m` zero.
-#[inline(always)]
-unsafe fn load_halves<const LOW: bool>(h: *const u16, l: *const u16, m: u16) -> __m512 {
-    let hi = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, h as _)));
-    let bits = if LOW { _mm512_or_si512(hi, _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, l as _))) } else { hi };
-    _mm512_castsi512_ps(bits)
-}
-
-/// Σ a·b with `a` as 16-bit halves, laid out like [`dot_f32`] (so with `LOW` it is
-/// bit-identical to `dot_f32` of the joined values).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn dot_halves<const LOW: bool>(h: &[u16], l: &[u16], b: &[f32]) -> f32 {
-    let n = h.len().min(b.len()).min(if LOW { l.len() } else { usize::MAX });
-    let (ph, pl, pb) = (h.as_ptr(), l.as_ptr(), b.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (k, lane) in acc.iter_mut().enumerate() {
-            let j = i + 16 * k;
-            *lane =
-                _mm512_fmadd_ps(load_halves::<LOW>(ph.add(j), pl.add(j), u16::MAX), _mm512_loadu_ps(pb.add(j)), *lane);
-        }
-        i += 64;
-    }
-    while i < n {
-        let m = if n - i >= 16 { u16::MAX } else { tail_mask16(n - i) };
-        acc[0] =
-            _mm512_fmadd_ps(load_halves::<LOW>(ph.add(i), pl.add(i), m), _mm512_maskz_loadu_ps(m, pb.add(i)), acc[0]);
         i += 16;
     }
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
