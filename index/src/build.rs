@@ -88,14 +88,7 @@ pub fn build_graph(
         }
         Storage::F32(rows) if spec.metric == Metric::Cosine => {
             // The graph needs the order of distances, not their last digits: build on the codes.
-            let owned;
-            let codes = match store.codes() {
-                Some(c) => c,
-                None => {
-                    owned = Codes::of(store, rows);
-                    &owned
-                }
-            };
+            let codes = Codes::of(store, rows);
             let Storage::Bytes(b) = &codes.store.storage else { unreachable!("codes are bytes") };
             Ok(hnsw::build(&cosine_u8(&codes.store, b, k), n, params, progress))
         }

@@ -274,10 +274,9 @@ impl FlatIndex {
                 };
                 // Walk on the 8-bit codes (a quarter of the bytes per row), then re-rank the
                 // best candidates the walk found with the exact f32 distance.
-                let (cs, qc) = (&c.store, c.query(qf, p.inv_norm()));
-                let Storage::Bytes(b) = &cs.storage else { unreachable!("codes are bytes") };
-                let qinv = cs.prepare(&Query::Bytes(qc.clone())).inv_norm();
-                let walk = cosine_u8_shifted(cs, b, &qc, qinv).expect("codes have zero point 128");
+                let (cs, qc) = (&c.store, Query::Bytes(c.query(qf, p.inv_norm())));
+                let (Storage::Bytes(b), Query::Bytes(qb)) = (&cs.storage, &qc) else { unreachable!("codes are bytes") };
+                let walk = cosine_u8_shifted(cs, b, qb, cs.prepare(&qc).inv_norm()).expect("codes have zero point 128");
                 let pre = |i: u32| prefetch_row(cs, b.as_ptr().wrapping_add(i as usize * d), d, i);
                 let mut hits = self.search_with(walk, pre, &keep, ef, ef);
                 hits.truncate(rerank(k));
