@@ -43,7 +43,16 @@ async fn set_finalizers(
 
 /// Routes a MatchingIndex to its cleanup (being deleted) or its reconcile (finalizer first).
 pub async fn reconcile(mi: Arc<MatchingIndex>, ctx: Arc<Context>) -> Result<Action> {
-    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &mi.namespace().unwrap_or_default());
+    let ns = mi.namespace().unwrap_or_default();
+    let api: Api<MatchingIndex> = Api::namespaced(ctx.client.clone(), &ns);
+    // The watch cache may not hold this operator's last status write yet, and the status is
+    // the memory of every multi-step change (a build, an agent-set change): a decision on a
+    // stale copy would redo a step or undo one. So decide on the object as stored now.
+    let name = mi.name_any();
+    let Some(mi) = api.get_opt(&name).await.map_err(Error::reading(format!("MatchingIndex {ns}/{name}")))? else {
+        return Ok(Action::await_change());
+    };
+    let mi = Arc::new(mi);
     let has = mi.finalizers().iter().any(|f| f == FINALIZER);
     if mi.metadata.deletion_timestamp.is_some() {
         if !has {

@@ -97,6 +97,12 @@ pub fn running(o: &OnlineStatus, gateway_current: bool, live_running: i32) -> i3
     }
 }
 
+/// Whether `d` is a gateway from before agents had names: it found them by `--agents-dns`.
+fn finds_agents_by_dns(d: &Deployment) -> bool {
+    let args = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.containers.first());
+    args.and_then(|c| c.args.as_deref()).is_some_and(|a| a.iter().any(|x| x == "--agents-dns"))
+}
+
 /// Whether `d` runs `args` on every pod: the spec applied, observed and rolled out.
 pub fn rolled_out(d: &Deployment, args: &[String]) -> bool {
     let spec = d.spec.as_ref();
@@ -147,9 +153,11 @@ pub async fn step(
         .map_err(Error::reading(format!("StatefulSet {ns}/{name}-agent")))?;
     let mut o = st.online.clone().unwrap_or_else(|| {
         let mut o = OnlineStatus { agents: spec, reading: spec, rebalance: None };
-        // An online path from before this status existed placed objects by the agents' IPs:
-        // one rebalance puts them where owners by name are.
-        if gateway.is_some() {
+        // An online path from before this status existed placed objects by the agents' IPs
+        // (its gateway found them by DNS): one rebalance puts them where owners by name are.
+        // Not the missing status itself: a new MatchingIndex's first status write may not be
+        // visible yet to the next reconcile, beside the gateway that reconcile created.
+        if gateway.as_ref().is_some_and(finds_agents_by_dns) {
             o.rebalance = Some(pending(&o, job_name(mi, &o)));
         }
         o
@@ -325,6 +333,18 @@ mod tests {
         assert!(!rolled_out(&d(3, 2, 2, 2, &args), &args), "not yet observed");
         assert!(!rolled_out(&d(3, 3, 1, 3, &args), &args), "an old pod still runs");
         assert!(!rolled_out(&d(3, 3, 2, 2, &args[..2]), &args), "other arguments");
+    }
+
+    #[test]
+    fn only_a_gateway_finding_agents_by_dns_is_from_before_agent_names() {
+        let d = |args: &[&str]| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "gateway", "args": args}]}}}
+            }))
+            .unwrap()
+        };
+        assert!(finds_agents_by_dns(&d(&["filter", "--agents-dns", "t-agent.ns.svc:8081"])));
+        assert!(!finds_agents_by_dns(&d(&["filter", "--agents", "t-agent-0.t-agent.ns.svc:8081"])));
     }
 
     #[test]

@@ -130,6 +130,21 @@ async fn first_reconcile_adds_the_finalizer_and_starts_a_build() {
 }
 
 #[tokio::test]
+async fn a_stale_copy_from_the_watch_cache_is_decided_on_as_stored() {
+    let (ctx, state) = setup(2);
+    add(&state, mi("a"));
+    let stale = get(&state, "a");
+    reconcile(&ctx, &state, "a").await;
+    let before = status(&state, "a");
+    // The cache still holds the object as it was before that reconcile: no finalizer (its
+    // patch would conflict on the old resourceVersion) and no status.
+    finalizer::reconcile(Arc::new(stale), ctx.clone()).await.unwrap();
+    let (was, now) = (before.current_build.unwrap(), status(&state, "a").current_build.unwrap());
+    assert_eq!((now.job, now.build_hash), (was.job, was.build_hash));
+    assert_eq!(events(&state, "BuildStarted"), 1, "the build is not started twice");
+}
+
+#[tokio::test]
 async fn admission_holds_the_indexers_concurrency_and_a_finished_build_frees_the_slot() {
     let (ctx, state) = setup(1);
     for n in ["a", "b", "c"] {
@@ -448,17 +463,6 @@ async fn a_matcher_pod_that_cannot_start_says_why_in_the_reason_column_once() {
     set_ready(&state, "a-matcher", 1);
     reconcile(&ctx, &state, "a").await;
     assert_eq!(status(&state, "a").phase, Some(Phase::Ready));
-}
-
-#[tokio::test]
-async fn a_conflicting_finalizer_patch_is_an_error_not_a_panic() {
-    let (ctx, state) = setup(1);
-    add(&state, mi("a"));
-    let mut stale = get(&state, "a");
-    stale.metadata.resource_version = Some("0".into());
-    let err = finalizer::reconcile(Arc::new(stale), ctx.clone()).await.unwrap_err();
-    assert!(matches!(err, super::Error::Finalizer { action: "adding", .. }), "{err}");
-    assert!(build_jobs(&state, "a").is_empty());
 }
 
 fn served(ready: i32, desired: i32) -> MatchingIndexStatus {
