@@ -692,6 +692,11 @@ def machine_meta() -> dict:
     }
 
 
+def default_redis_configs() -> str:
+    cores = len(os.sched_getaffinity(0))
+    return ",".join(["1x1"] + ([f"1x{cores}"] if cores > 1 else []) + ["2x1", "4x1"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vectors", type=int, default=100_000, help="face-like base size (default 100k)")
@@ -722,7 +727,11 @@ def main() -> None:
     ap.add_argument("--minilm-limit", type=int, default=0, help="at most this many MiniLM base vectors (0 = all ~30k)")
     ap.add_argument("--no-redis", action="store_true")
     ap.add_argument("--redis-encodings", default="u8,f32")
-    ap.add_argument("--redis-configs", default="1x1,2x1,4x1")
+    ap.add_argument(
+        "--redis-configs",
+        default=default_redis_configs(),
+        help="MATCHERSxTHREADS set-ups; the default adds one matcher with a search thread per core (thread scaling)",
+    )
     ap.add_argument("--redis-inflight", type=int, default=64)
     ap.add_argument("--redis-seconds", type=float, default=10.0, help="time limit of each Redis load phase")
     ap.add_argument(

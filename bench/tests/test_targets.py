@@ -170,3 +170,30 @@ def test_acceptance_covers_every_data_set_and_keeps_the_redis_targets():
     assert find(out, "Redis p50 added latency")["verdict"] == "MET"
     assert find(out, "Redis batched throughput")["verdict"] == "MET"
     assert all(set(x) == {"target", "value", "verdict", "measured"} for x in out)
+    assert not any("search threads" in x["target"] for x in out), "no multi-thread matcher ran"
+
+
+def test_matcher_thread_scaling_is_judged_against_one_thread_at_the_most_threads_run():
+    def config(threads: int, throughput: float) -> dict:
+        return {
+            "matchers": 1,
+            "threads_per_matcher": threads,
+            "serial": {"added_p50_us": 300.0},
+            "batched": {
+                "per_matcher_core_vs_in_process": 0.9,
+                "per_matcher_cpu_second_vs_in_process": 0.9,
+                "throughput": throughput,
+            },
+        }
+
+    def scaling(*configs: dict) -> dict:
+        redis = {"dataset": "face-100k", "encoding": "u8", "configs": list(configs)}
+        return find(acceptance({"datasets": [], "redis": [redis]}), "search threads")
+
+    # Listed first, the 2-thread run does not stand in for the one-thread base.
+    t = scaling(config(2, 1800.0), config(1, 1000.0), {**config(1, 500.0), "matchers": 2})
+    assert t["target"] == "face-100k/u8 Redis matcher throughput with 2 search threads ≥ 0.85·2 × one thread"
+    assert (t["verdict"], round(t["value"], 3)) == ("MET", 0.9)
+    t = scaling(config(1, 1000.0), config(2, 1800.0), config(4, 3000.0))
+    assert (t["verdict"], round(t["value"], 3)) == ("MISSED", 0.75)
+    assert "3.00×" in t["measured"] and "need 3.40×" in t["measured"]
