@@ -199,8 +199,7 @@ def redis_targets(redis: list[dict]) -> list[dict]:
     how throughput grows with search threads."""
     out = []
     for r in redis:
-        ones = [c for c in r["configs"] if c["matchers"] == 1]
-        one = next((c for c in ones if threads(c) == 1), None)
+        one = next((c for c in r["configs"] if c["matchers"] == 1 and threads(c) == 1), None)
         if not one:
             continue
         added = one["serial"]["added_p50_us"]

@@ -97,21 +97,21 @@ pub fn running(o: &OnlineStatus, gateway_current: bool, live_running: i32) -> i3
     }
 }
 
+/// The arguments of `d`'s (the gateway's) container.
+fn container_args(d: &Deployment) -> Option<&[String]> {
+    let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    pod.and_then(|p| p.containers.first()).and_then(|c| c.args.as_deref())
+}
+
 /// Whether `d` is a gateway from before agents had names: it found them by `--agents-dns`.
 fn finds_agents_by_dns(d: &Deployment) -> bool {
-    let args = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.containers.first());
-    args.and_then(|c| c.args.as_deref()).is_some_and(|a| a.iter().any(|x| x == "--agents-dns"))
+    container_args(d).is_some_and(|a| a.iter().any(|x| x == "--agents-dns"))
 }
 
 /// Whether `d` runs `args` on every pod: the spec applied, observed and rolled out.
 pub fn rolled_out(d: &Deployment, args: &[String]) -> bool {
-    let spec = d.spec.as_ref();
-    let same = spec
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.args.as_deref())
-        .is_some_and(|a| a == args);
-    let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let same = container_args(d).is_some_and(|a| a == args);
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(s) = d.status.as_ref() else { return false };
     same && s.observed_generation >= d.metadata.generation
         && s.updated_replicas.unwrap_or(0) >= want
