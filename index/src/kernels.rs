@@ -15,6 +15,9 @@ pub struct Kernels {
     /// Σ a·b with `a` unsigned and `b` signed: the search's u8 kernel, run against a query
     /// shifted once into signed range (see [`shift_query`]).
     pub dot_u8_i8: fn(&[u8], &[i8]) -> i64,
+    /// Σ a·b with `a` packed 4-bit unsigned values and `b` signed bytes, in the block layout
+    /// of [`crate::nibbles`]: `a` holds whole 32-byte blocks, `b` 64 values per block.
+    pub dot_u4_i8: fn(&[u8], &[i8]) -> i64,
     /// Σ (a−b)² over u8 values (the zero point cancels).
     pub l2_u8: fn(&[u8], &[u8]) -> i64,
     /// Σ (a−b)² over i8 values.
@@ -94,6 +97,7 @@ pub const SCALAR: Kernels = Kernels {
     dot_u8: scalar::dot_u8,
     dot_i8: scalar::dot_i8,
     dot_u8_i8: scalar::dot_u8_i8,
+    dot_u4_i8: scalar::dot_u4_i8,
     l2_u8: scalar::l2_u8,
     l2_i8: scalar::l2_i8,
     dot_f32: scalar::dot_f32,
@@ -126,6 +130,16 @@ pub mod scalar {
     }
     pub fn dot_u8_i8(a: &[u8], b: &[i8]) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| (x as i32 * y as i32) as i64).sum()
+    }
+    pub fn dot_u4_i8(a: &[u8], b: &[i8]) -> i64 {
+        let mut sum = 0i64;
+        for (block, bytes) in a.chunks_exact(32).enumerate() {
+            let q = &b[64 * block..64 * block + 64];
+            for (t, &x) in bytes.iter().enumerate() {
+                sum += (x & 15) as i64 * q[t] as i64 + (x >> 4) as i64 * q[32 + t] as i64;
+            }
+        }
+        sum
     }
     pub fn l2_u8(a: &[u8], b: &[u8]) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| (x as i32 - y as i32).pow(2) as i64).sum()
@@ -183,6 +197,16 @@ mod tests {
             let (a, b): (Vec<u8>, Vec<u8>) = pairs.into_iter().unzip();
             for k in available() {
                 check_integer(&k, &a, &b, z)?;
+            }
+        }
+
+        #[test]
+        fn u4_kernel_matches_reference_exactly((a, b) in (0usize..6).prop_flat_map(|blocks| (
+            prop::collection::vec(prop_oneof![Just(0u8), Just(255u8), Just(0x0f), Just(0xf0), any::<u8>()], 32 * blocks),
+            prop::collection::vec(prop_oneof![Just(-128i8), Just(127i8), any::<i8>()], 64 * blocks),
+        ))) {
+            for k in available() {
+                prop_assert_eq!((k.dot_u4_i8)(&a, &b), scalar::dot_u4_i8(&a, &b), "{}", k.name);
             }
         }
 
@@ -248,6 +272,8 @@ mod tests {
             assert_eq!((k.l2_i8)(&min, &vec![0x7f; n as usize]), 255 * 255 * n, "{name}");
             assert_eq!((k.dot_u8_i8)(&hi, as_i8(&min)), -255 * 128 * n, "{name}");
             assert_eq!((k.dot_u8_i8)(&hi, as_i8(&vec![0x7f; n as usize])), 255 * 127 * n, "{name}");
+            let (nib, q) = (vec![0xffu8; n as usize / 2], vec![-128i8; n as usize]);
+            assert_eq!((k.dot_u4_i8)(&nib, &q), -15 * 128 * n, "{name}");
         }
     }
 }

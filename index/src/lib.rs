@@ -13,6 +13,7 @@ pub mod flat;
 pub mod hnsw;
 pub mod io;
 pub mod kernels;
+pub mod nibbles;
 pub mod rng;
 pub mod snapshot;
 pub mod synth;

@@ -243,7 +243,7 @@ pub fn load_from(sdir: &Path, id: &str) -> Result<(Manifest, FlatIndex), Snapsho
         return Err(corrupt(format!("{} ids and {} graph nodes for {} vectors", ids.len(), graph.len(), m.vectors)));
     }
     graph.validate().map_err(|e| corrupt(e.to_string()))?;
-    let vectors = VectorStore::new(spec, storage).with_codes();
+    let vectors = VectorStore::new(spec, storage).with_walk_codes();
     let index = FlatIndex { vectors, graph, ids, ef_search: m.hnsw.ef_search };
     Ok((m, index))
 }

@@ -5,6 +5,7 @@ use crate::descriptor::{DescriptorSpec, Encoding, Metric, Query};
 use crate::error::Error;
 use crate::io::Matrix;
 use crate::kernels::{self, Kernels};
+use crate::nibbles::Nibbles;
 
 /// Row-major vectors. `Bytes` holds u8 (with the spec's zero point) or i8 values; f16 sources
 /// are widened to `F32`.
@@ -22,49 +23,7 @@ pub struct VectorStore {
     len: usize,
     /// 1/‖v‖ per row for cosine (0 for a zero vector); empty for other metrics.
     inv_norms: Vec<f32>,
-    /// 8-bit codes of the rows (f32 cosine stores that serve searches), walked by the graph
-    /// search before the exact re-rank.
-    codes: Option<Box<Codes>>,
-}
-
-/// An f32 cosine store's rows as 8-bit codes: each row scaled to unit length, then one scale
-/// for all rows so the largest component maps to ±127, held as u8 with zero point 128. The
-/// order of code distances follows the order of exact distances closely, and a code row is a
-/// quarter of the bytes: what the graph build compares, and what a search walks before it
-/// re-ranks its candidates on the f32 rows.
-#[derive(Debug, Clone)]
-pub struct Codes {
-    /// The codes as a u8 cosine store (with their own inverse norms).
-    pub store: VectorStore,
-    scale: f32,
-}
-
-impl Codes {
-    /// Codes of `rows`, the f32 rows of cosine store `store`.
-    pub fn of(store: &VectorStore, rows: &[f32]) -> Codes {
-        let d = store.spec.dimensions;
-        let max = rows
-            .chunks_exact(d)
-            .enumerate()
-            .map(|(i, r)| r.iter().fold(0f32, |m, x| m.max(x.abs())) * store.inv_norm(i))
-            .fold(0f32, f32::max);
-        let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
-        let mut codes = huge_capacity(rows.len());
-        for (i, r) in rows.chunks_exact(d).enumerate() {
-            codes.extend(encode(r, scale * store.inv_norm(i)));
-        }
-        let spec = DescriptorSpec::new(store.spec.version, d, Encoding::U8, Metric::Cosine);
-        Codes { store: VectorStore::new(spec, Storage::Bytes(codes)), scale }
-    }
-
-    /// A query's codes (`qinv` = 1/‖q‖), on the rows' scale; components beyond it saturate.
-    pub fn query(&self, q: &[f32], qinv: f32) -> Vec<u8> {
-        encode(q, self.scale * qinv).collect()
-    }
-}
-
-fn encode(r: &[f32], s: f32) -> impl Iterator<Item = u8> + '_ {
-    r.iter().map(move |&x| ((x * s).round().clamp(-127.0, 127.0) as i32 + 128) as u8)
+    nibbles: Option<Box<Nibbles>>,
 }
 
 impl VectorStore {
@@ -93,24 +52,23 @@ impl VectorStore {
             Storage::Bytes(b) => b.len() / spec.dimensions,
             Storage::F32(f) => f.len() / spec.dimensions,
         };
-        let mut s = VectorStore { spec, storage, len, inv_norms: Vec::new(), codes: None };
+        let mut s = VectorStore { spec, storage, len, inv_norms: Vec::new(), nibbles: None };
         if spec.metric == Metric::Cosine {
             s.inv_norms = (0..len).map(|i| inv_norm(s.self_dot(i))).collect();
         }
         s
     }
 
-    /// The store with [`Codes`] of its rows added, for searching (f32 cosine stores; others
-    /// are returned as they are).
-    pub fn with_codes(mut self) -> Self {
-        if let (Storage::F32(rows), Metric::Cosine) = (&self.storage, self.spec.metric) {
-            self.codes = Some(Box::new(Codes::of(&self, rows)));
-        }
+    /// The store with [`Nibbles`] of its rows added, for serving searches (cosine stores;
+    /// others are returned as they are).
+    pub fn with_walk_codes(mut self) -> Self {
+        self.nibbles = Nibbles::of(&self).map(Box::new);
         self
     }
 
-    pub fn codes(&self) -> Option<&Codes> {
-        self.codes.as_deref()
+    /// The 4-bit codes a search walks, where the store has them.
+    pub fn nibbles(&self) -> Option<&Nibbles> {
+        self.nibbles.as_deref()
     }
 
     pub fn len(&self) -> usize {
@@ -149,7 +107,7 @@ impl VectorStore {
             Storage::Bytes(_) => self.spec.dimensions,
             Storage::F32(_) => 4 * self.spec.dimensions,
         };
-        data + if self.inv_norms.is_empty() { 0 } else { 4 } + self.codes().map_or(0, |c| c.store.bytes_per_vector())
+        data + if self.inv_norms.is_empty() { 0 } else { 4 } + self.nibbles().map_or(0, Nibbles::bytes_per_vector)
     }
 
     /// 1/‖v‖ of row `i` (cosine stores only; 0 for a zero vector).
@@ -309,25 +267,6 @@ pub fn raw_l2(k: &Kernels, spec: &DescriptorSpec, a: RowRef<'_>, b: RowRef<'_>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn codes_scale_rows_to_unit_length_and_saturate_queries() {
-        let spec = DescriptorSpec::new(1, 4, Encoding::F32, Metric::Cosine);
-        // Row 1 is row 0 scaled by 10, row 2 is zero: codes see only directions.
-        let rows = vec![0.8, -0.2, 0.0, 0.0, 8.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        let store = VectorStore::new(spec, Storage::F32(rows)).with_codes();
-        let c = store.codes().unwrap();
-        let Storage::Bytes(b) = &c.store.storage else { panic!("codes are bytes") };
-        assert_eq!(&b[..4], &[128 + 127, 128 - 32, 128, 128]); // -0.2 / 0.8 · 127 = -31.75
-        assert_eq!(&b[..4], &b[4..8]);
-        assert_eq!(&b[8..], &[128; 4]);
-        assert_eq!(store.bytes_per_vector(), 4 * 4 + 4 + 4 + 4);
-        // A query component beyond the largest stored one saturates at ±127.
-        assert_eq!(c.query(&[0.0, 0.0, 1.0, -1.0], 1.0), vec![128, 128, 255, 1]);
-        // Other stores get no codes.
-        let u8spec = DescriptorSpec::new(1, 4, Encoding::U8, Metric::Cosine);
-        assert!(VectorStore::new(u8spec, Storage::Bytes(vec![1; 8])).with_codes().codes().is_none());
-    }
 
     #[test]
     fn similarity_mapping_matches_design() {

@@ -7,6 +7,7 @@ pub const KERNELS: Kernels = Kernels {
     dot_u8: |a, b, z| unsafe { dot_u8(a, b, z) },
     dot_i8: |a, b| unsafe { dot_i8(a, b) },
     dot_u8_i8: |a, b| unsafe { dot_u8_i8(a, b) },
+    dot_u4_i8: |a, b| unsafe { dot_u4_i8(a, b) },
     l2_u8: |a, b| unsafe { l2_u8(a, b) },
     l2_i8: |a, b| unsafe { l2_i8(a, b) },
     dot_f32: |a, b| unsafe { dot_f32(a, b) },
@@ -95,6 +96,46 @@ unsafe fn dot_i8(a: &[u8], b: &[u8]) -> i64 {
 #[target_feature(enable = "avx2")]
 unsafe fn dot_u8_i8(a: &[u8], b: &[i8]) -> i64 {
     dot_bytes::<false, true>(a, super::as_bytes(b), 0)
+}
+/// One 32-byte block of 4-bit values times 64 i8 values, as 16 × i16 partial sums.
+#[inline(always)]
+unsafe fn u4_block(pa: *const u8, pb: *const i8) -> __m256i {
+    let mask = _mm256_set1_epi8(0x0f);
+    let v = _mm256_loadu_si256(pa as _);
+    let lo = _mm256_and_si256(v, mask);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+    let qlo = _mm256_loadu_si256(pb as _);
+    let qhi = _mm256_loadu_si256(pb.add(32) as _);
+    _mm256_add_epi16(_mm256_maddubs_epi16(lo, qlo), _mm256_maddubs_epi16(hi, qhi))
+}
+
+/// Σ a·b over packed 4-bit `a` (one 32-byte block = 64 values: low nibbles first, then high)
+/// and i8 `b`: unpack by mask and shift, `vpmaddubsw` (u8 × i8 pairs into i16, at most
+/// 2·15·128 in magnitude, so two blocks add without saturating), then pairs into i32.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_u4_i8(a: &[u8], b: &[i8]) -> i64 {
+    let blocks = (a.len() / 32).min(b.len() / 64);
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 2 <= blocks {
+        acc = _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(
+                _mm256_add_epi16(
+                    u4_block(pa.add(32 * i), pb.add(64 * i)),
+                    u4_block(pa.add(32 * i + 32), pb.add(64 * i + 64)),
+                ),
+                ones,
+            ),
+        );
+        i += 2;
+    }
+    if i < blocks {
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(u4_block(pa.add(32 * i), pb.add(64 * i)), ones));
+    }
+    hsum_i32(acc)
 }
 #[target_feature(enable = "avx2")]
 unsafe fn l2_u8(a: &[u8], b: &[u8]) -> i64 {
