@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use crate::descriptor::DescriptorSpec;
-use crate::descriptor::{Encoding, Metric};
+use crate::descriptor::{DescriptorSpec, Encoding, Metric};
 use crate::error::Error;
 use crate::flat::Graph;
 use crate::hnsw::{self, Space};

@@ -146,11 +146,6 @@ impl Nibbles {
     pub fn bytes_per_vector(&self) -> usize {
         self.row_bytes
     }
-
-    /// Dimensions of the rows coded.
-    pub fn dims(&self) -> usize {
-        self.dims
-    }
 }
 
 /// Row `i` of a cosine store as a unit vector in real units (zero stays zero).

@@ -82,7 +82,8 @@ impl Segment {
     ) -> Segment {
         let ids: Vec<String> = meta.iter().map(|(id, ..)| id.clone()).collect();
         let index = FlatIndex {
-            vectors: VectorStore::new(spec, Storage::F32(flat)),
+            // Cosine segments walk 4-bit codes of their rows, as loaded snapshots do.
+            vectors: VectorStore::new(spec, Storage::F32(flat)).with_walk_codes(),
             graph,
             ids: Ids::from_vec(&ids),
             ef_search: 0,
