@@ -254,7 +254,7 @@ impl FlatIndex {
         if let Some(nb) = v.nibbles() {
             // Walk on the 4-bit codes, then re-rank the best candidates the walk found with the
             // store's own (exact) distance.
-            let (nq, dot, rb) = (nb.prepare(v, q, p.inv_norm()), crate::kernels::active().dot_u4_i8, nb.row_bytes());
+            let (nq, dot, rb) = (nb.prepare(&v.spec, &p), crate::kernels::active().dot_u4_i8, nb.row_bytes());
             let walk = |i: u32| nb.distance(&nq, dot, i as usize);
             let mut hits = self.search_with(walk, |i| prefetch(nb.row_ptr(i as usize), rb), &keep, ef, ef);
             hits.truncate(rerank(k));

@@ -20,8 +20,8 @@
 
 use rayon::prelude::*;
 
-use crate::descriptor::{DescriptorSpec, Encoding, Metric, Query};
-use crate::vectors::{huge_capacity, RowRef, Storage, VectorStore};
+use crate::descriptor::{DescriptorSpec, Encoding, Metric};
+use crate::vectors::{huge_capacity, Prepared, RowRef, Storage, VectorStore};
 
 /// Dimensions per 32-byte block of codes.
 pub const BLOCK_DIMS: usize = 64;
@@ -109,14 +109,10 @@ impl Nibbles {
         self.codes.as_ptr().wrapping_add(i * self.row_bytes)
     }
 
-    /// Prepares a decoded query for [`Nibbles::distance`]; `inv_norm` is its 1/‖q‖ in the
-    /// store's units.
-    pub fn prepare(&self, store: &VectorStore, q: &Query, inv_norm: f32) -> NibbleQuery {
+    /// Prepares a query, already prepared against `spec`'s store, for [`Nibbles::distance`].
+    pub fn prepare(&self, spec: &DescriptorSpec, p: &Prepared<'_>) -> NibbleQuery {
         let mut unit = vec![0f32; self.dims];
-        match q {
-            Query::F32(f) => to_unit(&store.spec, RowRef::F32(f), inv_norm, &mut unit),
-            Query::Bytes(b) => to_unit(&store.spec, RowRef::Bytes(b), inv_norm, &mut unit),
-        }
+        to_unit(spec, p.row(), p.inv_norm(), &mut unit);
         self.query(&unit)
     }
 

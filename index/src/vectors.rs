@@ -232,6 +232,11 @@ impl Prepared<'_> {
     pub fn inv_norm(&self) -> f32 {
         self.inv_norm
     }
+
+    /// The query in serving encoding.
+    pub fn row(&self) -> RowRef<'_> {
+        self.row
+    }
 }
 
 fn inv_norm(self_dot: f64) -> f32 {

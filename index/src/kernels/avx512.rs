@@ -7,7 +7,7 @@
 //! Per i32 lane one step adds at most 4·255·128 < 2¹⁷, so 2¹⁰ steps (65 536 dimensions,
 //! `MAX_DIMENSIONS`) stay below 2³¹.
 
-use super::Kernels;
+use super::{avx2, Kernels};
 use std::arch::x86_64::*;
 
 pub const KERNELS: Kernels = Kernels {
@@ -15,7 +15,8 @@ pub const KERNELS: Kernels = Kernels {
     dot_u8: |a, b, z| unsafe { dot_u8(a, b, z) },
     dot_i8: |a, b| unsafe { dot_i8(a, b) },
     dot_u8_i8: |a, b| unsafe { dot_u8_i8(a, super::as_bytes(b)) },
-    dot_u4_i8: |a, b| unsafe { dot_u4_i8(a, b) },
+    // Every AVX-512 CPU runs AVX2; one 4-bit kernel serves all x86 sets.
+    dot_u4_i8: avx2::KERNELS.dot_u4_i8,
     l2_u8: |a, b| unsafe { l2_bytes::<false>(a, b) },
     l2_i8: |a, b| unsafe { l2_bytes::<true>(a, b) },
     dot_f32: |a, b| unsafe { dot_f32(a, b) },
@@ -183,27 +184,4 @@ unsafe fn l2_f32(a: &[f32], b: &[f32]) -> f32 {
         i += 16;
     }
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
-}
-
-/// Σ a·b over packed 4-bit `a` and i8 `b` (block layout of `crate::nibbles`): each 32-byte
-/// block unpacked by mask and shift, both halves into `vpdpbusd` on 256-bit lanes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_u4_i8(a: &[u8], b: &[i8]) -> i64 {
-    let blocks = (a.len() / 32).min(b.len() / 64);
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mask = _mm256_set1_epi8(0x0f);
-    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    for i in 0..blocks {
-        let v = _mm256_loadu_si256(pa.add(32 * i) as _);
-        let lo = _mm256_and_si256(v, mask);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        acc0 = _mm256_dpbusd_epi32(acc0, lo, _mm256_loadu_si256(pb.add(64 * i) as _));
-        acc1 = _mm256_dpbusd_epi32(acc1, hi, _mm256_loadu_si256(pb.add(64 * i + 32) as _));
-    }
-    let s = _mm256_add_epi32(acc0, acc1);
-    let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(s));
-    let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(s));
-    let mut l = [0i64; 4];
-    _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, _mm256_add_epi64(lo, hi));
-    l.iter().sum()
 }

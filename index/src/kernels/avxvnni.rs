@@ -8,7 +8,6 @@ pub const KERNELS: Kernels = Kernels {
     name: "avx-vnni",
     dot_u8: |a, b, z| unsafe { dot_u8(a, b, z) },
     dot_u8_i8: |a, b| unsafe { dot_u8_i8(a, b) },
-    dot_u4_i8: |a, b| unsafe { dot_u4_i8(a, b) },
     ..avx2::KERNELS
 };
 
@@ -68,22 +67,4 @@ unsafe fn dot_u8(a: &[u8], b: &[u8], z: i32) -> i64 {
     }
     let (sa, sb, z, m) = (hsum_i64(sa), hsum_i64(sb), z as i64, i as i64);
     hsum_i32(acc) + 128 * sa - z * sa - z * sb + m * z * z + scalar::dot_u8(&a[i..n], &b[i..n], z as i32)
-}
-
-/// Σ a·b over packed 4-bit `a` and i8 `b` (block layout of `crate::nibbles`): each 32-byte
-/// block unpacked by mask and shift, both halves into `vpdpbusd`.
-#[target_feature(enable = "avx2,avxvnni")]
-unsafe fn dot_u4_i8(a: &[u8], b: &[i8]) -> i64 {
-    let blocks = (a.len() / 32).min(b.len() / 64);
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mask = _mm256_set1_epi8(0x0f);
-    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    for i in 0..blocks {
-        let v = _mm256_loadu_si256(pa.add(32 * i) as _);
-        let lo = _mm256_and_si256(v, mask);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-        acc0 = _mm256_dpbusd_avx_epi32(acc0, lo, _mm256_loadu_si256(pb.add(64 * i) as _));
-        acc1 = _mm256_dpbusd_avx_epi32(acc1, hi, _mm256_loadu_si256(pb.add(64 * i + 32) as _));
-    }
-    hsum_i32(_mm256_add_epi32(acc0, acc1))
 }
