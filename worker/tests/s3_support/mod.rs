@@ -5,9 +5,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::common::{free_port, wait_until, Proc};
+use crate::common::{free_port, Proc};
 
 pub const ACCESS_KEY: &str = "kimtest";
 pub const SECRET_KEY: &str = "kimtest-secret-0123456789";
@@ -24,6 +24,7 @@ pub struct Weed {
     pub s3: u16,
     pub filer: u16,
     pub tls: bool,
+    ports: Vec<u16>,
 }
 
 impl Weed {
@@ -55,8 +56,6 @@ impl Weed {
     }
 
     fn start_with(dir: &Path, tls: Option<(PathBuf, PathBuf)>) -> Weed {
-        let data = dir.join("weed");
-        std::fs::create_dir_all(&data).unwrap();
         let config = dir.join("weed-s3.json");
         let identities = serde_json::json!({"identities": [{
             "name": "kim",
@@ -64,7 +63,31 @@ impl Weed {
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
         }]});
         std::fs::write(&config, identities.to_string()).unwrap();
-        let p: Vec<String> = (0..8).map(|_| free_port().to_string()).collect();
+        // A start that does not come up (a loopback port taken between choosing and binding
+        // it, a master that never wins its one-node election on a starved CI machine) is
+        // retried on fresh ports; its log's warnings and errors go to the test's output.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut w = Weed::spawn(dir, &config, tls.as_ref(), attempt);
+            match w.ready(Duration::from_secs(45)) {
+                Ok(()) => return w,
+                Err(what) => {
+                    let log = w.proc.log_text();
+                    let noteworthy: Vec<&str> = log.lines().filter(|l| !l.starts_with('I')).collect();
+                    let tail = noteworthy[noteworthy.len().saturating_sub(20)..].join("\n");
+                    eprintln!("SeaweedFS start {attempt}/{ATTEMPTS}: {what}; its log ends:\n{tail}");
+                }
+            }
+        }
+        panic!("SeaweedFS did not come up in {ATTEMPTS} starts (logs above)");
+    }
+
+    fn spawn(dir: &Path, config: &Path, tls: Option<&(PathBuf, PathBuf)>, attempt: usize) -> Weed {
+        let name = if attempt == 1 { "weed".to_string() } else { format!("weed-{attempt}") };
+        let data = dir.join(&name);
+        std::fs::create_dir_all(&data).unwrap();
+        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let p: Vec<String> = ports.iter().map(u16::to_string).collect();
         let mut cmd = Command::new(weed_bin());
         cmd.arg("server")
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-volume.max=4"])
@@ -79,26 +102,39 @@ impl Weed {
             .arg(format!("-filer.port.grpc={}", p[5]))
             .arg(format!("-s3.port={}", p[6]))
             .arg(format!("-s3.port.grpc={}", p[7]));
-        if let Some((cert, key)) = &tls {
+        if let Some((cert, key)) = tls {
             cmd.arg(format!("-s3.cert.file={}", cert.display())).arg(format!("-s3.key.file={}", key.display()));
         }
-        let w = Weed {
-            proc: Proc::spawn("weed", &mut cmd, dir),
+        Weed {
+            proc: Proc::spawn(&name, &mut cmd, dir),
             s3: p[6].parse().unwrap(),
             filer: p[4].parse().unwrap(),
             tls: tls.is_some(),
-        };
+            ports,
+        }
+    }
+
+    /// Waits until the bucket exists, accepts a write through the filer, and the S3 port
+    /// listens; names the step that did not happen within `limit` otherwise.
+    fn ready(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
         // A bucket is a directory under /buckets; writes work once master and volume agree.
-        wait_until(Duration::from_secs(60), "SeaweedFS filer to create the bucket", || {
-            w.filer_request("POST", &format!("/buckets/{BUCKET}/"), b"").is_some()
-        });
-        wait_until(Duration::from_secs(60), "SeaweedFS to accept writes", || {
+        self.step(deadline, "bucket", |w| w.filer_request("POST", &format!("/buckets/{BUCKET}/"), b"").is_some())?;
+        self.step(deadline, "write", |w| {
             matches!(w.filer_request("PUT", &format!("/buckets/{BUCKET}/.ready"), b"ok"), Some(200..=299))
-        });
-        wait_until(Duration::from_secs(30), "SeaweedFS S3 gateway", || {
-            std::net::TcpStream::connect(("127.0.0.1", w.s3)).is_ok()
-        });
-        w
+        })?;
+        self.step(deadline, "S3 listener", |w| std::net::TcpStream::connect(("127.0.0.1", w.s3)).is_ok())
+    }
+
+    fn step(&mut self, deadline: Instant, what: &str, mut f: impl FnMut(&Weed) -> bool) -> Result<(), String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if kim_testkit::poll_until(left, || self.proc.alive() && f(self)) {
+            Ok(())
+        } else if self.proc.alive() {
+            Err(format!("no {what} in time"))
+        } else {
+            Err(format!("weed exited before {what}"))
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -132,6 +168,23 @@ impl Weed {
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         buf.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// weed keeps a unix socket in /tmp beside most of its ports and removes them only on a
+/// graceful exit, which takes it half a minute; the test kills it and removes them.
+impl Drop for Weed {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let ours = |name: &str| {
+            name.starts_with("seaweedfs-") && self.ports.iter().any(|p| name.ends_with(&format!("-{p}.sock")))
+        };
+        for e in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+            if e.file_name().to_str().is_some_and(ours) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
