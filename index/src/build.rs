@@ -34,7 +34,10 @@ impl Space for CosineU8<'_> {
     #[inline]
     fn prefetch(&self, b: u32) {
         let d = self.store.spec.dimensions;
-        prefetch(self.rows.as_ptr().wrapping_add(b as usize * d), d.min(1024));
+        prefetch(self.rows.as_ptr().wrapping_add(b as usize * d), self.prefetch_bytes());
+    }
+    fn prefetch_bytes(&self) -> usize {
+        self.store.spec.dimensions.min(1024)
     }
 }
 
@@ -46,6 +49,9 @@ impl Space for Generic<'_> {
         self.0.pair_distance(a as usize, b as usize)
     }
     fn prefetch(&self, _: u32) {}
+    fn prefetch_bytes(&self) -> usize {
+        0
+    }
     fn duplicates(&self, d: f32) -> bool {
         self.0.spec.metric != Metric::Dot && d <= hnsw::DUPLICATE
     }

@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 
 use crate::descriptor::{Encoding, Metric, Query};
 use crate::error::Error;
-use crate::kernels::prefetch;
+use crate::kernels::{prefetch, score_prefetched};
 use crate::vectors::{Prepared, Storage, VectorStore};
 
 /// Compressed rows: row `i`'s targets are `targets[offsets[i]..offsets[i+1]]`.
@@ -256,7 +256,7 @@ impl FlatIndex {
             // store's own (exact) distance.
             let (nq, dot, rb) = (nb.prepare(&v.spec, &p), crate::kernels::active().dot_u4_i8, nb.row_bytes());
             let walk = |i: u32| nb.distance(&nq, dot, i as usize);
-            let mut hits = self.search_with(walk, |i| prefetch(nb.row_ptr(i as usize), rb), &keep, ef, ef);
+            let mut hits = self.search_with(walk, |i| prefetch(nb.row_ptr(i as usize), rb), rb, &keep, ef, ef);
             hits.truncate(rerank(k));
             self.rerank_exact(&p, &mut hits);
             hits.truncate(k);
@@ -268,19 +268,19 @@ impl FlatIndex {
             (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
                 let pre = |i: u32| prefetch_row(v, b.as_ptr().wrapping_add(i as usize * d), d, i);
                 if let Some(dist) = cosine_u8_shifted(v, b, qb, p.inv_norm()) {
-                    return self.search_with(dist, pre, &keep, k, ef);
+                    return self.search_with(dist, pre, row_and_norm(d), &keep, k, ef);
                 }
                 let (z, qinv, dot) = (v.spec.zero_point, p.inv_norm(), crate::kernels::active().dot_u8);
                 let dist = |i: u32| {
                     let i = i as usize;
                     1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
                 };
-                self.search_with(dist, pre, &keep, k, ef)
+                self.search_with(dist, pre, row_and_norm(d), &keep, k, ef)
             }
             (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
                 let row = |i: u32| f.as_ptr().wrapping_add(i as usize * d) as *const u8;
                 let pre = |i| prefetch_row(v, row(i), (4 * d).min(512), i);
-                self.search_with(cosine_f32(v, f, qf, p.inv_norm()), pre, &keep, k, ef)
+                self.search_with(cosine_f32(v, f, qf, p.inv_norm()), pre, row_and_norm((4 * d).min(512)), &keep, k, ef)
             }
             (storage, ..) => {
                 let (base, width) = match storage {
@@ -290,6 +290,7 @@ impl FlatIndex {
                 self.search_with(
                     |i| v.distance(&p, i as usize),
                     |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)),
+                    (width * d).min(512),
                     &keep,
                     k,
                     ef,
@@ -316,6 +317,7 @@ impl FlatIndex {
         &self,
         dist: impl Fn(u32) -> f32,
         pre: impl Fn(u32),
+        pre_bytes: usize,
         keep: &impl Fn(u32) -> bool,
         k: usize,
         ef: usize,
@@ -337,19 +339,20 @@ impl FlatIndex {
                 }
             }
         }
-        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, &pre, keep, Cand(cur_d, cur), ef, k))
+        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, (&pre, pre_bytes), keep, Cand(cur_d, cur), ef, k))
     }
 
     /// Layer-0 beam search from `start`, returning the `k` best of the `ef` kept rows found,
-    /// closest first. The unvisited neighbours of a node are collected first and their rows
-    /// prefetched, so their loads overlap instead of stalling one distance at a time. A row
-    /// `keep` rejects is walked through but never enters the results.
+    /// closest first. The unvisited neighbours of a node are collected first and scored with
+    /// the next few rows' loads in flight (`pre` loads `pre_bytes` of a row), so the loads
+    /// overlap instead of stalling one distance at a time. A row `keep` rejects is walked
+    /// through but never enters the results.
     #[allow(clippy::too_many_arguments)]
     fn beam(
         &self,
         s: &mut Scratch,
         dist: &impl Fn(u32) -> f32,
-        pre: &impl Fn(u32),
+        (pre, pre_bytes): (&impl Fn(u32), usize),
         keep: &impl Fn(u32) -> bool,
         start: Cand,
         ef: usize,
@@ -370,10 +373,9 @@ impl FlatIndex {
             }
             fresh.clear();
             fresh.extend(self.graph.layer0.row(c.1 as usize).iter().copied().filter(|&nb| visited.insert(nb)));
-            fresh.iter().for_each(|&nb| pre(nb));
-            for &nb in fresh.iter() {
+            score_prefetched(fresh, pre_bytes, pre, |nb| {
                 let d = dist(nb);
-                if found.len() < ef || d < found.peek().unwrap().0 {
+                if found.len() < ef || found.peek().is_none_or(|w| d < w.0) {
                     frontier.push(Reverse(Cand(d, nb)));
                     if keep(nb) {
                         found.push(Cand(d, nb));
@@ -382,7 +384,7 @@ impl FlatIndex {
                         }
                     }
                 }
-            }
+            });
         }
         while found.len() > k {
             found.pop();
@@ -446,6 +448,11 @@ fn rerank(k: usize) -> usize {
 fn prefetch_row(v: &VectorStore, p: *const u8, bytes: usize, i: u32) {
     prefetch(p, bytes.min(1024));
     prefetch(v.inv_norm_ptr(i as usize), 4);
+}
+
+/// Bytes [`prefetch_row`] loads for `bytes` of a row: the row and a line of its norm.
+fn row_and_norm(bytes: usize) -> usize {
+    bytes.min(1024) + 64
 }
 
 /// Cosine over f32 rows, the kernel chosen once per query.

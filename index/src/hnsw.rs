@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::build::Progress;
 use crate::flat::{Cand, Csr, Graph, Visited};
+use crate::kernels::score_prefetched;
 use crate::rng::SeededRng;
 use crate::HnswParams;
 
@@ -37,6 +38,8 @@ enum Verdict {
 pub trait Space: Sync {
     fn dist(&self, a: u32, b: u32) -> f32;
     fn prefetch(&self, b: u32);
+    /// Bytes of a row [`Space::prefetch`] loads.
+    fn prefetch_bytes(&self) -> usize;
     /// Whether rows at distance `d` are copies of each other. Only where a row's distance to
     /// itself is 0 (cosine, l2); never under the dot metric.
     fn duplicates(&self, d: f32) -> bool {
@@ -195,17 +198,21 @@ impl<S: Space> Builder<'_, S> {
             }
             self.read_links(c.1, level, &mut s.links);
             s.links.retain(|&nb| s.visited.insert(nb));
-            s.links.iter().for_each(|&nb| self.space.prefetch(nb));
-            for &nb in &s.links {
-                let d = self.space.dist(q, nb);
-                if found.len() < self.ef || d < found.peek().map_or(f32::INFINITY, |w| w.0) {
-                    frontier.push(Reverse(Cand(d, nb)));
-                    found.push(Cand(d, nb));
-                    if found.len() > self.ef {
-                        found.pop();
+            score_prefetched(
+                &s.links,
+                self.space.prefetch_bytes(),
+                |nb| self.space.prefetch(nb),
+                |nb| {
+                    let d = self.space.dist(q, nb);
+                    if found.len() < self.ef || d < found.peek().map_or(f32::INFINITY, |w| w.0) {
+                        frontier.push(Reverse(Cand(d, nb)));
+                        found.push(Cand(d, nb));
+                        if found.len() > self.ef {
+                            found.pop();
+                        }
                     }
-                }
-            }
+                },
+            );
         }
         found.into_sorted_vec()
     }

@@ -121,6 +121,28 @@ pub fn prefetch(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// Cache lines of upcoming rows kept loading while one row is scored. A graph walk scores the
+/// unvisited neighbours of a node, rows at random places; prefetching all of them at once (26
+/// rows of 4 lines on average, face-like data at beam 192) queues the loads behind each other,
+/// and prefetching none leaves every row a full miss. About 24 lines in flight scored 4-bit rows
+/// 1.4–1.8× faster than the whole list up front on a 2-core Zen 3 VM, and built graphs on 8-bit
+/// rows 1.3× faster.
+const LINES_AHEAD: usize = 24;
+
+/// Calls `score` on `rows` in order, and `pre` (which prefetches `bytes` bytes of a row) on each
+/// row far enough ahead of its turn to keep about [`LINES_AHEAD`] cache lines in flight.
+#[inline]
+pub fn score_prefetched(rows: &[u32], bytes: usize, pre: impl Fn(u32), mut score: impl FnMut(u32)) {
+    let ahead = (LINES_AHEAD / bytes.div_ceil(64).max(1)).max(1);
+    rows.iter().take(ahead).for_each(|&r| pre(r));
+    for (j, &r) in rows.iter().enumerate() {
+        if let Some(&next) = rows.get(j + ahead) {
+            pre(next);
+        }
+        score(r);
+    }
+}
+
 pub mod scalar {
     pub fn dot_u8(a: &[u8], b: &[u8], z: i32) -> i64 {
         a.iter().zip(b).map(|(&x, &y)| ((x as i32 - z) * (y as i32 - z)) as i64).sum()
@@ -165,6 +187,33 @@ mod tests {
     fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<(u8, u8)>> {
         let b = prop_oneof![Just(0u8), Just(255u8), Just(127u8), Just(128u8), any::<u8>(), any::<u8>()];
         prop::collection::vec((b.clone(), b), len)
+    }
+
+    #[test]
+    fn rows_are_scored_in_order_each_prefetched_a_bounded_distance_ahead() {
+        for (n, bytes, ahead) in [(26usize, 256usize, 6usize), (3, 256, 6), (10, 2048, 1), (0, 64, 24), (40, 0, 24)] {
+            let rows: Vec<u32> = (0..n as u32).map(|r| r * 7 + 1).collect();
+            let events = std::cell::RefCell::new(Vec::new());
+            score_prefetched(
+                &rows,
+                bytes,
+                |r| events.borrow_mut().push((true, r)),
+                |r| events.borrow_mut().push((false, r)),
+            );
+            let events = events.into_inner();
+            let scored: Vec<u32> = events.iter().filter(|e| !e.0).map(|e| e.1).collect();
+            let fetched: Vec<u32> = events.iter().filter(|e| e.0).map(|e| e.1).collect();
+            assert_eq!((&scored, &fetched), (&rows, &rows), "{n} rows of {bytes} B");
+            let mut in_flight = 0usize;
+            for (pre, _) in &events {
+                in_flight = if *pre { in_flight + 1 } else { in_flight - 1 };
+                // `ahead` rows beyond the one about to be scored
+                assert!(in_flight <= ahead + 1, "{n} rows of {bytes} B: {in_flight} in flight");
+            }
+            // Before the first row is scored, `ahead` rows beyond it are already on their way.
+            let first_score = events.iter().position(|e| !e.0).unwrap_or(0);
+            assert_eq!(first_score, (ahead + 1).min(n), "{n} rows of {bytes} B");
+        }
     }
 
     fn check_integer(k: &Kernels, a: &[u8], b: &[u8], z: i32) -> Result<(), TestCaseError> {
