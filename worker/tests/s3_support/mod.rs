@@ -69,7 +69,7 @@ impl Weed {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
             let mut w = Weed::spawn(dir, &config, tls.as_ref(), attempt);
-            match w.ready(Duration::from_secs(45)) {
+            match w.ready(Duration::from_secs(60)) {
                 Ok(()) => return w,
                 Err(what) => {
                     let log = w.proc.log_text();
