@@ -256,7 +256,8 @@ impl FlatIndex {
             // store's own (exact) distance.
             let (nq, dot, rb) = (nb.prepare(&v.spec, &p), crate::kernels::active().dot_u4_i8, nb.row_bytes());
             let walk = |i: u32| nb.distance(&nq, dot, i as usize);
-            let mut hits = self.search_with(walk, |i| prefetch(nb.row_ptr(i as usize), rb), rb, &keep, ef, ef);
+            let rows = RowPrefetch { base: nb.row_ptr(0), stride: rb, bytes: rb, norms: None };
+            let mut hits = self.search_with(walk, rows, &keep, ef, ef);
             hits.truncate(rerank(k));
             self.rerank_exact(&p, &mut hits);
             hits.truncate(k);
@@ -266,35 +267,33 @@ impl FlatIndex {
         // the rest go through the general `VectorStore::distance`.
         match (&v.storage, q, v.spec.metric, v.spec.encoding) {
             (Storage::Bytes(b), Query::Bytes(qb), Metric::Cosine, Encoding::U8) => {
-                let pre = |i: u32| prefetch_row(v, b.as_ptr().wrapping_add(i as usize * d), d, i);
+                let rows = RowPrefetch { base: b.as_ptr(), stride: d, bytes: d.min(1024), norms: Some(v) };
                 if let Some(dist) = cosine_u8_shifted(v, b, qb, p.inv_norm()) {
-                    return self.search_with(dist, pre, row_and_norm(d), &keep, k, ef);
+                    return self.search_with(dist, rows, &keep, k, ef);
                 }
                 let (z, qinv, dot) = (v.spec.zero_point, p.inv_norm(), crate::kernels::active().dot_u8);
                 let dist = |i: u32| {
                     let i = i as usize;
                     1.0 - dot(&b[i * d..(i + 1) * d], qb, z) as f32 * qinv * v.inv_norm(i)
                 };
-                self.search_with(dist, pre, row_and_norm(d), &keep, k, ef)
+                self.search_with(dist, rows, &keep, k, ef)
             }
             (Storage::F32(f), Query::F32(qf), Metric::Cosine, _) => {
-                let row = |i: u32| f.as_ptr().wrapping_add(i as usize * d) as *const u8;
-                let pre = |i| prefetch_row(v, row(i), (4 * d).min(512), i);
-                self.search_with(cosine_f32(v, f, qf, p.inv_norm()), pre, row_and_norm((4 * d).min(512)), &keep, k, ef)
+                let rows = RowPrefetch {
+                    base: f.as_ptr() as *const u8,
+                    stride: 4 * d,
+                    bytes: (4 * d).min(512),
+                    norms: Some(v),
+                };
+                self.search_with(cosine_f32(v, f, qf, p.inv_norm()), rows, &keep, k, ef)
             }
             (storage, ..) => {
                 let (base, width) = match storage {
                     Storage::Bytes(b) => (b.as_ptr(), 1),
                     Storage::F32(f) => (f.as_ptr() as *const u8, 4),
                 };
-                self.search_with(
-                    |i| v.distance(&p, i as usize),
-                    |i| prefetch(base.wrapping_add(i as usize * d * width), (width * d).min(512)),
-                    (width * d).min(512),
-                    &keep,
-                    k,
-                    ef,
-                )
+                let rows = RowPrefetch { base, stride: width * d, bytes: (width * d).min(512), norms: None };
+                self.search_with(|i| v.distance(&p, i as usize), rows, &keep, k, ef)
             }
         }
     }
@@ -316,8 +315,7 @@ impl FlatIndex {
     fn search_with(
         &self,
         dist: impl Fn(u32) -> f32,
-        pre: impl Fn(u32),
-        pre_bytes: usize,
+        rows: RowPrefetch<'_>,
         keep: &impl Fn(u32) -> bool,
         k: usize,
         ef: usize,
@@ -339,12 +337,12 @@ impl FlatIndex {
                 }
             }
         }
-        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, (&pre, pre_bytes), keep, Cand(cur_d, cur), ef, k))
+        SCRATCH.with(|s| self.beam(&mut s.borrow_mut(), &dist, rows, keep, Cand(cur_d, cur), ef, k))
     }
 
     /// Layer-0 beam search from `start`, returning the `k` best of the `ef` kept rows found,
     /// closest first. The unvisited neighbours of a node are collected first and scored with
-    /// the next few rows' loads in flight (`pre` loads `pre_bytes` of a row), so the loads
+    /// the next few rows' loads in flight (see [`RowPrefetch`]), so the loads
     /// overlap instead of stalling one distance at a time. A row `keep` rejects is walked
     /// through but never enters the results.
     #[allow(clippy::too_many_arguments)]
@@ -352,7 +350,7 @@ impl FlatIndex {
         &self,
         s: &mut Scratch,
         dist: &impl Fn(u32) -> f32,
-        (pre, pre_bytes): (&impl Fn(u32), usize),
+        rows: RowPrefetch<'_>,
         keep: &impl Fn(u32) -> bool,
         start: Cand,
         ef: usize,
@@ -373,18 +371,23 @@ impl FlatIndex {
             }
             fresh.clear();
             fresh.extend(self.graph.layer0.row(c.1 as usize).iter().copied().filter(|&nb| visited.insert(nb)));
-            score_prefetched(fresh, pre_bytes, pre, |nb| {
-                let d = dist(nb);
-                if found.len() < ef || found.peek().is_none_or(|w| d < w.0) {
-                    frontier.push(Reverse(Cand(d, nb)));
-                    if keep(nb) {
-                        found.push(Cand(d, nb));
-                        if found.len() > ef {
-                            found.pop();
+            score_prefetched(
+                fresh,
+                rows.bytes_per_row(),
+                |nb| rows.load(nb),
+                |nb| {
+                    let d = dist(nb);
+                    if found.len() < ef || found.peek().is_none_or(|w| d < w.0) {
+                        frontier.push(Reverse(Cand(d, nb)));
+                        if keep(nb) {
+                            found.push(Cand(d, nb));
+                            if found.len() > ef {
+                                found.pop();
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         }
         while found.len() > k {
             found.pop();
@@ -442,17 +445,30 @@ fn rerank(k: usize) -> usize {
     2 * k + 16
 }
 
-/// Prefetches `bytes` of a row at `p` and row `i`'s inverse norm (a cache miss of its own on
-/// large stores).
-#[inline]
-fn prefetch_row(v: &VectorStore, p: *const u8, bytes: usize, i: u32) {
-    prefetch(p, bytes.min(1024));
-    prefetch(v.inv_norm_ptr(i as usize), 4);
+/// Where the rows a search scores lie, for prefetching them: row `i` starts at
+/// `base + i·stride`, its first `bytes` are loaded, and with `norms` its inverse norm too (a
+/// cache miss of its own on large stores).
+#[derive(Clone, Copy)]
+struct RowPrefetch<'a> {
+    base: *const u8,
+    stride: usize,
+    bytes: usize,
+    norms: Option<&'a VectorStore>,
 }
 
-/// Bytes [`prefetch_row`] loads for `bytes` of a row: the row and a line of its norm.
-fn row_and_norm(bytes: usize) -> usize {
-    bytes.min(1024) + 64
+impl RowPrefetch<'_> {
+    #[inline]
+    fn load(&self, i: u32) {
+        prefetch(self.base.wrapping_add(i as usize * self.stride), self.bytes);
+        if let Some(v) = self.norms {
+            prefetch(v.inv_norm_ptr(i as usize), 4);
+        }
+    }
+
+    /// Bytes [`RowPrefetch::load`] asks for per row (a norm counts as a cache line).
+    fn bytes_per_row(&self) -> usize {
+        self.bytes + if self.norms.is_some() { 64 } else { 0 }
+    }
 }
 
 /// Cosine over f32 rows, the kernel chosen once per query.
