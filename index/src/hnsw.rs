@@ -1,6 +1,7 @@
 //! kim's own HNSW builder (Malkov & Yashunin): parallel insertion over rayon threads with one
-//! lock per node, distances from kim's SIMD kernels on the store's own rows, the neighbour
-//! selection heuristic on every layer, and output straight into the flat [`Graph`].
+//! lock per node, distances from kim's SIMD kernels (see [`Space`]: the beam may walk cheaper
+//! codes than the rows links are chosen on), the neighbour selection heuristic on every layer,
+//! and output straight into the flat [`Graph`].
 //!
 //! Same parameter meaning as other HNSW libraries: up to `m` links per node on upper layers,
 //! up to `2·m` on layer 0, `ef_construction` candidates per insertion, level distribution
@@ -34,9 +35,19 @@ enum Verdict {
     Pruned,
 }
 
-/// The distance between rows `a` and `b` (smaller is closer), and a cache hint for row `b`.
-pub trait Space: Sync {
+/// The distances a build uses: [`Space::walk`] from the row being inserted, which the beam
+/// searches by, and [`Space::dist`] between two rows, which links are chosen by.
+pub(crate) trait Space: Sync {
+    /// The row being inserted, prepared once for the walk.
+    type Probe;
+    fn probe(&self, q: u32) -> Self::Probe;
+    /// Distance from the probe to row `b` (may approximate [`Space::dist`]).
+    fn walk(&self, p: &Self::Probe, b: u32) -> f32;
+    /// Replaces the walk's distances of `found` (candidates for row `q`) by [`Space::dist`]'s,
+    /// closest first. Nothing to do where the walk is exact.
+    fn rescore(&self, _q: u32, _found: &mut [Cand]) {}
     fn dist(&self, a: u32, b: u32) -> f32;
+    /// Cache hint for the row [`Space::walk`] reads for `b`.
     fn prefetch(&self, b: u32);
     /// Bytes of a row [`Space::prefetch`] loads.
     fn prefetch_bytes(&self) -> usize;
@@ -80,7 +91,7 @@ fn draw_levels(n: usize, m: usize, seed: u64) -> Vec<u8> {
 
 /// Builds the graph over rows `0..n` with the current rayon pool's threads. With one thread
 /// the result is deterministic.
-pub fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress: Progress<'_>) -> Graph {
+pub(crate) fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress: Progress<'_>) -> Graph {
     if n == 0 {
         return Graph::default();
     }
@@ -129,16 +140,19 @@ impl<S: Space> Builder<'_, S> {
     fn insert(&self, q: u32) {
         let lq = self.levels[q as usize];
         let (ep, top) = *self.entry.read().expect("entry lock");
+        let p = self.space.probe(q);
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            let mut cur = Cand(self.space.dist(q, ep), ep);
+            let mut cur = Cand(self.space.walk(&p, ep), ep);
             for level in (lq.saturating_add(1)..=top).rev() {
-                cur = self.greedy(s, q, cur, level);
+                cur = self.greedy(s, &p, cur, level);
             }
             let mut eps = vec![cur];
             for level in (0..=lq.min(top)).rev() {
-                let found = self.search_layer(s, q, &eps, level);
-                let chosen = self.select(q, &found, self.cap(level), level);
+                let found = self.search_layer(s, &p, q, &eps, level);
+                let mut exact = found.clone();
+                self.space.rescore(q, &mut exact);
+                let chosen = self.select(q, &exact, self.cap(level), level);
                 for c in &chosen {
                     self.link_back(c.1, q, c.0, level);
                 }
@@ -161,12 +175,12 @@ impl<S: Space> Builder<'_, S> {
     }
 
     /// Moves to the closest neighbour until none is closer (upper layers, beam width 1).
-    fn greedy(&self, s: &mut Scratch, q: u32, mut cur: Cand, level: u8) -> Cand {
+    fn greedy(&self, s: &mut Scratch, p: &S::Probe, mut cur: Cand, level: u8) -> Cand {
         loop {
             self.read_links(cur.1, level, &mut s.links);
             let before = cur.1;
             for &nb in &s.links {
-                let d = self.space.dist(q, nb);
+                let d = self.space.walk(p, nb);
                 if d < cur.0 {
                     cur = Cand(d, nb);
                 }
@@ -177,8 +191,9 @@ impl<S: Space> Builder<'_, S> {
         }
     }
 
-    /// Beam search for row `q` from `eps` on one layer: up to `ef` closest, ascending.
-    fn search_layer(&self, s: &mut Scratch, q: u32, eps: &[Cand], level: u8) -> Vec<Cand> {
+    /// Beam search for row `q` (probe `p`) from `eps` on one layer: up to `ef` closest by the
+    /// walk's distance, ascending.
+    fn search_layer(&self, s: &mut Scratch, p: &S::Probe, q: u32, eps: &[Cand], level: u8) -> Vec<Cand> {
         s.visited.reset(self.levels.len());
         s.visited.insert(q);
         let mut frontier: BinaryHeap<Reverse<Cand>> = BinaryHeap::with_capacity(2 * self.ef);
@@ -203,7 +218,7 @@ impl<S: Space> Builder<'_, S> {
                 self.space.prefetch_bytes(),
                 |nb| self.space.prefetch(nb),
                 |nb| {
-                    let d = self.space.dist(q, nb);
+                    let d = self.space.walk(p, nb);
                     if found.len() < self.ef || d < found.peek().map_or(f32::INFINITY, |w| w.0) {
                         frontier.push(Reverse(Cand(d, nb)));
                         found.push(Cand(d, nb));
