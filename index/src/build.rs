@@ -49,6 +49,12 @@ impl Space for CosineU8<'_> {
     fn prefetch_bytes(&self) -> usize {
         self.store.spec.dimensions.min(1024)
     }
+    #[inline]
+    fn prefetch_exact(&self, b: u32) {
+        let (d, b) = (self.store.spec.dimensions, b as usize);
+        prefetch(self.rows.as_ptr().wrapping_add(b * d), self.prefetch_bytes());
+        prefetch(self.shifted.as_ptr().wrapping_add(b * d) as *const u8, self.prefetch_bytes());
+    }
 }
 
 /// Every other encoding/metric: the store's own pairwise distance.
@@ -120,6 +126,9 @@ impl<S: Space> Space for Coded<'_, S> {
     }
     fn prefetch_bytes(&self) -> usize {
         self.codes.row_bytes()
+    }
+    fn prefetch_exact(&self, b: u32) {
+        self.exact.prefetch_exact(b);
     }
     fn duplicates(&self, d: f32) -> bool {
         self.exact.duplicates(d)

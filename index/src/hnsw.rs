@@ -29,6 +29,9 @@ const MAX_LEVEL: u8 = 15;
 /// copies land here after rounding (cosine of a row with itself is 1 within a few ulp).
 pub(crate) const DUPLICATE: f32 = 1e-6;
 
+/// Candidates whose rows [`Builder::select`] keeps loading ahead of the one it compares.
+const SELECT_AHEAD: usize = 2;
+
 enum Verdict {
     Diverse,
     Duplicate,
@@ -51,6 +54,8 @@ pub(crate) trait Space: Sync {
     fn prefetch(&self, b: u32);
     /// Bytes of a row [`Space::prefetch`] loads.
     fn prefetch_bytes(&self) -> usize;
+    /// Cache hint for everything [`Space::dist`] reads of row `b`, on either side.
+    fn prefetch_exact(&self, _b: u32) {}
     /// Whether rows at distance `d` are copies of each other. Only where a row's distance to
     /// itself is 0 (cosine, l2); never under the dot metric.
     fn duplicates(&self, d: f32) -> bool {
@@ -248,10 +253,17 @@ impl<S: Space> Builder<'_, S> {
         let budget = max / 4;
         // Layer 0 looks at the closest 2·max only: farther candidates would rarely be kept and
         // each costs a distance to every kept one.
-        let scan = if level == 0 { 2 * max } else { sorted.len() };
-        for &c in &sorted[..scan.min(sorted.len())] {
+        let scan = &sorted[..sorted.len().min(if level == 0 { 2 * max } else { sorted.len() })];
+        // The rows of the candidates a link list is re-chosen from are seldom in cache; each
+        // candidate is compared with every kept one, so loading the next one's rows while
+        // this one is compared is enough to hide the wait.
+        scan.iter().take(SELECT_AHEAD).for_each(|c| self.space.prefetch_exact(c.1));
+        for (j, &c) in scan.iter().enumerate() {
             if kept.len() + duplicates.len().min(budget) >= max {
                 break;
+            }
+            if let Some(next) = scan.get(j + SELECT_AHEAD) {
+                self.space.prefetch_exact(next.1);
             }
             let mut verdict = Verdict::Diverse;
             for k in &kept {
