@@ -51,9 +51,9 @@ impl Space for CosineU8<'_> {
     }
     #[inline]
     fn prefetch_exact(&self, b: u32) {
-        let (d, b) = (self.store.spec.dimensions, b as usize);
-        prefetch(self.rows.as_ptr().wrapping_add(b * d), self.prefetch_bytes());
-        prefetch(self.shifted.as_ptr().wrapping_add(b * d) as *const u8, self.prefetch_bytes());
+        self.prefetch(b);
+        let d = self.store.spec.dimensions;
+        prefetch(self.shifted.as_ptr().wrapping_add(b as usize * d) as *const u8, self.prefetch_bytes());
     }
 }
 
@@ -197,7 +197,7 @@ pub fn build_graph(
             Ok(hnsw::build(&coded(cosine_u8(store, rows, k), store, k), n, params, progress))
         }
         Storage::F32(rows) if spec.metric == Metric::Cosine => {
-            // The graph needs the order of distances, not their last digits: build on the codes.
+            // Links need the order of distances, not their last digits: choose them on the codes.
             let codes = byte_codes(store, rows);
             let Storage::Bytes(b) = &codes.storage else { unreachable!("codes are bytes") };
             Ok(hnsw::build(&coded(cosine_u8(&codes, b, k), store, k), n, params, progress))
