@@ -1,5 +1,5 @@
-//! kim's own HNSW builder (Malkov & Yashunin): parallel insertion over rayon threads with one
-//! lock per node, distances from kim's SIMD kernels (see [`Space`]: the beam may walk cheaper
+//! kim's own HNSW builder (Malkov & Yashunin): parallel insertion over rayon threads (layer-0
+//! links in a slab read without locks, [`slab`]; one writer lock per node), distances from kim's SIMD kernels (see [`Space`]: the beam may walk cheaper
 //! codes than the rows links are chosen on), the neighbour selection heuristic on every layer,
 //! and output straight into the flat [`Graph`].
 //!
@@ -21,6 +21,9 @@ use crate::flat::{Cand, Csr, Graph, Visited};
 use crate::kernels::score_prefetched;
 use crate::rng::SeededRng;
 use crate::HnswParams;
+
+mod slab;
+use slab::LinkSlab;
 
 /// Levels are capped here (a level above 15 needs ~m¹⁵ rows).
 const MAX_LEVEL: u8 = 15;
@@ -68,7 +71,7 @@ struct Builder<'s, S: Space> {
     levels: Vec<u8>,
     /// Layer-0 links of every row, each with its distance to the row (so a full list can be
     /// updated without recomputing distances).
-    layer0: Vec<Mutex<Vec<Cand>>>,
+    layer0: LinkSlab,
     /// Links on layers 1..=level of rows whose level is ≥ 1 (empty for the others).
     upper: Vec<Vec<Mutex<Vec<Cand>>>>,
     /// (entry row, its level).
@@ -102,9 +105,10 @@ pub(crate) fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress:
     }
     let levels = draw_levels(n, params.m, 0x6b69_6d00 ^ n as u64);
     let upper = levels.iter().map(|&l| (0..l).map(|_| Mutex::new(Vec::new())).collect()).collect();
+    let room = 2 * params.m + slack(params.m, 0) + 1;
     let b = Builder {
         space,
-        layer0: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        layer0: LinkSlab::new(n, room),
         upper,
         entry: RwLock::new((0, levels[0])),
         levels,
@@ -125,13 +129,23 @@ pub(crate) fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress:
     b.into_graph()
 }
 
+/// How far past its cap a list may grow before the heuristic re-chooses it. Layer-0 lists
+/// grow by `m/2` (the distances to the row are stored, so a re-choice costs only the
+/// heuristic's own comparisons, once per `m/2` additions; growing by `m` measured no faster);
+/// a full upper list is re-chosen at once.
+/// [`Builder::trim`] brings every list back to its cap at the end.
+fn slack(m: usize, level: u8) -> usize {
+    if level == 0 {
+        m / 2
+    } else {
+        0
+    }
+}
+
 impl<S: Space> Builder<'_, S> {
-    fn links(&self, node: u32, level: u8) -> &Mutex<Vec<Cand>> {
-        if level == 0 {
-            &self.layer0[node as usize]
-        } else {
-            &self.upper[node as usize][level as usize - 1]
-        }
+    /// Links of a row on an upper layer (`level` ≥ 1).
+    fn upper_links(&self, node: u32, level: u8) -> &Mutex<Vec<Cand>> {
+        &self.upper[node as usize][level as usize - 1]
     }
 
     fn cap(&self, level: u8) -> usize {
@@ -158,10 +172,14 @@ impl<S: Space> Builder<'_, S> {
                 let mut exact = found.clone();
                 self.space.rescore(q, &mut exact);
                 let chosen = self.select(q, &exact, self.cap(level), level);
+                // The row's own links first, added as any link is: a row that reached `q` on
+                // an upper layer may already have linked to it, and that link is kept.
+                for c in &chosen {
+                    self.link_back(q, c.1, c.0, level);
+                }
                 for c in &chosen {
                     self.link_back(c.1, q, c.0, level);
                 }
-                *self.links(q, level).lock().expect("link lock") = chosen;
                 eps = found;
             }
         });
@@ -173,10 +191,14 @@ impl<S: Space> Builder<'_, S> {
         }
     }
 
-    /// Copies a node's links at `level` into `out` (the lock is held only for the copy).
+    /// Copies a node's links at `level` into `out` (an upper list's lock is held only for the
+    /// copy).
     fn read_links(&self, node: u32, level: u8, out: &mut Vec<u32>) {
+        if level == 0 {
+            return self.layer0.read(node, out);
+        }
         out.clear();
-        out.extend(self.links(node, level).lock().expect("link lock").iter().map(|c| c.1));
+        out.extend(self.upper_links(node, level).lock().expect("link lock").iter().map(|c| c.1));
     }
 
     /// Moves to the closest neighbour until none is closer (upper layers, beam width 1).
@@ -294,35 +316,46 @@ impl<S: Space> Builder<'_, S> {
         kept
     }
 
-    /// Adds `q` (at distance `d`) to `e`'s links. A layer-0 list may grow `m/2` past its cap
-    /// before the heuristic re-chooses it (the distances to `e` are stored, so only the
-    /// heuristic's own comparisons are computed, once per `m/2` additions); a full upper list
-    /// is re-chosen at once. [`Self::trim`] brings every list back to its cap at the end.
+    /// Adds `q` (at distance `d`) to `e`'s links, re-choosing them once they pass their cap by
+    /// more than [`slack`].
     fn link_back(&self, e: u32, q: u32, d: f32, level: u8) {
-        let cap = self.cap(level);
-        let slack = if level == 0 { self.m / 2 } else { 0 };
-        let mut links = self.links(e, level).lock().expect("link lock");
+        let (cap, slack) = (self.cap(level), slack(self.m, level));
+        if level == 0 {
+            let mut links = self.layer0.lock(e);
+            if links.contains(q) {
+                return;
+            }
+            links.push(Cand(d, q));
+            if links.len() > cap + slack {
+                let chosen = self.prune(e, links.get(), 0);
+                links.set(&chosen);
+            }
+            return;
+        }
+        let mut links = self.upper_links(e, level).lock().expect("link lock");
         if links.iter().any(|c| c.1 == q) {
             return;
         }
         links.push(Cand(d, q));
         if links.len() > cap + slack {
-            self.prune(e, &mut links, cap, level);
+            *links = self.prune(e, std::mem::take(&mut *links), level);
         }
     }
 
-    fn prune(&self, base: u32, links: &mut Vec<Cand>, cap: usize, level: u8) {
+    /// `base`'s links at `level` re-chosen down to the level's cap.
+    fn prune(&self, base: u32, mut links: Vec<Cand>, level: u8) -> Vec<Cand> {
         links.sort_unstable();
-        *links = self.select(base, links, cap, level);
+        self.select(base, &links, self.cap(level), level)
     }
 
     /// Re-chooses the layer-0 lists still above their cap.
     fn trim(&self) {
         let cap = self.cap(0);
-        self.layer0.par_iter().enumerate().for_each(|(e, l)| {
-            let mut links = l.lock().expect("link lock");
+        (0..self.layer0.rows() as u32).into_par_iter().for_each(|e| {
+            let mut links = self.layer0.lock(e);
             if links.len() > cap {
-                self.prune(e as u32, &mut links, cap, 0);
+                let chosen = self.prune(e, links.get(), 0);
+                links.set(&chosen);
             }
         });
     }
@@ -331,7 +364,11 @@ impl<S: Space> Builder<'_, S> {
         let (entry, max_level) = self.entry.into_inner().expect("entry lock");
         let ids =
             |l: Mutex<Vec<Cand>>| -> Vec<u32> { l.into_inner().expect("link lock").into_iter().map(|c| c.1).collect() };
-        let layer0 = Csr::from_rows(self.layer0.into_iter().map(ids));
+        let mut row = Vec::new();
+        let layer0 = Csr::from_rows((0..self.layer0.rows() as u32).map(|e| {
+            self.layer0.read(e, &mut row);
+            row.clone()
+        }));
         let upper_nodes: Vec<u32> = (0..self.levels.len() as u32).filter(|&i| self.levels[i as usize] > 0).collect();
         let mut upper_links: Vec<Vec<Vec<u32>>> =
             self.upper.into_iter().map(|ls| ls.into_iter().map(ids).collect()).collect();
