@@ -196,6 +196,10 @@ impl Visited {
         }
     }
     #[inline]
+    pub(crate) fn prefetch(&self, i: u32) {
+        prefetch(self.marks.as_ptr().wrapping_add(i as usize) as *const u8, 2);
+    }
+    #[inline]
     pub(crate) fn insert(&mut self, i: u32) -> bool {
         let m = &mut self.marks[i as usize];
         let fresh = *m != self.generation;
@@ -369,8 +373,16 @@ impl FlatIndex {
             if found.len() >= ef && c.0 > found.peek().map_or(f32::INFINITY, |w: &Cand| w.0) {
                 break;
             }
+            // The next node out of the frontier is often the one now on top: its links load
+            // while this node's neighbours are scored.
+            if let Some(Reverse(next)) = frontier.peek() {
+                let links = self.graph.layer0.row(next.1 as usize);
+                prefetch(links.as_ptr() as *const u8, 4 * links.len());
+            }
+            let links = self.graph.layer0.row(c.1 as usize);
+            links.iter().for_each(|&nb| visited.prefetch(nb));
             fresh.clear();
-            fresh.extend(self.graph.layer0.row(c.1 as usize).iter().copied().filter(|&nb| visited.insert(nb)));
+            fresh.extend(links.iter().copied().filter(|&nb| visited.insert(nb)));
             score_prefetched(
                 fresh,
                 rows.bytes_per_row(),

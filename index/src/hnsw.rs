@@ -238,7 +238,12 @@ impl<S: Space> Builder<'_, S> {
             if found.len() >= self.ef && c.0 > found.peek().map_or(f32::INFINITY, |w| w.0) {
                 break;
             }
+            // As in a search: the node now on top of the frontier is often the next one out.
+            if let (0, Some(Reverse(next))) = (level, frontier.peek()) {
+                self.layer0.prefetch(next.1);
+            }
             self.read_links(c.1, level, &mut s.links);
+            s.links.iter().for_each(|&nb| s.visited.prefetch(nb));
             s.links.retain(|&nb| s.visited.insert(nb));
             score_prefetched(
                 &s.links,

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::flat::Cand;
+use crate::kernels::prefetch;
 
 pub(super) struct LinkSlab {
     /// Per row: the list's length, then `room` slots of link ids.
@@ -44,6 +45,13 @@ impl LinkSlab {
         let len = (self.ids[at].load(Ordering::Acquire) as usize).min(self.room);
         out.clear();
         out.extend(self.ids[at + 1..at + 1 + len].iter().map(|s| s.load(Ordering::Relaxed)));
+    }
+
+    /// Cache hint for `row`'s length and first links.
+    #[inline]
+    pub(super) fn prefetch(&self, row: u32) {
+        let at = self.ids[row as usize * (self.room + 1)..].as_ptr() as *const u8;
+        prefetch(at, 4 * (self.room + 1).min(32));
     }
 
     /// Locks `row`'s list for writing.
