@@ -1,7 +1,8 @@
 //! kim's own HNSW builder (Malkov & Yashunin): parallel insertion over rayon threads (layer-0
-//! links in a slab read without locks, [`slab`]; one writer lock per node), distances from kim's SIMD kernels (see [`Space`]: the beam may walk cheaper
-//! codes than the rows links are chosen on), the neighbour selection heuristic on every layer,
-//! and output straight into the flat [`Graph`].
+//! links in a slab read without locks, see `slab`; one writer lock per node), distances from
+//! kim's SIMD kernels (see [`Space`]: the beam may walk cheaper codes than the rows links are
+//! chosen on), the neighbour selection heuristic on every layer, and output straight into the
+//! flat [`Graph`].
 //!
 //! Same parameter meaning as other HNSW libraries: up to `m` links per node on upper layers,
 //! up to `2·m` on layer 0, `ef_construction` candidates per insertion, level distribution
@@ -132,8 +133,8 @@ pub(crate) fn build<S: Space>(space: &S, n: usize, params: HnswParams, progress:
 /// How far past its cap a list may grow before the heuristic re-chooses it. Layer-0 lists
 /// grow by `m/2` (the distances to the row are stored, so a re-choice costs only the
 /// heuristic's own comparisons, once per `m/2` additions; growing by `m` measured no faster);
-/// a full upper list is re-chosen at once.
-/// [`Builder::trim`] brings every list back to its cap at the end.
+/// a full upper list is re-chosen at once. [`Builder::trim`] brings every list back to its cap
+/// at the end.
 fn slack(m: usize, level: u8) -> usize {
     if level == 0 {
         m / 2
