@@ -141,7 +141,8 @@ fn coded<'a, S: Space>(exact: S, store: &'a VectorStore, k: &Kernels) -> Coded<'
 }
 
 fn cosine_u8<'a>(store: &'a VectorStore, rows: &'a [u8], k: &Kernels) -> CosineU8<'a> {
-    let shifted: Vec<i8> = rows.iter().map(|&x| (x ^ 0x80) as i8).collect();
+    let mut shifted = huge_capacity(rows.len());
+    shifted.extend(rows.iter().map(|&x| (x ^ 0x80) as i8));
     let sums = shifted.chunks_exact(store.spec.dimensions).map(|r| r.iter().map(|&x| x as i64).sum()).collect();
     CosineU8 { rows, shifted, sums, store, dot: k.dot_u8_i8 }
 }

@@ -29,10 +29,19 @@ impl Matrix {
 
     /// Values as f32 (float encodings only).
     pub fn to_f32(&self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.rows * self.dims);
+        self.extend_f32(&mut v);
+        v
+    }
+
+    /// Appends the values, as f32, to `out` (an f32 or f16 matrix).
+    pub fn extend_f32(&self, out: &mut Vec<f32>) {
         match self.encoding {
-            Encoding::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Encoding::F32 => {
+                out.extend(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            }
             Encoding::F16 => {
-                self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                out.extend(self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
             }
             e => panic!("to_f32 on {e} matrix"),
         }

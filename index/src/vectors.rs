@@ -35,9 +35,15 @@ impl VectorStore {
         }
         let storage = match (m.encoding, spec.encoding) {
             (a, b) if a != b => return Err(Error::WrongEncoding { expected: b, got: a }),
-            (Encoding::U8 | Encoding::I8, _) => Storage::Bytes(m.data.clone()),
+            // Huge pages, as a loaded snapshot's rows have: a build reads rows all over them.
+            (Encoding::U8 | Encoding::I8, _) => {
+                let mut v = huge_capacity(m.data.len());
+                v.extend_from_slice(&m.data);
+                Storage::Bytes(v)
+            }
             (Encoding::F16 | Encoding::F32, _) => {
-                let v = m.to_f32();
+                let mut v = huge_capacity(m.rows * m.dims);
+                m.extend_f32(&mut v);
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                     return Err(Error::NonFinite { row: i / m.dims });
                 }
